@@ -1,0 +1,39 @@
+# One command each on a fresh clone: the venv is created and the project installed on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export REPAIR_RAY_DATA ?= $(abspath ../shared/data)
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install test test-slow test-all demo bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install  ## the default (fast) suite, as CI runs it
+	$(PY) -m pytest
+
+test-slow: install  ## only the slow tests: real training and kill/resume sweeps
+	$(PY) -m pytest -m slow
+
+test-all: install
+	$(PY) -m pytest -m 'slow or not slow'
+
+demo: install  ## the quickstart: train two MNIST MLPs and print their barrier table
+	$(PY) -m repair_ray.demo
+
+bench: install
+	$(PY) benchmarks/run.py
+
+lint: install
+	$(VENV)/bin/ruff check repair_ray tests analysis benchmarks
+	$(VENV)/bin/ruff format --check repair_ray tests analysis benchmarks
+
+clean:
+	rm -rf runs reports .pytest_cache

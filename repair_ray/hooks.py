@@ -1,0 +1,115 @@
+"""Per-channel statistics of module outputs, gathered with forward hooks in one pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data import TensorData
+
+
+def channels_last_2d(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, ...) → (N·..., C): every spatial position is a sample of each channel."""
+    if x.dim() == 2:
+        return x
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+class ChannelMoments:
+    """Running per-channel mean and (population) std in float64 over any number of batches."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: torch.Tensor | None = None
+        self.total_sq: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor) -> None:
+        flat = channels_last_2d(x.detach()).double()
+        if self.total is None:
+            self.total = flat.sum(0)
+            self.total_sq = (flat * flat).sum(0)
+        else:
+            self.total += flat.sum(0)
+            self.total_sq += (flat * flat).sum(0)
+        self.count += flat.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / self.count
+
+    @property
+    def var(self) -> torch.Tensor:
+        return (self.total_sq / self.count - self.mean**2).clamp_min(0.0)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.var.sqrt()
+
+
+@dataclass
+class Moments:
+    """Per-channel mean and std (float64) of one module output."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+Hook = Callable[[str, torch.Tensor], torch.Tensor | None]
+
+
+@contextmanager
+def output_hooks(model: nn.Module, names: Sequence[str], hook: Hook) -> Iterator[None]:
+    """Call ``hook(name, output)`` on the named modules' outputs; a returned tensor replaces the output."""
+    modules = dict(model.named_modules())
+    handles = []
+    try:
+        for name in names:
+            if name not in modules:
+                raise KeyError(f"model has no module {name!r}")
+            handles.append(
+                modules[name].register_forward_hook(lambda _m, _i, out, name=name: hook(name, out))
+            )
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def channel_moments(
+    model: nn.Module, data: TensorData, names: Sequence[str], *, batch_size: int = 1000
+) -> dict[str, Moments]:
+    """Per-channel mean and std of the outputs of ``names`` over ``data``, all in one pass (eval mode)."""
+    acc = {n: ChannelMoments() for n in names}
+
+    def record(name: str, out: torch.Tensor) -> None:
+        acc[name].update(out)
+
+    model.eval()
+    with output_hooks(model, names, record):
+        for x, _ in data.batches(batch_size):
+            model(x)
+    return {n: Moments(a.mean, a.std) for n, a in acc.items()}
+
+
+def std_ratio(
+    measured: Mapping[str, Moments], target: Mapping[str, Moments], *, rel_eps: float = 1e-3
+) -> dict[str, float]:
+    """Mean over channels of measured std / target std at every point (the ``layers`` table).
+
+    Channels whose target std is tiny relative to the layer's typical std (dead units) are left
+    out, so a ratio of ~0/0 cannot dominate the average.
+    """
+    out = {}
+    for name, tgt in target.items():
+        scale = tgt.std.abs().mean()
+        alive = tgt.std > rel_eps * scale
+        if not bool(alive.any()):
+            out[name] = float("nan")
+            continue
+        out[name] = float((measured[name].std[alive] / tgt.std[alive]).mean())
+    return out

@@ -1,0 +1,84 @@
+"""Linear interpolation of weights, evaluation, and barrier metrics of interpolation curves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import TensorData
+
+
+def interpolate_state(
+    state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """``(1-α)·θA + α·θB`` for every floating entry.
+
+    Integer buffers (BatchNorm's ``num_batches_tracked``) are interpolated and rounded.
+    """
+    if set(state_a) != set(state_b):
+        diff = sorted(set(state_a) ^ set(state_b))
+        raise KeyError(f"state dicts differ: {diff[0]!r} is only in one of them")
+    out = {}
+    for k, ta in state_a.items():
+        tb = state_b[k]
+        if ta.shape != tb.shape:
+            raise ValueError(f"{k!r} has shape {tuple(ta.shape)} in A but {tuple(tb.shape)} in B")
+        if ta.is_floating_point():
+            out[k] = torch.lerp(ta, tb.to(ta.device, ta.dtype), alpha)
+        else:
+            out[k] = torch.round((1 - alpha) * ta.double() + alpha * tb.double().to(ta.device)).to(ta.dtype)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = 1000) -> dict[str, float]:
+    """Mean cross-entropy ``loss`` and ``acc`` (fraction correct) of ``model`` on ``data``, in eval mode."""
+    model.eval()
+    total_loss = torch.zeros((), dtype=torch.float64, device=data.device)
+    correct = torch.zeros((), dtype=torch.int64, device=data.device)
+    for x, y in data.batches(batch_size):
+        logits = model(x)
+        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    n = max(len(data), 1)
+    return {"loss": float(total_loss) / n, "acc": float(correct) / n}
+
+
+def _at(alphas: np.ndarray, values: np.ndarray, target: float) -> float:
+    hit = np.flatnonzero(np.isclose(alphas, target, atol=1e-9))
+    if not len(hit):
+        raise ValueError(f"curve has no point at alpha={target}; alphas are {alphas.tolist()}")
+    return float(values[hit[0]])
+
+
+def barrier_metrics(curve: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Barriers of one interpolation curve.
+
+    Args:
+        curve: ``alpha``, ``loss`` and ``acc`` sequences of equal length (one split); the
+            alphas must include 0, 0.5 and 1.
+
+    Returns:
+        ``barrier_loss`` and ``barrier_error``: ``max_α [L(α) − ((1-α)L(0) + αL(1))]`` (Frankle et
+        al. 2020; Entezari et al. 2021) with ``error = 1 − acc``; ``midpoint_loss`` and
+        ``midpoint_acc``: the values at α = 0.5; ``midpoint_barrier_loss`` and
+        ``midpoint_barrier_error``: the value at 0.5 minus the mean of the endpoints (the
+        REPAIR paper's figures).
+    """
+    alphas = np.asarray(curve["alpha"], dtype=np.float64)
+    loss = np.asarray(curve["loss"], dtype=np.float64)
+    error = 1.0 - np.asarray(curve["acc"], dtype=np.float64)
+    if not (len(alphas) == len(loss) == len(error)):
+        raise ValueError("curve's alpha, loss and acc must have the same length")
+    out: dict[str, float] = {}
+    for name, values in (("loss", loss), ("error", error)):
+        v0, v1 = _at(alphas, values, 0.0), _at(alphas, values, 1.0)
+        out[f"barrier_{name}"] = float(np.max(values - ((1 - alphas) * v0 + alphas * v1)))
+        out[f"midpoint_barrier_{name}"] = _at(alphas, values, 0.5) - (v0 + v1) / 2
+    out["midpoint_loss"] = _at(alphas, loss, 0.5)
+    out["midpoint_acc"] = 1.0 - _at(alphas, error, 0.5)
+    return out

@@ -1,0 +1,60 @@
+"""Multi-layer perceptron: ``depth`` hidden layers of ``width`` units."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..permutation.spec import PermutationSpec, SpecBuilder
+from .common import he_init, make_norm
+
+
+class DenseBlock(nn.Module):
+    """Linear → optional norm → ReLU."""
+
+    def __init__(self, d_in: int, d_out: int, norm: str) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out, bias=norm == "none")
+        self.norm = make_norm(norm, d_out, spatial=False)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.act(x)
+
+
+class MLP(nn.Module):
+    """``in_shape`` flattened → ``depth`` × DenseBlock(width) → Linear(num_classes)."""
+
+    def __init__(
+        self, *, width: int, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]
+    ) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        d_in = math.prod(in_shape)
+        self.layers = nn.ModuleList(DenseBlock(d_in if i == 0 else width, width, norm) for i in range(depth))
+        self.head = nn.Linear(width, num_classes)
+        he_init(self, head=self.head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.flatten(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+    def permutation_spec(self) -> PermutationSpec:
+        b = SpecBuilder()
+        p_prev: str | None = None
+        for i, layer in enumerate(self.layers):
+            p = f"layers.{i}"
+            b.linear(f"layers.{i}.linear", p_prev, p, bias=layer.linear.bias is not None)
+            b.norm(f"layers.{i}.norm", p, layer.norm)
+            b.activation(p, f"layers.{i}.act")
+            b.repair(f"layers.{i}.norm" if layer.norm is not None else f"layers.{i}.linear")
+            p_prev = p
+        b.linear("head", p_prev, None)
+        return b.build(self)

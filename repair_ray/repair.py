@@ -1,0 +1,174 @@
+"""RESET and REPAIR (Jordan et al., "REPAIR: REnormalizing Permuted Activations for
+Interpolation Repair", ICLR 2023).
+
+Both work in ONE forward pass over the statistics data:
+
+* RESET: every BatchNorm normalises each batch with the batch's own statistics (train mode)
+  while float64 accumulators collect the exact mean and population variance of its input over
+  all samples; these become the running statistics.
+* REPAIR: at every REPAIR point of the spec (the pre-activation: a norm layer's output, or a
+  conv/linear output in nets without norm) a hook renormalises each batch's channels to the
+  target ``μ = (1-α)μA + αμB``, ``σ = (1-α)σA + ασB``, so later layers see the corrected
+  earlier ones, and accumulates the statistics of the raw output. After the pass the affine
+  ``a = σ/σ_raw, b = μ - a·μ_raw`` is folded into the point's weight and bias, leaving a plain
+  model of the same architecture.
+
+With all statistics samples in one batch both are exact; with smaller batches they carry the
+usual batch-statistics noise of the REPAIR reference code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .data import TensorData
+from .hooks import ChannelMoments, Moments, channel_moments, channels_last_2d, output_hooks
+from .permutation.spec import PermutationSpec
+
+# A channel whose raw std is below this fraction of its layer's typical std is treated as dead:
+# it is shifted to the target mean but not rescaled (dividing by ~0 would blow it up).
+DEAD_STD_FRACTION = 1e-4
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BATCHNORMS) and m.track_running_stats]
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return bool(batchnorms(model))
+
+
+def repair_moments(
+    model: nn.Module, data: TensorData, spec: PermutationSpec, *, batch_size: int = 1000
+) -> dict[str, Moments]:
+    """Per-channel mean and std at every REPAIR point of an endpoint network (one pass)."""
+    return channel_moments(model, data, spec.repair_points, batch_size=batch_size)
+
+
+def target_moments(a: Mapping[str, Moments], b: Mapping[str, Moments], alpha: float) -> dict[str, Moments]:
+    """REPAIR's targets: the interpolation of the endpoints' means and of their stds (not variances)."""
+    return {
+        k: Moments((1 - alpha) * a[k].mean + alpha * b[k].mean, (1 - alpha) * a[k].std + alpha * b[k].std)
+        for k in a
+    }
+
+
+def _batch_moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = channels_last_2d(y)
+    return flat.mean(0), flat.std(0, unbiased=False)
+
+
+def _channel_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(1, -1, *([1] * (like.dim() - 2))).to(like.dtype)
+
+
+def _safe_scale(target_std: torch.Tensor, raw_std: torch.Tensor) -> torch.Tensor:
+    dead = raw_std <= DEAD_STD_FRACTION * raw_std.mean().clamp_min(1e-30)
+    return torch.where(dead, torch.ones_like(raw_std), target_std / raw_std.clamp_min(1e-30))
+
+
+@torch.no_grad()
+def _fold_affine(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """Replace ``module``'s output y by ``scale·y + shift`` per output channel, in its own weights."""
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if weight is None or bias is None:
+        raise ValueError(
+            f"cannot fold a REPAIR correction into {type(module).__name__}: it needs a weight and a bias"
+        )
+    scale, shift = scale.to(weight.dtype), shift.to(weight.dtype)
+    weight.mul_(scale.view(-1, *([1] * (weight.dim() - 1))))
+    bias.mul_(scale).add_(shift)
+
+
+@torch.no_grad()
+def _corrective_pass(
+    model: nn.Module,
+    data: TensorData,
+    *,
+    reset: bool,
+    targets: Mapping[str, Moments] | None,
+    batch_size: int,
+) -> None:
+    bns = batchnorms(model) if reset else []
+    bn_acc = {id(m): ChannelMoments() for m in bns}
+    point_acc = {k: ChannelMoments() for k in (targets or {})}
+    handles = [m.register_forward_pre_hook(lambda m, inp: bn_acc[id(m)].update(inp[0])) for m in bns]
+
+    def renormalise(name: str, y: torch.Tensor) -> torch.Tensor:
+        point_acc[name].update(y)
+        mean, std = _batch_moments(y)
+        tgt = targets[name]
+        scale = _safe_scale(tgt.std.to(y.device), std.double()).to(y.dtype)
+        shift = tgt.mean.to(y.device).to(y.dtype) - scale * mean
+        return y * _channel_view(scale, y) + _channel_view(shift, y)
+
+    model.eval()
+    for m in bns:
+        m.train()  # normalise each batch by its own statistics: the running ones are being replaced
+    try:
+        with output_hooks(model, list(targets or {}), renormalise):
+            for x, _ in data.batches(batch_size):
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.eval()
+    for m in bns:
+        acc = bn_acc[id(m)]
+        m.running_mean.copy_(acc.mean.to(m.running_mean.dtype))
+        m.running_var.copy_(acc.var.to(m.running_var.dtype))
+        m.num_batches_tracked.fill_(0)
+    if targets:
+        modules = dict(model.named_modules())
+        for name, tgt in targets.items():
+            raw = point_acc[name]
+            scale = _safe_scale(tgt.std.to(raw.std.device), raw.std)
+            shift = tgt.mean.to(raw.mean.device) - scale * raw.mean
+            _fold_affine(modules[name], scale, shift)
+
+
+def reset_batchnorm(model: nn.Module, data: TensorData, *, batch_size: int = 1000) -> nn.Module:
+    """RESET: recompute every BatchNorm's running statistics over ``data`` (in place; returns ``model``).
+
+    The running mean and variance become the exact mean and population variance of each
+    BatchNorm's input over all samples (accumulated in float64), with earlier BatchNorms
+    normalising by batch statistics as in training. In one batch this is exact.
+    """
+    if not has_batchnorm(model):
+        raise ValueError("RESET needs a network with BatchNorm layers; this one has none")
+    _corrective_pass(model, data, reset=True, targets=None, batch_size=batch_size)
+    return model
+
+
+def repair(
+    model: nn.Module,
+    a: nn.Module | Mapping[str, Moments],
+    b: nn.Module | Mapping[str, Moments],
+    data: TensorData,
+    *,
+    alpha: float,
+    spec: PermutationSpec,
+    batch_size: int = 1000,
+) -> nn.Module:
+    """REPAIR the interpolated network ``model`` in place (and return it).
+
+    Args:
+        model: the interpolated network ``θ(α)`` of A and aligned B.
+        a, b: the endpoint networks, or their :func:`repair_moments` computed once beforehand.
+        data: training samples for the statistics (on the model's device).
+        alpha: the interpolation coefficient of ``model``.
+        spec: the permutation spec; its ``repair_points`` say where to correct.
+        batch_size: samples per forward pass; all of ``data`` in one batch makes REPAIR exact.
+
+    On a BatchNorm network REPAIR includes RESET, done in the same pass.
+    """
+    moments_a = repair_moments(a, data, spec, batch_size=batch_size) if isinstance(a, nn.Module) else a
+    moments_b = repair_moments(b, data, spec, batch_size=batch_size) if isinstance(b, nn.Module) else b
+    targets = target_moments(moments_a, moments_b, alpha)
+    _corrective_pass(model, data, reset=has_batchnorm(model), targets=targets, batch_size=batch_size)
+    return model

@@ -1,0 +1,120 @@
+"""URI-aware file helpers for checkpoints and tables: local paths, ``file://``, ``s3://``, ``gs://``.
+
+Everything goes through :mod:`pyarrow.fs`, which reads credentials and endpoints from the
+standard environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...). Local paths are made
+absolute, so a URI means the same file from any working directory (Ray workers change theirs).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from urllib.parse import urlsplit
+
+from pyarrow import fs as pafs
+
+
+def _scheme(uri: str) -> str:
+    # A one-letter "scheme" is a Windows drive (C:\...), not a URI.
+    scheme = urlsplit(uri).scheme if "://" in uri else ""
+    return "" if len(scheme) == 1 else scheme.lower()
+
+
+def is_local(uri: str | os.PathLike[str]) -> bool:
+    """Whether ``uri`` names a file on this machine (a plain path or ``file://``)."""
+    return _scheme(os.fspath(uri)) in ("", "file")
+
+
+def normalize(uri: str | os.PathLike[str]) -> str:
+    """``uri`` with a plain local path made absolute (``~`` expanded); other URIs unchanged."""
+    uri = os.fspath(uri)
+    return os.path.abspath(os.path.expanduser(uri)) if _scheme(uri) == "" else uri
+
+
+def resolve(uri: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem that holds ``uri`` and the path of ``uri`` inside it."""
+    uri = normalize(uri)
+    if _scheme(uri) == "":
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(uri)
+
+
+def join(base: str | os.PathLike[str], *parts: str) -> str:
+    """``base`` and ``parts`` joined with ``/`` (URIs) or the OS separator (local paths)."""
+    base = normalize(base)
+    cleaned = [part.strip("/") for part in parts if part.strip("/")]
+    if _scheme(base) == "":
+        return os.path.join(base, *cleaned)
+    return "/".join([base.rstrip("/"), *cleaned])
+
+
+def exists(uri: str | os.PathLike[str]) -> bool:
+    """Whether a file or folder exists at ``uri``."""
+    filesystem, path = resolve(uri)
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def makedirs(uri: str | os.PathLike[str]) -> None:
+    """Create the folder ``uri`` and its parents (no-op if it exists)."""
+    filesystem, path = resolve(uri)
+    filesystem.create_dir(path, recursive=True)
+
+
+def listdir(uri: str | os.PathLike[str]) -> list[str]:
+    """Sorted names of the entries of folder ``uri``; an empty list when it does not exist."""
+    filesystem, path = resolve(uri)
+    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(info.base_name for info in infos)
+
+
+def read_bytes(uri: str | os.PathLike[str]) -> bytes:
+    """The whole content of file ``uri``; FileNotFoundError when there is none."""
+    filesystem, path = resolve(uri)
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except OSError as error:
+        if filesystem.get_file_info(path).type != pafs.FileType.File:
+            raise FileNotFoundError(f"no such file: {uri}") from error
+        raise
+
+
+def write_bytes_atomic(uri: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``uri`` so that readers see either the old file or the whole new one.
+
+    Locally: write a temporary file in the same folder, flush it to disk, then rename it over
+    the target. Object stores: write the key directly, as an object only appears once its upload
+    completes.
+    """
+    filesystem, path = resolve(uri)
+    if not isinstance(filesystem, pafs.LocalFileSystem):
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, f"{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(temp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+def remove(uri: str | os.PathLike[str], *, missing_ok: bool = False) -> None:
+    """Delete the file (or the folder with everything in it) at ``uri``."""
+    filesystem, path = resolve(uri)
+    kind = filesystem.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        if missing_ok:
+            return
+        raise FileNotFoundError(f"no such file: {uri}")
+    if kind == pafs.FileType.Directory:
+        filesystem.delete_dir(path)
+    else:
+        filesystem.delete_file(path)

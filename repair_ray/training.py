@@ -1,0 +1,434 @@
+"""One training run of one (model config, seed), reproducible bit for bit and resumable from a checkpoint.
+
+Data stays in memory as tensors on the compute device; shuffling and augmentation draw from one
+``torch.Generator`` seeded by the data seed, and the model is initialised under its own seed, so
+a run is a pure function of (model config, train config, dataset, init seed, data seed).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import storage
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import Dataset
+from .interpolation import evaluate
+from .models import build_model, check_model_args
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("linear", "cosine", "constant")
+EVAL_BATCH_SIZE = 1000
+METRIC_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run.
+
+    The learning rate changes every step: a linear warm-up from 0 over ``warmup_epochs``, then
+    ``linear`` decay to 0, ``cosine`` decay to 0, or ``constant``. ``augment=None`` turns on
+    random crops (4-pixel padding) and horizontal flips for RGB inputs of at least 32x32.
+    ``weight_decay`` is coupled L2 for both optimizers (``torch.optim.SGD`` / ``Adam``).
+    """
+
+    epochs: int = 10
+    batch_size: int = 256
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    schedule: str = "linear"
+    label_smoothing: float = 0.0
+    augment: bool | None = None
+
+    def __post_init__(self) -> None:
+        def fail(field: str, expected: str) -> NoReturn:
+            raise ValueError(f"TrainConfig.{field} must be {expected}, got {getattr(self, field)!r}")
+
+        if not _is_int(self.epochs) or self.epochs < 0:
+            fail("epochs", "a non-negative integer")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            fail("batch_size", "a positive integer")
+        if self.optimizer not in OPTIMIZERS:
+            fail("optimizer", f"one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            fail("schedule", f"one of {', '.join(SCHEDULES)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            fail("lr", "a positive number")
+        if not 0 <= self.momentum < 1:
+            fail("momentum", "in [0, 1)")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            fail("nesterov", "False unless optimizer is sgd with momentum > 0")
+        if not self.weight_decay >= 0:
+            fail("weight_decay", "non-negative")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            fail("warmup_epochs", f"between 0 and epochs ({self.epochs})")
+        if not 0 <= self.label_smoothing < 1:
+            fail("label_smoothing", "in [0, 1)")
+        if self.augment not in (None, True, False):
+            fail("augment", "true, false or null (automatic)")
+
+    def uses_augmentation(self, in_shape: tuple[int, ...]) -> bool:
+        """Whether inputs of ``in_shape`` get crops and flips (``augment``, or automatic when None)."""
+        if self.augment is not None:
+            return self.augment
+        channels, height, width = in_shape
+        return channels == 3 and height >= 32 and width >= 32
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """An architecture of the zoo with its knobs; validated on construction."""
+
+    arch: str
+    width: float
+    depth: int | None = None
+    norm: str = "none"
+
+    def __post_init__(self) -> None:
+        check_model_args(self.arch, width=self.width, depth=self.depth, norm=self.norm)
+
+    def build(self, num_classes: int, in_shape: tuple[int, ...]) -> nn.Module:
+        """A freshly initialised network (under the current torch RNG state)."""
+        return build_model(
+            self.arch,
+            width=self.width,
+            depth=self.depth,
+            norm=self.norm,
+            num_classes=num_classes,
+            in_shape=in_shape,
+        )
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :meth:`Trainer.run`.
+
+    ``metrics`` holds ``train_loss, train_acc, test_loss, test_acc`` of the final weights
+    (NaN when the run failed); ``seconds`` is the training time summed over resumed runs.
+    """
+
+    status: str  # "ok" | "nan_loss"
+    epochs: int
+    metrics: dict[str, float]
+    seconds: float
+    state_dict: dict[str, torch.Tensor] | None
+    error: str | None = None
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4) -> torch.Tensor:
+    """Random crops (zero padding of ``padding`` pixels) and horizontal flips, per sample, in one gather.
+
+    The random offsets and flips are drawn on the CPU from ``generator`` whatever the device of
+    ``x``, so the augmentation is the same on every device.
+    """
+    n, channels, height, width = x.shape
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
+    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = offsets[0, :, None] + torch.arange(height, device=x.device)
+    columns = torch.arange(width, device=x.device)
+    columns = torch.where(flips[:, None], width - 1 - columns, columns) + offsets[1, :, None]
+    return padded[
+        torch.arange(n, device=x.device)[:, None, None, None],
+        torch.arange(channels, device=x.device)[None, :, None, None],
+        rows[:, None, :, None],
+        columns[:, None, None, :],
+    ]
+
+
+class Trainer:
+    """Trains one network on one dataset, an epoch at a time, with exact resumption.
+
+    Attributes:
+        model: the network, on ``device``.
+        epoch: completed epochs.
+        step: completed optimizer steps.
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        dataset: Dataset,
+        *,
+        seed: int,
+        init_seed: int | None = None,
+        data_seed: int | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.model_config = model_config
+        self.train_config = train_config
+        self.seed = seed
+        self.init_seed = seed if init_seed is None else init_seed
+        self.data_seed = seed if data_seed is None else data_seed
+        self.device = torch.device(device)
+        self.dataset = dataset.to(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.init_seed)
+            model = model_config.build(dataset.num_classes, dataset.in_shape)
+        self.model = model.to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.generator = torch.Generator().manual_seed(self.data_seed)
+        self.augment = train_config.uses_augmentation(dataset.in_shape)
+        # The last partial batch is dropped (a new shuffle every epoch uses it next time); a
+        # train split smaller than one batch is a single batch.
+        self.steps_per_epoch = max(1, len(self.dataset.train) // train_config.batch_size)
+        self.total_steps = train_config.epochs * self.steps_per_epoch
+        self.warmup_steps = round(train_config.warmup_epochs * self.steps_per_epoch)
+        self.epoch = 0
+        self.step = 0
+        self.seconds = 0.0
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        config = self.train_config
+        if config.optimizer == "adam":
+            return torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            self.model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) of the run."""
+        config = self.train_config
+        if step < self.warmup_steps:
+            return config.lr * (step + 1) / self.warmup_steps
+        if config.schedule == "constant":
+            return config.lr
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        if config.schedule == "cosine":
+            return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        return config.lr * (1 - progress)
+
+    def train_epoch(self) -> dict[str, float]:
+        """Train one epoch; ``train_loss`` and ``train_acc`` are averages over its batches.
+
+        Raises NonFiniteLossError, before updating the weights, as soon as a loss is NaN or inf.
+        """
+        config = self.train_config
+        if self.epoch >= config.epochs:
+            raise RuntimeError(f"all {config.epochs} epochs of this run are done")
+        train = self.dataset.train
+        self.model.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(train), generator=self.generator).to(self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        for batch in range(self.steps_per_epoch):
+            index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
+            x, y = train.x[index], train.y[index]
+            if self.augment:
+                x = augment_batch(x, self.generator)
+            lr = self.learning_rate(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"training loss is {loss.item()} at epoch {self.epoch + 1}, "
+                    f"step {batch + 1} of {self.steps_per_epoch} (learning rate {lr:.3g})"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            loss_sum += loss.detach()
+            correct += (logits.argmax(dim=1) == y).sum()
+            seen += len(y)
+        self.epoch += 1
+        self.seconds += time.perf_counter() - started
+        return {"train_loss": loss_sum.item() / self.steps_per_epoch, "train_acc": correct.item() / seen}
+
+    def evaluate(self, splits: tuple[str, ...] = ("train", "test")) -> dict[str, float]:
+        """``<split>_loss`` and ``<split>_acc`` in eval mode, without augmentation, on whole splits."""
+        was_training = self.model.training
+        self.model.eval()
+        metrics: dict[str, float] = {}
+        try:
+            for split in splits:
+                result = evaluate(self.model, getattr(self.dataset, split), batch_size=EVAL_BATCH_SIZE)
+                metrics[f"{split}_loss"], metrics[f"{split}_acc"] = result["loss"], result["acc"]
+        finally:
+            self.model.train(was_training)
+        return metrics
+
+    def training_state(self) -> dict[str, Any]:
+        """A snapshot of everything besides the weights that training depends on."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "seconds": self.seconds,
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`training_state` snapshot (load the matching weights separately)."""
+        missing = {"epoch", "step", "optimizer", "generator"} - set(state)
+        if missing:
+            raise ValueError(f"training state lacks {', '.join(sorted(missing))}")
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if step != epoch * self.steps_per_epoch:
+            raise ValueError(
+                f"training state is at step {step} after {epoch} epochs, but this run takes "
+                f"{self.steps_per_epoch} steps per epoch: the batch size or the dataset differ"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+        self.epoch, self.step = epoch, step
+        self.seconds = float(state.get("seconds", 0.0))
+
+    def checkpoint_meta(self, metrics: dict[str, float], status: str) -> dict[str, Any]:
+        """What a checkpoint of this run records besides the weights."""
+        return {
+            "model_config": asdict(self.model_config),
+            "train_config": asdict(self.train_config),
+            "seed": self.seed,
+            "init_seed": self.init_seed,
+            "data_seed": self.data_seed,
+            "dataset": self.dataset.name,
+            "num_classes": self.dataset.num_classes,
+            "in_shape": list(self.dataset.in_shape),
+            "epoch": self.epoch,
+            "metrics": metrics,
+            "seconds": self.seconds,
+            "status": status,
+        }
+
+    def save(self, uri: str | os.PathLike[str], metrics: dict[str, float], *, status: str) -> None:
+        """Checkpoint the weights, :meth:`checkpoint_meta` and :meth:`training_state` to ``uri``."""
+        save_checkpoint(
+            uri, self.model, self.checkpoint_meta(metrics, status), training_state=self.training_state()
+        )
+
+    def resume(self, uri: str | os.PathLike[str]) -> dict[str, Any]:
+        """Load weights and training state from the checkpoint at ``uri``; returns its meta.
+
+        Raises ValueError when the checkpoint belongs to a run with other configs or seeds.
+        """
+        checkpoint = load_checkpoint(uri)
+        expected = _jsonable(self.checkpoint_meta({}, "running"))
+        for key in ("model_config", "train_config", "init_seed", "data_seed"):
+            if checkpoint.meta.get(key) != expected[key]:
+                raise ValueError(
+                    f"checkpoint {uri} belongs to another run: its {key} is {checkpoint.meta.get(key)!r}, "
+                    f"this run's is {expected[key]!r}"
+                )
+        if checkpoint.training_state is None:
+            raise CheckpointError(f"checkpoint {uri} has no training state to resume from")
+        self.model.load_state_dict(checkpoint.state_dict)
+        self.load_training_state(checkpoint.training_state)
+        return checkpoint.meta
+
+    def run(
+        self,
+        *,
+        checkpoint_uri: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = 1,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> TrainResult:
+        """Train the remaining epochs, resuming from ``checkpoint_uri`` when a checkpoint is there.
+
+        After every epoch ``on_epoch(epoch, metrics)`` gets ``epoch``, ``epoch_train_loss`` and
+        ``epoch_train_acc`` (averages over the epoch's batches), ``test_loss`` and ``test_acc``;
+        after the last epoch also ``train_loss`` and ``train_acc`` of a clean pass over the train
+        split. A checkpoint (with training state) is written before ``on_epoch`` every
+        ``checkpoint_every`` epochs (never when None or 0) and after the last epoch. A NaN or
+        infinite loss ends the run with status ``nan_loss`` and writes no checkpoint.
+        """
+        if checkpoint_uri is not None and storage.exists(checkpoint_uri):
+            meta = self.resume(checkpoint_uri)
+            stored = meta.get("metrics") or {}
+            if self.epoch == self.train_config.epochs and all(k in stored for k in METRIC_KEYS):
+                metrics = {k: float(stored[k]) for k in METRIC_KEYS}
+                return TrainResult("ok", self.epoch, metrics, self.seconds, self._state_dict())
+        final: dict[str, float] | None = None
+        try:
+            while self.epoch < self.train_config.epochs:
+                running = self.train_epoch()
+                last = self.epoch == self.train_config.epochs
+                started = time.perf_counter()
+                metrics = {
+                    "epoch": self.epoch,
+                    "epoch_train_loss": running["train_loss"],
+                    "epoch_train_acc": running["train_acc"],
+                    **self.evaluate(("train", "test") if last else ("test",)),
+                }
+                self.seconds += time.perf_counter() - started
+                if last:
+                    final = metrics
+                due = bool(checkpoint_every) and self.epoch % checkpoint_every == 0
+                if checkpoint_uri is not None and (last or due):
+                    self.save(checkpoint_uri, metrics, status="ok" if last else "running")
+                if on_epoch is not None:
+                    on_epoch(self.epoch, metrics)
+        except NonFiniteLossError as error:
+            nan = {key: math.nan for key in METRIC_KEYS}
+            return TrainResult("nan_loss", self.epoch, nan, self.seconds, None, str(error))
+        if final is None:  # nothing left to train (0 epochs, or a finished checkpoint without metrics)
+            final = {"epoch": self.epoch, **self.evaluate()}
+            if checkpoint_uri is not None:
+                self.save(checkpoint_uri, final, status="ok")
+        return TrainResult(
+            "ok", self.epoch, {k: final[k] for k in METRIC_KEYS}, self.seconds, self._state_dict()
+        )
+
+    def _state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: tensor.detach().cpu().clone() for name, tensor in self.model.state_dict().items()}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def train_model(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    dataset: Dataset,
+    *,
+    seed: int,
+    init_seed: int | None = None,
+    data_seed: int | None = None,
+    device: str | torch.device = "cpu",
+    checkpoint_uri: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = 1,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train (or resume and finish) one run: ``Trainer(...).run(...)``."""
+    trainer = Trainer(
+        model_config,
+        train_config,
+        dataset,
+        seed=seed,
+        init_seed=init_seed,
+        data_seed=data_seed,
+        device=device,
+    )
+    return trainer.run(checkpoint_uri=checkpoint_uri, checkpoint_every=checkpoint_every, on_epoch=on_epoch)

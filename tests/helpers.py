@@ -1,0 +1,36 @@
+"""Small builders shared by the tests: structured toy data and briefly trained networks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repair_ray import build_model
+from repair_ray.data import TensorData
+
+
+def prototype_data(shape: tuple[int, ...], n: int = 512, classes: int = 10, seed: int = 0) -> TensorData:
+    """Class prototypes plus Gaussian noise: learnable in a few steps."""
+    gen = torch.Generator().manual_seed(seed)
+    prototypes = torch.randn(classes, *shape, generator=gen)
+    y = torch.randint(0, classes, (n,), generator=gen)
+    return TensorData(prototypes[y] + torch.randn(n, *shape, generator=gen), y)
+
+
+def briefly_trained(
+    arch: str, data: TensorData, *, steps: int = 30, lr: float = 0.01, seed: int = 0, **kwargs
+) -> nn.Module:
+    """A network of the zoo after a few SGD steps, so its units are distinct and alive."""
+    torch.manual_seed(seed)
+    model = build_model(arch, in_shape=tuple(data.x.shape[1:]), **kwargs)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(data), (64,), generator=gen)
+        loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

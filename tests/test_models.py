@@ -1,0 +1,120 @@
+"""The model zoo and its permutation specs: permuted networks compute the same function."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from repair_ray import apply_permutation, build_model, permutation_spec, random_permutation
+from repair_ray.models import ARCHS
+from repair_ray.permutation import SpecError
+
+# Every arch x norm of the zoo, small enough for CPU tests.
+ZOO = [
+    (arch, norm, width, shape)
+    for arch, width in [
+        ("mlp", 24),
+        ("vgg", 0.125),
+        ("resnet20", 0.5),
+        ("resnet18", 0.125),
+        ("resnet50", 0.125),
+    ]
+    for norm in ARCHS[arch].norms
+    for shape in ([(1, 28, 28), (3, 32, 32)] if arch in ("mlp", "vgg") else [(3, 32, 32)])
+]
+
+
+def randomise_norms(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """Non-trivial norm affines and running statistics, so a wrong permutation would show."""
+    for m in model.modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # running statistics of real activations: per-channel, non-trivial
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, *shape))
+
+
+@pytest.mark.parametrize(("arch", "norm", "width", "shape"), ZOO, ids=lambda v: str(v))
+def test_permuted_model_computes_same_function(arch, norm, width, shape):
+    model = build_model(arch, width=width, norm=norm, num_classes=7, in_shape=shape)
+    randomise_norms(model, shape)
+    model.eval()
+    spec = permutation_spec(model)
+    spec.validate(model.state_dict())
+    perm = random_permutation(spec, seed=3)
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in perm.values())
+
+    permuted = copy.deepcopy(model)
+    permuted.load_state_dict(apply_permutation(spec, perm, model))
+    spec.validate(permuted.state_dict())
+    x = torch.randn(8, *shape)
+    with torch.no_grad():
+        out, out_permuted = model(x), permuted(x)
+    assert out.shape == (8, 7)
+    assert (out - out_permuted).abs().max().item() < 1e-4
+    # ... and the weights really moved.
+    moved = [
+        k
+        for k, v in permuted.state_dict().items()
+        if v.is_floating_point() and not torch.equal(v, model.state_dict()[k])
+    ]
+    assert moved
+
+
+def test_spec_covers_batchnorm_buffers():
+    model = build_model("mlp", width=16, depth=2, norm="batch")
+    spec = permutation_spec(model)
+    assert spec.axes["layers.0.norm.running_mean"] == ("layers.0",)
+    assert spec.axes["layers.0.norm.running_var"] == ("layers.0",)
+    assert spec.axes["layers.0.norm.num_batches_tracked"] == ()
+    assert "layers.0.norm.running_mean" in spec.buffers
+
+
+def test_resnet_residual_stream_shares_one_group_per_stage():
+    spec = permutation_spec(build_model("resnet20", width=1, norm="batch", in_shape=(3, 32, 32)))
+    # stage 1 has identity shortcuts: every block writes the stem's stream group
+    assert {spec.axes[f"stages.0.{i}.conv2.weight"][0] for i in range(3)} == {"stem"}
+    # stages 2 and 3 start with a projection, which opens a new stream group
+    assert {spec.axes[f"stages.1.{i}.conv2.weight"][0] for i in range(3)} == {"stages.1"}
+    assert spec.axes["stages.1.0.shortcut.conv.weight"] == ("stages.1", "stem", None, None)
+    assert spec.axes["head.weight"] == (None, "stages.2")
+
+
+def test_spec_validator_names_the_offending_parameter():
+    model = build_model("mlp", width=16, depth=2)
+    spec = permutation_spec(model)
+    other = build_model("mlp", width=20, depth=2).state_dict()
+    with pytest.raises(SpecError, match=r"layers\.0\.linear\.weight.*size 20.*16"):
+        spec.validate(other)
+    deeper = build_model("mlp", width=16, depth=3).state_dict()
+    with pytest.raises(SpecError, match=r"layers\.2"):
+        spec.validate(deeper)
+
+
+@pytest.mark.parametrize(
+    ("arch", "kwargs", "message"),
+    [
+        ("transformer", {"width": 1}, "unknown arch"),
+        ("mlp", {"width": 0}, "width must be a positive"),
+        ("mlp", {"width": 1.5}, "integer"),
+        ("vgg", {"width": 1, "depth": 12}, "11, 13, 16, 19"),
+        ("resnet20", {"width": 1, "depth": 21, "norm": "batch"}, "6n\\+2"),
+        ("resnet20", {"width": 1, "norm": "none"}, "supports norm batch, layer"),
+    ],
+)
+def test_bad_model_arguments_are_named(arch, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(arch, **kwargs)
+
+
+def test_vgg_runs_on_mnist_and_cifar_shapes():
+    for shape in [(1, 28, 28), (3, 32, 32)]:
+        for depth in (11, 13, 16, 19):
+            model = build_model("vgg", width=0.0625, depth=depth, norm="batch", in_shape=shape)
+            assert model(torch.randn(2, *shape)).shape == (2, 10)

@@ -1,0 +1,170 @@
+"""REPAIR and RESET set the interpolated network's statistics to their targets, exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from repair_ray import build_model, interpolate_state, permutation_spec, repair, reset_batchnorm
+from repair_ray.hooks import ChannelMoments, channel_moments, output_hooks
+from repair_ray.repair import batchnorms, repair_moments, target_moments
+
+from .helpers import briefly_trained, prototype_data
+
+NETS = [
+    ("mlp", {"width": 32, "depth": 4, "norm": "none"}, (1, 28, 28)),
+    ("mlp", {"width": 32, "depth": 4, "norm": "batch"}, (1, 28, 28)),
+    ("mlp", {"width": 32, "depth": 4, "norm": "layer"}, (1, 28, 28)),
+    ("vgg", {"width": 0.125, "depth": 11, "norm": "none"}, (3, 16, 16)),
+    ("vgg", {"width": 0.125, "depth": 11, "norm": "layer"}, (3, 16, 16)),
+    ("resnet20", {"width": 0.5, "norm": "batch"}, (3, 16, 16)),
+    ("resnet20", {"width": 0.5, "norm": "layer"}, (3, 16, 16)),
+]
+
+
+def endpoints_and_midpoint(arch, kwargs, shape, alpha=0.4):
+    data = prototype_data(shape, n=400)
+    a = briefly_trained(arch, data, seed=1, steps=10, **kwargs)
+    b = briefly_trained(arch, data, seed=2, steps=10, **kwargs)
+    mid = copy.deepcopy(a)
+    mid.load_state_dict(interpolate_state(a.state_dict(), b.state_dict(), alpha))
+    return a, b, mid, data
+
+
+def relative_errors(measured, target):
+    """Worst relative error of per-channel means (in units of the target std) and stds, over points."""
+    worst = 0.0
+    for p, tgt in target.items():
+        scale = tgt.std.mean()
+        alive = tgt.std > 1e-3 * scale
+        mean_err = ((measured[p].mean - tgt.mean).abs() / scale).max()
+        std_err = ((measured[p].std - tgt.std).abs()[alive] / tgt.std[alive]).max()
+        worst = max(worst, float(mean_err), float(std_err))
+    return worst
+
+
+@pytest.mark.parametrize(("arch", "kwargs", "shape"), NETS, ids=lambda v: str(v))
+def test_repaired_statistics_equal_the_targets(arch, kwargs, shape):
+    alpha = 0.4
+    a, b, mid, data = endpoints_and_midpoint(arch, kwargs, shape, alpha)
+    spec = permutation_spec(a)
+    target = target_moments(repair_moments(a, data, spec), repair_moments(b, data, spec), alpha)
+    before = relative_errors(channel_moments(mid, data, spec.repair_points), target)
+    repair(mid, a, b, data, alpha=alpha, spec=spec, batch_size=len(data))
+    after = relative_errors(channel_moments(mid, data, spec.repair_points), target)
+    assert after < 1e-2, after
+    assert before > 5 * after  # the interpolation really was off before
+
+
+def test_repair_with_minibatches_is_close():
+    a, b, mid, data = endpoints_and_midpoint("resnet20", {"width": 0.5, "norm": "batch"}, (3, 16, 16))
+    spec = permutation_spec(a)
+    target = target_moments(repair_moments(a, data, spec), repair_moments(b, data, spec), 0.4)
+    repair(mid, a, b, data, alpha=0.4, spec=spec, batch_size=100)
+    assert relative_errors(channel_moments(mid, data, spec.repair_points), target) < 5e-2
+
+
+@pytest.mark.parametrize(("arch", "kwargs", "shape"), NETS[:2] + NETS[5:6], ids=lambda v: str(v))
+def test_folded_model_computes_what_the_unfolded_correction_computes(arch, kwargs, shape):
+    """The folded weights reproduce the corrections applied as explicit affine layers."""
+    alpha = 0.4
+    a, b, mid, data = endpoints_and_midpoint(arch, kwargs, shape, alpha)
+    spec = permutation_spec(a)
+    target = target_moments(repair_moments(a, data, spec), repair_moments(b, data, spec), alpha)
+    folded = copy.deepcopy(mid)
+    repair(folded, a, b, data, alpha=alpha, spec=spec, batch_size=len(data))
+
+    # Unfolded: the same interpolated net (BN reset the same way), with each point's output
+    # renormalised by an explicit affine computed layer by layer on the whole data.
+    unfolded = copy.deepcopy(mid)
+    if batchnorms(unfolded):
+        reset_batchnorm(unfolded, data, batch_size=len(data))
+    affines: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for point in spec.repair_points:
+        raw = ChannelMoments()
+
+        def apply(name, y, raw=raw, point=point):
+            if name == point:
+                raw.update(y)
+            if name in affines:
+                s, t = affines[name]
+                return y * s.view(1, -1, *([1] * (y.dim() - 2))) + t.view(1, -1, *([1] * (y.dim() - 2)))
+            return None
+
+        with output_hooks(unfolded, spec.repair_points, apply):
+            unfolded(data.x)
+        scale = (target[point].std / raw.std).float()
+        affines[point] = (scale, (target[point].mean - scale.double() * raw.mean).float())
+
+    def apply_all(name, y):
+        s, t = affines[name]
+        return y * s.view(1, -1, *([1] * (y.dim() - 2))) + t.view(1, -1, *([1] * (y.dim() - 2)))
+
+    x = data.x[:64]
+    with torch.no_grad(), output_hooks(unfolded, spec.repair_points, apply_all):
+        expected = unfolded.eval()(x)
+    with torch.no_grad():
+        got = folded.eval()(x)
+    assert (got - expected).abs().max() < 1e-3 * expected.abs().max()
+    # the folded model is a plain model of the same architecture
+    assert set(folded.state_dict()) == set(a.state_dict())
+
+
+def test_reset_gives_exact_running_statistics():
+    a, b, mid, data = endpoints_and_midpoint("resnet20", {"width": 0.5, "norm": "batch"}, (3, 16, 16))
+    reset_batchnorm(mid, data, batch_size=len(data))
+    bns = batchnorms(mid)
+    # The exact statistics of every BatchNorm's input in the reset network, measured in eval mode.
+    inputs = {id(m): ChannelMoments() for m in bns}
+    handles = [m.register_forward_pre_hook(lambda m, i: inputs[id(m)].update(i[0])) for m in bns]
+    with torch.no_grad():
+        mid.eval()(data.x)
+    for h in handles:
+        h.remove()
+    for m in bns:
+        exact = inputs[id(m)]
+        torch.testing.assert_close(m.running_mean.double(), exact.mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m.running_var.double(), exact.var, rtol=1e-4, atol=1e-5)
+
+
+def test_reset_is_a_cumulative_average_not_a_momentum_estimate():
+    """Over several batches the running mean is the mean over all samples, whatever the momentum."""
+    model = build_model("mlp", width=16, depth=1, norm="batch")
+    data = prototype_data((1, 28, 28), n=300)
+    reset_batchnorm(model, data, batch_size=64)
+    with torch.no_grad():
+        pre = model.layers[0].linear(model.flatten(data.x))
+    torch.testing.assert_close(model.layers[0].norm.running_mean, pre.mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model.layers[0].norm.running_var, pre.var(0, unbiased=False), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_reset_refuses_nets_without_batchnorm():
+    with pytest.raises(ValueError, match="BatchNorm"):
+        reset_batchnorm(build_model("mlp", width=8, depth=1), prototype_data((1, 28, 28), n=16))
+
+
+def test_repair_leaves_dead_units_finite():
+    data = prototype_data((1, 28, 28), n=200)
+    a = build_model("mlp", width=16, depth=2)
+    b = build_model("mlp", width=16, depth=2)
+    with torch.no_grad():
+        for m in (a, b):
+            m.layers[0].linear.bias[:4] = -1e4  # dead after ReLU: constant pre-activation
+            m.layers[0].linear.weight[:4] = 0.0
+    spec = permutation_spec(a)
+    mid = copy.deepcopy(a)
+    mid.load_state_dict(interpolate_state(a.state_dict(), b.state_dict(), 0.5))
+    repair(mid, a, b, data, alpha=0.5, spec=spec, batch_size=len(data))
+    assert all(torch.isfinite(t).all() for t in mid.state_dict().values())
+    assert torch.isfinite(mid(data.x)).all()
+
+
+def test_repair_points_are_never_the_classifier():
+    for arch, kwargs, shape in NETS:
+        spec = permutation_spec(build_model(arch, in_shape=shape, **kwargs))
+        assert "head" not in spec.repair_points
+        assert len(spec.repair_points) == len(set(spec.repair_points)) > 0
