@@ -138,20 +138,26 @@ def load_dataset(
         DatasetNotFoundError: the files are missing and could not be downloaded.
         ValueError: an unknown name or option.
     """
+    _check_options(name, options, dataset_options(name))
     if name in TORCHVISION_DATASETS:
-        _check_options(name, options, ())
         dataset = _load_torchvision(name, Path(root).expanduser() if root is not None else data_root())
     elif name == "synthetic":
-        _check_options(name, options, ("shape", "num_classes", "train_size", "test_size", "seed"))
         dataset = make_synthetic(**options)
-    elif name.startswith("imagefolder:"):
-        _check_options("imagefolder", options, ("image_size",))
-        dataset = _load_imagefolder(
-            name, Path(name.split(":", 1)[1]).expanduser(), options.get("image_size", 32)
-        )
     else:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(KNOWN_DATASETS)}")
+        path = Path(name.split(":", 1)[1]).expanduser()
+        dataset = _load_imagefolder(name, path, options.get("image_size", 32))
     return dataset.to(device)
+
+
+def dataset_options(name: str) -> tuple[str, ...]:
+    """The options ``load_dataset(name, ...)`` accepts; ValueError for an unknown dataset name."""
+    if name in TORCHVISION_DATASETS:
+        return ()
+    if name == "synthetic":
+        return ("shape", "num_classes", "train_size", "test_size", "seed")
+    if name.startswith("imagefolder:") and len(name) > len("imagefolder:"):
+        return ("image_size",)
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(KNOWN_DATASETS)}")
 
 
 def _check_options(name: str, options: dict[str, Any], allowed: tuple[str, ...]) -> None:

@@ -93,7 +93,8 @@ def write_bytes_atomic(uri: str | os.PathLike[str], data: bytes) -> None:
         return
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    temp = os.path.join(folder, f"{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    # a leading dot hides the partial file from readers of the folder (pyarrow datasets skip it)
+    temp = os.path.join(folder, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(temp, "wb") as file:
             file.write(data)
@@ -118,3 +119,16 @@ def remove(uri: str | os.PathLike[str], *, missing_ok: bool = False) -> None:
         filesystem.delete_dir(path)
     else:
         filesystem.delete_file(path)
+
+
+def parent(uri: str | os.PathLike[str]) -> str:
+    """The folder that holds ``uri``."""
+    uri = normalize(uri)
+    if _scheme(uri) == "":
+        return os.path.dirname(uri.rstrip(os.sep)) or os.sep
+    return uri.rstrip("/").rsplit("/", 1)[0]
+
+
+def basename(uri: str | os.PathLike[str]) -> str:
+    """The last component of ``uri``."""
+    return normalize(uri).rstrip("/").rstrip(os.sep).replace(os.sep, "/").rsplit("/", 1)[-1]

@@ -1,0 +1,45 @@
+"""What runs inside Ray workers, shared by both stages: device, threads, and a dataset cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+from ..data import Dataset, load_dataset
+
+_DATASETS: dict[tuple[str, str], Dataset] = {}
+
+
+def setup_worker(threads: float) -> torch.device:
+    """Limit torch's threads to the CPUs Ray gave this task and pick its device.
+
+    Parallel trials or tasks that each used every core would oversubscribe the machine.
+    """
+    n = max(1, int(threads))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    import ray
+
+    gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+    if gpu_ids and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def cached_dataset(spec: dict[str, Any], device: torch.device) -> Dataset:
+    """The dataset of ``spec`` on ``device``, loaded once per worker process (workers are reused)."""
+    key = (json.dumps(spec, sort_keys=True), str(device))
+    if key not in _DATASETS:
+        _DATASETS.clear()  # one dataset per worker at a time: memory, not speed, is the limit here
+        _DATASETS[key] = load_dataset(spec["name"], device=device, **spec.get("options", {}))
+    return _DATASETS[key]
+
+
+def error_text(error: BaseException) -> str:
+    """A one-line, readable reason for a table's ``error`` column."""
+    text = f"{type(error).__name__}: {error}".strip()
+    return " ".join(text.split())[:2000]
