@@ -29,9 +29,7 @@ __version__ = "0.1.0"
 def permutation_spec(model: nn.Module) -> PermutationSpec:
     """The :class:`PermutationSpec` of a model of the zoo (validated against the model)."""
     if not hasattr(model, "permutation_spec"):
-        raise TypeError(
-            f"{type(model).__name__} has no permutation spec; build it with repair_ray.build_model"
-        )
+        raise TypeError(f"{type(model).__name__} has no permutation spec; build it with repair_ray.build_model")
     return model.permutation_spec()
 
 

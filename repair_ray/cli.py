@@ -36,9 +36,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option(
-    "--storage", "storage_uri", help="Override the config's storage (a path, s3://... or gs://...)."
-)
+@click.option("--storage", "storage_uri", help="Override the config's storage (a path, s3://... or gs://...).")
 def validate(config_path: str, storage_uri: str | None) -> None:
     """Check CONFIG and print the expanded plan, without starting Ray."""
     config = _load(config_path, storage_uri)
@@ -57,9 +55,7 @@ def validate(config_path: str, storage_uri: str | None) -> None:
     n_train, n_test = _split_sizes(config)
     if n_train is not None:
         passes = sample_forward_passes(config, n_train, n_test)
-        click.echo(
-            f"pair stage forward passes: {passes:,} samples ({passes / max(config.n_pairs, 1):,.0f} per pair)"
-        )
+        click.echo(f"pair stage forward passes: {passes:,} samples ({passes / max(config.n_pairs, 1):,.0f} per pair)")
     click.echo(
         f"resources: train {config.resources.train.cpu:g} CPU / {config.resources.train.gpu:g} GPU per trial, "
         f"pair {config.resources.pair.cpu:g} CPU / {config.resources.pair.gpu:g} GPU per task"
@@ -83,9 +79,7 @@ def _split_sizes(config) -> tuple[int | None, int]:
 
 @main.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option(
-    "--storage", "storage_uri", help="Override the config's storage (a path, s3://... or gs://...)."
-)
+@click.option("--storage", "storage_uri", help="Override the config's storage (a path, s3://... or gs://...).")
 @click.option("--address", help="Ray cluster to join ('auto' for a running one); default: start a local Ray.")
 @click.option("--num-cpus", type=int, help="CPUs of the local Ray started when no --address is given.")
 def run(config_path: str, storage_uri: str | None, address: str | None, num_cpus: int | None) -> None:
@@ -97,9 +91,7 @@ def run(config_path: str, storage_uri: str | None, address: str | None, num_cpus
     result = run_sweep(config, address=address, num_cpus=num_cpus, say=lambda m: click.echo(m, err=False))
     pairs = read_table(config.root, "pairs")
     pairs = pairs[pairs["model_key"].isin([p.model_key for p in config.models])]
-    click.echo(
-        f"\n[sweep] finished in {result.seconds:.0f}s; tables in {storage.join(config.root, 'tables')}"
-    )
+    click.echo(f"\n[sweep] finished in {result.seconds:.0f}s; tables in {storage.join(config.root, 'tables')}")
     table = summary_table(pairs)
     if not table.empty:
         click.echo(table.to_string(index=False))
@@ -125,9 +117,7 @@ def status(sweep_path: str) -> None:
     click.echo(
         f"models: {s.models_ok} trained, {s.models_failed} failed, {s.models_missing} missing (of {s.models_expected})"
     )
-    click.echo(
-        f"pairs:  {s.pairs_ok} done, {s.pairs_failed} failed, {s.pairs_missing} missing (of {s.pairs_expected})"
-    )
+    click.echo(f"pairs:  {s.pairs_ok} done, {s.pairs_failed} failed, {s.pairs_missing} missing (of {s.pairs_expected})")
 
 
 if __name__ == "__main__":

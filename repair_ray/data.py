@@ -73,9 +73,7 @@ class Dataset:
 
     def to(self, device: str | torch.device) -> Dataset:
         """The same dataset with both splits on ``device``."""
-        return Dataset(
-            self.name, self.train.to(device), self.test.to(device), self.num_classes, self.in_shape
-        )
+        return Dataset(self.name, self.train.to(device), self.test.to(device), self.num_classes, self.in_shape)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -97,9 +95,7 @@ class _TorchvisionSpec:
 
 TORCHVISION_DATASETS: dict[str, _TorchvisionSpec] = {
     "mnist": _TorchvisionSpec("MNIST", "MNIST/raw", 10, (1, 28, 28), (0.1307,), (0.3081,), True),
-    "fashion_mnist": _TorchvisionSpec(
-        "FashionMNIST", "FashionMNIST/raw", 10, (1, 28, 28), (0.2860,), (0.3530,), True
-    ),
+    "fashion_mnist": _TorchvisionSpec("FashionMNIST", "FashionMNIST/raw", 10, (1, 28, 28), (0.2860,), (0.3530,), True),
     "cifar10": _TorchvisionSpec(
         "CIFAR10", "cifar-10-batches-py", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     ),
@@ -164,17 +160,13 @@ def _check_options(name: str, options: dict[str, Any], allowed: tuple[str, ...])
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         accepted = ", ".join(allowed) if allowed else "none"
-        raise ValueError(
-            f"dataset {name} does not take option(s) {', '.join(unknown)}; it accepts {accepted}"
-        )
+        raise ValueError(f"dataset {name} does not take option(s) {', '.join(unknown)}; it accepts {accepted}")
 
 
 def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(N, C, H, W) float in place: subtract the per-channel mean, divide by the per-channel std."""
     shape = (1, len(mean), 1, 1)
-    return x.sub_(torch.tensor(mean, dtype=x.dtype).view(shape)).div_(
-        torch.tensor(std, dtype=x.dtype).view(shape)
-    )
+    return x.sub_(torch.tensor(mean, dtype=x.dtype).view(shape)).div_(torch.tensor(std, dtype=x.dtype).view(shape))
 
 
 def _load_torchvision(name: str, root: Path) -> Dataset:
@@ -255,9 +247,7 @@ def make_synthetic(
     if num_classes < 2:
         raise ValueError(f"synthetic num_classes must be at least 2, got {num_classes!r}")
     if train_size < 1 or test_size < 1:
-        raise ValueError(
-            f"synthetic train_size and test_size must be positive, got {train_size}, {test_size}"
-        )
+        raise ValueError(f"synthetic train_size and test_size must be positive, got {train_size}, {test_size}")
     generator = torch.Generator().manual_seed(seed)
     prototypes = _smooth_images(generator, num_classes, shape)
 
@@ -307,9 +297,7 @@ def _load_imagefolder(name: str, path: Path, image_size: int) -> Dataset:
         images, labels = [], []
         for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
             if class_dir.name not in index:
-                raise ValueError(
-                    f"imagefolder class folder {class_dir} is not among the train classes {classes}"
-                )
+                raise ValueError(f"imagefolder class folder {class_dir} is not among the train classes {classes}")
             for file in sorted(class_dir.iterdir()):
                 if file.suffix.lower() in IMAGE_EXTENSIONS:
                     with Image.open(file) as image:
@@ -317,9 +305,7 @@ def _load_imagefolder(name: str, path: Path, image_size: int) -> Dataset:
                         images.append(np.asarray(rgb, dtype=np.uint8))
                     labels.append(index[class_dir.name])
         if not images:
-            raise DatasetNotFoundError(
-                f"imagefolder split {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
-            )
+            raise DatasetNotFoundError(f"imagefolder split {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(torch.float32).div_(255).contiguous()
         return x, torch.tensor(labels, dtype=torch.int64)
 

@@ -70,9 +70,7 @@ def output_hooks(model: nn.Module, names: Sequence[str], hook: Hook) -> Iterator
         for name in names:
             if name not in modules:
                 raise KeyError(f"model has no module {name!r}")
-            handles.append(
-                modules[name].register_forward_hook(lambda _m, _i, out, name=name: hook(name, out))
-            )
+            handles.append(modules[name].register_forward_hook(lambda _m, _i, out, name=name: hook(name, out)))
         yield
     finally:
         for h in handles:

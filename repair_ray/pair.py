@@ -55,9 +55,7 @@ class PairSettings:
             raise ValueError(f"alphas must lie in [0, 1], got {list(self.alphas)}")
         for must in (0.0, 0.5, 1.0):
             if not any(abs(a - must) < 1e-9 for a in self.alphas):
-                raise ValueError(
-                    f"alphas must include {must} (endpoints and midpoint), got {list(self.alphas)}"
-                )
+                raise ValueError(f"alphas must include {must} (endpoints and midpoint), got {list(self.alphas)}")
 
 
 @dataclass
@@ -181,9 +179,7 @@ def analyse_pair(
                         {"align": align, "correction": correction, "split": split, "alpha": alpha, **metrics}
                     )
                 if alpha == 0.5:
-                    measured = channel_moments(
-                        work, stat_data, spec.repair_points, batch_size=settings.stat_batch_size
-                    )
+                    measured = channel_moments(work, stat_data, spec.repair_points, batch_size=settings.stat_batch_size)
                     ratios = std_ratio(measured, target_moments(moments_a, moments_b_aligned, 0.5))
                     result.layers += [
                         {

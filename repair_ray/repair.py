@@ -53,8 +53,7 @@ def repair_moments(
 def target_moments(a: Mapping[str, Moments], b: Mapping[str, Moments], alpha: float) -> dict[str, Moments]:
     """REPAIR's targets: the interpolation of the endpoints' means and of their stds (not variances)."""
     return {
-        k: Moments((1 - alpha) * a[k].mean + alpha * b[k].mean, (1 - alpha) * a[k].std + alpha * b[k].std)
-        for k in a
+        k: Moments((1 - alpha) * a[k].mean + alpha * b[k].mean, (1 - alpha) * a[k].std + alpha * b[k].std) for k in a
     }
 
 
@@ -77,9 +76,7 @@ def _fold_affine(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor) ->
     """Replace ``module``'s output y by ``scale·y + shift`` per output channel, in its own weights."""
     weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
     if weight is None or bias is None:
-        raise ValueError(
-            f"cannot fold a REPAIR correction into {type(module).__name__}: it needs a weight and a bias"
-        )
+        raise ValueError(f"cannot fold a REPAIR correction into {type(module).__name__}: it needs a weight and a bias")
     scale, shift = scale.to(weight.dtype), shift.to(weight.dtype)
     weight.mul_(scale.view(-1, *([1] * (weight.dim() - 1))))
     bias.mul_(scale).add_(shift)

@@ -324,9 +324,7 @@ class Trainer:
 
     def save(self, uri: str | os.PathLike[str], metrics: dict[str, float], *, status: str) -> None:
         """Checkpoint the weights, :meth:`checkpoint_meta` and :meth:`training_state` to ``uri``."""
-        save_checkpoint(
-            uri, self.model, self.checkpoint_meta(metrics, status), training_state=self.training_state()
-        )
+        save_checkpoint(uri, self.model, self.checkpoint_meta(metrics, status), training_state=self.training_state())
 
     def resume(self, uri: str | os.PathLike[str]) -> dict[str, Any]:
         """Load weights and training state from the checkpoint at ``uri``; returns its meta.
@@ -396,9 +394,7 @@ class Trainer:
             final = {"epoch": self.epoch, **self.evaluate()}
             if checkpoint_uri is not None:
                 self.save(checkpoint_uri, final, status="ok")
-        return TrainResult(
-            "ok", self.epoch, {k: final[k] for k in METRIC_KEYS}, self.seconds, self._state_dict()
-        )
+        return TrainResult("ok", self.epoch, {k: final[k] for k in METRIC_KEYS}, self.seconds, self._state_dict())
 
     def _state_dict(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().cpu().clone() for name, tensor in self.model.state_dict().items()}

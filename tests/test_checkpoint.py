@@ -128,9 +128,7 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "model.pt").meta["epoch"] == 2
 
 
-def test_failed_write_keeps_the_old_file_and_cleans_up(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_write_keeps_the_old_file_and_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     uri = tmp_path / "model.pt"
     save_checkpoint(uri, _model(), {"epoch": 1})
 
@@ -147,9 +145,7 @@ def test_failed_write_keeps_the_old_file_and_cleans_up(
 
 def test_local_storage_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert (
-        storage.is_local("runs/a") and storage.is_local("file:///tmp/a") and not storage.is_local("s3://b/k")
-    )
+    assert storage.is_local("runs/a") and storage.is_local("file:///tmp/a") and not storage.is_local("s3://b/k")
     assert storage.join("runs", "sweep", "model.pt") == str(tmp_path / "runs" / "sweep" / "model.pt")
     assert storage.join("s3://bucket/prefix/", "sweep/", "model.pt") == "s3://bucket/prefix/sweep/model.pt"
     assert storage.join("/base", "/abs", "x") == os.path.join("/base", "abs", "x")

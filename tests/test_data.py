@@ -123,18 +123,14 @@ def test_cifar10_in_torchvision_layout_becomes_nchw(tmp_path: Path, monkeypatch:
     assert dataset.test.x[1, 2, 5, 7].item() == pytest.approx(expected, abs=1e-5)
 
 
-def _write_image_folder(
-    root: Path, splits: dict[str, int], classes: tuple[str, ...] = ("cat", "dog", "eel")
-) -> None:
+def _write_image_folder(root: Path, splits: dict[str, int], classes: tuple[str, ...] = ("cat", "dog", "eel")) -> None:
     rng = np.random.default_rng(0)
     for split, per_class in splits.items():
         for index, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(per_class):
-                pixels = np.full((20, 24, 3), 60 * index, dtype=np.uint8) + rng.integers(
-                    0, 40, (20, 24, 3), np.uint8
-                )
+                pixels = np.full((20, 24, 3), 60 * index, dtype=np.uint8) + rng.integers(0, 40, (20, 24, 3), np.uint8)
                 image = Image.fromarray(pixels)
                 if i == 0:
                     image = image.convert("L")  # greyscale files become RGB too

@@ -53,8 +53,9 @@ def test_alignment_then_repair_lower_the_test_loss_barrier(mnist_pair_result, al
 def test_repair_removes_the_variance_collapse_that_grows_with_depth(mnist_pair_result):
     _, layers = mnist_pair_result
     for align in ("weight", "activation"):
-        aligned = layers.query("align == @align and correction == 'none'").sort_values("layer_index")
-        repaired = layers.query("align == @align and correction == 'repair'").sort_values("layer_index")
+        of_align = layers[layers["align"] == align]
+        aligned = of_align[of_align["correction"] == "none"].sort_values("layer_index")
+        repaired = of_align[of_align["correction"] == "repair"].sort_values("layer_index")
         assert len(aligned) == len(repaired) == 4
         ratios = aligned["std_ratio"].to_numpy()
         assert (ratios[1:] < ratios[:-1]).all(), ratios  # collapse compounds layer after layer

@@ -137,9 +137,7 @@ def test_reset_is_a_cumulative_average_not_a_momentum_estimate():
     with torch.no_grad():
         pre = model.layers[0].linear(model.flatten(data.x))
     torch.testing.assert_close(model.layers[0].norm.running_mean, pre.mean(0), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(
-        model.layers[0].norm.running_var, pre.var(0, unbiased=False), rtol=1e-4, atol=1e-5
-    )
+    torch.testing.assert_close(model.layers[0].norm.running_var, pre.var(0, unbiased=False), rtol=1e-4, atol=1e-5)
 
 
 def test_reset_refuses_nets_without_batchnorm():

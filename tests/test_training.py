@@ -104,9 +104,7 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(
             raise _Interrupted
 
     with pytest.raises(_Interrupted):
-        train_model(
-            model_config, train_config, dataset, seed=1, checkpoint_uri=uri, on_epoch=crash_after_first_epoch
-        )
+        train_model(model_config, train_config, dataset, seed=1, checkpoint_uri=uri, on_epoch=crash_after_first_epoch)
     assert load_checkpoint(uri).meta["epoch"] == 1
     epochs_run: list[int] = []
     resumed = train_model(
@@ -127,9 +125,7 @@ def test_finished_run_is_not_trained_again(synthetic: Dataset, tmp_path: Path) -
     uri = str(tmp_path / "model.pt")
     first = train_model(SMALL_MLP, FAST, synthetic, seed=0, checkpoint_uri=uri)
     calls: list[int] = []
-    again = train_model(
-        SMALL_MLP, FAST, synthetic, seed=0, checkpoint_uri=uri, on_epoch=lambda e, m: calls.append(e)
-    )
+    again = train_model(SMALL_MLP, FAST, synthetic, seed=0, checkpoint_uri=uri, on_epoch=lambda e, m: calls.append(e))
     assert calls == [] and again.status == "ok" and again.epochs == 2
     assert again.metrics == first.metrics and _weights_equal(again.state_dict, first.state_dict)
 
@@ -201,9 +197,7 @@ def test_augmentation_keeps_shapes_and_crops_or_flips_each_sample() -> None:
         candidates = [
             (
                 flip,
-                padded[i, :, r : r + 12, c : c + 10].flip(-1)
-                if flip
-                else padded[i, :, r : r + 12, c : c + 10],
+                padded[i, :, r : r + 12, c : c + 10].flip(-1) if flip else padded[i, :, r : r + 12, c : c + 10],
             )
             for r in range(9)
             for c in range(9)
@@ -229,9 +223,7 @@ def test_init_seed_sets_initial_weights_and_data_seed_does_not(synthetic: Datase
         return Trainer(SMALL_MLP, FAST, synthetic, **seeds).model.state_dict()
 
     assert not _weights_equal(initial(seed=0, init_seed=1), initial(seed=0, init_seed=2))
-    assert _weights_equal(
-        initial(seed=0, init_seed=1, data_seed=1), initial(seed=0, init_seed=1, data_seed=2)
-    )
+    assert _weights_equal(initial(seed=0, init_seed=1, data_seed=1), initial(seed=0, init_seed=1, data_seed=2))
     assert _weights_equal(initial(seed=3), initial(seed=9, init_seed=3))
     before = torch.random.get_rng_state()
     initial(seed=4)

@@ -80,9 +80,7 @@ def build_model(
     """
     depth = check_model_args(arch, width=width, depth=depth, norm=norm)
     width = int(width) if ARCHS[arch].integer_width else float(width)
-    model = ARCHS[arch].build(
-        width=width, depth=depth, norm=norm, num_classes=num_classes, in_shape=tuple(in_shape)
-    )
+    model = ARCHS[arch].build(width=width, depth=depth, norm=norm, num_classes=num_classes, in_shape=tuple(in_shape))
     model.arch = arch
     return model
 

@@ -30,9 +30,7 @@ class DenseBlock(nn.Module):
 class MLP(nn.Module):
     """``in_shape`` flattened → ``depth`` × DenseBlock(width) → Linear(num_classes)."""
 
-    def __init__(
-        self, *, width: int, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]
-    ) -> None:
+    def __init__(self, *, width: int, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.flatten = nn.Flatten()
         d_in = math.prod(in_shape)

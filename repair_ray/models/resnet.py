@@ -185,9 +185,7 @@ class ResNet(nn.Module):
         return b.build(self)
 
 
-def cifar_resnet(
-    *, width: float, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]
-) -> ResNet:
+def cifar_resnet(*, width: float, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]) -> ResNet:
     """CIFAR ResNet (He et al. 2016, section 4.2): depth = 6n+2, 16·width channels in stage 1."""
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"resnet20-family depth must be 6n+2 (8, 14, 20, 32, 44, 56, ...), got {depth}")

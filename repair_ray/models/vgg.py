@@ -63,9 +63,7 @@ class VGG(nn.Module):
     A pool is skipped once the feature map is 1 pixel wide, so 28x28 inputs work.
     """
 
-    def __init__(
-        self, *, width: float, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]
-    ) -> None:
+    def __init__(self, *, width: float, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]) -> None:
         super().__init__()
         if depth not in VGG_LAYERS:
             raise ValueError(f"vgg depth must be one of {sorted(VGG_LAYERS)}, got {depth}")

@@ -29,9 +29,7 @@ def identity_permutation(spec: PermutationSpec, device: str | torch.device = "cp
     return {g: torch.arange(n, device=device) for g, n in spec.sizes.items()}
 
 
-def random_permutation(
-    spec: PermutationSpec, *, seed: int = 0, device: str | torch.device = "cpu"
-) -> Permutation:
+def random_permutation(spec: PermutationSpec, *, seed: int = 0, device: str | torch.device = "cpu") -> Permutation:
     """A uniformly random permutation of every group, drawn from a seeded generator."""
     gen = torch.Generator().manual_seed(seed)
     return {g: torch.randperm(n, generator=gen).to(device) for g, n in sorted(spec.sizes.items())}

@@ -67,8 +67,7 @@ class PermutationSpec:
             tensor = state[name]
             if len(groups) != tensor.dim():
                 raise SpecError(
-                    f"permutation spec gives {len(groups)} axes for {name!r}, "
-                    f"which has shape {tuple(tensor.shape)}"
+                    f"permutation spec gives {len(groups)} axes for {name!r}, which has shape {tuple(tensor.shape)}"
                 )
             for axis, g in enumerate(groups):
                 if g is None:

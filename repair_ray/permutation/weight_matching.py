@@ -84,11 +84,7 @@ def weight_matching(
     """
     state_a, state_b = _matched_states(spec, a, b)
     device = next(iter(state_a.values())).device
-    perm = (
-        identity_permutation(spec, device)
-        if init_perm is None
-        else {g: p.to(device) for g, p in init_perm.items()}
-    )
+    perm = identity_permutation(spec, device) if init_perm is None else {g: p.to(device) for g, p in init_perm.items()}
     _check_perm(spec, perm)
 
     # Only parameters take part: running statistics describe the data, not the learned function.
@@ -106,9 +102,7 @@ def weight_matching(
             n_units = spec.sizes[g]
             similarity = torch.zeros(n_units, n_units, dtype=torch.float32, device=device)
             for name, axis in members[g]:
-                wb = _flat_along(
-                    permute_tensor(spec, name, state_b[name], perm, except_axis=axis), axis
-                ).float()
+                wb = _flat_along(permute_tensor(spec, name, state_b[name], perm, except_axis=axis), axis).float()
                 similarity += flat_a[(name, axis)] @ wb.T
             sim = similarity.double().cpu().numpy()
             rows, cols = linear_sum_assignment(sim, maximize=True)

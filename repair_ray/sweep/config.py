@@ -37,7 +37,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
 
-Number = Union[int, float]
+Number = int | float
 
 
 class ModelGrid(_Strict):
@@ -316,9 +316,7 @@ def _expand(
         if not spec.cpu > 0:
             problems.append(f"resources.{stage}.cpu: must be positive, got {spec.cpu}")
         if spec.gpu < 0 or (spec.gpu > 1 and spec.gpu != int(spec.gpu)):
-            problems.append(
-                f"resources.{stage}.gpu: must be a fraction in [0, 1] or a whole number, got {spec.gpu}"
-            )
+            problems.append(f"resources.{stage}.gpu: must be a fraction in [0, 1] or a whole number, got {spec.gpu}")
     if s.max_pairs_in_flight is not None and s.max_pairs_in_flight < 1:
         problems.append(f"max_pairs_in_flight: must be a positive integer, got {s.max_pairs_in_flight}")
     for key in ("pair_retries", "train_retries"):
@@ -449,9 +447,7 @@ def _alphas(value: int | list[float], problems: list[str]) -> list[float] | None
 
 def _check_eval(e: EvalSection, problems: list[str]) -> None:
     if e.train_samples is not None and e.train_samples < 1:
-        problems.append(
-            f"eval.train_samples: must be positive (or null for the whole split), got {e.train_samples}"
-        )
+        problems.append(f"eval.train_samples: must be positive (or null for the whole split), got {e.train_samples}")
     for key in ("stat_samples", "stat_batch_size", "eval_batch_size"):
         if getattr(e, key) < 1:
             problems.append(f"eval.{key}: must be a positive integer, got {getattr(e, key)}")
@@ -483,9 +479,7 @@ def _model_grid(grids: list[ModelGrid], problems: list[str]) -> list[tuple[int, 
                 )
                 ok = False
             elif arch.integer_width and int(w) != w:
-                problems.append(
-                    f"{where}.width: {g.arch} width counts hidden units and must be an integer, got {w}"
-                )
+                problems.append(f"{where}.width: {g.arch} width counts hidden units and must be an integer, got {w}")
                 ok = False
         for d in depths:
             if d is not None and not arch.depths(d):

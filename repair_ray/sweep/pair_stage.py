@@ -53,9 +53,7 @@ def plan_pair_jobs(config: SweepConfig, threads: float) -> PairJobs:
     pairs = read_table(config.root, "pairs")
     finished = set()
     if len(pairs):
-        status = pairs.groupby(["model_key", "seed_a", "seed_b"])["status"].agg(
-            lambda s: bool((s == "ok").all())
-        )
+        status = pairs.groupby(["model_key", "seed_a", "seed_b"])["status"].agg(lambda s: bool((s == "ok").all()))
         finished = {(str(k), int(a), int(b)) for (k, a, b), ok in status.items() if ok}
     settings = asdict(config.pair_settings)
     jobs, left_out, done = [], [], 0

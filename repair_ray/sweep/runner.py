@@ -32,9 +32,7 @@ def save_config(config: SweepConfig) -> None:
     text = yaml.safe_dump({**config.raw, "storage": config.storage}, sort_keys=False).encode()
     storage.makedirs(config.root)
     storage.write_bytes_atomic(storage.join(config.root, CONFIG_NAME), text)
-    storage.write_bytes_atomic(
-        storage.join(config.root, "configs", f"{time.strftime('%Y%m%d-%H%M%S')}.yaml"), text
-    )
+    storage.write_bytes_atomic(storage.join(config.root, "configs", f"{time.strftime('%Y%m%d-%H%M%S')}.yaml"), text)
 
 
 def run_sweep(
@@ -115,8 +113,7 @@ def sweep_status(root: str) -> SweepStatus:
     expected_pairs = {(p.model_key, a, b) for p in config.models for a, b in p.pairs}
     models = read_table(config.root, "models")
     model_status = {
-        (str(k), int(s)): st
-        for k, s, st in zip(models["model_key"], models["seed"], models["status"], strict=True)
+        (str(k), int(s)): st for k, s, st in zip(models["model_key"], models["seed"], models["status"], strict=True)
     }
     pairs = read_table(config.root, "pairs")
     pair_status: dict[tuple[str, int, int], bool] = {}

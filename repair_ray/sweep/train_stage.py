@@ -65,9 +65,7 @@ def models_row(spec: dict[str, Any], **values: Any) -> dict[str, Any]:
         "init_seed": spec["seed"],
         "data_seed": spec["seed"],
         "checkpoint_uri": checkpoint_uri(spec["root"], spec["model_key"], spec["seed"]),
-        "config_json": json.dumps(
-            {"model": model, "train": spec["train"], "dataset": spec["dataset"]}, sort_keys=True
-        ),
+        "config_json": json.dumps({"model": model, "train": spec["train"], "dataset": spec["dataset"]}, sort_keys=True),
     }
     row.update(values)
     return row
@@ -146,9 +144,7 @@ def run_train_stage(config: SweepConfig, *, say: Callable[[str], None] = print) 
 
     started = time.time()
     done = finished_trials(config.root)
-    todo = [
-        (plan, seed) for plan in config.models for seed in plan.seeds if (plan.model_key, seed) not in done
-    ]
+    todo = [(plan, seed) for plan in config.models for seed in plan.seeds if (plan.model_key, seed) not in done]
     total = config.n_trials
     say(f"[train] {total - len(todo)} of {total} trials already done; {len(todo)} to run")
     if not todo:
