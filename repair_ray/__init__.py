@@ -22,6 +22,7 @@ from .permutation import (
     weight_matching,
 )
 from .repair import repair, reset_batchnorm
+from .tables import load_tables
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,7 @@ __all__ = [
     "interpolate_state",
     "load_checkpoint",
     "load_dataset",
+    "load_tables",
     "permutation_spec",
     "random_permutation",
     "repair",

@@ -34,3 +34,28 @@ def briefly_trained(
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def tiny_sweep(name: str, storage: str, **overrides) -> dict:
+    """A sweep config of seconds: small MLPs on generated data."""
+    config = {
+        "name": name,
+        "storage": storage,
+        "dataset": {"name": "synthetic", "shape": [1, 8, 8], "num_classes": 4, "train_size": 512, "test_size": 256},
+        "models": [{"arch": "mlp", "width": 16, "depth": 2}],
+        "seeds": 3,
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "checkpoint_every": 1},
+        "align": ["none", "weight", "activation"],
+        "correction": ["none", "repair"],
+        "alphas": 5,
+        "eval": {"train_samples": 256, "stat_samples": 128},
+    }
+    config.update(overrides)
+    return config
+
+
+def write_yaml(path, data: dict) -> str:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)

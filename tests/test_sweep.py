@@ -1,0 +1,207 @@
+"""The sweep on a real local Ray cluster (one per test session): tables, resume, failures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from repair_ray import load_tables
+from repair_ray.sweep.config import parse_config
+from repair_ray.sweep.pair_stage import pair_task, run_pair_stage
+from repair_ray.sweep.runner import run_sweep, sweep_status
+from repair_ray.tables import SCHEMAS
+
+from .helpers import tiny_sweep
+
+DESIGN_COLUMNS = {
+    "models": "sweep model_key arch dataset width depth norm seed epochs train_loss train_acc test_loss test_acc "
+    "checkpoint_uri train_seconds status",
+    "pairs": "sweep model_key arch dataset width depth norm seed_a seed_b align correction barrier_train_loss "
+    "barrier_train_error barrier_test_loss barrier_test_error midpoint_test_loss midpoint_test_acc "
+    "endpoint_test_acc_a endpoint_test_acc_b align_seconds eval_seconds device status error",
+    "curves": "sweep model_key seed_a seed_b align correction split alpha loss acc",
+    "layers": "sweep model_key seed_a seed_b align correction layer layer_index std_ratio",
+}
+
+
+def forget_pairs(root: str) -> None:
+    for table in ("pairs", "curves", "layers"):
+        for path in Path(root, "tables", table).glob("*.parquet"):
+            path.unlink()
+
+
+def run(config, lines=None):
+    return run_sweep(config, say=(lines.append if lines is not None else lambda m: None))
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(ray_session, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("runs")
+    config = parse_config(tiny_sweep("e2e", str(storage)))
+    lines: list[str] = []
+    result = run(config, lines)
+    return config, result, lines
+
+
+def test_sweep_writes_every_table_with_the_contract_columns(finished_sweep):
+    config, result, _ = finished_sweep
+    tables = load_tables(config.root)
+    for name, columns in DESIGN_COLUMNS.items():
+        assert set(columns.split()) <= set(tables[name].columns), name
+        assert not any(isinstance(t, pd.CategoricalDtype) for t in tables[name].dtypes), name
+    models, pairs, curves, layers = (tables[n] for n in ("models", "pairs", "curves", "layers"))
+    assert len(models) == 3 and (models["status"] == "ok").all()
+    assert models["test_acc"].between(0, 1).all() and (models["test_acc"] > 0.4).all()
+    assert all(Path(uri).is_file() for uri in models["checkpoint_uri"])
+    # 3 pairs x 3 aligns x 2 corrections, each exactly once
+    assert len(pairs) == 18
+    assert not pairs.duplicated(["model_key", "seed_a", "seed_b", "align", "correction"]).any()
+    assert (pairs["status"] == "ok").all() and pairs["error"].isna().all()
+    assert (pairs["barrier_test_loss"] >= 0).all()
+    assert set(pairs["device"]) == {"cpu"}
+    assert len(curves) == 18 * 2 * 5
+    assert sorted(curves["alpha"].unique()) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert len(layers) == 18 * 2  # two hidden layers
+    # the barrier in the pairs table is the one of the curve in the curves table
+    row = pairs[(pairs["align"] == "none") & (pairs.correction == "none")].iloc[0]
+    curve = curves[
+        (curves.seed_a == row.seed_a)
+        & (curves.seed_b == row.seed_b)
+        & (curves["align"] == "none")
+        & (curves.correction == "none")
+        & (curves.split == "test")
+    ].sort_values("alpha")
+    assert len(curve) == 5
+    line = (1 - curve.alpha) * curve.loss.iloc[0] + curve.alpha * curve.loss.iloc[-1]
+    assert row.barrier_test_loss == pytest.approx((curve.loss - line).max())
+    assert result.train.failed == 0 and result.pairs.failed == 0
+
+
+def test_sweep_shows_progress(finished_sweep):
+    _, _, lines = finished_sweep
+    assert any(line.startswith("[train] 3/3 trials done") and "ETA" in line for line in lines)
+    assert any(line.startswith("[pairs] 3/3 pairs done") and "elapsed" in line for line in lines)
+
+
+def test_rerun_trains_nothing_and_skips_every_pair(finished_sweep):
+    config, _, _ = finished_sweep
+    before = {p: p.stat().st_mtime_ns for p in Path(config.root, "tables").rglob("*.parquet")}
+    before.update({p: p.stat().st_mtime_ns for p in Path(config.root, "checkpoints").rglob("*.pt")})
+    lines: list[str] = []
+    result = run(config, lines)
+    assert result.train.ran == 0 and result.pairs.ran == 0
+    assert "[train] 3 of 3 trials already done; 0 to run" in lines
+    assert "[pairs] 3 of 3 pairs already done; 0 to run" in lines
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before
+    status = sweep_status(config.root)
+    assert (status.models_ok, status.models_missing, status.pairs_ok, status.pairs_missing) == (3, 0, 3, 0)
+
+
+def test_growing_the_sweep_runs_only_what_is_new(finished_sweep, tmp_path):
+    config, _, _ = finished_sweep
+    bigger = parse_config({**tiny_sweep("e2e", str(Path(config.root).parent)), "seeds": 4})
+    lines: list[str] = []
+    result = run(bigger, lines)
+    assert result.train.ran == 1  # only seed 3
+    assert result.pairs.ran == 3  # (0,3), (1,3), (2,3)
+    pairs = load_tables(bigger.root)["pairs"]
+    assert len(pairs) == 6 * 6
+    assert not pairs.duplicated(["model_key", "seed_a", "seed_b", "align", "correction"]).any()
+
+
+def test_corrupt_checkpoint_fails_its_pairs_with_a_reason_and_the_others_finish(ray_session, tmp_path):
+    config = parse_config(tiny_sweep("corrupt", str(tmp_path)))
+    run(config)
+    models = load_tables(config.root)["models"]
+    broken = models.loc[models.seed == 1, "checkpoint_uri"].item()
+    Path(broken).write_bytes(b"this is not a checkpoint")
+    forget_pairs(config.root)
+    summary = run_pair_stage(config, say=lambda m: None)
+    assert summary.ran == 3 and summary.failed == 2
+    pairs = load_tables(config.root)["pairs"]
+    bad = pairs[(pairs.seed_a == 1) | (pairs.seed_b == 1)]
+    assert (bad["status"] == "failed").all()
+    assert bad["error"].str.contains("corrupt").all()
+    assert bad["error"].str.contains(broken, regex=False).all()
+    good = pairs[(pairs.seed_a == 0) & (pairs.seed_b == 2)]
+    assert len(good) == 6 and (good["status"] == "ok").all()
+    # a re-run retries only the failed pairs
+    Path(broken).unlink()
+    assert run_pair_stage(config, say=lambda m: None).ran == 2
+
+
+def _crash_once(job):
+    """Kill the worker process the first time it sees a pair; behave normally afterwards."""
+    marker = Path(job["marker_dir"], f"{job['seed_a']}-{job['seed_b']}")
+    if not marker.exists():
+        marker.touch()
+        os._exit(1)
+    job = {k: v for k, v in job.items() if k != "marker_dir"}
+    return pair_task(job)
+
+
+def test_a_dead_worker_is_retried_and_its_rows_appear_once(ray_session, tmp_path):
+    import ray
+
+    config = parse_config(tiny_sweep("crash", str(tmp_path)))
+    run(config)
+    forget_pairs(config.root)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+
+    @ray.remote(num_cpus=1, max_calls=0, max_retries=2)
+    def crashing(job):
+        return _crash_once({**job, "marker_dir": str(markers)})
+
+    summary = run_pair_stage(config, say=lambda m: None, remote_task=crashing)
+    assert len(list(markers.iterdir())) == 3  # every pair's first attempt died
+    assert summary.failed == 0
+    pairs = load_tables(config.root)["pairs"]
+    assert len(pairs) == 18 and (pairs["status"] == "ok").all()
+    assert not pairs.duplicated(["seed_a", "seed_b", "align", "correction"]).any()
+
+
+def test_gpu_request_on_a_cluster_without_gpus_falls_back_to_cpu(ray_session, tmp_path):
+    config = parse_config(
+        tiny_sweep("gpu", str(tmp_path), seeds=2, resources={"train": {"cpu": 1, "gpu": 0.5}, "pair": {"gpu": 0.25}})
+    )
+    lines: list[str] = []
+    result = run(config, lines)  # would hang forever if the GPU request reached Ray
+    assert result.pairs.failed == 0
+    assert any("resources.train.gpu is 0.5 but the cluster has no GPU" in line for line in lines)
+    assert any("resources.pair.gpu is 0.25 but the cluster has no GPU" in line for line in lines)
+
+
+def test_nan_training_is_recorded_as_failed_and_left_out_of_pairs(ray_session, tmp_path):
+    config = parse_config(tiny_sweep("nan", str(tmp_path), seeds=2, train={"epochs": 2, "lr": 1e12, "momentum": 0.0}))
+    lines: list[str] = []
+    result = run(config, lines)
+    models = load_tables(config.root)["models"]
+    assert (models["status"] == "failed").all()
+    assert models["error"].str.startswith("nan_loss").all()
+    assert result.pairs.left_out == 1 and result.pairs.ran == 0
+    assert not list(Path(config.root, "checkpoints").rglob("*.pt"))  # no broken weights on disk
+
+
+def test_a_trial_that_raises_is_recorded_as_failed(ray_session, tmp_path):
+    config = parse_config(tiny_sweep("raises", str(tmp_path), seeds=2, dataset=f"imagefolder:{tmp_path}/missing"))
+    result = run(config)
+    models = load_tables(config.root)["models"]
+    assert len(models) == 2 and (models["status"] == "failed").all()
+    assert models["error"].str.contains("missing").all()
+    assert result.pairs.left_out == 1
+
+
+def test_schema_of_every_written_file_is_the_declared_one(finished_sweep):
+    import pyarrow.parquet as pq
+
+    config, _, _ = finished_sweep
+    for table, schema in SCHEMAS.items():
+        files = list(Path(config.root, "tables", table).glob("*.parquet"))
+        assert files
+        for file in files:
+            assert pq.read_schema(file).remove_metadata().equals(schema), file

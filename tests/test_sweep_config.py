@@ -1,0 +1,145 @@
+"""Sweep configs: malformed ones fail before Ray starts, naming the file and the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from repair_ray.sweep.config import ConfigError, load_config, parse_config
+
+from .helpers import tiny_sweep, write_yaml
+
+
+def config_error(data, tmp_path) -> str:
+    path = write_yaml(tmp_path / "bad.yaml", data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(str(path)), message  # every message names the file
+    return message
+
+
+BAD = [
+    # (change to a valid config, text the message must contain)
+    ({"modles": []}, "modles: unknown key; did you mean 'models'?"),
+    ({"models": [{"arch": "mlp", "widht": 16}]}, "models[0].widht: unknown key; did you mean 'width'?"),
+    ({"models": [{"arch": "mlp", "width": 16}, {"arch": "mlp", "width": 0}]}, "models[1].width: must be a positive"),
+    ({"models": [{"arch": "mlp", "width": 16, "depth": -1}]}, "models[0].depth: mlp depth must be"),
+    ({"models": [{"arch": "mlpp", "width": 16}]}, "models[0].arch: unknown arch 'mlpp'; did you mean 'mlp'?"),
+    ({"models": [{"arch": "resnet20", "width": 1, "norm": "none"}]}, "models[0].norm: resnet20 supports norm batch"),
+    ({"models": [{"arch": "mlp", "width": 16, "norm": "group"}]}, "models[0].norm"),
+    ({"models": [{"arch": "mlp", "width": 12.5}]}, "models[0].width: mlp width counts hidden units"),
+    ({"train": {"epochs": 0}}, "train.epochs: must be a positive integer, got 0"),
+    ({"train": {"epochs": "ten"}}, "train.epochs: input should be a valid integer"),
+    ({"train": {"lr": 0}}, "train.lr: must be a positive number"),
+    ({"train": {"optimizer": "rmsprop"}}, "train.optimizer: must be one of sgd, adam"),
+    ({"seeds": 1}, "seeds: need at least 2 seeds"),
+    ({"seeds": [3, 3]}, "seeds: lists a seed twice"),
+    ({"alphas": [0, 0.5, 1.2]}, "alphas: every alpha must lie in [0, 1]"),
+    ({"alphas": 2}, "alphas: need at least 3 points"),
+    ({"align": ["none", "wieght"]}, "align[1]: unknown align 'wieght'; did you mean 'weight'?"),
+    ({"correction": ["repiar"]}, "correction[0]: unknown correction 'repiar'; did you mean 'repair'?"),
+    ({"dataset": "imagenet"}, "dataset: unknown dataset 'imagenet'"),
+    ({"dataset": {"name": "synthetic", "shapes": [1, 2, 2]}}, "dataset.shapes: dataset synthetic takes shape"),
+    ({"pairs": {"frist": 2}}, "pairs.frist: unknown key; did you mean 'first'?"),
+    ({"resources": {"pair": {"gpu": 1.5}}}, "resources.pair.gpu: must be a fraction in [0, 1]"),
+    ({"eval": {"train_samples": 100, "stat_samples": 200}}, "eval.stat_samples"),
+    ({"name": "a/b"}, "name: must be letters, digits"),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), BAD, ids=[e for _, e in BAD])
+def test_malformed_config_names_the_key(tmp_path, change, expected):
+    message = config_error({**tiny_sweep("bad", str(tmp_path)), **change}, tmp_path)
+    assert expected in message, message
+
+
+def test_missing_required_key_and_bad_yaml(tmp_path):
+    data = tiny_sweep("bad", str(tmp_path))
+    del data["models"]
+    assert "models: required key is missing" in config_error(data, tmp_path)
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    change = {"seeds": 1, "alphas": [2.0], "models": [{"arch": "mlp", "width": 0}]}
+    message = config_error({**tiny_sweep("bad", str(tmp_path)), **change}, tmp_path)
+    for key in ("seeds:", "alphas:", "models[0].width:"):
+        assert key in message
+
+
+def test_grid_expands_to_model_configs_times_seeds(tmp_path):
+    data = tiny_sweep("grid", str(tmp_path), models=[{"arch": "mlp", "width": [16, 32], "depth": [1, 2, 3]}], seeds=4)
+    config = parse_config(data)
+    assert len(config.models) == 6
+    assert config.n_trials == 24
+    assert config.n_pairs == 6 * 6
+    assert len({m.model_key for m in config.models}) == 6
+    # the key is stable and changes with the training config
+    again = parse_config(data)
+    assert [m.model_key for m in again.models] == [m.model_key for m in config.models]
+    other = parse_config({**data, "train": {**data["train"], "lr": 0.01}})
+    assert not {m.model_key for m in other.models} & {m.model_key for m in config.models}
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        ("all", [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]),
+        ("disjoint", [(0, 1), (2, 3)]),
+        ({"first": 2}, [(0, 1), (0, 2)]),
+    ],
+)
+def test_pairing_rules(tmp_path, pairs, expected):
+    config = parse_config(tiny_sweep("p", str(tmp_path), seeds=4, pairs=pairs))
+    assert list(config.models[0].pairs) == expected
+
+
+def test_alpha_grid_always_holds_endpoints_and_midpoint(tmp_path):
+    config = parse_config(tiny_sweep("a", str(tmp_path), alphas=[0.25, 0.75]))
+    assert config.pair_settings.alphas == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert parse_config(tiny_sweep("a", str(tmp_path), alphas=5)).pair_settings.alphas == (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def test_reset_on_nets_without_batchnorm_warns_once(tmp_path):
+    data = tiny_sweep(
+        "r",
+        str(tmp_path),
+        models=[{"arch": "mlp", "width": 16, "norm": ["none", "batch", "layer"]}],
+        correction=["none", "reset", "repair"],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parse_config(data)
+    resets = [w for w in caught if "reset" in str(w.message)]
+    assert len(resets) == 1
+    assert "2 model config(s) without BatchNorm" in str(resets[0].message)
+
+
+def test_validate_cli_prints_the_plan_without_starting_ray(tmp_path):
+    good = write_yaml(tmp_path / "good.yaml", tiny_sweep("plan", str(tmp_path), seeds=4))
+    code = (
+        "import sys; from repair_ray.cli import main\n"
+        "try:\n    main(['validate', sys.argv[1]])\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('RAY_IMPORTED' if 'ray' in sys.modules else 'NO_RAY'); sys.exit(code)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, good], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "models to train: 4" in out.stdout
+    assert "pairs: 6" in out.stdout
+    assert "forward passes" in out.stdout
+    assert "NO_RAY" in out.stdout
+
+    bad = write_yaml(tmp_path / "bad.yaml", {**tiny_sweep("plan", str(tmp_path)), "seeds": 1})
+    out = subprocess.run([sys.executable, "-c", code, bad], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "seeds: need at least 2 seeds" in out.stderr
+    assert "NO_RAY" in out.stdout
