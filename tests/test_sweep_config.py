@@ -143,3 +143,15 @@ def test_validate_cli_prints_the_plan_without_starting_ray(tmp_path):
     assert out.returncode == 2
     assert "seeds: need at least 2 seeds" in out.stderr
     assert "NO_RAY" in out.stdout
+
+
+def test_every_example_config_is_valid():
+    from pathlib import Path
+
+    examples = sorted(Path(__file__).resolve().parents[1].glob("examples/*.yaml"))
+    assert len(examples) >= 6
+    for path in examples:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = load_config(path)
+        assert config.n_pairs > 0, path
