@@ -49,6 +49,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("data_seed", _INT),
         ("resumed_from_epoch", _INT),
         ("device", _STR),
+        ("node_id", _STR),
         ("config_json", _STR),
     ),
     "pairs": _schema(
@@ -77,6 +78,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("midpoint_barrier_test_error", _F64),
         ("endpoint_test_loss_a", _F64),
         ("endpoint_test_loss_b", _F64),
+        ("node_id", _STR),
     ),
     "curves": _schema(
         *_IDS,

@@ -6,11 +6,6 @@ Ray cluster; it is killed with SIGKILL (its whole process group) and started aga
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,52 +14,9 @@ import pytest
 from repair_ray import load_tables
 
 from .helpers import tiny_sweep, write_yaml
+from .processes import kill_when, run_driver, start_driver, wait_for_idle_cluster
 
 KEY = ["model_key", "seed_a", "seed_b", "align", "correction"]
-
-
-def start_driver(config_path: str, address: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "repair_ray.cli", "run", config_path, "--address", address],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, so the kill takes all of it
-    )
-
-
-def kill_when(process: subprocess.Popen, condition, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"the driver finished before it could be killed:\n{process.stdout.read()}")
-        if time.time() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise AssertionError("the kill condition never came")
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-
-
-def wait_for_idle_cluster(ray, timeout: float = 60) -> None:
-    """Ray reaps a dead driver's workers and actors; wait until all CPUs are free again."""
-    deadline = time.time() + timeout
-    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
-        if time.time() > deadline:
-            raise AssertionError("the killed driver's workers never went away")
-        time.sleep(0.2)
-
-
-def run_driver(config_path: str, address: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "repair_ray.cli", "run", config_path, "--address", address],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
 
 
 def parquet_files(root: Path, table: str) -> list[Path]:

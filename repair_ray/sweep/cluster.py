@@ -28,14 +28,42 @@ def resolve_resources(spec: ResourceSpec, key: str, say: Callable[[str], None]) 
     return cpu, gpu
 
 
+# Storage endpoints and credentials, and the data root: the driver's values travel to every worker
+# of the job, so workers read and write the same storage as the driver (a worker's own value
+# wins nowhere: the job's runtime environment sets them).
+FORWARDED_ENV = (
+    "REPAIR_RAY_DATA",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+
+
 def connect(address: str | None, *, num_cpus: int | None = None) -> None:
-    """Join the cluster at ``address`` (``auto`` for a running one) or start a local Ray."""
+    """Join the cluster at ``address`` (``auto`` for a running one) or start a local Ray.
+
+    The job's workers get the driver's storage credentials and data root (:data:`FORWARDED_ENV`).
+    """
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A driver started by `ray job submit` already runs in the job's runtime environment, which
+    # every worker shares; adding the same variables again would be a conflict for Ray.
+    in_submitted_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    runtime_env = None if in_submitted_job else {"env_vars": forwarded_env()}
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)

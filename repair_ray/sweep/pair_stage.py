@@ -23,7 +23,7 @@ from ..training import ModelConfig
 from .cluster import resolve_resources
 from .config import SweepConfig
 from .progress import Progress
-from .worker import cached_dataset, error_text, setup_worker
+from .worker import cached_dataset, error_text, node_id, setup_worker
 
 METRIC_COLUMNS = (
     "barrier_train_loss",
@@ -147,7 +147,9 @@ def pair_task(job: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         return failed_rows(job, error_text(error), str(device))
     ident, desc = _identity(job), _description(job)
     return {
-        "pairs": [{**ident, **desc, **row, "device": str(device), "status": "ok"} for row in result.pairs],
+        "pairs": [
+            {**ident, **desc, **row, "device": str(device), "node_id": node_id(), "status": "ok"} for row in result.pairs
+        ],
         "curves": [{**ident, **row} for row in result.curves],
         "layers": [{**ident, **row} for row in result.layers],
     }

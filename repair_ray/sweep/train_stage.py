@@ -24,7 +24,7 @@ from ..training import ModelConfig, TrainConfig, train_model
 from .cluster import resolve_resources
 from .config import ModelPlan, SweepConfig
 from .progress import Progress
-from .worker import cached_dataset, error_text, setup_worker
+from .worker import cached_dataset, error_text, node_id, setup_worker
 
 
 def checkpoint_uri(root: str, model_key: str, seed: int) -> str:
@@ -113,6 +113,7 @@ def train_trial(config: dict[str, Any]) -> None:
                 error=error,
                 resumed_from_epoch=resumed_from,
                 device=str(device),
+                node_id=node_id(),
                 **result.metrics,
             )
         ],

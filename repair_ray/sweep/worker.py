@@ -39,6 +39,13 @@ def cached_dataset(spec: dict[str, Any], device: torch.device) -> Dataset:
     return _DATASETS[key]
 
 
+def node_id() -> str:
+    """The Ray node this code runs on (where a trial or pair task ran), or '' outside Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 def error_text(error: BaseException) -> str:
     """A one-line, readable reason for a table's ``error`` column."""
     text = f"{type(error).__name__}: {error}".strip()

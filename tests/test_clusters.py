@@ -1,0 +1,233 @@
+"""The path from laptop to cluster: Ray Jobs against a real head with token authentication,
+several nodes, remote (S3) storage with kill and resume, and the cluster files' validity."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from repair_ray import load_tables, storage
+
+from .conftest import free_port, wait_for_port
+from .helpers import tiny_sweep, write_yaml
+from .processes import kill_processes_mentioning, kill_when, run_driver, start_driver, wait_for_idle_cluster
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTERS = REPO / "clusters"
+BIN = Path(sys.executable).parent
+KEY = ["model_key", "seed_a", "seed_b", "align", "correction"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Jobs: `ray job submit` to a real head started with `ray start --head`, token auth on
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ray_head_with_token(tmp_path):
+    """A real Ray head (its own processes, ports and temp dir) with token authentication."""
+    import os
+
+    temp_dir = f"/tmp/rrhead-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths must fit 107 bytes
+    token = uuid.uuid4().hex
+    ports = {name: free_port() for name in ("gcs", "dashboard", "client", "agent", "agent_grpc", "metrics", "rtenv")}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    start = [
+        str(BIN / "ray"), "start", "--head",
+        "--port", str(ports["gcs"]),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]), "--include-dashboard", "true",
+        "--ray-client-server-port", str(ports["client"]),
+        "--dashboard-agent-listen-port", str(ports["agent"]),
+        "--dashboard-agent-grpc-port", str(ports["agent_grpc"]),
+        "--metrics-export-port", str(ports["metrics"]),
+        "--runtime-env-agent-port", str(ports["rtenv"]),
+        "--num-cpus", "2", "--temp-dir", temp_dir, "--disable-usage-stats",
+    ]  # fmt: skip
+    try:
+        out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        wait_for_port(ports["dashboard"], timeout=60)
+        yield f"http://127.0.0.1:{ports['dashboard']}", token, env
+    finally:
+        kill_processes_mentioning(temp_dir)
+
+
+def ray_cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ray_job_submit_runs_a_sweep_on_a_real_head_with_token_auth(ray_head_with_token, tmp_path):
+    address, token, env = ray_head_with_token
+    config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("job", str(tmp_path / "runs"), seeds=3))
+
+    # without the token the cluster refuses the client
+    no_token = {**env, "RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")}
+    no_token.pop("RAY_AUTH_TOKEN")
+    (tmp_path / "none").write_text("not-the-token")
+    refused = ray_cli(["job", "list", "--address", address], no_token, timeout=120)
+    assert refused.returncode != 0
+    assert "Authentication" in refused.stdout + refused.stderr or "Unauthorized" in refused.stdout + refused.stderr
+
+    # with RAY_AUTH_MODE=token and the token, the job is submitted, its logs followed to the end
+    runtime_env = {"excludes": [".venv", "runs", "reports", ".git", "**/__pycache__"]}
+    submitted = ray_cli(
+        [
+            "job", "submit", "--address", address, "--submission-id", "sweep-job-1",
+            "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+            "--", "python", "-m", "repair_ray.cli", "run", config, "--address", "auto",
+        ],
+        env,
+    )  # fmt: skip
+    logs = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, logs
+    assert "[pairs] 3/3 pairs done" in logs  # the driver's progress, streamed back by the client
+    assert "Job 'sweep-job-1' succeeded" in logs
+    status = ray_cli(["job", "status", "sweep-job-1", "--address", address], env, timeout=120)
+    assert "SUCCEEDED" in status.stdout + status.stderr or "succeeded" in status.stdout + status.stderr
+
+    tables = load_tables(str(tmp_path / "runs" / "job"))
+    assert len(tables["models"]) == 3 and (tables["models"]["status"] == "ok").all()
+    assert len(tables["pairs"]) == 3 * 6 and not tables["pairs"].duplicated(KEY).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Remote storage: a sweep on S3 (moto's server on loopback), killed and resumed
+# ---------------------------------------------------------------------------------------------
+
+
+def test_s3_sweep_killed_and_resumed_reads_back_every_pair_once(ray_session, s3_bucket, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address
+    root = f"{s3_bucket}/killed-{uuid.uuid4().hex[:6]}"
+    data = tiny_sweep("s3sweep", root, seeds=4, alphas=11, train={"epochs": 1, "batch_size": 64, "lr": 0.05})
+    config = write_yaml(tmp_path / "sweep.yaml", data)
+    sweep = f"{root}/s3sweep"
+
+    def pair_files() -> list[str]:
+        return [n for n in storage.listdir(f"{sweep}/tables/pairs") if n.endswith(".parquet")]
+
+    driver = start_driver(config, address)  # the driver forwards the S3 endpoint to its workers
+    kill_when(driver, lambda: len(pair_files()) >= 1)
+    assert len(pair_files()) < 6
+    wait_for_idle_cluster(ray_session)
+    out = run_driver(config, address)
+    assert "[train] 4 of 4 trials already done; 0 to run" in out
+
+    tables = load_tables(sweep)
+    assert tables["models"]["checkpoint_uri"].str.startswith("s3://").all()
+    pairs = tables["pairs"]
+    assert len(pairs) == 6 * 6 and not pairs.duplicated(KEY).any() and (pairs["status"] == "ok").all()
+    assert len(tables["curves"]) == 6 * 6 * 2 * 11 and not tables["curves"].duplicated([*KEY, "split", "alpha"]).any()
+    assert not Path("s3sweep").exists()  # nothing landed on a local disk instead
+
+
+# ---------------------------------------------------------------------------------------------
+# Several nodes: a head without CPUs and two worker nodes; storage that no node owns
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sweep_on_several_nodes_spreads_pair_tasks_and_needs_no_shared_disk(s3_bucket, tmp_path):
+    root = f"{s3_bucket}/multinode-{uuid.uuid4().hex[:6]}"
+    config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("nodes", root, seeds=4, alphas=9))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "multinode_sweep.py"), config, root],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    nodes = json.loads(out.stdout.strip().splitlines()[-1])
+    tables = load_tables(f"{root}/nodes")
+    pairs, models = tables["pairs"], tables["models"]
+    assert len(pairs) == 6 * 6 and (pairs["status"] == "ok").all()
+    assert set(pairs["node_id"]) <= set(nodes["workers"])
+    assert len(set(pairs["node_id"])) == 2, "pair tasks ran on one node only"
+    assert set(models["node_id"]) <= set(nodes["workers"])  # the CPU-less head trains nothing
+    assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("*.pt"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cluster files: validated with Ray's own validation (offline) or parsed and checked
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["aws-gpu.yaml", "gcp-gpu.yaml"])
+def test_cluster_launcher_configs_pass_rays_validation(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((CLUSTERS / name).read_text())
+    validate_config(prepare_config(config))  # Ray's schema (ray-schema.json) and its checks
+    nodes = config["available_node_types"]
+    assert nodes[config["head_node_type"]]["resources"] == {"CPU": 0}
+    gpu_types = [t for t in nodes if t != config["head_node_type"]]
+    assert gpu_types and all(nodes[t]["max_workers"] > nodes[t]["min_workers"] == 0 for t in gpu_types)
+    setup = " ".join(config["setup_commands"])
+    assert "torch==2.14.1" in setup and "torchvision==0.29.1" in setup and "ray[default,tune]==2.60.0" in setup
+    assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"][1:])
+
+
+def test_cluster_launcher_validation_catches_mistakes():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((CLUSTERS / "aws-gpu.yaml").read_text())
+    config["available_node_types"]["head"]["instance_type"] = "typo"
+    with pytest.raises(Exception, match="instance_type"):
+        validate_config(prepare_config(config))
+
+
+def test_kuberay_rayjob_manifest():
+    job = yaml.safe_load((CLUSTERS / "kuberay-rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    spec = job["spec"]
+    assert spec["entrypoint"].startswith("repair-ray run ") and "--address auto" in spec["entrypoint"]
+    assert "--storage s3://" in spec["entrypoint"]
+    assert (REPO / spec["entrypoint"].split()[2].removeprefix("/app/")).is_file()  # the example exists
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == "2.60.0"
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    images = {head["template"]["spec"]["containers"][0]["image"]}
+    for group in cluster["workerGroupSpecs"]:
+        container = group["template"]["spec"]["containers"][0]
+        images.add(container["image"])
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+    assert len(images) == 1
+    dockerfile = (CLUSTERS / "Dockerfile").read_text()
+    assert "rayproject/ray:2.60.0" in dockerfile and "torch==2.14.1" in dockerfile
+
+
+def test_slurm_script_follows_rays_pattern():
+    script = CLUSTERS / "slurm" / "ray-sweep.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    directives = dict(re.findall(r"^#SBATCH --([\w-]+)=?(\S*)", text, flags=re.M))
+    assert int(directives["nodes"]) >= 2
+    assert directives["ntasks-per-node"] == "1" and "gpus-per-task" in directives
+    joined = re.sub(r"\s*\\\n\s*", " ", text)  # join continued lines
+    assert re.search(r"srun .*-w \"\$head_node\" ray start --head .*--block &", joined)
+    assert re.search(r"srun .*-w \"\$\{nodes_array\[\$i\]\}\" ray start --address \"\$ip_head\" .*--block &", joined)
+    assert 'repair-ray run "$CONFIG" --address "$ip_head" --storage "$STORAGE"' in text
+    assert "RAY_AUTH_MODE=token" in text
+
+
+def test_submit_script_syntax_and_usage():
+    script = CLUSTERS / "submit.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
