@@ -120,5 +120,49 @@ def status(sweep_path: str) -> None:
     click.echo(f"pairs:  {s.pairs_ok} done, {s.pairs_failed} failed, {s.pairs_missing} missing (of {s.pairs_expected})")
 
 
+@main.command()
+@click.argument("sweep_path", metavar="STORAGE/SWEEP")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Local folder for the report (default: STORAGE/SWEEP/report; required for s3:// and gs:// sweeps).",
+)
+@click.option("--model-key", help="Model config of the curves and variance-collapse plots (default: the deepest).")
+def report(sweep_path: str, out_dir: str | None, model_key: str | None) -> None:
+    """Write summary tables, plots and an index.html for the sweep at STORAGE/SWEEP.
+
+    Works while the sweep is still running and when some pairs failed (they are counted and
+    listed, not plotted). The output folder is always local.
+    """
+    from .analysis import write_report
+    from .sweep.runner import sweep_status
+
+    if out_dir is None and not storage.is_local(sweep_path):
+        _fail(f"{sweep_path} is remote: give a local folder for the report with --out")
+    notes = []
+    try:
+        s = sweep_status(sweep_path)
+    except Exception as error:  # no sweep.yaml (tables copied elsewhere) or a config that no longer parses
+        notes.append(f"expected models and pairs unknown ({str(error).splitlines()[0]})")
+    else:
+        notes.append(
+            f"models: {s.models_ok} trained, {s.models_failed} failed, {s.models_missing} missing "
+            f"(of {s.models_expected}); pairs: {s.pairs_ok} done, {s.pairs_failed} failed, "
+            f"{s.pairs_missing} missing (of {s.pairs_expected})"
+        )
+        if s.models_missing or s.pairs_missing:
+            notes.append("the sweep is not finished (still running or interrupted): this report covers what is done")
+    try:
+        index = write_report(sweep_path, out_dir, model_key=model_key, notes=notes)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    for line in notes:
+        click.echo(f"[report] {line}")
+    written = sorted(p.name for p in index.parent.iterdir() if p.is_file())
+    click.echo(f"[report] wrote {len(written)} files to {index.parent}: {', '.join(written)}")
+    click.echo(f"[report] open {index}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,365 @@
+"""Summaries, plots, the report and the analysis/ scripts, on small hand-made tables of known values."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from repair_ray import analysis, load_tables
+from repair_ray.cli import main
+from repair_ray.tables import table_file, write_rows
+
+REPO = Path(__file__).resolve().parents[1]
+T_975_2 = 4.302652729911275  # Student t quantile 0.975 with 2 degrees of freedom (from a t table)
+T_975_1 = 12.706204736174707  # ... with 1 degree of freedom
+
+CONFIGS = [  # model_key, width, depth
+    ("mlp-w8-d1-none-aaaa", 8.0, 1),
+    ("mlp-w16-d1-none-bbbb", 16.0, 1),
+    ("mlp-w8-d2-none-cccc", 8.0, 2),
+    ("mlp-w16-d2-none-dddd", 16.0, 2),
+]
+SEED_PAIRS = [(0, 1), (0, 2), (1, 2)]
+METHODS = [("none", "none"), ("none", "repair"), ("weight", "none"), ("weight", "repair")]
+FAILED = ("mlp-w8-d2-none-cccc", 1, 2)  # this pair failed
+
+# barrier_test_loss per pair (in SEED_PAIRS order) where the tests check hand-computed numbers
+KNOWN = {
+    ("mlp-w8-d1-none-aaaa", "none", "none"): [3.0, 3.0, 6.0],
+    ("mlp-w8-d1-none-aaaa", "none", "repair"): [3.0, 1.5, 3.0],
+    ("mlp-w8-d1-none-aaaa", "weight", "none"): [1.0, 2.0, 4.0],
+    ("mlp-w8-d1-none-aaaa", "weight", "repair"): [0.5, 1.0, 1.0],
+    ("mlp-w16-d1-none-bbbb", "weight", "none"): [0.0, 1.0, 2.0],  # a pair without barrier once aligned
+    ("mlp-w16-d1-none-bbbb", "weight", "repair"): [0.2, 0.5, 0.5],  # ... that REPAIR gives one: -inf unguarded
+}
+FACTOR = {("none", "none"): 2.0, ("none", "repair"): 1.5, ("weight", "none"): 1.0, ("weight", "repair"): 0.5}
+
+
+def barrier(key: str, width: float, depth: int, align: str, correction: str, i: int) -> float:
+    if (key, align, correction) in KNOWN:
+        return KNOWN[(key, align, correction)][i]
+    # elsewhere: falls with width, rises with depth, lower with alignment and with REPAIR
+    return depth * 16 / width * FACTOR[(align, correction)] + 0.1 * i
+
+
+def write_sweep(root: Path, configs=CONFIGS, seed_pairs=SEED_PAIRS, failed=FAILED, in_flight=None) -> Path:
+    """A sweep folder of tables only (no sweep.yaml, no checkpoints), one file per model / pair."""
+    for key, width, depth in configs:
+        desc = {"sweep": root.name, "model_key": key, "arch": "mlp", "dataset": "mnist", "width": width}
+        desc.update(depth=depth, norm="none")
+        for seed in range(3):
+            acc = 0.9 + 0.01 * seed
+            row = {**desc, "seed": seed, "epochs": 2, "test_acc": acc, "train_acc": acc + 0.05, "test_loss": 0.3}
+            write_rows(table_file(str(root), "models", f"{key}__{seed}"), "models", [{**row, "status": "ok"}])
+        for i, (a, b) in enumerate(seed_pairs):
+            ident = {**desc, "seed_a": a, "seed_b": b}
+            stem = f"{key}__{a}-{b}"
+            if (key, a, b) == failed:
+                rows = [
+                    {**ident, "align": al, "correction": co, "status": "failed", "error": "CheckpointError: corrupt"}
+                    for al, co in METHODS
+                ]
+                write_rows(table_file(str(root), "pairs", stem), "pairs", rows)
+                continue
+            pairs, curves, layers = [], [], []
+            for align, correction in METHODS:
+                loss = barrier(key, width, depth, align, correction, i)
+                m = {"seed_a": a, "seed_b": b, "align": align, "correction": correction}
+                pairs.append(
+                    {
+                        **ident,
+                        **m,
+                        "barrier_test_loss": loss,
+                        "barrier_test_error": loss / 10,
+                        "barrier_train_loss": loss + 0.1,
+                        "barrier_train_error": loss / 10,
+                        "midpoint_barrier_test_loss": 0.8 * loss,
+                        "midpoint_test_loss": 0.3 + loss,
+                        "midpoint_test_acc": 0.9 - loss / 10,
+                        "endpoint_test_acc_a": 0.9 + 0.01 * a,
+                        "endpoint_test_acc_b": 0.9 + 0.01 * b,
+                        "status": "ok",
+                    }
+                )
+                ids = {"sweep": root.name, "model_key": key, **m}
+                for split in ("test", "train"):
+                    for alpha, l_value in ((0.0, 0.1), (0.5, 0.1 + loss), (1.0, 0.1)):
+                        curves.append({**ids, "split": split, "alpha": alpha, "loss": l_value, "acc": 1 - l_value / 5})
+                for layer in range(depth):
+                    ratio = 1.0 if correction == "repair" else (0.8 if align == "weight" else 0.6) ** (layer + 1)
+                    layers.append({**ids, "layer": f"layers.{layer}.linear", "layer_index": layer, "std_ratio": ratio})
+            write_rows(table_file(str(root), "curves", stem), "curves", curves)
+            write_rows(table_file(str(root), "layers", stem), "layers", layers)
+            if (key, a, b) != in_flight:  # the pairs file is a pair's done marker, written last
+                write_rows(table_file(str(root), "pairs", stem), "pairs", pairs)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    return write_sweep(tmp_path_factory.mktemp("sweeps") / "synth")
+
+
+@pytest.fixture(scope="module")
+def summary(sweep) -> pd.DataFrame:
+    return analysis.summarise(load_tables(sweep))
+
+
+def row(frame: pd.DataFrame, key_width: float, depth: int, align: str, correction: str) -> pd.Series:
+    sel = frame[
+        (frame["width"] == key_width)
+        & (frame["depth"] == depth)
+        & (frame["align"] == align)
+        & (frame["correction"] == correction)
+    ]
+    assert len(sel) == 1, sel
+    return sel.iloc[0]
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 1000, path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) > 100
+
+
+def assert_svg(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 1000, path
+    assert ET.parse(path).getroot().tag.endswith("svg")
+
+
+# ----------------------------------------------------------------------------- loader
+
+
+def test_load_tables_plain_dtypes_and_old_files_give_nulls(tmp_path):
+    root = tmp_path / "old"
+    # a pairs file of an "older version": no depth column, none of the midpoint_barrier_* additions
+    old = pa.table(
+        {
+            "sweep": ["old"],
+            "model_key": ["k"],
+            "width": [8.0],
+            "seed_a": [0],
+            "seed_b": [1],
+            "align": ["none"],
+            "correction": ["none"],
+            "barrier_test_loss": [1.5],
+            "status": ["ok"],
+        }
+    )
+    (root / "tables" / "pairs").mkdir(parents=True)
+    pq.write_table(old, root / "tables" / "pairs" / "k__0-1.parquet")
+    write_rows(
+        table_file(str(root), "pairs", "k__0-2"),
+        "pairs",
+        [{"sweep": "old", "model_key": "k", "width": 8.0, "depth": 3, "seed_a": 0, "seed_b": 2, "align": "none"}],
+    )
+    tables = load_tables(root)
+    assert set(tables) == {"models", "pairs", "curves", "layers"}
+    pairs = tables["pairs"].sort_values("seed_b").reset_index(drop=True)
+    assert "midpoint_barrier_test_loss" in pairs.columns and "depth" in pairs.columns  # never dropped
+    assert pairs["midpoint_barrier_test_loss"].isna().all()
+    assert pairs.loc[0, "barrier_test_loss"] == 1.5 and math.isnan(pairs.loc[0, "depth"])
+    assert pairs.loc[1, "depth"] == 3
+    # plain dtypes: str for text, int64 for ints without nulls, float64 for ints with nulls; no Categorical
+    for name, frame in tables.items():
+        for column, dtype in frame.dtypes.items():
+            assert not isinstance(dtype, pd.CategoricalDtype), (name, column)
+    assert pd.api.types.is_string_dtype(pairs["align"]) and pairs["seed_a"].dtype == np.int64
+    assert pairs["depth"].dtype == np.float64  # an int column with a null reads back as float (NaN)
+    assert tables["models"].empty and tables["models"]["depth"].dtype == np.int64
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def test_summary_statistics_equal_hand_computed(summary):
+    assert len(summary) == 4 * 4
+    assert list(summary.columns[:7]) == list(analysis.GROUP_KEYS)
+    r = row(summary, 8.0, 1, "weight", "none")  # barrier_test_loss 1, 2, 4
+    assert r["pairs"] == 3 and r["failed"] == 0 and r["model_keys"] == 1
+    mean, std = 7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    assert r["barrier_test_loss_mean"] == pytest.approx(mean)
+    assert r["barrier_test_loss_std"] == pytest.approx(std)
+    assert r["barrier_test_loss_ci95"] == pytest.approx(T_975_2 * std / math.sqrt(3))
+    assert r["barrier_test_error_mean"] == pytest.approx(mean / 10)
+    assert r["barrier_train_loss_mean"] == pytest.approx(mean + 0.1)
+    assert r["midpoint_barrier_test_loss_mean"] == pytest.approx(0.8 * mean)
+    assert math.isnan(r["midpoint_barrier_train_loss_mean"])  # a column without values: NaN, not dropped
+    # endpoints (0.9 + 0.01 * seed) of pairs 0-1, 0-2, 1-2: means 0.905, 0.91, 0.915; worst 0.90
+    assert r["endpoint_test_acc_mean"] == pytest.approx(0.91)
+    assert r["endpoint_test_acc_min"] == pytest.approx(0.90)
+    assert r["midpoint_test_acc_mean"] == pytest.approx(0.9 - mean / 10)
+
+
+def test_summary_counts_failed_pairs_and_ci_needs_two(summary):
+    r = row(summary, 8.0, 2, "weight", "repair")  # pair 1-2 failed: 2 * 16 / 8 * 0.5 + 0.1 * i for i = 0, 1
+    assert r["pairs"] == 2 and r["failed"] == 1
+    assert r["barrier_test_loss_mean"] == pytest.approx(2.05)
+    std = math.sqrt(2 * 0.05**2)
+    assert r["barrier_test_loss_std"] == pytest.approx(std)
+    assert r["barrier_test_loss_ci95"] == pytest.approx(T_975_1 * std / math.sqrt(2))
+    for other in summary[~((summary["width"] == 8.0) & (summary["depth"] == 2))].itertuples():
+        assert other.failed == 0 and other.pairs == 3
+
+
+def test_summary_of_single_pairs_has_no_interval(sweep):
+    pairs = load_tables(sweep)["pairs"]
+    one = analysis.summarise(pairs[(pairs["seed_a"] == 0) & (pairs["seed_b"] == 1)])
+    assert len(one) == 16 and one["pairs"].eq(1).all() and one["failed"].eq(0).all()
+    assert one["barrier_test_loss_std"].isna().all() and one["barrier_test_loss_ci95"].isna().all()
+    assert one["barrier_test_loss_mean"].notna().all()
+    assert math.isnan(analysis.ci95(2.0, 1)) and analysis.ci95(1.0, 3) == pytest.approx(T_975_2 / math.sqrt(3))
+
+
+def test_relative_reduction_is_per_pair_then_averaged(sweep, summary):
+    per_pair = analysis.relative_reduction(load_tables(sweep))
+    assert set(per_pair["correction"]) == {"repair"}
+    mine = per_pair[(per_pair["model_key"] == "mlp-w8-d1-none-aaaa") & (per_pair["align"] == "weight")]
+    assert sorted(mine["rel_reduction_barrier_test_loss"]) == pytest.approx([0.5, 0.5, 0.75])
+    r = row(summary, 8.0, 1, "weight", "repair")
+    assert r["rel_reduction_barrier_test_loss_mean"] == pytest.approx(7 / 12)  # not 1 - 2.5/7 (ratio of means)
+    assert r["rel_reduction_barrier_test_error_mean"] == pytest.approx(7 / 12)
+    assert r["rel_reduction_barrier_test_loss_std"] == pytest.approx(np.std([0.5, 0.5, 0.75], ddof=1))
+    r = row(summary, 8.0, 1, "none", "repair")  # (3-3)/3, (3-1.5)/3, (6-3)/6
+    assert r["rel_reduction_barrier_test_loss_mean"] == pytest.approx(1 / 3)
+    assert math.isnan(row(summary, 8.0, 1, "weight", "none")["rel_reduction_barrier_test_loss_mean"])  # baseline
+    # a pair whose aligned barrier is 0 gives NaN (never inf) and is left out of the mean
+    zero = per_pair[(per_pair["model_key"] == "mlp-w16-d1-none-bbbb") & (per_pair["align"] == "weight")]
+    values = zero.sort_values("seed_b")["rel_reduction_barrier_test_loss"].tolist()
+    assert math.isnan(values[0]) and not np.isinf(zero["rel_reduction_barrier_test_loss"]).any()
+    assert row(summary, 16.0, 1, "weight", "repair")["rel_reduction_barrier_test_loss_mean"] == pytest.approx(0.625)
+    # failed pairs take no part
+    assert not ((per_pair["model_key"] == FAILED[0]) & (per_pair["seed_a"] == 1) & (per_pair["seed_b"] == 2)).any()
+
+
+def test_empty_tables_give_empty_frames(tmp_path):
+    (tmp_path / "empty").mkdir()
+    tables = load_tables(tmp_path / "empty")
+    assert analysis.summarise(tables).empty and "barrier_test_loss_mean" in analysis.summarise(tables).columns
+    assert analysis.relative_reduction(tables).empty
+    assert analysis.summarise_models(tables).empty and analysis.failed_pairs(tables).empty
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def test_every_plot_is_a_valid_png_and_svg(sweep, tmp_path):
+    ok = analysis.ok_tables(load_tables(sweep))
+    written = [
+        *analysis.plot_barrier_vs_width(ok["pairs"], tmp_path / "width"),
+        *analysis.plot_barrier_vs_depth(ok["pairs"], tmp_path / "depth"),
+        *analysis.plot_curves(ok["curves"], tmp_path / "curves", pairs=ok["pairs"]),
+        *analysis.plot_variance_collapse(ok["layers"], tmp_path / "variance", pairs=ok["pairs"]),
+        *analysis.plot_endpoint_accuracy(ok["models"], tmp_path / "accuracy"),
+    ]
+    assert len(written) == 10
+    for path in written:
+        (assert_png if path.suffix == ".png" else assert_svg)(path)
+    assert analysis.default_model_key(ok["pairs"]) == "mlp-w16-d2-none-dddd"  # deepest, then widest
+    with pytest.raises(ValueError, match="no ok pairs"):
+        analysis.plot_barrier_vs_width(ok["pairs"].iloc[0:0], tmp_path / "nothing")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def test_report_cli_with_failed_pairs(sweep):
+    result = CliRunner().invoke(main, ["report", str(sweep)])
+    assert result.exit_code == 0, result.output
+    out = sweep / "report"
+    assert f"open {out / 'index.html'}" in result.output
+    assert "expected models and pairs unknown" in result.output  # no sweep.yaml beside these tables
+    for name in ("barrier_vs_width", "barrier_vs_depth", "curves", "variance_collapse", "endpoint_accuracy"):
+        assert_png(out / f"{name}.png")
+        assert_svg(out / f"{name}.svg")
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 16 and summary["failed"].sum() == 4 and summary["pairs"].sum() == 16 * 3 - 4
+    failed = pd.read_csv(out / "failed_pairs.csv")
+    assert failed[["model_key", "seed_a", "seed_b"]].values.tolist() == [list(FAILED)]
+    md = (out / "summary.md").read_text()
+    assert "| mlp | mnist | none | 8 | 1 | weight | repair | 3 | 0 |" in md and "CheckpointError: corrupt" in md
+    page = (out / "index.html").read_text()
+    for name in ("barrier_vs_width", "barrier_vs_depth", "curves", "variance_collapse", "endpoint_accuracy"):
+        assert f'<img src="{name}.png"' in page and f'href="{name}.svg"' in page
+    assert "CheckpointError: corrupt" in page and "failed pairs: 1" in page
+
+    bad = CliRunner().invoke(main, ["report", str(sweep), "--out", str(sweep / "r2"), "--model-key", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output and not (sweep / "r2").exists()
+
+
+def test_report_on_a_running_sweep_and_an_empty_one(tmp_path):
+    # running: one model config, one pair done, one in flight (curves and layers but no pairs file yet)
+    root = write_sweep(
+        tmp_path / "running",
+        configs=CONFIGS[:1],
+        seed_pairs=[(0, 1), (0, 2)],
+        failed=None,
+        in_flight=(CONFIGS[0][0], 0, 2),
+    )
+    index = analysis.write_report(root, tmp_path / "running-report", model_key=CONFIGS[0][0], notes=["half done"])
+    out = index.parent
+    page = index.read_text()
+    assert "half done" in page and "single width" in page and "single depth" in page
+    for name in ("barrier_vs_width", "barrier_vs_depth", "curves", "variance_collapse", "endpoint_accuracy"):
+        assert_png(out / f"{name}.png")
+    assert pd.read_csv(out / "summary.csv")["pairs"].eq(1).all()  # the in-flight pair is not counted
+    assert "mean over 1 pair)" in (out / "curves.svg").read_text()  # nor plotted (SVG text stays text)
+
+    # empty: the sweep folder exists, no table has a row
+    (tmp_path / "empty").mkdir()
+    index = analysis.write_report(tmp_path / "empty")
+    page = index.read_text()
+    assert index == tmp_path / "empty" / "report" / "index.html"
+    assert "the pairs table has no rows yet" in page and "not drawn" in page
+    assert not list(index.parent.glob("*.png"))
+    assert pd.read_csv(index.parent / "summary.csv").empty
+    assert (index.parent / "summary.md").read_text().startswith("# Sweep report")
+
+    with pytest.raises(FileNotFoundError):
+        analysis.write_report(tmp_path / "missing", tmp_path / "r")
+    with pytest.raises(ValueError, match="give an output folder"):
+        analysis.write_report("s3://bucket/sweep")
+
+
+# ----------------------------------------------------------------------------- analysis/ scripts
+
+
+def test_analysis_scripts_run_on_a_sweep(sweep, tmp_path):
+    """Each script runs as ``__main__`` with its own argv, in one fresh interpreter (one torch import, not three)."""
+    scripts = ("barrier_vs_width", "barrier_vs_depth", "variance_collapse")
+    runner = (
+        "import runpy, sys\n"
+        "for script, out in zip(sys.argv[2::2], sys.argv[3::2]):\n"
+        "    sys.argv = [script, sys.argv[1], '--out', out]\n"
+        "    runpy.run_path(script, run_name='__main__')\n"
+    )
+    args = [str(sweep)]
+    for script in scripts:
+        args += [str(REPO / "analysis" / f"{script}.py"), str(tmp_path / f"{script}.png")]
+    result = subprocess.run(
+        [sys.executable, "-c", runner, *args],
+        cwd=tmp_path,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for script in scripts:
+        assert f"wrote {tmp_path / f'{script}.png'}" in result.stdout
+        assert_png(tmp_path / f"{script}.png")
+    assert "activation" not in result.stdout and "weight     repair" in result.stdout  # the tables they print
