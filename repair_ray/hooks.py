@@ -94,6 +94,45 @@ def channel_moments(
     return {n: Moments(a.mean, a.std) for n, a in acc.items()}
 
 
+class MomentRecorder:
+    """Records per-channel moments of named module outputs over samples ``[start, stop)`` of a pass.
+
+    Attach it to a pass that is made anyway (an evaluation over data that holds the wanted
+    samples at those positions) instead of making a separate statistics pass.
+    """
+
+    def __init__(self, names: Sequence[str], stop: int, start: int = 0) -> None:
+        self.names, self.start, self.stop = list(names), start, stop
+        self.moments = {n: ChannelMoments() for n in self.names}
+        self.seen = dict.fromkeys(self.names, 0)
+
+    def __call__(self, name: str, out: torch.Tensor) -> None:
+        first, n = self.seen[name], out.shape[0]
+        lo, hi = max(self.start - first, 0), min(self.stop - first, n)
+        if hi > lo:
+            self.moments[name].update(out[lo:hi])
+        self.seen[name] += n
+
+    def result(self) -> dict[str, Moments]:
+        short = [n for n in self.names if self.seen[n] < self.stop]
+        if short:
+            raise ValueError(f"only {self.seen[short[0]]} of {self.stop} samples reached {short[0]!r}")
+        return {n: Moments(m.mean, m.std) for n, m in self.moments.items()}
+
+
+class Recorders:
+    """Several recorders on one pass (each module output is offered to all of them)."""
+
+    def __init__(self, *recorders: MomentRecorder) -> None:
+        self.recorders = recorders
+        self.names = sorted({n for r in recorders for n in r.names})
+
+    def __call__(self, name: str, out: torch.Tensor) -> None:
+        for r in self.recorders:
+            if name in r.moments:
+                r(name, out)
+
+
 def std_ratio(
     measured: Mapping[str, Moments], target: Mapping[str, Moments], *, rel_eps: float = 1e-3
 ) -> dict[str, float]:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import TensorData
+from .hooks import MomentRecorder, Recorders, output_hooks
 
 
 def interpolate_state(
@@ -35,8 +36,16 @@ def interpolate_state(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = 1000) -> dict[str, float]:
-    """Mean cross-entropy ``loss`` and ``acc`` (fraction correct) of ``model`` on ``data``, in eval mode."""
+def evaluate(
+    model: nn.Module, data: TensorData, *, batch_size: int = 1000, record: MomentRecorder | Recorders | None = None
+) -> dict[str, float]:
+    """Mean cross-entropy ``loss`` and ``acc`` (fraction correct) of ``model`` on ``data``, in eval mode.
+
+    ``record`` collects channel statistics during the same pass (see :class:`MomentRecorder`).
+    """
+    if record is not None:
+        with output_hooks(model, record.names, record):
+            return evaluate(model, data, batch_size=batch_size)
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=data.device)
     correct = torch.zeros((), dtype=torch.int64, device=data.device)

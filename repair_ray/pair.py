@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .data import Dataset, TensorData
-from .hooks import Moments, channel_moments, std_ratio
+from .hooks import MomentRecorder, Moments, Recorders, std_ratio
 from .interpolation import barrier_metrics, evaluate, interpolate_state
 from .permutation import (
     PermutationSpec,
@@ -23,7 +24,7 @@ from .permutation import (
     identity_permutation,
     weight_matching,
 )
-from .repair import has_batchnorm, repair, repair_moments, reset_batchnorm, target_moments
+from .repair import has_batchnorm, repair, reset_batchnorm, target_moments
 
 ALIGNS = ("none", "weight", "activation")
 CORRECTIONS = ("none", "reset", "repair")
@@ -136,51 +137,74 @@ def analyse_pair(
     result = PairResult()
     say = progress or (lambda _msg: None)
 
-    t0 = time.perf_counter()
-    endpoint = {
-        split: (
-            evaluate(model_a, data, batch_size=settings.eval_batch_size),
-            evaluate(model_b, data, batch_size=settings.eval_batch_size),
-        )
-        for split, data in splits.items()
-    }
-    moments_a = repair_moments(model_a, stat_data, spec, batch_size=settings.stat_batch_size)
-    moments_b = repair_moments(model_b, stat_data, spec, batch_size=settings.stat_batch_size)
-    shared_seconds = time.perf_counter() - t0
+    clock = _Clock()
+    points = spec.repair_points
+    # The variance collapse (``layers``) is measured on training samples that REPAIR did not
+    # use, so a repaired ratio near 1 is a finding and not true by construction: the next
+    # stat_samples of the train-curve samples (the same ones when there are no others).
+    held_out = (len(stat_data), min(2 * len(stat_data), len(train_eval)))
+    if held_out[0] >= held_out[1]:
+        held_out = (0, len(stat_data))
+    endpoint: dict[str, tuple[dict[str, float], ...]] = {"train": (), "test": ()}
+    moments: list[dict[str, Moments]] = []
+    layer_moments: list[dict[str, Moments]] = []
+    with clock("eval"):
+        # The endpoints' statistics are recorded during their train evaluation, which passes
+        # over the statistics samples (its first samples) and the held-out ones anyway.
+        for model in (model_a, model_b):
+            stats, later = MomentRecorder(points, len(stat_data)), MomentRecorder(points, held_out[1], held_out[0])
+            train_metrics = evaluate(
+                model, train_eval, batch_size=settings.eval_batch_size, record=Recorders(stats, later)
+            )
+            test_metrics = evaluate(model, dataset.test, batch_size=settings.eval_batch_size)
+            moments.append(stats.result())
+            layer_moments.append(later.result())
+            endpoint["train"] += (train_metrics,)
+            endpoint["test"] += (test_metrics,)
+    moments_a, moments_b = moments
+    shared = clock.take()
 
     state_a = {k: v.detach() for k, v in model_a.state_dict().items()}
     work = _clone_architecture(model_a)
     for align in settings.aligns:
-        t_align = time.perf_counter()
-        perm = _align(align, spec, model_a, model_b, stat_data, settings)
-        state_b = apply_permutation(spec, perm, model_b)
-        align_seconds = time.perf_counter() - t_align
+        with clock("align"):
+            perm = _align(align, spec, model_a, model_b, stat_data, settings)
+            state_b = apply_permutation(spec, perm, model_b)
+        align_seconds = clock.take()["align"]
         moments_b_aligned = permute_moments(spec, moments_b, perm)
+        layer_target = target_moments(layer_moments[0], permute_moments(spec, layer_moments[1], perm), 0.5)
         for correction in settings.corrections:
             if not correction_applies(correction, work):
                 continue
             say(f"{align}/{correction}")
-            t_eval = time.perf_counter()
             curve = {split: {"alpha": [], "loss": [], "acc": []} for split in splits}
             for alpha in alphas:
                 at_endpoint = alpha in (0.0, 1.0)
                 if not at_endpoint:
                     work.load_state_dict(interpolate_state(state_a, state_b, alpha))
-                    _correct(work, correction, moments_a, moments_b_aligned, stat_data, alpha, spec, settings)
+                    with clock("stat"):
+                        _correct(work, correction, moments_a, moments_b_aligned, stat_data, alpha, spec, settings)
+                # at alpha = 0.5 the train evaluation also measures the variance collapse (``layers``)
+                recorder = MomentRecorder(points, held_out[1], held_out[0]) if alpha == 0.5 else None
                 for split, data in splits.items():
                     if at_endpoint:
                         metrics = endpoint[split][0 if alpha == 0.0 else 1]
                     else:
-                        metrics = evaluate(work, data, batch_size=settings.eval_batch_size)
+                        with clock("eval"):
+                            metrics = evaluate(
+                                work,
+                                data,
+                                batch_size=settings.eval_batch_size,
+                                record=recorder if split == "train" else None,
+                            )
                     curve[split]["alpha"].append(alpha)
                     curve[split]["loss"].append(metrics["loss"])
                     curve[split]["acc"].append(metrics["acc"])
                     result.curves.append(
                         {"align": align, "correction": correction, "split": split, "alpha": alpha, **metrics}
                     )
-                if alpha == 0.5:
-                    measured = channel_moments(work, stat_data, spec.repair_points, batch_size=settings.stat_batch_size)
-                    ratios = std_ratio(measured, target_moments(moments_a, moments_b_aligned, 0.5))
+                if recorder is not None:
+                    ratios = std_ratio(recorder.result(), layer_target)
                     result.layers += [
                         {
                             "align": align,
@@ -189,8 +213,9 @@ def analyse_pair(
                             "layer_index": i,
                             "std_ratio": ratios[p],
                         }
-                        for i, p in enumerate(spec.repair_points)
+                        for i, p in enumerate(points)
                     ]
+            spent = clock.take()
             row = {"align": align, "correction": correction}
             for split in splits:
                 for key, value in barrier_metrics(curve[split]).items():
@@ -200,9 +225,31 @@ def analyse_pair(
             row["endpoint_test_loss_a"] = endpoint["test"][0]["loss"]
             row["endpoint_test_loss_b"] = endpoint["test"][1]["loss"]
             row["align_seconds"] = align_seconds
-            row["eval_seconds"] = time.perf_counter() - t_eval + shared_seconds / max(len(settings.aligns), 1)
+            # the endpoints' shared evaluation is split evenly over the pair's curves
+            share = shared["eval"] / max(len(settings.aligns) * len(settings.corrections), 1)
+            row["eval_seconds"] = spent["eval"] + share
+            row["stat_seconds"] = spent["stat"]
             result.pairs.append(row)
     return result
+
+
+class _Clock:
+    """Accumulates wall time per phase (``align``, ``stat``, ``eval``) until taken."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {"align": 0.0, "stat": 0.0, "eval": 0.0}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[phase] += time.perf_counter() - started
+
+    def take(self) -> dict[str, float]:
+        spent, self.spent = self.spent, dict.fromkeys(self.spent, 0.0)
+        return spent
 
 
 def _column(key: str, split: str) -> str:

@@ -79,6 +79,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("endpoint_test_loss_a", _F64),
         ("endpoint_test_loss_b", _F64),
         ("node_id", _STR),
+        ("stat_seconds", _F64),
     ),
     "curves": _schema(
         *_IDS,

@@ -148,7 +148,8 @@ def pair_task(job: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     ident, desc = _identity(job), _description(job)
     return {
         "pairs": [
-            {**ident, **desc, **row, "device": str(device), "node_id": node_id(), "status": "ok"} for row in result.pairs
+            {**ident, **desc, **row, "device": str(device), "node_id": node_id(), "status": "ok"}
+            for row in result.pairs
         ],
         "curves": [{**ident, **row} for row in result.curves],
         "layers": [{**ident, **row} for row in result.layers],
