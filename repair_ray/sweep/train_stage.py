@@ -177,19 +177,21 @@ def run_train_stage(config: SweepConfig, *, say: Callable[[str], None] = print) 
         ),
     )
     grid = tuner.fit()
-    failed = 0
     for result in grid:
         spec = result.config["trial"]
-        if result.error is not None:
-            failed += 1
+        if result.error is not None:  # a trial that raised (a NaN loss ends normally, with its own row)
             write_rows(
                 models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
                 "models",
                 [models_row(spec, status="failed", error=error_text(result.error), **_nan_metrics())],
             )
-    # NaN-loss runs finish their trial normally and write their own failed row
+    keys = {(p.model_key, seed) for p in config.models for seed in p.seeds}
     after = read_table(config.root, "models")
-    failed = int((after["status"] == "failed").sum())
+    failed = sum(
+        1
+        for k, seed, status in zip(after["model_key"], after["seed"], after["status"], strict=True)
+        if (k, int(seed)) in keys and status == "failed"
+    )
     say(f"[train] done in {time.time() - started:.0f}s: {total - failed} ok, {failed} failed")
     return TrainStageSummary(total, total - len(todo), len(todo), failed, time.time() - started)
 
