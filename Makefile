@@ -28,8 +28,9 @@ test-all: install
 demo: install  ## the quickstart: train two MNIST MLPs and print their barrier table
 	$(PY) -m repair_ray.demo
 
-bench: install
-	$(PY) benchmarks/run.py
+bench: install  ## all benchmarks in their own env (.bench/venv, with the rebasin peer); writes BENCHMARKS.md
+	bash benchmarks/bench_env.sh
+	.bench/venv/bin/python benchmarks/run.py
 
 lint: install
 	$(VENV)/bin/ruff check repair_ray tests analysis benchmarks

@@ -5,6 +5,12 @@ permutation applied to B, maximising ``sum_params <W_A, P W_B>`` over that group
 is a linear assignment problem on ``sum_params W_A · W_Bᵀ`` (the group's axis first, all other
 axes flattened). Visit the groups in a seeded random order and repeat until a whole sweep
 improves nothing.
+
+Speed: each parameter's product ``W_A · π(W_B)ᵀ`` is kept between visits and only brought up to
+date (reused, corrected for the units whose neighbour permutation moved, or recomputed), and a
+group whose similarity is unchanged since its last assignment is not solved again (the same
+matrix gives the same assignment). Products are float32 on the models' device; only the
+assignment runs on a float64 CPU copy.
 """
 
 from __future__ import annotations
@@ -37,10 +43,6 @@ def _matched_states(
     return state_a, state_b
 
 
-def _flat_along(t: torch.Tensor, axis: int) -> torch.Tensor:
-    return t.movedim(axis, 0).reshape(t.shape[axis], -1)
-
-
 def matching_objective(
     spec: PermutationSpec,
     a: nn.Module | Mapping[str, torch.Tensor],
@@ -58,6 +60,65 @@ def matching_objective(
 
 def _permuted_params(spec: PermutationSpec) -> list[str]:
     return [n for n, axes in spec.axes.items() if n not in spec.buffers and any(g is not None for g in axes)]
+
+
+class _Term:
+    """One parameter's share of a group's similarity: ``flat(W_A) · flat(π(W_B))ᵀ`` along the group's axis.
+
+    ``π`` applies every other group's current permutation. The product is kept between visits
+    and brought up to date lazily: reused while the other groups' permutations are unchanged,
+    corrected for the changed units only when few of one group's units moved, recomputed
+    otherwise. A parameter no other group acts on (a bias, a norm's affine) is computed once.
+    Both tensors are kept with the group's axis first, so flattening them copies nothing.
+    """
+
+    # A correction costs (changed units / all units) of a full product, plus two gathers.
+    MAX_CHANGED_FRACTION = 0.5
+
+    def __init__(self, spec: PermutationSpec, name: str, axis: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.a = a.movedim(axis, 0).contiguous()
+        self.b = b.movedim(axis, 0).contiguous()
+        self.flat_a = self.a.reshape(len(self.a), -1)
+        # the other permuted axes, numbered as in the moved tensors
+        self.others = [
+            (i + 1 if i < axis else i, g) for i, g in enumerate(spec.axes[name]) if g is not None and i != axis
+        ]
+        self.value: torch.Tensor | None = None
+        self.basis: dict[str, torch.Tensor] = {}  # the other groups' permutations ``value`` is for
+        self.version = 0  # counts the changes of ``value``
+
+    def _permuted_b(self, perm: Mapping[str, torch.Tensor], unmoved: set[str], skip: int | None = None) -> torch.Tensor:
+        wb = self.b
+        for i, g in self.others:
+            if i != skip and g not in unmoved:
+                wb = wb.index_select(i, perm[g])
+        return wb
+
+    def product(self, perm: Mapping[str, torch.Tensor], unmoved: set[str]) -> torch.Tensor:
+        """The product for ``perm``; ``unmoved``: the groups whose permutation is the identity."""
+        if self.value is not None:
+            moved = [(i, g) for i, g in self.others if perm[g] is not self.basis[g]]
+            if not moved:
+                return self.value
+            if len(moved) == 1:
+                i, g = moved[0]
+                old, new = self.basis[g], perm[g]
+                units = torch.nonzero(old != new).squeeze(1)
+                if units.numel() <= self.MAX_CHANGED_FRACTION * new.numel():
+                    if units.numel():
+                        # Only the moved slices of B's axis i change: add their new minus their old share.
+                        wb = self._permuted_b(perm, unmoved, skip=i)
+                        delta = wb.index_select(i, new[units]) - wb.index_select(i, old[units])
+                        part_a = self.a.index_select(i, units)
+                        self.value.addmm_(part_a.reshape(len(part_a), -1), delta.reshape(len(delta), -1).T)
+                        self.version += 1
+                    self.basis[g] = new
+                    return self.value
+        wb = self._permuted_b(perm, unmoved)
+        self.value = self.flat_a @ wb.reshape(len(wb), -1).T
+        self.basis = {g: perm[g] for _, g in self.others}
+        self.version += 1
+        return self.value
 
 
 @torch.no_grad()
@@ -89,27 +150,37 @@ def weight_matching(
 
     # Only parameters take part: running statistics describe the data, not the learned function.
     members = {g: [(n, ax) for n, ax in pairs if n not in spec.buffers] for g, pairs in spec.groups.items()}
-    # A's side of every product never changes: flatten it once.
-    flat_a = {(n, ax): _flat_along(state_a[n], ax).float() for pairs in members.values() for n, ax in pairs}
-    state_b = {n: t.to(device) for n, t in state_b.items()}
+    names = {n for pairs in members.values() for n, _ in pairs}
+    a32 = {n: state_a[n].float() for n in names}
+    b32 = {n: state_b[n].to(device).float() for n in names}
+    terms = {(n, ax): _Term(spec, n, ax, a32[n], b32[n]) for pairs in members.values() for n, ax in pairs}
     groups = sorted(g for g in spec.sizes if members[g])
+    unmoved = {g for g in groups if torch.equal(perm[g], torch.arange(spec.sizes[g], device=device))}
     gen = torch.Generator().manual_seed(seed)
+    # The versions of a group's terms at its last assignment: the same similarity again gives the
+    # same assignment (which was accepted or rejected then), so the visit can change nothing.
+    solved: dict[str, tuple[int, ...]] = {}
 
     for iteration in range(max_iter):
         improved = False
         for idx in torch.randperm(len(groups), generator=gen).tolist():
             g = groups[idx]
             n_units = spec.sizes[g]
+            products = [terms[member].product(perm, unmoved) for member in members[g]]
+            versions = tuple(terms[member].version for member in members[g])
+            if solved.get(g) == versions:
+                continue
+            solved[g] = versions
             similarity = torch.zeros(n_units, n_units, dtype=torch.float32, device=device)
-            for name, axis in members[g]:
-                wb = _flat_along(permute_tensor(spec, name, state_b[name], perm, except_axis=axis), axis).float()
-                similarity += flat_a[(name, axis)] @ wb.T
+            for product in products:
+                similarity += product
             sim = similarity.double().cpu().numpy()
             rows, cols = linear_sum_assignment(sim, maximize=True)
             old = sim[np.arange(n_units), perm[g].cpu().numpy()].sum()
             new = sim[rows, cols].sum()
             if new > old + 1e-12 * max(1.0, abs(old)):
                 perm[g] = torch.as_tensor(cols, dtype=torch.long, device=device)
+                unmoved.discard(g)
                 improved = True
         log.debug("weight matching sweep %d: improved=%s", iteration, improved)
         if not improved:

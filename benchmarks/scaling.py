@@ -1,0 +1,127 @@
+"""Scaling of the pair stage: the quickstart's pair stage on 1 worker vs 2 workers, and Ray's
+overhead per task (a no-op pair task's round trip vs a real pair).
+
+    python benchmarks/scaling.py [--quick]
+
+Trains the quickstart's networks once into .bench/scaling (3 epochs), then times the pair stage
+(``run_pair_stage``, every pair recomputed) on a local Ray with 1 CPU and then with 2 CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / ".bench" / "scaling"
+
+try:
+    from .common import table
+except ImportError:
+    from common import table
+
+
+def _config(quick: bool):
+    from repair_ray.sweep.config import parse_config
+
+    data = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    if quick:  # two model configs, fewer alphas: a smoke run
+        data["models"][0]["width"] = [32]
+        data["alphas"] = 5
+    data["storage"] = str(WORK)
+    data["name"] = "quickstart-quick" if quick else "quickstart"
+    return parse_config(data, source="examples/quickstart.yaml")
+
+
+def _forget_pairs(root: str) -> None:
+    for table_name in ("pairs", "curves", "layers"):
+        shutil.rmtree(Path(root, "tables", table_name), ignore_errors=True)
+
+
+def _noop(job: dict[str, Any]) -> int:
+    return len(job)
+
+
+def run(quick: bool = False, device: str = "cpu") -> list[dict[str, Any]]:
+    import ray
+
+    from repair_ray.sweep.pair_stage import make_remote_pair_task, plan_pair_jobs, run_pair_stage
+    from repair_ray.sweep.runner import run_sweep
+
+    config = _config(quick)
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        run_sweep(config, num_cpus=2, say=lambda m: None)  # trains once; later runs skip everything
+    rows: list[dict[str, Any]] = []
+    for cpus in (1, 2):
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        try:
+            _forget_pairs(config.root)
+            started = time.perf_counter()
+            summary = run_pair_stage(config, say=lambda m: None)
+            seconds = time.perf_counter() - started
+            row = {
+                "workers": cpus,
+                "pairs": summary.ran,
+                "seconds": seconds,
+                "pairs_per_minute": 60 * summary.ran / seconds,
+            }
+            if cpus == 2:
+                # Ray's own cost per task: a no-op task with the pair task's resources and its job
+                # as argument, round trip on a warm worker, against a real pair's time
+                _forget_pairs(config.root)
+                job = plan_pair_jobs(config, 1.0).jobs[0]
+                noop = ray.remote(num_cpus=1, max_calls=0)(_noop)
+                ray.get(noop.remote(job))
+                trips = []
+                for _ in range(30):
+                    t = time.perf_counter()
+                    ray.get(noop.remote(job))
+                    trips.append(time.perf_counter() - t)
+                real_task = make_remote_pair_task(1.0, 0.0, 0)
+                ray.get(real_task.remote(job))  # warm the worker's dataset cache
+                t = time.perf_counter()
+                ray.get(real_task.remote(job))
+                real = time.perf_counter() - t
+                row["noop_round_trip_ms"] = 1000 * statistics.median(trips)
+                row["real_pair_s"] = real
+                row["overhead_share"] = statistics.median(trips) / real
+            rows.append(row)
+        finally:
+            ray.shutdown()
+    rows[1]["speedup"] = rows[0]["seconds"] / rows[1]["seconds"]
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = table(
+        rows,
+        [
+            ("workers", "workers (CPUs)"),
+            ("pairs", "pairs"),
+            ("seconds", "pair stage s"),
+            ("pairs_per_minute", "pairs/min"),
+            ("speedup", "speedup"),
+        ],
+    )
+    two = rows[1]
+    return (
+        f"{head}\n\nRay overhead per pair task: a no-op task's round trip takes {two['noop_round_trip_ms']:.2f} ms "
+        f"(median of 30, warm worker), a real quickstart pair task {two['real_pair_s']:.1f} s: "
+        f"{100 * two['overhead_share']:.3f}% of it."
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(markdown(run(quick=args.quick)))
