@@ -6,6 +6,7 @@ and the key path (``models[1].width``) and what was expected. This module import
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .. import storage
 from ..data import dataset_options
@@ -49,21 +50,14 @@ class ModelGrid(_Strict):
     norm: str | list[str] = "none"
 
 
-class TrainSection(_Strict):
-    """``train``: the core's TrainConfig plus how often a trial checkpoints."""
-
-    epochs: int = 10
-    batch_size: int = 256
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
-    schedule: str = "linear"
-    label_smoothing: float = 0.0
-    augment: bool | None = None
-    checkpoint_every: int = 5
+# ``train``: the core's TrainConfig fields (derived from it, so the two never drift apart) plus
+# how often a trial checkpoints.
+TrainSection = create_model(
+    "TrainSection",
+    __base__=_Strict,
+    checkpoint_every=(int, 5),
+    **{f.name: (typing.get_type_hints(TrainConfig)[f.name], f.default) for f in dataclasses.fields(TrainConfig)},
+)
 
 
 class EvalSection(_Strict):
@@ -176,8 +170,6 @@ class SweepConfig:
 
 
 def _replace(config: SweepConfig, **changes: Any) -> SweepConfig:
-    import dataclasses
-
     return dataclasses.replace(config, **changes)
 
 
