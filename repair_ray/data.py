@@ -156,6 +156,18 @@ def dataset_options(name: str) -> tuple[str, ...]:
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(KNOWN_DATASETS)}")
 
 
+def dataset_in_shape(name: str, options: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(C, H, W) of one input of a dataset, without loading it (None when only the files tell)."""
+    if name in TORCHVISION_DATASETS:
+        return TORCHVISION_DATASETS[name].in_shape
+    if name == "synthetic":
+        return tuple(int(v) for v in options.get("shape", (1, 28, 28)))
+    if name.startswith("imagefolder:"):
+        size = int(options.get("image_size", 32))
+        return (3, size, size)
+    return None
+
+
 def _check_options(name: str, options: dict[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..checkpoint import load_checkpoint
+from ..data import dataset_in_shape
 from ..pair import PairSettings, analyse_pair
 from ..tables import read_table, table_file, write_rows
 from ..training import ModelConfig
@@ -80,7 +81,26 @@ def plan_pair_jobs(config: SweepConfig, threads: float) -> PairJobs:
                     "threads": threads,
                 }
             )
+    # Longest first: the most expensive pairs start early, so the end of the stage is not one
+    # worker finishing a big pair while the others idle (stable: config order among equals).
+    cost = {
+        plan.model_key: forward_flops(plan.model, config.dataset.name, config.dataset.options) for plan in config.models
+    }
+    jobs.sort(key=lambda job: -cost[job["model_key"]])
     return PairJobs(jobs, done, left_out)
+
+
+def forward_flops(model: ModelConfig, dataset: str, options: dict[str, Any]) -> float:
+    """FLOPs of one sample's forward pass, counted on the meta device (no memory, no compute)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    in_shape = dataset_in_shape(dataset, options) or (3, 32, 32)
+    with torch.device("meta"):
+        net = model.build(10, in_shape)
+        with FlopCounterMode(display=False) as counter:
+            net(torch.empty(1, *in_shape))
+    return float(counter.get_total_flops())
 
 
 def _identity(job: dict[str, Any]) -> dict[str, Any]:
