@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from repair_ray import PairSettings, analyse_pair, build_model, load_dataset
 from repair_ray.data import make_synthetic
+from repair_ray.pair import sample_forwards
 from repair_ray.repair import has_batchnorm
 from repair_ray.training import ModelConfig, TrainConfig, train_model
 
@@ -30,19 +31,6 @@ try:
     from .common import table
 except ImportError:  # run as a script
     from common import table
-
-
-def floor_sample_forwards(settings: PairSettings, n_train_eval: int, n_test: int, batchnorm: bool) -> int:
-    stat = min(settings.stat_samples, n_train_eval)
-    interior = sum(1 for a in settings.alphas if 0 < a < 1)
-    total = 2 * (n_train_eval + n_test) + 2 * stat
-    total += sum(2 * stat for a in settings.aligns if a == "activation")
-    for _ in settings.aligns:
-        for c in settings.corrections:
-            if c == "reset" and not batchnorm:
-                continue
-            total += interior * (n_train_eval + n_test + (stat if c != "none" else 0))
-    return total
 
 
 def _flops_per_sample(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -67,7 +55,7 @@ def _case(name: str, a, b, dataset, settings: PairSettings, repeats: int) -> dic
         analyse_pair(a, b, dataset, settings)
     measured = counter.get_total_flops()
     per_sample = _flops_per_sample(a, dataset.test.x[:64])
-    floor = floor_sample_forwards(settings, n_train_eval, len(dataset.test), has_batchnorm(a)) * per_sample
+    floor = sample_forwards(settings, n_train_eval, len(dataset.test), batchnorm=has_batchnorm(a)) * per_sample
     seconds = times[best]
     return {
         "case": name,

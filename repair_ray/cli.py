@@ -84,7 +84,8 @@ def _split_sizes(config) -> tuple[int | None, int]:
 @click.option("--num-cpus", type=int, help="CPUs of the local Ray started when no --address is given.")
 def run(config_path: str, storage_uri: str | None, address: str | None, num_cpus: int | None) -> None:
     """Run (or resume) the sweep in CONFIG: train every seed, analyse every pair."""
-    from .sweep.runner import run_sweep, summary_table
+    from .analysis import compact_summary, summarise
+    from .sweep.runner import run_sweep
     from .tables import read_table
 
     config = _load(config_path, storage_uri)
@@ -92,8 +93,10 @@ def run(config_path: str, storage_uri: str | None, address: str | None, num_cpus
     pairs = read_table(config.root, "pairs")
     pairs = pairs[pairs["model_key"].isin([p.model_key for p in config.models])]
     click.echo(f"\n[sweep] finished in {result.seconds:.0f}s; tables in {storage.join(config.root, 'tables')}")
-    table = summary_table(pairs)
-    if not table.empty:
+    summary = summarise(pairs)
+    if not summary.empty:
+        table = compact_summary(summary).drop(columns=["dataset", "failed"])
+        click.echo("mean ± 95% CI over pairs; reductions relative to the same alignment without correction")
         click.echo(table.to_string(index=False))
     click.echo(f"\nload them with: repair_ray.load_tables({config.root!r})")
     if result.train.failed or result.pairs.failed or result.pairs.left_out:

@@ -6,6 +6,7 @@ and only adds identifiers to the rows it returns.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
@@ -66,6 +67,27 @@ class PairResult:
     pairs: list[dict] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
+
+
+def sample_forwards(settings: PairSettings, n_train_eval: int, n_test: int, *, batchnorm: bool) -> int:
+    """Samples :func:`analyse_pair` pushes through a network for one pair: the forward floor.
+
+    Every endpoint evaluated once on the train-curve and test samples and measured once on the
+    statistics samples; activation matching runs both networks on the statistics samples; every
+    curve evaluates each interior α once on the train-curve and test samples, plus one statistics
+    pass per interior α when corrected (``reset`` only on BatchNorm nets). The endpoints' and the
+    ``layers`` statistics ride on evaluation passes, so they cost nothing extra.
+    """
+    stat = min(settings.stat_samples, n_train_eval)
+    interior = sum(1 for a in settings.alphas if 0 < a < 1)
+    total = 2 * (n_train_eval + n_test) + 2 * stat
+    total += sum(2 * stat for a in settings.aligns if a == "activation")
+    for _ in settings.aligns:
+        for c in settings.corrections:
+            if c == "reset" and not batchnorm:
+                continue
+            total += interior * (n_train_eval + n_test + (stat if c != "none" else 0))
+    return total
 
 
 def point_groups(spec: PermutationSpec) -> dict[str, str]:
@@ -165,7 +187,7 @@ def analyse_pair(
     shared = clock.take()
 
     state_a = {k: v.detach() for k, v in model_a.state_dict().items()}
-    work = _clone_architecture(model_a)
+    work = copy.deepcopy(model_a)
     for align in settings.aligns:
         with clock("align"):
             perm = _align(align, spec, model_a, model_b, stat_data, settings)
@@ -280,9 +302,3 @@ def _correct(
             spec=spec,
             batch_size=settings.stat_batch_size,
         )
-
-
-def _clone_architecture(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.pair_throughput import floor_sample_forwards
 from repair_ray import PairSettings, analyse_pair, build_model
 from repair_ray.data import make_synthetic
+from repair_ray.pair import sample_forwards
 
 
 def test_floor_counts_by_hand():
@@ -16,8 +16,8 @@ def test_floor_counts_by_hand():
     )
     # endpoints: 2 x (100 + 50) eval + 2 x 10 stats; activation matching 2 x 10;
     # per align: none -> 1 x 150, repair -> 1 x (150 + 10); reset skipped without BatchNorm
-    assert floor_sample_forwards(s, 100, 50, batchnorm=False) == 300 + 20 + 20 + 2 * (150 + 160)
-    assert floor_sample_forwards(s, 100, 50, batchnorm=True) == 300 + 20 + 20 + 2 * (150 + 160 + 160)
+    assert sample_forwards(s, 100, 50, batchnorm=False) == 300 + 20 + 20 + 2 * (150 + 160)
+    assert sample_forwards(s, 100, 50, batchnorm=True) == 300 + 20 + 20 + 2 * (150 + 160 + 160)
 
 
 @pytest.mark.parametrize(
@@ -40,6 +40,6 @@ def test_analyse_pair_stays_at_the_forward_floor(arch, kwargs):
     with FlopCounterMode(display=False) as one:
         a(data.test.x[:8])
     per_sample = one.get_total_flops() / 8
-    floor = floor_sample_forwards(settings, 64, 48, batchnorm=kwargs.get("norm") == "batch") * per_sample
+    floor = sample_forwards(settings, 64, 48, batchnorm=kwargs.get("norm") == "batch") * per_sample
     ratio = counter.get_total_flops() / floor
     assert 0.9 < ratio <= 1.05, ratio  # endpoint statistics ride on the endpoint evaluations

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from .. import storage
 from ..data import dataset_options
 from ..models import ARCHS
-from ..pair import ALIGNS, CORRECTIONS, PairSettings
+from ..pair import ALIGNS, CORRECTIONS, PairSettings, sample_forwards
 from ..training import ModelConfig, TrainConfig
 
 
@@ -512,20 +512,10 @@ def model_key(model: ModelConfig, train: TrainConfig, dataset: DatasetSpec) -> s
 
 
 def sample_forward_passes(config: SweepConfig, n_train: int, n_test: int) -> int:
-    """Samples pushed through a network by the pair stage (a plan-level cost estimate).
-
-    Per pair: both endpoints on the train-curve and test samples, statistics of both endpoints;
-    per alignment: activation matching runs both nets on the statistics samples; per
-    (alignment, correction) and interior α: one evaluation on train-curve + test samples, one
-    statistics pass when corrected; at α = 0.5 one more statistics pass for the ``layers`` table.
-    """
+    """Samples the pair stage pushes through a network, over all pairs (see :func:`sample_forwards`)."""
     s = config.pair_settings
     train_eval = n_train if s.train_samples is None else min(n_train, s.train_samples)
-    stat = min(train_eval, s.stat_samples)
-    interior = sum(1 for a in s.alphas if 0.0 < a < 1.0)
-    per_pair = 2 * (train_eval + n_test) + 2 * stat
-    for align in s.aligns:
-        per_pair += 2 * stat if align == "activation" else 0
-        for correction in s.corrections:
-            per_pair += interior * (train_eval + n_test + (stat if correction != "none" else 0)) + stat
-    return per_pair * config.n_pairs
+    return sum(
+        len(plan.pairs) * sample_forwards(s, train_eval, n_test, batchnorm=plan.model.norm == "batch")
+        for plan in config.models
+    )

@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pandas as pd
 import yaml
 
 from .. import storage
@@ -57,22 +56,6 @@ def run_sweep(
         if owns_ray:
             ray.shutdown()
     return SweepResult(config.root, train, pairs, time.time() - started)
-
-
-def summary_table(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Mean barriers per (model, align, correction) over the ``ok`` pairs, for the terminal."""
-    ok = pairs[pairs["status"] == "ok"]
-    if ok.empty:
-        return pd.DataFrame()
-    keys = ["arch", "width", "depth", "norm", "align", "correction"]
-    table = ok.groupby(keys, dropna=False).agg(
-        pairs=("seed_a", "size"),
-        barrier_test_loss=("barrier_test_loss", "mean"),
-        barrier_test_error=("barrier_test_error", "mean"),
-        midpoint_test_acc=("midpoint_test_acc", "mean"),
-        endpoint_test_acc=("endpoint_test_acc_a", "mean"),
-    )
-    return table.round(4).reset_index()
 
 
 def load_sweep_config(root: str) -> SweepConfig:
