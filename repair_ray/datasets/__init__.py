@@ -1,0 +1,303 @@
+"""The dataset registry: one table mapping a dataset kind to everything known about it.
+
+Like the model zoo's ``ARCHS`` (and open_lth's ``datasets/registry.py``), :data:`DATASETS` holds
+one :class:`DatasetKind` per kind of dataset: its loader, the options it accepts with their
+defaults and rules, and what is known without loading it (input shape, class count, split
+sizes). Every question about a dataset name goes through this table, so adding a dataset means
+adding one entry, not another branch in several if-chains.
+
+:func:`check_dataset` is the one home of the rules for dataset names and options:
+:func:`load_dataset`, :func:`~repair_ray.datasets.synthetic.make_synthetic` and the queries
+below all call it, and it raises :class:`~repair_ray.errors.SettingError` with every problem at
+once, each keyed by the option it concerns (``name`` for the dataset name).
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from ..errors import Problems, unknown_choice
+from .imagefolder import IMAGE_EXTENSIONS, load_imagefolder
+from .synthetic import make_synthetic
+from .tensors import Dataset, DatasetNotFoundError, TensorData
+from .vision import DATA_ENV, TORCHVISION_DATASETS, data_root, load_torchvision
+
+Rule = Callable[[Any], str | None]  # a value -> what is wrong with it (None when it is fine)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a dataset kind accepts: its default and the rule its values must follow."""
+
+    default: Any
+    rule: Rule
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """What the registry knows of one kind of dataset, most of it without loading anything.
+
+    ``load(name, root, options)`` gets the full dataset name (``imagefolder:<path>`` carries its
+    path), the data root (None for the default) and every option, defaults filled in and checked.
+    ``in_shape``, ``num_classes`` and ``split_sizes`` take the same options and answer None where
+    only the files tell. ``prefix`` kinds are named ``<kind>:<path>``.
+    """
+
+    load: Callable[[str, Path | None, dict[str, Any]], Dataset]
+    options: Mapping[str, Option]
+    in_shape: Callable[[Mapping[str, Any]], tuple[int, int, int] | None]
+    num_classes: Callable[[Mapping[str, Any]], int | None]
+    split_sizes: Callable[[Mapping[str, Any]], tuple[int, int] | None]  # (train, test) samples
+    prefix: bool = False
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Every option with its default value."""
+        return {option: spec.default for option, spec in self.options.items()}
+
+    def check(self, name: str, options: Mapping[str, Any], problems: Problems) -> None:
+        """Add a problem to ``problems`` for every option ``name`` does not take or whose value breaks its rule."""
+        for option, value in options.items():
+            spec = self.options.get(option)
+            if spec is None:
+                accepted = ", ".join(self.options) if self.options else "no options"
+                problems.add(str(option), f"dataset {name} takes {accepted}")
+            elif (message := spec.rule(value)) is not None:
+                problems.add(option, message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules for option values
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, numpy's included; bools are not integers here (``train_size: true`` is a slip)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any) -> str | None:
+    return None if _is_int(value) and value >= 1 else f"must be a positive integer, got {value!r}"
+
+
+def _integer(value: Any) -> str | None:
+    return None if _is_int(value) else f"must be an integer, got {value!r}"
+
+
+def _class_count(value: Any) -> str | None:
+    if not _is_int(value):
+        return f"must be an integer of at least 2, got {value!r}"
+    return None if value >= 2 else f"must be at least 2, got {value!r}"
+
+
+def _chw_shape(value: Any) -> str | None:
+    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_int(v) and v >= 1 for v in value)
+    return None if ok else f"must be three positive integers (C, H, W), got {value!r}"
+
+
+def _chw(shape: Any) -> tuple[int, int, int]:
+    """A checked ``shape`` option as a tuple of three ints."""
+    channels, height, width = (int(s) for s in shape)
+    return channels, height, width
+
+
+def _options(loader: Callable[..., Dataset], **rules: Rule) -> Mapping[str, Option]:
+    """The keyword-only parameters of ``loader`` with their defaults, each paired with its rule.
+
+    The loader's signature is the one home of the defaults and this table the one home of the
+    rules; a parameter without a rule (or a rule without a parameter) fails at import.
+    """
+    defaults = {p.name: p.default for p in inspect.signature(loader).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    if set(defaults) != set(rules):
+        raise TypeError(
+            f"{loader.__name__} takes options {sorted(defaults)}; the registry has rules for {sorted(rules)}"
+        )
+    return MappingProxyType({option: Option(default, rules[option]) for option, default in defaults.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------------
+
+
+def _torchvision(key: str) -> DatasetKind:
+    """A torchvision dataset: no options, everything but the pixels known from its spec."""
+    spec = TORCHVISION_DATASETS[key]
+    return DatasetKind(
+        load=lambda name, root, options: load_torchvision(name, root),
+        options=MappingProxyType({}),
+        in_shape=lambda options: spec.in_shape,
+        num_classes=lambda options: spec.num_classes,
+        split_sizes=lambda options: spec.split_sizes,
+    )
+
+
+def _folder_path(name: str) -> Path:
+    """The path of a prefix kind's name: ``imagefolder:~/pets`` -> ``/home/me/pets``."""
+    return Path(name.split(":", 1)[1]).expanduser()
+
+
+DATASETS: dict[str, DatasetKind] = {
+    **{key: _torchvision(key) for key in TORCHVISION_DATASETS},
+    "synthetic": DatasetKind(
+        load=lambda name, root, options: make_synthetic(**options),
+        options=_options(
+            make_synthetic,
+            shape=_chw_shape,
+            num_classes=_class_count,
+            train_size=_positive_int,
+            test_size=_positive_int,
+            seed=_integer,
+        ),
+        in_shape=lambda options: _chw(options["shape"]),
+        num_classes=lambda options: int(options["num_classes"]),
+        split_sizes=lambda options: (int(options["train_size"]), int(options["test_size"])),
+    ),
+    # imagefolder:<path>: classes and sizes are whatever the folder holds
+    "imagefolder": DatasetKind(
+        load=lambda name, root, options: load_imagefolder(name, _folder_path(name), **options),
+        options=_options(load_imagefolder, image_size=_positive_int),
+        in_shape=lambda options: (3, int(options["image_size"]), int(options["image_size"])),
+        num_classes=lambda options: None,
+        split_sizes=lambda options: None,
+        prefix=True,
+    ),
+}
+KNOWN_DATASETS: tuple[str, ...] = tuple(f"{key}:<path>" if kind.prefix else key for key, kind in DATASETS.items())
+
+
+def _lookup(name: object) -> DatasetKind | None:
+    """The kind of a dataset name (``imagefolder:<path>`` needs a non-empty path), None when unknown."""
+    if not isinstance(name, str):
+        return None
+    kind = DATASETS.get(name)
+    if kind is not None:
+        return None if kind.prefix else kind
+    head, colon, path = name.partition(":")
+    kind = DATASETS.get(head)
+    return kind if kind is not None and kind.prefix and colon and path else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+
+
+def check_dataset(name: str, options: Mapping[str, Any] | None = None) -> None:
+    """Check a dataset name and its options, names and values; the one home of these rules.
+
+    Raises:
+        SettingError: with every problem at once (owner ``dataset``), each keyed by the option it
+            concerns: ``("train_size", "must be a positive integer, got -5")``, ``("colour",
+            "dataset synthetic takes shape, ...")``; an unknown name is keyed ``name`` and says
+            which known name is closest. Options are not checked when the name is unknown.
+    """
+    problems = Problems("dataset")
+    kind = _lookup(name)
+    if kind is None:
+        problems.add("name", unknown_choice("dataset", name, KNOWN_DATASETS))
+    else:
+        kind.check(name, options or {}, problems)
+    problems.raise_if_any()
+
+
+def _checked(name: str, options: Mapping[str, Any] | None) -> tuple[DatasetKind, dict[str, Any]]:
+    """The kind of ``name`` and its options with defaults filled in, after :func:`check_dataset`."""
+    check_dataset(name, options)
+    kind = _lookup(name)
+    assert kind is not None  # check_dataset raised otherwise
+    return kind, {**kind.defaults, **(options or {})}
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    **options: Any,
+) -> Dataset:
+    """Load a dataset by name into memory, normalised per channel, as (N, C, H, W) float32 tensors.
+
+    Args:
+        name: ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` (torchvision files under the
+            data root), ``synthetic`` (generated from a seed) or ``imagefolder:<path>`` (a folder
+            with ``train/<class>/*.png`` and ``test/<class>/...`` or ``val/<class>/...``).
+        root: data root of the torchvision datasets; defaults to :func:`data_root`.
+        device: where the tensors end up.
+        options: ``synthetic``: ``shape``, ``num_classes``, ``train_size``, ``test_size``, ``seed``;
+            ``imagefolder``: ``image_size``. The torchvision datasets take none.
+
+    Raises:
+        DatasetNotFoundError: the files are missing and could not be downloaded.
+        SettingError: an unknown name or option, or an option value :func:`check_dataset` rejects
+            (a ValueError, naming each offending option).
+    """
+    kind, resolved = _checked(name, options)
+    dataset = kind.load(name, Path(root).expanduser() if root is not None else None, resolved)
+    return dataset.to(device)
+
+
+def dataset_options(name: str) -> tuple[str, ...]:
+    """The options ``load_dataset(name, ...)`` accepts, in the order of the loader's signature.
+
+    Raises :class:`~repair_ray.errors.SettingError` (keyed ``name``) for an unknown name.
+    """
+    kind, _ = _checked(name, None)
+    return tuple(kind.options)
+
+
+def dataset_in_shape(name: str, options: Mapping[str, Any] | None = None) -> tuple[int, int, int] | None:
+    """(C, H, W) of one input of a dataset, without loading it (None when only the files tell).
+
+    Raises :class:`~repair_ray.errors.SettingError` for what :func:`check_dataset` rejects.
+    """
+    kind, resolved = _checked(name, options)
+    return kind.in_shape(resolved)
+
+
+def dataset_num_classes(name: str, options: Mapping[str, Any] | None = None) -> int | None:
+    """How many classes a dataset has, without loading it (None when only the files tell).
+
+    Raises :class:`~repair_ray.errors.SettingError` for what :func:`check_dataset` rejects.
+    """
+    kind, resolved = _checked(name, options)
+    return kind.num_classes(resolved)
+
+
+def split_sizes(name: str, options: Mapping[str, Any] | None = None) -> tuple[int, int] | None:
+    """(train, test) samples of a dataset, without loading it (None when only the files tell).
+
+    Raises :class:`~repair_ray.errors.SettingError` for what :func:`check_dataset` rejects.
+    """
+    kind, resolved = _checked(name, options)
+    return kind.split_sizes(resolved)
+
+
+__all__ = [
+    "DATASETS",
+    "DATA_ENV",
+    "IMAGE_EXTENSIONS",
+    "KNOWN_DATASETS",
+    "Dataset",
+    "DatasetKind",
+    "DatasetNotFoundError",
+    "Option",
+    "TensorData",
+    "check_dataset",
+    "data_root",
+    "dataset_in_shape",
+    "dataset_num_classes",
+    "dataset_options",
+    "load_dataset",
+    "make_synthetic",
+    "split_sizes",
+]

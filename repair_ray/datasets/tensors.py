@@ -1,0 +1,90 @@
+"""The in-memory types every dataset loader produces: tensors on the compute device, no DataLoader workers.
+
+Datasets of this project are small enough (MNIST, CIFAR, test-sized synthetic data) to live
+whole on the device that trains on them, so batches are slices of one tensor rather than the
+output of worker processes. :func:`normalise` and :func:`standardise` are the per-channel
+normalisation the loaders share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TensorData:
+    """Inputs ``x`` (N, C, H, W float32, normalised) and labels ``y`` (N int64) on one device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"TensorData has {len(self.x)} inputs but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def to(self, device: str | torch.device) -> TensorData:
+        return TensorData(self.x.to(device), self.y.to(device))
+
+    def head(self, n: int | None) -> TensorData:
+        """The first ``n`` samples (all when ``n`` is None or larger than the data)."""
+        if n is None or n >= len(self):
+            return self
+        return TensorData(self.x[:n], self.y[:n])
+
+    def subset(self, n: int | None, *, seed: int = 0) -> TensorData:
+        """``n`` samples drawn without replacement by a seeded generator (all when ``n`` is None)."""
+        if n is None or n >= len(self):
+            return self
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].to(self.device)
+        return TensorData(self.x[idx], self.y[idx])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Consecutive batches in order, the last one possibly smaller."""
+        for start in range(0, len(self), batch_size):
+            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+
+
+@dataclass
+class Dataset:
+    """A classification dataset held in memory: normalised train and test tensors plus their shape."""
+
+    name: str
+    train: TensorData
+    test: TensorData
+    num_classes: int
+    in_shape: tuple[int, int, int]
+
+    def to(self, device: str | torch.device) -> Dataset:
+        """The same dataset with both splits on ``device``."""
+        return Dataset(self.name, self.train.to(device), self.test.to(device), self.num_classes, self.in_shape)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The files of a dataset are not on disk and could not be downloaded."""
+
+
+def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(N, C, H, W) float in place: subtract the per-channel mean, divide by the per-channel std."""
+    shape = (1, len(mean), 1, 1)
+    return x.sub_(torch.tensor(mean, dtype=x.dtype).view(shape)).div_(torch.tensor(std, dtype=x.dtype).view(shape))
+
+
+def standardise(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both splits normalised in place by the per-channel mean and std of the train split.
+
+    For datasets without published statistics (generated data, image folders); the test split
+    never contributes, so its size cannot change how the train split is scaled.
+    """
+    mean = train_x.mean(dim=(0, 2, 3)).tolist()
+    std = train_x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+    return normalise(train_x, mean, std), normalise(test_x, mean, std)
