@@ -1,56 +1,33 @@
-"""Barrier vs width, one panel per depth, a line per align + correction (mean over pairs, ± SEM).
+"""Barrier vs width, one panel per depth, a line per align + correction (mean over pairs, ± 95% CI).
 
     python analysis/barrier_vs_width.py runs/quickstart [--out barrier_vs_width.png] [--metric barrier_test_error]
 
-A starting point to copy and edit: plain pandas on `repair_ray.load_tables`.
+A starting point to copy and edit: plain pandas and matplotlib on `repair_ray.load_tables`; the
+command line, the loading and the mean ± 95% t-interval (the report's) are in `common.py`.
 """
-
-import argparse
 
 import matplotlib
 
 matplotlib.use("Agg")  # write files, no window
 import matplotlib.pyplot as plt
+from common import METRIC, draw_methods, load_ok_pairs, mean_ci95, parse_args, save
 
-import repair_ray
-
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("sweep", help="the sweep folder, e.g. runs/quickstart (or s3://bucket/prefix/name)")
-parser.add_argument("--out", default="barrier_vs_width.png", help="image to write (.png, .svg, .pdf)")
-parser.add_argument("--metric", default="barrier_test_loss", help="any column of the pairs table")
-args = parser.parse_args()
-
-pairs = repair_ray.load_tables(args.sweep)["pairs"]
-pairs = pairs[pairs["status"] == "ok"]  # failed pairs have no barriers
-if pairs.empty:
-    raise SystemExit(f"{args.sweep}: no finished pairs yet")
-
-stats = (
-    pairs.groupby(["depth", "align", "correction", "width"])[args.metric].agg(["mean", "sem", "count"]).reset_index()
-)
+args = parse_args(__doc__, "barrier_vs_width.png", METRIC)
+_, pairs = load_ok_pairs(args.sweep)
+stats = mean_ci95(pairs, ["depth", "align", "correction", "width"], args.metric)
 print(stats.to_string(index=False))
 
+widths = sorted(stats["width"].unique())
 depths = sorted(stats["depth"].unique())
 fig, axes = plt.subplots(1, len(depths), figsize=(5 * len(depths), 4), squeeze=False, sharey=True)
 for ax, depth in zip(axes[0], depths, strict=True):
-    for (align, correction), line in stats[stats["depth"] == depth].groupby(["align", "correction"]):
-        ax.errorbar(
-            line["width"],
-            line["mean"],
-            yerr=line["sem"].fillna(0),
-            marker="o",
-            capsize=3,
-            linestyle="--" if correction != "none" else "-",
-            label=f"{align} + {correction}",
-        )
+    draw_methods(ax, stats[stats["depth"] == depth], "width")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(stats["width"].unique()), [f"{w:g}" for w in sorted(stats["width"].unique())])
+    ax.set_xticks(widths, [f"{w:g}" for w in widths])
     ax.minorticks_off()
     ax.set_title(f"depth {depth}")
     ax.set_xlabel("width")
     ax.grid(alpha=0.3)
 axes[0][0].set_ylabel(args.metric)
 axes[0][0].legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(args.out, dpi=120)
-print(f"wrote {args.out}")
+save(fig, args.out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import subprocess
@@ -17,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from repair_ray import analysis, load_tables
+from repair_ray import load_tables, report
 from repair_ray.cli import main
-from repair_ray.tables import table_file, write_rows
+from repair_ray.io.tables import table_file, write_rows
 
 REPO = Path(__file__).resolve().parents[1]
 T_975_2 = 4.302652729911275  # Student t quantile 0.975 with 2 degrees of freedom (from a t table)
@@ -114,7 +115,7 @@ def sweep(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def summary(sweep) -> pd.DataFrame:
-    return analysis.summarise(load_tables(sweep))
+    return report.summarise(load_tables(sweep))
 
 
 def row(frame: pd.DataFrame, key_width: float, depth: int, align: str, correction: str) -> pd.Series:
@@ -139,6 +140,17 @@ def assert_png(path: Path) -> None:
 def assert_svg(path: Path) -> None:
     assert path.is_file() and path.stat().st_size > 1000, path
     assert ET.parse(path).getroot().tag.endswith("svg")
+
+
+# ----------------------------------------------------------------------------- package
+
+
+def test_public_names_resolve_and_statistics_need_no_matplotlib():
+    assert sorted(report.__all__) == sorted(report._EXPORTS)
+    for name in report.__all__:
+        assert getattr(report, name) is not None, name
+    code = "import sys\nfrom repair_ray.report.statistics import ci95\nassert 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # ----------------------------------------------------------------------------- loader
@@ -188,7 +200,7 @@ def test_load_tables_plain_dtypes_and_old_files_give_nulls(tmp_path):
 
 def test_summary_statistics_equal_hand_computed(summary):
     assert len(summary) == 4 * 4
-    assert list(summary.columns[:7]) == list(analysis.GROUP_KEYS)
+    assert list(summary.columns[:7]) == list(report.GROUP_KEYS)
     r = row(summary, 8.0, 1, "weight", "none")  # barrier_test_loss 1, 2, 4
     assert r["pairs"] == 3 and r["failed"] == 0 and r["model_keys"] == 1
     mean, std = 7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
@@ -218,15 +230,15 @@ def test_summary_counts_failed_pairs_and_ci_needs_two(summary):
 
 def test_summary_of_single_pairs_has_no_interval(sweep):
     pairs = load_tables(sweep)["pairs"]
-    one = analysis.summarise(pairs[(pairs["seed_a"] == 0) & (pairs["seed_b"] == 1)])
+    one = report.summarise(pairs[(pairs["seed_a"] == 0) & (pairs["seed_b"] == 1)])
     assert len(one) == 16 and one["pairs"].eq(1).all() and one["failed"].eq(0).all()
     assert one["barrier_test_loss_std"].isna().all() and one["barrier_test_loss_ci95"].isna().all()
     assert one["barrier_test_loss_mean"].notna().all()
-    assert math.isnan(analysis.ci95(2.0, 1)) and analysis.ci95(1.0, 3) == pytest.approx(T_975_2 / math.sqrt(3))
+    assert math.isnan(report.ci95(2.0, 1)) and report.ci95(1.0, 3) == pytest.approx(T_975_2 / math.sqrt(3))
 
 
 def test_relative_reduction_is_per_pair_then_averaged(sweep, summary):
-    per_pair = analysis.relative_reduction(load_tables(sweep))
+    per_pair = report.relative_reduction(load_tables(sweep))
     assert set(per_pair["correction"]) == {"repair"}
     mine = per_pair[(per_pair["model_key"] == "mlp-w8-d1-none-aaaa") & (per_pair["align"] == "weight")]
     assert sorted(mine["rel_reduction_barrier_test_loss"]) == pytest.approx([0.5, 0.5, 0.75])
@@ -249,29 +261,29 @@ def test_relative_reduction_is_per_pair_then_averaged(sweep, summary):
 def test_empty_tables_give_empty_frames(tmp_path):
     (tmp_path / "empty").mkdir()
     tables = load_tables(tmp_path / "empty")
-    assert analysis.summarise(tables).empty and "barrier_test_loss_mean" in analysis.summarise(tables).columns
-    assert analysis.relative_reduction(tables).empty
-    assert analysis.summarise_models(tables).empty and analysis.failed_pairs(tables).empty
+    assert report.summarise(tables).empty and "barrier_test_loss_mean" in report.summarise(tables).columns
+    assert report.relative_reduction(tables).empty
+    assert report.summarise_models(tables).empty and report.failed_pairs(tables).empty
 
 
 # ----------------------------------------------------------------------------- plots
 
 
 def test_every_plot_is_a_valid_png_and_svg(sweep, tmp_path):
-    ok = analysis.ok_tables(load_tables(sweep))
+    ok = report.ok_tables(load_tables(sweep))
     written = [
-        *analysis.plot_barrier_vs_width(ok["pairs"], tmp_path / "width"),
-        *analysis.plot_barrier_vs_depth(ok["pairs"], tmp_path / "depth"),
-        *analysis.plot_curves(ok["curves"], tmp_path / "curves", pairs=ok["pairs"]),
-        *analysis.plot_variance_collapse(ok["layers"], tmp_path / "variance", pairs=ok["pairs"]),
-        *analysis.plot_endpoint_accuracy(ok["models"], tmp_path / "accuracy"),
+        *report.plot_barrier_vs_width(ok["pairs"], tmp_path / "width"),
+        *report.plot_barrier_vs_depth(ok["pairs"], tmp_path / "depth"),
+        *report.plot_curves(ok["curves"], tmp_path / "curves", pairs=ok["pairs"]),
+        *report.plot_variance_collapse(ok["layers"], tmp_path / "variance", pairs=ok["pairs"]),
+        *report.plot_endpoint_accuracy(ok["models"], tmp_path / "accuracy"),
     ]
     assert len(written) == 10
     for path in written:
         (assert_png if path.suffix == ".png" else assert_svg)(path)
-    assert analysis.default_model_key(ok["pairs"]) == "mlp-w16-d2-none-dddd"  # deepest, then widest
+    assert report.default_model_key(ok["pairs"]) == "mlp-w16-d2-none-dddd"  # deepest, then widest
     with pytest.raises(ValueError, match="no ok pairs"):
-        analysis.plot_barrier_vs_width(ok["pairs"].iloc[0:0], tmp_path / "nothing")
+        report.plot_barrier_vs_width(ok["pairs"].iloc[0:0], tmp_path / "nothing")
 
 
 # ----------------------------------------------------------------------------- report
@@ -310,7 +322,7 @@ def test_report_on_a_running_sweep_and_an_empty_one(tmp_path):
         failed=None,
         in_flight=(CONFIGS[0][0], 0, 2),
     )
-    index = analysis.write_report(root, tmp_path / "running-report", model_key=CONFIGS[0][0], notes=["half done"])
+    index = report.write_report(root, tmp_path / "running-report", model_key=CONFIGS[0][0], notes=["half done"])
     out = index.parent
     page = index.read_text()
     assert "half done" in page and "single width" in page and "single depth" in page
@@ -321,7 +333,7 @@ def test_report_on_a_running_sweep_and_an_empty_one(tmp_path):
 
     # empty: the sweep folder exists, no table has a row
     (tmp_path / "empty").mkdir()
-    index = analysis.write_report(tmp_path / "empty")
+    index = report.write_report(tmp_path / "empty")
     page = index.read_text()
     assert index == tmp_path / "empty" / "report" / "index.html"
     assert "the pairs table has no rows yet" in page and "not drawn" in page
@@ -330,36 +342,56 @@ def test_report_on_a_running_sweep_and_an_empty_one(tmp_path):
     assert (index.parent / "summary.md").read_text().startswith("# Sweep report")
 
     with pytest.raises(FileNotFoundError):
-        analysis.write_report(tmp_path / "missing", tmp_path / "r")
+        report.write_report(tmp_path / "missing", tmp_path / "r")
     with pytest.raises(ValueError, match="give an output folder"):
-        analysis.write_report("s3://bucket/sweep")
+        report.write_report("s3://bucket/sweep")
 
 
 # ----------------------------------------------------------------------------- analysis/ scripts
 
 
-def test_analysis_scripts_run_on_a_sweep(sweep, tmp_path):
-    """Each script runs as ``__main__`` with its own argv, in one fresh interpreter (one torch import, not three)."""
-    scripts = ("barrier_vs_width", "barrier_vs_depth", "variance_collapse")
-    runner = (
-        "import runpy, sys\n"
-        "for script, out in zip(sys.argv[2::2], sys.argv[3::2]):\n"
-        "    sys.argv = [script, sys.argv[1], '--out', out]\n"
-        "    runpy.run_path(script, run_name='__main__')\n"
-    )
-    args = [str(sweep)]
-    for script in scripts:
-        args += [str(REPO / "analysis" / f"{script}.py"), str(tmp_path / f"{script}.png")]
+def run_script(name: str, sweep: Path, out: Path) -> str:
+    """``python analysis/<name>.py SWEEP --out OUT`` as a user runs it (its folder on sys.path); its stdout."""
     result = subprocess.run(
-        [sys.executable, "-c", runner, *args],
-        cwd=tmp_path,
+        [sys.executable, str(REPO / "analysis" / f"{name}.py"), str(sweep), "--out", str(out)],
+        cwd=out.parent,
         env={**os.environ, "MPLBACKEND": "Agg"},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for script in scripts:
-        assert f"wrote {tmp_path / f'{script}.png'}" in result.stdout
-        assert_png(tmp_path / f"{script}.png")
-    assert "activation" not in result.stdout and "weight     repair" in result.stdout  # the tables they print
+    return result.stdout
+
+
+def printed_table(stdout: str) -> pd.DataFrame:
+    """The statistics table a script prints before its ``wrote ...`` line."""
+    return pd.read_csv(io.StringIO(stdout.split("\nwrote ")[0]), sep=r"\s+")
+
+
+def test_analysis_scripts_plot_the_reports_interval(sweep, summary, tmp_path):
+    """Each script writes its PNG, and its error bars are the report's 95% t-interval (not ± SEM)."""
+    printed = {}
+    for script in ("barrier_vs_width", "barrier_vs_depth", "variance_collapse"):
+        out = tmp_path / f"{script}.png"
+        stdout = run_script(script, sweep, out)
+        assert f"wrote {out}" in stdout
+        assert_png(out)
+        assert "activation" not in stdout and "weight     repair" in stdout
+        printed[script] = printed_table(stdout)
+
+    # by hand: barrier_test_loss 1, 2, 4 at width 8, depth 1, weight + none (an SEM would be std / sqrt(3))
+    width = printed["barrier_vs_width"].set_index(["depth", "width", "align", "correction"])
+    r = width.loc[(1, 8.0, "weight", "none")]
+    std = math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    assert r["mean"] == pytest.approx(7 / 3, rel=1e-5) and r["count"] == 3
+    assert r["ci95"] == pytest.approx(T_975_2 * std / math.sqrt(3), rel=1e-5)
+    # every group, the failed pair's (2 pairs) included: the same numbers as the report's summary
+    for script in ("barrier_vs_width", "barrier_vs_depth"):
+        merged = printed[script].merge(summary, on=["width", "depth", "align", "correction"], validate="1:1")
+        assert len(merged) == len(summary) == 16 and set(merged["count"]) == {2, 3}
+        np.testing.assert_allclose(merged["mean"], merged["barrier_test_loss_mean"], rtol=1e-5)
+        np.testing.assert_allclose(merged["ci95"], merged["barrier_test_loss_ci95"], rtol=1e-5, atol=1e-6)
+    # variance collapse: of the deepest, then widest, config; its std ratios are the same on every pair
+    collapse = printed["variance_collapse"]
+    assert len(collapse) == 4 * 2 and (collapse["ci95"] == 0).all() and (collapse["count"] == 3).all()

@@ -1,0 +1,132 @@
+"""Summaries, plots and an HTML report of a sweep's result tables.
+
+Everything here reads the DataFrames of :func:`repair_ray.load_tables` (plain pandas; no torch,
+no Ray) and draws with matplotlib's object API (``matplotlib.figure.Figure``, rendered by Agg), so
+it works headless and never switches the backend of a notebook that imports it. One job a module:
+:mod:`.statistics` (the numbers, no matplotlib), :mod:`.plots` (the figures), :mod:`.page` (the
+report folder: tables and ``index.html``).
+
+Rules shared by every function:
+
+- Only ``pairs`` rows with ``status == 'ok'`` enter statistics and plots; failed pairs are
+  counted (the summary's ``failed`` column) and listed by the report, never plotted.
+  :func:`ok_tables` also restricts ``curves`` and ``layers`` to the (pair, align, correction)
+  rows whose ``pairs`` row is ``ok`` (a pair's ``pairs`` file is its done marker).
+- A 95% confidence interval is the half-width ``t.ppf(0.975, n - 1) * std / sqrt(n)`` (Student's
+  t, sample std with ``ddof=1``, ``n`` = values that are not null); it is NaN for ``n < 2``.
+- Empty tables (a sweep that has just started) give empty summaries and skipped plots, never
+  an exception.
+
+Public API: :func:`summarise`, :func:`relative_reduction`, :func:`summarise_models`,
+:func:`failed_pairs`, :func:`ok_tables`, :func:`plot_barrier_vs_width`,
+:func:`plot_barrier_vs_depth`, :func:`plot_curves`, :func:`plot_variance_collapse`,
+:func:`plot_endpoint_accuracy`, :func:`write_report`.
+
+The names are loaded on first use (PEP 562): ``from repair_ray.report.statistics import ci95``
+imports neither matplotlib nor the page code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "ALIGN_ORDER": ".statistics",
+    "CORRECTION_ORDER": ".statistics",
+    "GROUP_KEYS": ".statistics",
+    "MODEL_KEYS": ".statistics",
+    "PAIR_ID": ".statistics",
+    "PLOT_METRICS": ".statistics",
+    "REDUCTION_COLUMNS": ".statistics",
+    "barrier_columns": ".statistics",
+    "ci95": ".statistics",
+    "compact_summary": ".statistics",
+    "default_model_key": ".statistics",
+    "failed_pairs": ".statistics",
+    "ok_tables": ".statistics",
+    "relative_reduction": ".statistics",
+    "summarise": ".statistics",
+    "summarise_models": ".statistics",
+    "PLOT_FORMATS": ".plots",
+    "plot_barrier_vs": ".plots",
+    "plot_barrier_vs_depth": ".plots",
+    "plot_barrier_vs_width": ".plots",
+    "plot_curves": ".plots",
+    "plot_endpoint_accuracy": ".plots",
+    "plot_variance_collapse": ".plots",
+    "to_markdown": ".page",
+    "write_report": ".page",
+}
+
+__all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
+    "ALIGN_ORDER",
+    "CORRECTION_ORDER",
+    "GROUP_KEYS",
+    "MODEL_KEYS",
+    "PAIR_ID",
+    "PLOT_FORMATS",
+    "PLOT_METRICS",
+    "REDUCTION_COLUMNS",
+    "barrier_columns",
+    "ci95",
+    "compact_summary",
+    "default_model_key",
+    "failed_pairs",
+    "ok_tables",
+    "plot_barrier_vs",
+    "plot_barrier_vs_depth",
+    "plot_barrier_vs_width",
+    "plot_curves",
+    "plot_endpoint_accuracy",
+    "plot_variance_collapse",
+    "relative_reduction",
+    "summarise",
+    "summarise_models",
+    "to_markdown",
+    "write_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'repair_ray.report' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .page import to_markdown, write_report
+    from .plots import (
+        PLOT_FORMATS,
+        plot_barrier_vs,
+        plot_barrier_vs_depth,
+        plot_barrier_vs_width,
+        plot_curves,
+        plot_endpoint_accuracy,
+        plot_variance_collapse,
+    )
+    from .statistics import (
+        ALIGN_ORDER,
+        CORRECTION_ORDER,
+        GROUP_KEYS,
+        MODEL_KEYS,
+        PAIR_ID,
+        PLOT_METRICS,
+        REDUCTION_COLUMNS,
+        barrier_columns,
+        ci95,
+        compact_summary,
+        default_model_key,
+        failed_pairs,
+        ok_tables,
+        relative_reduction,
+        summarise,
+        summarise_models,
+    )

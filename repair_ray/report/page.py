@@ -1,0 +1,240 @@
+"""The report of a sweep: summary tables (CSV, Markdown), the plots, and an ``index.html`` page.
+
+:func:`write_report` reads a sweep's tables, computes the statistics (:mod:`.statistics`), draws
+the plots (:mod:`.plots`) and writes them into one local folder with a page that shows them all.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import storage
+from ..io.tables import load_tables
+from .plots import (
+    PLOT_FORMATS,
+    plot_barrier_vs_depth,
+    plot_barrier_vs_width,
+    plot_curves,
+    plot_endpoint_accuracy,
+    plot_variance_collapse,
+)
+from .statistics import (
+    PAIR_ID,
+    _fmt,
+    _is_ok,
+    compact_summary,
+    failed_pairs,
+    ok_tables,
+    summarise,
+    summarise_models,
+)
+
+
+@dataclass
+class _Plot:
+    """One plot of the report: file stem, heading, caption, the files written, and why it was not drawn."""
+
+    name: str
+    title: str
+    caption: str
+    written: list[Path] = field(default_factory=list)
+    note: str = ""
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of ``frame`` (no extra dependency)."""
+    if frame.empty:
+        return "_(no rows)_\n"
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, (float, np.floating)):
+            return f"{v:.4g}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "<p><em>(no rows)</em></p>"
+    return frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0, classes="table")
+
+
+def _round(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.round(4) if not frame.empty else frame
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_report(
+    sweep_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    model_key: str | None = None,
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write the report of a sweep: ``summary.csv``, ``summary.md``, plots (PNG + SVG), ``index.html``.
+
+    Works on a sweep that is still running (empty or partial tables: it writes what it can and
+    says what is missing) and on one with failed pairs (counted and listed, never plotted).
+
+    Args:
+        sweep_path: the sweep's folder ``<storage>/<name>`` (local, ``s3://`` or ``gs://``).
+        out_dir: a local folder; default ``<sweep>/report`` for a local sweep, required for a remote one.
+        model_key: the model config of the curves and variance-collapse plots (default: the
+            deepest, then widest, config with finished pairs).
+        notes: extra lines for the top of ``index.html`` (e.g. the sweep's progress).
+
+    Returns:
+        The path of ``index.html``.
+    """
+    sweep = storage.normalize(sweep_path)
+    if out_dir is None:
+        if not storage.is_local(sweep):
+            raise ValueError(f"{sweep} is not a local folder: give an output folder for the report")
+        out_dir = Path(sweep.removeprefix("file://")) / "report"
+    if not storage.is_local(os.fspath(out_dir)):
+        raise ValueError(f"the report's output folder must be local, got {out_dir}")
+    out = Path(os.fspath(out_dir).removeprefix("file://"))
+
+    tables = load_tables(sweep)
+    ok = ok_tables(tables)
+    if model_key is not None and not (ok["pairs"]["model_key"] == model_key).any():
+        raise ValueError(
+            f"model key {model_key!r} has no finished pair in {sweep}; "
+            f"known: {', '.join(sorted(tables['pairs']['model_key'].dropna().unique())) or 'none'}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+    summary = summarise(tables["pairs"])
+    models_summary = summarise_models(tables["models"])
+    failures = failed_pairs(tables["pairs"])
+    failed_models = tables["models"][~_is_ok(tables["models"])] if not tables["models"].empty else tables["models"]
+    compact = compact_summary(summary)
+
+    summary.to_csv(out / "summary.csv", index=False)
+    models_summary.to_csv(out / "models.csv", index=False)
+    failures.to_csv(out / "failed_pairs.csv", index=False)
+
+    missing: list[str] = []
+    for name, frame in tables.items():
+        if frame.empty:
+            missing.append(f"the {name} table has no rows yet")
+    if not tables["pairs"].empty and ok["pairs"].empty:
+        missing.append("no pair has finished successfully yet")
+    n_ok = int(ok["pairs"][list(PAIR_ID)].drop_duplicates().shape[0]) if not ok["pairs"].empty else 0
+    plots = [
+        _Plot("barrier_vs_width", "Barrier vs width", "Max-over-α barrier, mean over pairs with 95% CI."),
+        _Plot("barrier_vs_depth", "Barrier vs depth", "Max-over-α barrier, mean over pairs with 95% CI."),
+        _Plot("curves", "Loss and accuracy along the linear path", "Mean over the pairs of one model config."),
+        _Plot(
+            "variance_collapse",
+            "Variance collapse",
+            "Std ratio of the interpolated net at α = 0.5 per layer (1 = no collapse; "
+            "repaired lines often coincide at 1).",
+        ),
+        _Plot("endpoint_accuracy", "Endpoint accuracy vs width", "Accuracy of the trained networks (test and train)."),
+    ]
+    makers = {
+        "barrier_vs_width": lambda stem: plot_barrier_vs_width(ok["pairs"], stem),
+        "barrier_vs_depth": lambda stem: plot_barrier_vs_depth(ok["pairs"], stem),
+        "curves": lambda stem: plot_curves(ok["curves"], stem, model_key=model_key, pairs=ok["pairs"]),
+        "variance_collapse": lambda stem: plot_variance_collapse(
+            ok["layers"], stem, model_key=model_key, pairs=ok["pairs"]
+        ),
+        "endpoint_accuracy": lambda stem: plot_endpoint_accuracy(tables["models"], stem),
+    }
+    for plot in plots:
+        for fmt in PLOT_FORMATS:  # never leave a stale plot of an earlier report beside this one
+            (out / f"{plot.name}.{fmt}").unlink(missing_ok=True)
+        try:
+            plot.written = makers[plot.name](out / plot.name)
+        except ValueError as error:
+            plot.note = f"not drawn: {error}"
+        except Exception as error:  # noqa: BLE001 - a broken plot must not lose the rest of the report
+            plot.note = f"not drawn: {type(error).__name__}: {error}"
+    if not ok["pairs"].empty:
+        for plot, axis in ((plots[0], "width"), (plots[1], "depth")):
+            values = ok["pairs"][axis].dropna().unique()
+            if plot.written and len(values) == 1:
+                plot.note = f"this sweep has a single {axis} ({_fmt(values[0])}): single points"
+
+    # summary.md
+    md = [f"# Sweep report: {storage.basename(sweep)}", "", f"Sweep: `{sweep}`", ""]
+    md += [f"- {line}" for line in [*notes, *missing]] + ([""] if notes or missing else [])
+    md += [f"Finished pairs: {n_ok}; failed pairs: {len(failures)}.", ""]
+    md += ["## Barriers per model config and method", "", "Mean ± 95% CI over pairs (t-interval); "]
+    md[-1] += "reductions are per pair against the same alignment without correction, then averaged.\n"
+    md += [to_markdown(compact), "## Trained networks", "", to_markdown(_round(models_summary)), "## Failed pairs", ""]
+    md += [to_markdown(failures)]
+    (out / "summary.md").write_text("\n".join(md), encoding="utf-8")
+
+    index = out / "index.html"
+    index.write_text(
+        _html(sweep, notes, missing, n_ok, compact, models_summary, failures, failed_models, plots), encoding="utf-8"
+    )
+    return index
+
+
+def _html(sweep, notes, missing, n_ok, compact, models_summary, failures, failed_models, plots) -> str:
+    e = html.escape
+    now = _dt.datetime.now().isoformat(timespec="seconds")
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>repair-ray report: {e(storage.basename(sweep))}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+        "table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #ddd;"
+        "text-align:right}th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee}"
+        ".note{color:#a05a00}figure{margin:1.5em 0}</style></head><body>",
+        f"<h1>Sweep report: {e(storage.basename(sweep))}</h1>",
+        f"<p>Sweep <code>{e(sweep)}</code>, report written {e(now)}. Finished pairs: {n_ok}; "
+        f"failed pairs: {len(failures)}; failed networks: {len(failed_models)}.</p>",
+    ]
+    if notes or missing:
+        parts.append("<ul>" + "".join(f'<li class="note">{e(line)}</li>' for line in [*notes, *missing]) + "</ul>")
+    parts += [
+        "<h2>Barriers per model config and method</h2>",
+        "<p>Mean ± 95% confidence interval over pairs (Student t; empty for fewer than 2 pairs). "
+        "Reductions: <code>(B_aligned − B_corrected) / B_aligned</code> per pair, then averaged, in percent. "
+        "Endpoint accuracy: the mean accuracy of the two trained networks of each pair. "
+        'Every column: <a href="summary.csv">summary.csv</a>; Markdown: '
+        '<a href="summary.md">summary.md</a>.</p>',
+        _html_table(compact),
+    ]
+    for plot in plots:
+        parts.append(f"<h2>{e(plot.title)}</h2>")
+        png = next((p for p in plot.written if p.suffix == ".png"), None)
+        if png is not None:
+            svg = png.with_suffix(".svg").name
+            parts.append(
+                f'<figure><img src="{e(png.name)}" alt="{e(plot.title)}"><figcaption>{e(plot.caption)} '
+                f'(<a href="{e(svg)}">SVG</a>)</figcaption></figure>'
+            )
+        if plot.note:
+            parts.append(f'<p class="note">{e(plot.note)}</p>')
+    parts += ["<h2>Trained networks</h2>", _html_table(_round(models_summary))]
+    parts += ["<h2>Failed pairs</h2>", "<p>Counted in the summary's <code>failed</code> column, never plotted.</p>"]
+    parts += [_html_table(failures)]
+    if not failed_models.empty:
+        cols = [c for c in ("model_key", "seed", "status", "error") if c in failed_models.columns]
+        parts += ["<h2>Failed networks</h2>", _html_table(failed_models[cols])]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

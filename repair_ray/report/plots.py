@@ -1,0 +1,324 @@
+"""Plots of a sweep's result tables, each written as PNG and SVG.
+
+Drawn with matplotlib's object API (``matplotlib.figure.Figure``, rendered by Agg), so it works
+headless and never switches the backend of a notebook that imports it. Every plot takes tables
+already restricted to ``ok`` rows or restricts them itself (see :mod:`repair_ray.report`), and
+raises ``ValueError`` when there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+from .statistics import PAIR_ID, PLOT_METRICS, _aggregate, _fmt, _is_ok, _sort, default_model_key, summarise
+
+PLOT_FORMATS = ("png", "svg")
+"""Every plot is written in each of these formats: PNG to look at, SVG to search and edit."""
+
+_ALIGN_COLORS = {"none": "0.35", "weight": "tab:blue", "activation": "tab:orange"}
+_EXTRA_COLORS = ("tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+_CORRECTION_STYLES = {"none": "-", "repair": "--", "reset": ":"}
+_CORRECTION_MARKERS = {"none": "o", "repair": "s", "reset": "^"}
+
+
+# ----------------------------------------------------------------------------- style helpers
+
+
+def _figure(nrows: int, ncols: int, width: float = 4.6, height: float = 3.3):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height * nrows + 0.5), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save(fig, stem: str | os.PathLike[str], dpi: int = 100) -> list[Path]:
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in PLOT_FORMATS:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable, editable
+            fig.savefig(path, format=fmt, dpi=dpi)
+        paths.append(path)
+    return paths
+
+
+def _n_pairs(n: int) -> str:
+    return f"{n} pair" if n == 1 else f"{n} pairs"
+
+
+def _style(align: str, correction: str) -> dict:
+    color = _ALIGN_COLORS.get(align) or _EXTRA_COLORS[zlib.crc32(str(align).encode()) % len(_EXTRA_COLORS)]
+    return {
+        "color": color,
+        "linestyle": _CORRECTION_STYLES.get(correction, "-."),
+        "marker": _CORRECTION_MARKERS.get(correction, "D"),
+        "label": f"{align} + {correction}" if correction != "none" else f"{align}",
+    }
+
+
+def _methods(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    methods = _sort(frame[["align", "correction"]].drop_duplicates(), ["align", "correction"])
+    return [(str(a), str(c)) for a, c in methods.itertuples(index=False)]
+
+
+def _panel_title(row: Mapping, keys: Sequence[str]) -> str:
+    names = {"width": "width ", "depth": "depth ", "norm": "norm "}
+    return ", ".join(f"{names.get(k, '')}{_fmt(row[k])}" for k in keys)
+
+
+def _context(frame: pd.DataFrame, keys: Sequence[str] = ("arch", "dataset", "norm")) -> str:
+    """The description values shared by every row (for a figure title), e.g. ``mlp, mnist, norm none``."""
+    constant = [k for k in keys if frame[k].nunique(dropna=False) == 1]
+    return _panel_title(frame.iloc[0], constant) if constant and not frame.empty else ""
+
+
+def _metric_label(metric: str) -> str:
+    return metric.replace("barrier_", "barrier ").replace("_", " ")
+
+
+def _describe(pairs: pd.DataFrame | None, model_key: str) -> str:
+    if pairs is not None and not pairs.empty:
+        rows = pairs[pairs["model_key"] == model_key]
+        if not rows.empty:
+            r = rows.iloc[0]
+            return f"{r['arch']}, width {_fmt(r['width'])}, depth {_fmt(r['depth'])}, norm {r['norm']}, {r['dataset']}"
+    return model_key
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_barrier_vs(
+    pairs: pd.DataFrame,
+    x: str,
+    stem: str | os.PathLike[str],
+    metrics: Sequence[str] = PLOT_METRICS,
+) -> list[Path]:
+    """Barrier vs ``x`` (``"width"`` or ``"depth"``): a line per align + correction, 95% CI error bars.
+
+    One row of panels per (arch, dataset, norm, other axis), one column per metric; only ``ok``
+    pairs. A single ``x`` value gives single points. Writes ``<stem>.png`` and ``<stem>.svg``.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        ValueError: when there is no ``ok`` pair to plot.
+    """
+    if x not in ("width", "depth"):
+        raise ValueError(f"x must be 'width' or 'depth', got {x!r}")
+    other = "depth" if x == "width" else "width"
+    summary = summarise(pairs)
+    summary = summary[(summary["pairs"] > 0) & summary[x].notna()]
+    if summary.empty:
+        raise ValueError(f"no ok pairs with a known {x} to plot")
+    metrics = [m for m in metrics if f"{m}_mean" in summary.columns]
+    panel_keys = [k for k in ("arch", "dataset", "norm", other) if summary[k].nunique(dropna=False) > 1 or k == other]
+    panels = _sort(summary[panel_keys].drop_duplicates(), panel_keys)
+    fig, axes = _figure(len(panels), len(metrics))
+    xs_all = np.sort(summary[x].astype(float).unique())
+    log_x = x == "width" and len(xs_all) > 1 and (xs_all > 0).all()
+    methods = _methods(summary)
+    for row_i, panel in enumerate(panels.to_dict("records")):
+        sel = np.ones(len(summary), dtype=bool)
+        for k in panel_keys:
+            v = panel[k]
+            sel &= summary[k].isna().to_numpy() if pd.isna(v) else (summary[k] == v).to_numpy()
+        part = summary[sel]
+        for col_i, metric in enumerate(metrics):
+            ax = axes[row_i][col_i]
+            for m_i, (align, correction) in enumerate(methods):
+                line = part[(part["align"] == align) & (part["correction"] == correction)].sort_values(x)
+                if line.empty:
+                    continue
+                xv = line[x].astype(float).to_numpy()
+                offset = (m_i - (len(methods) - 1) / 2) * 0.035
+                xv = xv * 2**offset if log_x else xv + offset * (np.ptp(xs_all) or 1.0) * 0.5
+                ax.errorbar(
+                    xv,
+                    line[f"{metric}_mean"],
+                    yerr=line[f"{metric}_ci95"].fillna(0.0).to_numpy(),
+                    capsize=3,
+                    markersize=4,
+                    **_style(align, correction),
+                )
+            if log_x:
+                ax.set_xscale("log", base=2)
+            ax.set_xticks(xs_all, [_fmt(v) for v in xs_all])
+            ax.minorticks_off()
+            ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
+            ax.set_xlabel(x)
+            ax.set_ylabel(_metric_label(metric))
+            ax.set_title(_panel_title(panel, panel_keys), fontsize=10)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize=9)
+    context = _context(summary)
+    fig.suptitle(f"Barrier vs {x}{': ' + context if context else ''} (mean over pairs, 95% CI)", fontsize=11)
+    return _save(fig, stem)
+
+
+def plot_barrier_vs_width(pairs: pd.DataFrame, stem: str | os.PathLike[str], **kwargs) -> list[Path]:
+    """:func:`plot_barrier_vs` with ``x="width"`` (one panel row per depth)."""
+    return plot_barrier_vs(pairs, "width", stem, **kwargs)
+
+
+def plot_barrier_vs_depth(pairs: pd.DataFrame, stem: str | os.PathLike[str], **kwargs) -> list[Path]:
+    """:func:`plot_barrier_vs` with ``x="depth"`` (one panel row per width)."""
+    return plot_barrier_vs(pairs, "depth", stem, **kwargs)
+
+
+def plot_curves(
+    curves: pd.DataFrame,
+    stem: str | os.PathLike[str],
+    model_key: str | None = None,
+    pairs: pd.DataFrame | None = None,
+) -> list[Path]:
+    """Loss and accuracy along alpha for one model config, mean over its pairs, per align + correction.
+
+    One row of panels per split (test first, then train), columns loss and accuracy.
+    ``model_key`` defaults to :func:`default_model_key` of ``pairs`` (or the first key of
+    ``curves``); ``pairs`` also names the config in the title. Pass curves already restricted to
+    ``ok`` pairs (:func:`ok_tables`). Raises ``ValueError`` when there is nothing to plot.
+    """
+    if curves.empty:
+        raise ValueError("no curves to plot")
+    if model_key is None:
+        keys = sorted(curves["model_key"].dropna().unique())
+        model_key = (default_model_key(pairs, keys) if pairs is not None else None) or keys[0]
+    data = curves[curves["model_key"] == model_key]
+    if data.empty:
+        raise ValueError(f"no curves for model key {model_key!r}")
+    splits = [s for s in ("test", "train") if s in set(data["split"])]
+    splits += sorted(set(data["split"].dropna()) - set(splits))
+    mean = data.groupby(["split", "align", "correction", "alpha"], dropna=False)[["loss", "acc"]].mean().reset_index()
+    n_pairs = data[list(PAIR_ID)].drop_duplicates().shape[0]
+    fig, axes = _figure(len(splits), 2)
+    methods = _methods(mean)
+    for row_i, split in enumerate(splits):
+        for col_i, (column, label) in enumerate((("loss", "loss"), ("acc", "accuracy"))):
+            ax = axes[row_i][col_i]
+            for align, correction in methods:
+                line = mean[(mean["split"] == split) & (mean["align"] == align) & (mean["correction"] == correction)]
+                line = line.sort_values("alpha")
+                style = _style(align, correction)
+                style.pop("marker")
+                ax.plot(line["alpha"], line[column], **style)
+            ax.set_xlabel("α (0 = network A, 1 = aligned network B)")
+            ax.set_ylabel(f"{split} {label}")
+            ax.set_title(f"{split} {label}", fontsize=10)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize=9)
+    fig.suptitle(f"Interpolation curves, {_describe(pairs, model_key)} (mean over {_n_pairs(n_pairs)})", fontsize=11)
+    return _save(fig, stem)
+
+
+def plot_variance_collapse(
+    layers: pd.DataFrame,
+    stem: str | os.PathLike[str],
+    model_key: str | None = None,
+    pairs: pd.DataFrame | None = None,
+) -> list[Path]:
+    """Std ratio per layer at alpha = 0.5 for one model config, per align + correction (mean, 95% CI).
+
+    ``std_ratio`` is the interpolated net's per-channel pre-activation std over the target
+    ``(1-α)σA + ασB``: 1 means no variance collapse. Lines: no alignment, each alignment, and
+    each with its correction (whatever the table holds). ``model_key`` defaults to the deepest
+    config (:func:`default_model_key` of ``pairs``, else the key with most layers). Raises
+    ``ValueError`` when there is nothing to plot.
+    """
+    if layers.empty:
+        raise ValueError("no layer statistics to plot")
+    if model_key is None:
+        keys = sorted(layers["model_key"].dropna().unique())
+        model_key = default_model_key(pairs, keys) if pairs is not None else None
+        if model_key is None:
+            n_layers = layers.groupby("model_key")["layer_index"].nunique()
+            model_key = str(n_layers.sort_values(ascending=False, kind="stable").index[0])
+    data = layers[layers["model_key"] == model_key]
+    if data.empty:
+        raise ValueError(f"no layer statistics for model key {model_key!r}")
+    stats = _aggregate(data, ["align", "correction", "layer_index"], ["std_ratio"]).reset_index()
+    n_pairs = data[list(PAIR_ID)].drop_duplicates().shape[0]
+    fig, axes = _figure(1, 1, width=6.4, height=4.2)
+    ax = axes[0][0]
+    for align, correction in _methods(stats):
+        line = stats[(stats["align"] == align) & (stats["correction"] == correction)].sort_values("layer_index")
+        ax.errorbar(
+            line["layer_index"],
+            line["std_ratio_mean"],
+            yerr=line["std_ratio_ci95"].fillna(0.0).to_numpy(),
+            capsize=3,
+            markersize=4,
+            **_style(align, correction),
+        )
+    ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle=":")
+    index = sorted(data["layer_index"].dropna().unique())
+    ax.set_xticks(index, [str(int(i)) for i in index])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("layer index (pre-activation, input side first)")
+    ax.set_ylabel("std ratio at α = 0.5 (1 = no collapse)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    ax.set_title(f"Variance collapse, {_describe(pairs, model_key)} (mean over {_n_pairs(n_pairs)})", fontsize=10)
+    return _save(fig, stem)
+
+
+def plot_endpoint_accuracy(models: pd.DataFrame, stem: str | os.PathLike[str]) -> list[Path]:
+    """Accuracy of the trained networks vs width: a line per (arch, dataset, norm, depth), 95% CI.
+
+    Test accuracy solid, train accuracy dashed; only ``ok`` networks. A barrier that changes
+    with width together with these accuracies may just be under- or overtraining.
+    Raises ``ValueError`` when there is no trained network.
+    """
+    ok = models[_is_ok(models)] if not models.empty else models
+    ok = ok[ok["width"].notna()] if not ok.empty else ok
+    if ok.empty:
+        raise ValueError("no trained networks to plot")
+    keys = ["arch", "dataset", "norm", "depth"]
+    stats = _aggregate(ok, [*keys, "width"], ["test_acc", "train_acc"]).reset_index()
+    stats = _sort(stats, [*keys, "width"])
+    fig, axes = _figure(1, 1, width=6.4, height=4.2)
+    ax = axes[0][0]
+    xs_all = np.sort(stats["width"].astype(float).unique())
+    varying = [k for k in keys if stats[k].nunique(dropna=False) > 1] or ["depth"]
+    handles = []
+    colors = [f"C{i}" for i in range(10)]
+    for i, (_, line) in enumerate(stats.groupby(keys, dropna=False, sort=False)):
+        label = _panel_title(line.iloc[0], varying)
+        color = colors[i % len(colors)]
+        (train,) = ax.plot(
+            line["width"], line["train_acc_mean"], color=color, linestyle="--", marker=".", label=f"{label}: train"
+        )
+        test = ax.errorbar(
+            line["width"],
+            line["test_acc_mean"],
+            yerr=line["test_acc_ci95"].fillna(0.0).to_numpy(),
+            color=color,
+            marker="o",
+            markersize=4,
+            capsize=3,
+            label=f"{label}: test",
+        )
+        handles += [test, train]
+    if len(xs_all) > 1 and (xs_all > 0).all():
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(xs_all, [_fmt(v) for v in xs_all])
+    ax.minorticks_off()
+    ax.set_xlabel("width")
+    ax.set_ylabel("accuracy of the trained networks")
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, fontsize=9)
+    context = _context(ok)
+    ax.set_title(f"Accuracy vs width{': ' + context if context else ''} (mean over seeds, 95% CI)", fontsize=10)
+    return _save(fig, stem)
