@@ -22,10 +22,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from repair_ray import PairSettings, analyse_pair, build_model, load_dataset
-from repair_ray.data import make_synthetic
+from repair_ray.correction import has_batchnorm
+from repair_ray.datasets import make_synthetic
+from repair_ray.models import ModelConfig
 from repair_ray.pair import sample_forwards
-from repair_ray.repair import has_batchnorm
-from repair_ray.training import ModelConfig, TrainConfig, train_model
+from repair_ray.training import TrainConfig, train_model
 
 try:
     from .common import table

@@ -54,8 +54,8 @@ def _pair_stage(config, cpus: int) -> dict[str, float]:
     """One timed pair stage (every pair recomputed) on a fresh local Ray with ``cpus`` CPUs."""
     import ray
 
+    from repair_ray.io.tables import read_table
     from repair_ray.sweep.pair_stage import run_pair_stage
-    from repair_ray.tables import read_table
 
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
@@ -76,7 +76,8 @@ def _ray_overhead(config) -> dict[str, float]:
     """A no-op task with the pair task's resources and job, round trip on a warm worker, vs a real pair."""
     import ray
 
-    from repair_ray.sweep.pair_stage import make_remote_pair_task, plan_pair_jobs
+    from repair_ray.sweep.pair_stage import make_remote_pair_task
+    from repair_ray.sweep.planning import plan_pair_jobs
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

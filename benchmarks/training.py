@@ -57,7 +57,8 @@ def _steps(model, opt, batches, limit: int) -> int:
 
 def ours(steps: int) -> float:
     from repair_ray import load_dataset
-    from repair_ray.training import ModelConfig, TrainConfig, Trainer
+    from repair_ray.models import ModelConfig
+    from repair_ray.training import TrainConfig, Trainer
 
     data = load_dataset("mnist")
     trainer = Trainer(ModelConfig("mlp", 128, 4), TrainConfig(epochs=1, batch_size=BATCH, lr=0.05), data, seed=0)
@@ -77,7 +78,7 @@ def torchvision_loader(steps: int) -> float:
     import torchvision.transforms as T
     from torchvision.datasets import MNIST
 
-    from repair_ray.data import data_root
+    from repair_ray.datasets import data_root
 
     dataset = MNIST(
         str(data_root()),

@@ -91,7 +91,7 @@ CASES = [
 
 
 def _train_briefly(case: Case, seed: int) -> dict[str, torch.Tensor]:
-    from repair_ray.data import make_synthetic
+    from repair_ray.datasets import make_synthetic
 
     data = make_synthetic(
         shape=case.in_shape, num_classes=10, train_size=TRAIN["train_size"], test_size=1, seed=TRAIN["data_seed"]
@@ -122,7 +122,7 @@ def model_pair(case: Case, device: str) -> tuple[nn.Module, nn.Module]:
     if path.exists():
         try:
             states = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a truncated or stale cache file: train again
+        except Exception:  # noqa: BLE001 - a truncated or stale cache file: train again
             states = None
     if states is None:
         print(f"[weight_matching] training {case.name} briefly (cached in {path.relative_to(ROOT)})", flush=True)
@@ -248,7 +248,7 @@ def _rebasin_notes(spec, b: nn.Module, b_rebasin: nn.Module, pcd: Any, x: torch.
         if set(repeated) != {1}:
             counts = "/".join(f"{k}x" for k in sorted(repeated))
             notes.append(f"rebasin's cost counts each (param, axis) {counts}: a reweighted objective")
-    except Exception as err:  # internals of rebasin: informative only
+    except Exception as err:  # noqa: BLE001 - internals of rebasin: informative only
         notes.append(f"could not read rebasin's permutation groups ({type(err).__name__}: {err})")
     buffers_b, buffers_r = dict(b.named_buffers()), dict(b_rebasin.named_buffers())
     stats = [n for n in spec.buffers if n.endswith(("running_mean", "running_var"))]
@@ -303,7 +303,7 @@ def bench_case(case: Case, *, device: str, repeats: int, rebasin: Any, rebasin_e
     if rebasin is not None:
         try:
             _rebasin(rebasin, a, b, x, 0, device)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - the peer's failure is a result to report, not ours to raise
             rebasin_error = f"rebasin failed: {_first_line(err)}"
 
     ours_s, ours_cpu, ours_obj, reb_s, reb_trace, reb_search, reb_obj = [], [], [], [], [], [], []
@@ -318,7 +318,7 @@ def bench_case(case: Case, *, device: str, repeats: int, rebasin: Any, rebasin_e
             elif rebasin_error is None:
                 try:
                     total, trace, search, b_rebasin, pcd = _rebasin(rebasin, a, b, x, r, device)
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001 - the peer's failure is a result to report
                     rebasin_error = f"rebasin failed: {_first_line(err)}"
                     continue
                 reb_s.append(total)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .data import TensorData
+from .datasets import TensorData
 
 
 def channels_last_2d(x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import TensorData
+from .datasets import TensorData
 from .hooks import MomentRecorder, Recorders, output_hooks
 
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .data import Dataset, TensorData
+from .correction import has_batchnorm, repair, reset_batchnorm, target_moments
+from .datasets import Dataset, TensorData
+from .errors import Problems, unknown_choice
 from .hooks import MomentRecorder, Moments, Recorders, std_ratio
 from .interpolation import barrier_metrics, evaluate, interpolate_state
 from .permutation import (
@@ -25,19 +27,57 @@ from .permutation import (
     identity_permutation,
     weight_matching,
 )
-from .repair import has_batchnorm, repair, reset_batchnorm, target_moments
 
 ALIGNS = ("none", "weight", "activation")
 CORRECTIONS = ("none", "reset", "repair")
+MAX_ALPHAS = 1001  # a finer grid costs a forward pass per point and pair without changing a barrier
+
+
+def correction_applies(correction: str, *, batchnorm: bool) -> bool:
+    """``reset`` recomputes BatchNorm statistics, so it needs BatchNorm; ``none`` and ``repair`` apply to every net."""
+    return correction != "reset" or batchnorm
+
+
+def alpha_grid(alphas: int | Sequence[float]) -> tuple[float, ...]:
+    """``n`` evenly spaced points in [0, 1], or the given points, always with 0, 0.5 and 1, sorted.
+
+    The barrier needs both endpoints and the midpoint definitions need 0.5, so they are added.
+    Raises ValueError for points outside [0, 1] or fewer than 3 / more than :data:`MAX_ALPHAS` points.
+    """
+    if isinstance(alphas, bool):
+        raise ValueError(f"must be a number of points or a list of points in [0, 1], got {alphas!r}")
+    if isinstance(alphas, int):
+        if alphas < 3:
+            raise ValueError(f"need at least 3 points (0, 0.5, 1), got {alphas}")
+        if alphas > MAX_ALPHAS:
+            raise ValueError(f"at most {MAX_ALPHAS} points, got {alphas}")
+        grid = [i / (alphas - 1) for i in range(alphas)]
+    else:
+        grid = list(alphas)
+        bad = [a for a in grid if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"every alpha must lie in [0, 1], got {bad}")
+        if len(grid) > MAX_ALPHAS:
+            raise ValueError(f"at most {MAX_ALPHAS} points, got {len(grid)}")
+        grid = [float(a) for a in grid]
+    for must in (0.0, 0.5, 1.0):
+        if not any(abs(a - must) < 1e-9 for a in grid):
+            grid.append(must)
+    return tuple(sorted(set(round(a, 12) for a in grid)))
 
 
 @dataclass(frozen=True)
 class PairSettings:
-    """How a pair is analysed; the defaults follow DESIGN.md's example sweep."""
+    """How a pair is analysed; checked on construction (the one home of these rules).
+
+    ``alphas`` is a number of evenly spaced points or a list of points (see :func:`alpha_grid`);
+    after construction it is the sorted grid, and ``aligns``/``corrections`` are tuples.
+    Raises :class:`repair_ray.SettingError` naming every offending setting.
+    """
 
     aligns: Sequence[str] = ALIGNS
     corrections: Sequence[str] = ("none", "repair")
-    alphas: Sequence[float] = tuple(i / 20 for i in range(21))
+    alphas: int | Sequence[float] = 21
     train_samples: int | None = 10000  # training samples on which the train curve is evaluated
     stat_samples: int = 5000  # training samples for matching and REPAIR/RESET statistics
     stat_batch_size: int = 1000
@@ -47,17 +87,52 @@ class PairSettings:
     weight_matching_max_iter: int = 100
 
     def __post_init__(self) -> None:
-        for a in self.aligns:
-            if a not in ALIGNS:
-                raise ValueError(f"unknown align {a!r}; expected one of {', '.join(ALIGNS)}")
-        for c in self.corrections:
-            if c not in CORRECTIONS:
-                raise ValueError(f"unknown correction {c!r}; expected one of {', '.join(CORRECTIONS)}")
-        if any(not 0.0 <= a <= 1.0 for a in self.alphas):
-            raise ValueError(f"alphas must lie in [0, 1], got {list(self.alphas)}")
-        for must in (0.0, 0.5, 1.0):
-            if not any(abs(a - must) < 1e-9 for a in self.alphas):
-                raise ValueError(f"alphas must include {must} (endpoints and midpoint), got {list(self.alphas)}")
+        problems = Problems("PairSettings")
+        for field_name, known in (("aligns", ALIGNS), ("corrections", CORRECTIONS)):
+            values = getattr(self, field_name)
+            values = (values,) if isinstance(values, str) else tuple(values)
+            object.__setattr__(self, field_name, values)
+            if not values:
+                problems.add(field_name, f"must list at least one of {', '.join(known)}")
+            for i, value in enumerate(values):
+                if value not in known:
+                    problems.add(f"{field_name}[{i}]", unknown_choice(field_name[:-1], value, known))
+            if len(set(values)) != len(values):
+                problems.add(field_name, f"lists a value twice: {list(values)}")
+        try:
+            object.__setattr__(self, "alphas", alpha_grid(self.alphas))
+        except ValueError as error:
+            problems.add("alphas", str(error))
+        if self.train_samples is not None and not (_is_int(self.train_samples) and self.train_samples >= 1):
+            problems.add(
+                "train_samples", f"must be a positive integer (or None for the whole split), got {self.train_samples!r}"
+            )
+        for name in ("stat_samples", "stat_batch_size", "eval_batch_size", "weight_matching_max_iter"):
+            if not (_is_int(getattr(self, name)) and getattr(self, name) >= 1):
+                problems.add(name, f"must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("subset_seed", "weight_matching_seed"):
+            if not (_is_int(getattr(self, name)) and getattr(self, name) >= 0):
+                problems.add(name, f"must be a non-negative integer, got {getattr(self, name)!r}")
+        if not problems and self.train_samples is not None and self.stat_samples > self.train_samples:
+            problems.add(
+                "stat_samples",
+                f"the statistics samples are taken from the train-curve samples, so stat_samples "
+                f"({self.stat_samples}) must not exceed train_samples ({self.train_samples})",
+            )
+        problems.raise_if_any()
+
+    def methods(self, *, batchnorm: bool) -> list[tuple[str, str]]:
+        """The (align, correction) combinations analysed for a net with or without BatchNorm, in order."""
+        return [
+            (align, correction)
+            for align in self.aligns
+            for correction in self.corrections
+            if correction_applies(correction, batchnorm=batchnorm)
+        ]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -82,11 +157,8 @@ def sample_forwards(settings: PairSettings, n_train_eval: int, n_test: int, *, b
     interior = sum(1 for a in settings.alphas if 0 < a < 1)
     total = 2 * (n_train_eval + n_test) + 2 * stat
     total += sum(2 * stat for a in settings.aligns if a == "activation")
-    for _ in settings.aligns:
-        for c in settings.corrections:
-            if c == "reset" and not batchnorm:
-                continue
-            total += interior * (n_train_eval + n_test + (stat if c != "none" else 0))
+    for _align, correction in settings.methods(batchnorm=batchnorm):
+        total += interior * (n_train_eval + n_test + (stat if correction != "none" else 0))
     return total
 
 
@@ -105,11 +177,6 @@ def permute_moments(
         idx = perm[groups[p]].to(m.mean.device)
         out[p] = Moments(m.mean[idx], m.std[idx])
     return out
-
-
-def correction_applies(correction: str, model: nn.Module) -> bool:
-    """``reset`` needs BatchNorm; ``none`` and ``repair`` apply to every net."""
-    return correction != "reset" or has_batchnorm(model)
 
 
 def _align(
@@ -188,6 +255,7 @@ def analyse_pair(
 
     state_a = {k: v.detach() for k, v in model_a.state_dict().items()}
     work = copy.deepcopy(model_a)
+    methods = settings.methods(batchnorm=has_batchnorm(work))
     for align in settings.aligns:
         with clock("align"):
             perm = _align(align, spec, model_a, model_b, stat_data, settings)
@@ -195,9 +263,7 @@ def analyse_pair(
         align_seconds = clock.take()["align"]
         moments_b_aligned = permute_moments(spec, moments_b, perm)
         layer_target = target_moments(layer_moments[0], permute_moments(spec, layer_moments[1], perm), 0.5)
-        for correction in settings.corrections:
-            if not correction_applies(correction, work):
-                continue
+        for correction in (c for a, c in methods if a == align):
             say(f"{align}/{correction}")
             curve = {split: {"alpha": [], "loss": [], "acc": []} for split in splits}
             for alpha in alphas:
@@ -248,7 +314,7 @@ def analyse_pair(
             row["endpoint_test_loss_b"] = endpoint["test"][1]["loss"]
             row["align_seconds"] = align_seconds
             # the endpoints' shared evaluation is split evenly over the pair's curves
-            share = shared["eval"] / max(len(settings.aligns) * len(settings.corrections), 1)
+            share = shared["eval"] / max(len(methods), 1)
             row["eval_seconds"] = spent["eval"] + share
             row["stat_seconds"] = spent["stat"]
             result.pairs.append(row)

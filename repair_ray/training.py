@@ -14,17 +14,17 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from . import storage
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import Dataset
+from .datasets import Dataset
+from .errors import Problems
 from .interpolation import evaluate
-from .models import build_model, check_model_args
+from .io import storage
+from .io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .models import ModelConfig
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -55,31 +55,36 @@ class TrainConfig:
     augment: bool | None = None
 
     def __post_init__(self) -> None:
-        def fail(field: str, expected: str) -> NoReturn:
-            raise ValueError(f"TrainConfig.{field} must be {expected}, got {getattr(self, field)!r}")
+        problems = Problems("TrainConfig")
 
-        if not _is_int(self.epochs) or self.epochs < 0:
-            fail("epochs", "a non-negative integer")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            fail("batch_size", "a positive integer")
-        if self.optimizer not in OPTIMIZERS:
-            fail("optimizer", f"one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            fail("schedule", f"one of {', '.join(SCHEDULES)}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            fail("lr", "a positive number")
-        if not 0 <= self.momentum < 1:
-            fail("momentum", "in [0, 1)")
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            fail("nesterov", "False unless optimizer is sgd with momentum > 0")
-        if not self.weight_decay >= 0:
-            fail("weight_decay", "non-negative")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            fail("warmup_epochs", f"between 0 and epochs ({self.epochs})")
-        if not 0 <= self.label_smoothing < 1:
-            fail("label_smoothing", "in [0, 1)")
-        if self.augment not in (None, True, False):
-            fail("augment", "true, false or null (automatic)")
+        def check(field: str, ok: bool, expected: str) -> None:
+            if not ok:
+                problems.add(field, f"must be {expected}, got {getattr(self, field)!r}")
+
+        check("epochs", _is_int(self.epochs) and self.epochs >= 0, "a non-negative integer")
+        check("batch_size", _is_int(self.batch_size) and self.batch_size >= 1, "a positive integer")
+        check("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
+        check("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
+        check("lr", _is_real(self.lr) and self.lr > 0 and math.isfinite(self.lr), "a positive number")
+        check("momentum", _is_real(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)")
+        check(
+            "nesterov",
+            not self.nesterov or (self.optimizer == "sgd" and self.momentum != 0),
+            "False unless optimizer is sgd with momentum > 0",
+        )
+        check(
+            "weight_decay",
+            _is_real(self.weight_decay) and self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+            "a non-negative number",
+        )
+        check(
+            "warmup_epochs",
+            _is_real(self.warmup_epochs) and (not _is_real(self.epochs) or 0 <= self.warmup_epochs <= self.epochs),
+            f"between 0 and epochs ({self.epochs})",
+        )
+        check("label_smoothing", _is_real(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)")
+        check("augment", self.augment in (None, True, False), "true, false or null (automatic)")
+        problems.raise_if_any()
 
     def uses_augmentation(self, in_shape: tuple[int, ...]) -> bool:
         """Whether inputs of ``in_shape`` get crops and flips (``augment``, or automatic when None)."""
@@ -93,28 +98,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """An architecture of the zoo with its knobs; validated on construction."""
-
-    arch: str
-    width: float
-    depth: int | None = None
-    norm: str = "none"
-
-    def __post_init__(self) -> None:
-        check_model_args(self.arch, width=self.width, depth=self.depth, norm=self.norm)
-
-    def build(self, num_classes: int, in_shape: tuple[int, ...]) -> nn.Module:
-        """A freshly initialised network (under the current torch RNG state)."""
-        return build_model(
-            self.arch,
-            width=self.width,
-            depth=self.depth,
-            norm=self.norm,
-            num_classes=num_classes,
-            in_shape=in_shape,
-        )
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class NonFiniteLossError(RuntimeError):

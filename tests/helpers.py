@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repair_ray import build_model
-from repair_ray.data import TensorData
+from repair_ray.datasets import TensorData
 
 
 def prototype_data(shape: tuple[int, ...], n: int = 512, classes: int = 10, seed: int = 0) -> TensorData:
@@ -59,3 +59,14 @@ def write_yaml(path, data: dict) -> str:
 
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return str(path)
+
+
+def list_names(uri: str) -> list[str]:
+    """Sorted names in the folder ``uri`` (local or on an object store); empty when it does not exist."""
+    from pyarrow import fs as pafs
+
+    from repair_ray.io import storage
+
+    filesystem, path = storage.resolve(uri)
+    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(info.base_name for info in infos)

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from repair_ray import storage
-from repair_ray.checkpoint import FORMAT, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from repair_ray.io import storage
+from repair_ray.io.checkpoint import FORMAT, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from repair_ray.models import build_model
+
+from .helpers import list_names
 
 
 def _model() -> torch.nn.Module:
@@ -151,11 +153,11 @@ def test_local_storage_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert storage.join("/base", "/abs", "x") == os.path.join("/base", "abs", "x")
     filesystem, path = storage.resolve("runs/x")
     assert path == str(tmp_path / "runs" / "x")
-    assert storage.listdir("runs") == [] and not storage.exists("runs")
+    assert list_names("runs") == [] and not storage.exists("runs")
     storage.makedirs("runs/sweep")
     storage.write_bytes_atomic("runs/sweep/b.bin", b"bee")
     storage.write_bytes_atomic(f"file://{tmp_path}/runs/sweep/a.bin", b"ay")
-    assert storage.listdir("runs/sweep") == ["a.bin", "b.bin"]
+    assert list_names("runs/sweep") == ["a.bin", "b.bin"]
     assert storage.read_bytes("runs/sweep/a.bin") == b"ay"
     assert storage.exists("runs/sweep/b.bin")
     storage.remove("runs/sweep/b.bin")
@@ -200,11 +202,11 @@ def test_checkpoint_round_trip_on_s3(s3_bucket: str) -> None:
     model = _model()
     save_checkpoint(uri, model, {"epoch": 2}, training_state={"step": 7})
     assert storage.exists(uri)
-    assert storage.listdir(storage.join(s3_bucket, "sweep", "models")) == ["seed0.pt"]
+    assert list_names(storage.join(s3_bucket, "sweep", "models")) == ["seed0.pt"]
     checkpoint = load_checkpoint(uri)
     assert checkpoint.meta["epoch"] == 2 and checkpoint.training_state == {"step": 7}
     assert all(torch.equal(checkpoint.state_dict[k], v) for k, v in model.state_dict().items())
     storage.remove(uri)
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(uri)
-    assert storage.listdir(storage.join(s3_bucket, "nothing-here")) == []
+    assert list_names(storage.join(s3_bucket, "nothing-here")) == []

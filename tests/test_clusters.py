@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from repair_ray import load_tables, storage
+from repair_ray import load_tables
 
 from .conftest import free_port, wait_for_port
-from .helpers import tiny_sweep, write_yaml
+from .helpers import list_names, tiny_sweep, write_yaml
 from .processes import kill_processes_mentioning, kill_when, run_driver, start_driver, wait_for_idle_cluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def test_s3_sweep_killed_and_resumed_reads_back_every_pair_once(ray_session, s3_
     sweep = f"{root}/s3sweep"
 
     def pair_files() -> list[str]:
-        return [n for n in storage.listdir(f"{sweep}/tables/pairs") if n.endswith(".parquet")]
+        return [n for n in list_names(f"{sweep}/tables/pairs") if n.endswith(".parquet")]
 
     driver = start_driver(config, address)  # the driver forwards the S3 endpoint to its workers
     kill_when(driver, lambda: len(pair_files()) >= 1)
@@ -175,7 +175,7 @@ def test_cluster_launcher_configs_pass_rays_validation(name):
     gpu_types = [t for t in nodes if t != config["head_node_type"]]
     assert gpu_types and all(nodes[t]["max_workers"] > nodes[t]["min_workers"] == 0 for t in gpu_types)
     setup = " ".join(config["setup_commands"])
-    assert "torch==2.14.1" in setup and "torchvision==0.29.1" in setup and "ray[default,tune]==2.60.0" in setup
+    assert "-c ~/repair_ray/constraints.txt" in setup and "[cluster]" in setup  # CI's exact versions
     assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"][1:])
 
 
@@ -194,7 +194,8 @@ def test_kuberay_rayjob_manifest():
     spec = job["spec"]
     assert spec["entrypoint"].startswith("repair-ray run ") and "--address auto" in spec["entrypoint"]
     assert "--storage s3://" in spec["entrypoint"]
-    assert (REPO / spec["entrypoint"].split()[2].removeprefix("/app/")).is_file()  # the example exists
+    example = spec["entrypoint"].split("--example ")[1].split()[0]
+    assert (REPO / "repair_ray" / "examples" / f"{example}.yaml").is_file()  # the example ships in the package
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == "2.60.0"
     head = cluster["headGroupSpec"]
@@ -209,7 +210,16 @@ def test_kuberay_rayjob_manifest():
         assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
     assert len(images) == 1
     dockerfile = (CLUSTERS / "Dockerfile").read_text()
-    assert "rayproject/ray:2.60.0" in dockerfile and "torch==2.14.1" in dockerfile
+    assert "rayproject/ray:2.60.0" in dockerfile and "-c constraints.txt" in dockerfile
+
+
+def test_constraints_pin_what_ci_and_the_images_install():
+    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1" and pins["ray"] == "2.60.0"
+    import ray
+    import torch
+
+    assert torch.__version__.split("+")[0] == pins["torch"] and ray.__version__ == pins["ray"]
 
 
 def test_slurm_script_follows_rays_pattern():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from repair_ray import barrier_metrics, build_model, evaluate, interpolate_state
-from repair_ray.data import TensorData
+from repair_ray.datasets import TensorData
 
 
 def test_barrier_of_a_flat_curve_is_zero():

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from repair_ray import PairSettings, analyse_pair, load_dataset
-from repair_ray.training import ModelConfig, TrainConfig, train_model
+from repair_ray.models import ModelConfig
+from repair_ray.training import TrainConfig, train_model
 
 
 @pytest.fixture(scope="module")

@@ -101,10 +101,11 @@ def test_spec_validator_names_the_offending_parameter():
     ("arch", "kwargs", "message"),
     [
         ("transformer", {"width": 1}, "unknown arch"),
-        ("mlp", {"width": 0}, "width must be a positive"),
+        ("mlp", {"width": 0}, "width: must be a positive"),
         ("mlp", {"width": 1.5}, "integer"),
         ("vgg", {"width": 1, "depth": 12}, "11, 13, 16, 19"),
-        ("resnet20", {"width": 1, "depth": 21, "norm": "batch"}, "6n\\+2"),
+        ("cifar_resnet", {"width": 1, "depth": 21, "norm": "batch"}, "6n\\+2"),
+        ("resnet20", {"width": 1, "depth": 32, "norm": "batch"}, "resnet20 depth must be 20"),
         ("resnet20", {"width": 1, "norm": "none"}, "supports norm batch, layer"),
     ],
 )

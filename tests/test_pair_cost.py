@@ -6,7 +6,7 @@ import pytest
 from torch.utils.flop_counter import FlopCounterMode
 
 from repair_ray import PairSettings, analyse_pair, build_model
-from repair_ray.data import make_synthetic
+from repair_ray.datasets import make_synthetic
 from repair_ray.pair import sample_forwards
 
 
@@ -21,7 +21,8 @@ def test_floor_counts_by_hand():
 
 
 @pytest.mark.parametrize(
-    ("arch", "kwargs"), [("mlp", {"width": 32, "depth": 3}), ("resnet20", {"width": 0.25, "depth": 8, "norm": "batch"})]
+    ("arch", "kwargs"),
+    [("mlp", {"width": 32, "depth": 3}), ("cifar_resnet", {"width": 0.25, "depth": 8, "norm": "batch"})],
 )
 def test_analyse_pair_stays_at_the_forward_floor(arch, kwargs):
     data = make_synthetic(shape=(3, 16, 16), num_classes=5, train_size=96, test_size=48)

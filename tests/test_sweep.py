@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from repair_ray import load_tables
+from repair_ray.io.tables import SCHEMAS
 from repair_ray.sweep.config import parse_config
 from repair_ray.sweep.pair_stage import pair_task, run_pair_stage
 from repair_ray.sweep.runner import run_sweep, sweep_status
-from repair_ray.tables import SCHEMAS
 
 from .helpers import tiny_sweep
 

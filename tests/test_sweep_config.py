@@ -155,3 +155,60 @@ def test_every_example_config_is_valid():
             warnings.simplefilter("ignore")
             config = load_config(path)
         assert config.n_pairs > 0, path
+
+
+def test_config_messages_are_the_core_objects_own(tmp_path):
+    """One home per rule: the loader only adds the YAML key to what the core object says."""
+    from repair_ray import ModelConfig, PairSettings, SettingError
+    from repair_ray.datasets import check_dataset
+    from repair_ray.training import TrainConfig
+
+    cases = [
+        (lambda: ModelConfig("mlp", 0), {"models": [{"arch": "mlp", "width": 0}]}, "models[0]."),
+        (lambda: TrainConfig(momentum=1.5), {"train": {"momentum": 1.5}}, "train."),
+        (lambda: PairSettings(alphas=[0.2, 1.7]), {"alphas": [0.2, 1.7]}, ""),
+        (
+            lambda: PairSettings(train_samples=10, stat_samples=20),
+            {"eval": {"train_samples": 10, "stat_samples": 20}},
+            "eval.",
+        ),
+        (
+            lambda: check_dataset("synthetic", {"train_size": -5}),
+            {"dataset": {"name": "synthetic", "train_size": -5}},
+            "dataset.",
+        ),
+    ]
+    for build, change, prefix in cases:
+        with pytest.raises(SettingError) as info:
+            build()
+        ((setting, message),) = info.value.problems
+        text = config_error({**tiny_sweep("one", str(tmp_path)), **change}, tmp_path)
+        assert f"{prefix}{setting}: {message}" in text, (text, setting, message)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"alphas": 10_000_000}, "alphas: at most 1001 points"),
+        ({"resources": {"pair": {"gpu": float("nan")}}}, "resources.pair.gpu: must be a fraction"),
+        ({"resources": {"train": {"cpu": float("inf")}}}, "resources.train.cpu: must be a positive number"),
+        (
+            {"dataset": {"name": "synthetic", "shape": [0, 8, 8], "num_classes": 1}},
+            "dataset.num_classes: must be at least 2",
+        ),
+        (
+            {"models": [{"arch": "resnet20", "width": 1, "depth": 32, "norm": "batch"}]},
+            "models[0].depth: resnet20 depth",
+        ),
+    ],
+)
+def test_values_the_old_loader_let_through_are_rejected(tmp_path, change, expected):
+    assert expected in config_error({**tiny_sweep("bad", str(tmp_path)), **change}, tmp_path)
+
+
+def test_batchnorm_is_read_off_the_model_not_its_norm_name():
+    from repair_ray import ModelConfig
+
+    assert ModelConfig("mlp", 8, 1, "batch").has_batchnorm
+    assert not ModelConfig("mlp", 8, 1, "layer").has_batchnorm
+    assert ModelConfig("cifar_resnet", 0.25, 8, "batch").has_batchnorm

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torchvision
 
-from repair_ray import storage
-from repair_ray.checkpoint import load_checkpoint
-from repair_ray.data import Dataset, TensorData, load_dataset
+from repair_ray.datasets import Dataset, TensorData, load_dataset
+from repair_ray.io import storage
+from repair_ray.io.checkpoint import load_checkpoint
+from repair_ray.models import ModelConfig
 from repair_ray.training import (
-    ModelConfig,
     NonFiniteLossError,
     TrainConfig,
     Trainer,

@@ -13,7 +13,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from ..data import TensorData
+from ..datasets import TensorData
 from ..hooks import channels_last_2d, output_hooks
 from .ops import Permutation
 from .spec import PermutationSpec, SpecError

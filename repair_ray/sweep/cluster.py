@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .config import ResourceSpec
+if TYPE_CHECKING:
+    from .schema import ResourceSpec
 
 
 def resolve_resources(spec: ResourceSpec, key: str, say: Callable[[str], None]) -> tuple[float, float]:
@@ -46,7 +49,17 @@ FORWARDED_ENV = (
 
 
 def forwarded_env() -> dict[str, str]:
+    """The values of :data:`FORWARDED_ENV` that are set here."""
     return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+
+
+# What a submitted job's working directory leaves behind (results, environments, caches).
+JOB_EXCLUDES = [".venv", ".bench", "runs", "reports", ".git", "**/__pycache__"]
+
+
+def job_runtime_env() -> dict[str, object]:
+    """The runtime environment of a job submitted with ``ray job submit`` (clusters/submit.sh)."""
+    return {"env_vars": forwarded_env(), "excludes": JOB_EXCLUDES}
 
 
 def connect(address: str | None, *, num_cpus: int | None = None) -> None:
@@ -67,3 +80,7 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+
+
+if __name__ == "__main__":  # clusters/submit.sh: the job's runtime environment as JSON, from this one list
+    print(json.dumps(job_runtime_env()))

@@ -1,118 +1,39 @@
-"""Sweep configs: YAML → validated, typed config → the expanded plan of models and pairs.
+"""Sweep configs: YAML -> validated, typed :class:`SweepConfig`, with the grid expanded.
 
 Everything a user can get wrong fails here, before Ray starts, with a message naming the file
-and the key path (``models[1].width``) and what was expected. This module imports no Ray.
+and the key path (``models[1].width``) and what was expected. The rules themselves live with the
+core objects the values become (``ModelConfig``, ``TrainConfig``, ``PairSettings``, the dataset
+registry): this module builds those objects and puts the YAML key path in front of their
+:class:`~repair_ray.SettingError` problems. Only the rules of a sweep alone (its name, seeds,
+pairing, resources, retries) are written here. This module imports no Ray.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import hashlib
 import itertools
-import json
 import math
 import re
-import types
-import typing
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import ValidationError
 
-from .. import storage
-from ..data import dataset_options
-from ..models import ARCHS
-from ..pair import ALIGNS, CORRECTIONS, PairSettings, sample_forwards
-from ..training import ModelConfig, TrainConfig
+from ..datasets import check_dataset
+from ..errors import SettingError
+from ..io import storage
+from ..models import ModelConfig
+from ..pair import PairSettings, correction_applies
+from ..training import TrainConfig
+from .planning import ModelPlan, model_key, pairing
+from .schema import DatasetSection, FirstPairs, ModelGrid, Resources, SweepSection, describe_validation_error
 
 
 class ConfigError(ValueError):
     """A sweep config is invalid; the message names the file and every offending key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
-
-
-Number = int | float
-
-
-class ModelGrid(_Strict):
-    """One entry of ``models``: every combination of the listed values is a model config."""
-
-    arch: str
-    width: Number | list[Number]
-    depth: int | list[int] | None = None
-    norm: str | list[str] = "none"
-
-
-# ``train``: the core's TrainConfig fields (derived from it, so the two never drift apart) plus
-# how often a trial checkpoints.
-TrainSection = create_model(
-    "TrainSection",
-    __base__=_Strict,
-    checkpoint_every=(int, 5),
-    **{f.name: (typing.get_type_hints(TrainConfig)[f.name], f.default) for f in dataclasses.fields(TrainConfig)},
-)
-
-
-class EvalSection(_Strict):
-    """``eval``: how many training samples the train curve and the statistics use."""
-
-    train_samples: int | None = 10000
-    stat_samples: int = 5000
-    stat_batch_size: int = 1000
-    eval_batch_size: int = 1000
-
-
-class ResourceSpec(_Strict):
-    cpu: float = 1.0
-    gpu: float = 0.0
-
-
-class Resources(_Strict):
-    train: ResourceSpec = Field(default_factory=ResourceSpec)
-    pair: ResourceSpec = Field(default_factory=ResourceSpec)
-
-
-class FirstPairs(_Strict):
-    first: int
-
-
-class DatasetSection(BaseModel):
-    """``dataset`` as a mapping: a name plus the dataset's options (e.g. synthetic's shape)."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str
-
-
-class SweepSection(_Strict):
-    """The whole YAML document."""
-
-    name: str
-    storage: str = "./runs"
-    dataset: str | DatasetSection = "mnist"
-    models: list[ModelGrid]
-    seeds: int | list[int] = 4
-    train: TrainSection = Field(default_factory=TrainSection)
-    pairs: Literal["all", "disjoint"] | FirstPairs = "all"
-    align: list[str] = Field(default_factory=lambda: ["none", "weight", "activation"])
-    correction: list[str] = Field(default_factory=lambda: ["none", "repair"])
-    alphas: int | list[float] = 21
-    eval: EvalSection = Field(default_factory=EvalSection)
-    resources: Resources = Field(default_factory=Resources)
-    max_pairs_in_flight: int | None = None
-    pair_retries: int = 3
-    train_retries: int = 1
-
-
-# ---------------------------------------------------------------------------------------------
-# The validated, expanded result
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -122,16 +43,6 @@ class DatasetSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "options": dict(self.options)}
-
-
-@dataclass(frozen=True)
-class ModelPlan:
-    """One model config of the grid and the seeds it is trained with."""
-
-    model_key: str
-    model: ModelConfig
-    seeds: tuple[int, ...]
-    pairs: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -165,18 +76,6 @@ class SweepConfig:
     def n_pairs(self) -> int:
         return sum(len(m.pairs) for m in self.models)
 
-    def with_storage(self, uri: str) -> SweepConfig:
-        return _replace(self, storage=storage.normalize(uri))
-
-
-def _replace(config: SweepConfig, **changes: Any) -> SweepConfig:
-    return dataclasses.replace(config, **changes)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------
-
 
 def load_config(path: str | Path, *, storage_override: str | None = None) -> SweepConfig:
     """Read, validate and expand a sweep config file; raises :class:`ConfigError`."""
@@ -201,83 +100,42 @@ def parse_config(data: Any, *, source: str = "<config>", storage_override: str |
     try:
         section = SweepSection.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_describe(error, source)) from None
+        raise ConfigError(_invalid(source, describe_validation_error(error))) from None
     problems: list[str] = []
     config = _expand(section, data, source, problems, storage_override)
-    if problems:
-        raise ConfigError(f"{source}: invalid sweep config:\n" + "\n".join(f"  - {p}" for p in problems))
+    if problems or config is None:
+        raise ConfigError(_invalid(source, problems))
     return config
 
 
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
+def _invalid(source: str, problems: list[str]) -> str:
+    return f"{source}: invalid sweep config:\n" + "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    lines = []
-    seen = set()
-    for item in error.errors():
-        loc = _clean_loc(item["loc"])
-        key = _path(loc)
-        if item["type"] == "extra_forbidden":
-            known = _known_keys(loc[:-1])
-            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
-            message = f"{key}: unknown key{suggestion}"
-        elif item["type"] == "missing":
-            message = f"{key}: required key is missing"
-        else:
-            message = f"{key}: {item['msg'].lower()}, got {item.get('input')!r}"
-        if key in seen and item["type"] != "extra_forbidden":
-            continue  # a union reports one error per alternative: keep the first
-        seen.add(key)
-        lines.append(message)
-    return f"{source}: invalid sweep config:\n" + "\n".join(f"  - {line}" for line in lines)
+def _build(make: Callable[[], Any], key_of: Callable[[str], str], problems: list[str]) -> Any:
+    """``make()``, or None with its :class:`SettingError` problems recorded under their YAML keys."""
+    try:
+        return make()
+    except SettingError as error:
+        problems.extend(f"{key_of(setting)}: {message}" for setting, message in error.problems)
+        return None
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    # pydantic adds the tried alternative of a union to the path (e.g. "list[int]", "FirstPairs")
-    out = []
-    for part in loc:
-        if isinstance(part, str) and (
-            part in ("int", "float", "str", "bool", "none")
-            or "[" in part
-            or part[:1].isupper()
-            or part.startswith("literal")
-        ):
-            continue
-        out.append(part)
-    return tuple(out)
+# PairSettings field -> the YAML key that sets it
+_PAIR_KEYS = {
+    "aligns": "align",
+    "corrections": "correction",
+    "alphas": "alphas",
+    "train_samples": "eval.train_samples",
+    "stat_samples": "eval.stat_samples",
+    "stat_batch_size": "eval.stat_batch_size",
+    "eval_batch_size": "eval.eval_batch_size",
+}
 
 
-def _known_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = SweepSection
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        annotation = model.model_fields[part].annotation if part in model.model_fields else None
-        model = _model_in(annotation)
-        if model is None:
-            return []
-    return list(model.model_fields)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) in (Union, list):
-        for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else [value]
+def _pair_key(setting: str) -> str:
+    field, bracket, rest = setting.partition("[")
+    return _PAIR_KEYS.get(field, field) + bracket + rest
 
 
 def _expand(
@@ -287,70 +145,39 @@ def _expand(
         problems.append(f"name: must be letters, digits, '_', '.', '-' (it names a folder), got {s.name!r}")
 
     dataset = _dataset(s.dataset, problems)
-    train = _train(s.train, problems)
+    train = _train(s, problems)
     seeds = _seeds(s.seeds, problems)
-    alphas = _alphas(s.alphas, problems)
-    for key, values, known in (("align", s.align, ALIGNS), ("correction", s.correction, CORRECTIONS)):
-        if not values:
-            problems.append(f"{key}: must list at least one of {', '.join(known)}")
-        for i, v in enumerate(values):
-            if v not in known:
-                hint = difflib.get_close_matches(v, known, n=1)
-                problems.append(
-                    f"{key}[{i}]: unknown {key} {v!r}"
-                    + (f"; did you mean {hint[0]!r}?" if hint else f"; expected one of {', '.join(known)}")
-                )
-        if len(set(values)) != len(values):
-            problems.append(f"{key}: lists a value twice: {values}")
-    _check_eval(s.eval, problems)
-    for stage in ("train", "pair"):
-        spec: ResourceSpec = getattr(s.resources, stage)
-        if not spec.cpu > 0:
-            problems.append(f"resources.{stage}.cpu: must be positive, got {spec.cpu}")
-        if spec.gpu < 0 or (spec.gpu > 1 and spec.gpu != int(spec.gpu)):
-            problems.append(f"resources.{stage}.gpu: must be a fraction in [0, 1] or a whole number, got {spec.gpu}")
-    if s.max_pairs_in_flight is not None and s.max_pairs_in_flight < 1:
-        problems.append(f"max_pairs_in_flight: must be a positive integer, got {s.max_pairs_in_flight}")
-    for key in ("pair_retries", "train_retries"):
-        if getattr(s, key) < 0:
-            problems.append(f"{key}: must be 0 or more, got {getattr(s, key)}")
-    if isinstance(s.pairs, FirstPairs) and s.pairs.first < 1:
-        problems.append(f"pairs.first: must be a positive integer, got {s.pairs.first}")
-
+    settings = _build(
+        lambda: PairSettings(
+            aligns=s.align,
+            corrections=s.correction,
+            alphas=s.alphas,
+            train_samples=s.eval.train_samples,
+            stat_samples=s.eval.stat_samples,
+            stat_batch_size=s.eval.stat_batch_size,
+            eval_batch_size=s.eval.eval_batch_size,
+        ),
+        _pair_key,
+        problems,
+    )
+    _check_sweep_settings(s, problems)
     if not s.models:
         problems.append("models: must list at least one model grid")
     model_configs = _model_grid(s.models, problems)
-    if problems or dataset is None or train is None or seeds is None or alphas is None:
+    if problems or dataset is None or train is None or seeds is None or settings is None:
         return None
 
-    pair_list = _pairing(seeds, s.pairs)
+    pair_list = pairing(seeds, s.pairs)
     plans = []
     seen: dict[str, int] = {}
     for i, mc in model_configs:
-        key = model_key(mc, train, dataset)
+        key = model_key(mc, train, dataset.as_dict())
         if key in seen:
             problems.append(f"models[{i}]: repeats a model config of models[{seen[key]}] ({key})")
             continue
         seen[key] = i
         plans.append(ModelPlan(key, mc, tuple(seeds), tuple(pair_list)))
-    if "reset" in s.correction:
-        without_bn = [p.model_key for p in plans if p.model.norm != "batch"]
-        if without_bn:
-            warnings.warn(
-                f"{source}: correction 'reset' applies only to BatchNorm nets; it is skipped for "
-                f"{len(without_bn)} model config(s) without BatchNorm ({', '.join(without_bn[:3])}"
-                f"{', ...' if len(without_bn) > 3 else ''})",
-                stacklevel=2,
-            )
-    settings = PairSettings(
-        aligns=tuple(s.align),
-        corrections=tuple(s.correction),
-        alphas=tuple(alphas),
-        train_samples=s.eval.train_samples,
-        stat_samples=s.eval.stat_samples,
-        stat_batch_size=s.eval.stat_batch_size,
-        eval_batch_size=s.eval.eval_batch_size,
-    )
+    _warn_skipped_corrections(plans, settings, source)
     return SweepConfig(
         name=s.name,
         storage=storage.normalize(storage_override or s.storage),
@@ -368,36 +195,61 @@ def _expand(
     )
 
 
+def _check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
+    """The rules that belong to a sweep alone: resources, retries, pairing, tasks in flight."""
+    for stage in ("train", "pair"):
+        spec = getattr(s.resources, stage)
+        if not (math.isfinite(spec.cpu) and spec.cpu > 0):
+            problems.append(f"resources.{stage}.cpu: must be a positive number, got {spec.cpu}")
+        if not math.isfinite(spec.gpu) or spec.gpu < 0 or (spec.gpu > 1 and spec.gpu != int(spec.gpu)):
+            problems.append(f"resources.{stage}.gpu: must be a fraction in [0, 1] or a whole number, got {spec.gpu}")
+    if s.max_pairs_in_flight is not None and s.max_pairs_in_flight < 1:
+        problems.append(f"max_pairs_in_flight: must be a positive integer, got {s.max_pairs_in_flight}")
+    for key in ("pair_retries", "train_retries"):
+        if getattr(s, key) < 0:
+            problems.append(f"{key}: must be 0 or more, got {getattr(s, key)}")
+    if isinstance(s.pairs, FirstPairs) and s.pairs.first < 1:
+        problems.append(f"pairs.first: must be a positive integer, got {s.pairs.first}")
+
+
+def _warn_skipped_corrections(plans: list[ModelPlan], settings: PairSettings, source: str) -> None:
+    skipped = sorted(
+        {
+            (correction, plan.model_key)
+            for plan in plans
+            for correction in settings.corrections
+            if not correction_applies(correction, batchnorm=plan.model.has_batchnorm)
+        }
+    )
+    for correction in dict.fromkeys(c for c, _ in skipped):
+        keys = [k for c, k in skipped if c == correction]
+        warnings.warn(
+            f"{source}: correction {correction!r} applies only to BatchNorm nets; it is skipped for "
+            f"{len(keys)} model config(s) without BatchNorm ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})",
+            stacklevel=3,
+        )
+
+
 def _dataset(value: str | DatasetSection, problems: list[str]) -> DatasetSpec | None:
     name, options = (value, {}) if isinstance(value, str) else (value.name, dict(value.model_extra or {}))
-    key = "dataset" if isinstance(value, str) else "dataset.name"
-    try:
-        allowed = dataset_options(name)
-    except ValueError as error:
-        problems.append(f"{key}: {error}")
-        return None
-    for option in options:
-        if option not in allowed:
-            accepted = ", ".join(allowed) if allowed else "no options"
-            problems.append(f"dataset.{option}: dataset {name} takes {accepted}")
-            return None
-    return DatasetSpec(name, options)
+    prefix = "dataset" if isinstance(value, str) else "dataset.name"
+
+    def key_of(setting: str) -> str:
+        return prefix if setting == "name" else f"dataset.{setting}"
+
+    ok = _build(lambda: check_dataset(name, options) or True, key_of, problems)
+    return DatasetSpec(name, options) if ok else None
 
 
-def _train(t: TrainSection, problems: list[str]) -> TrainConfig | None:
-    fields = t.model_dump()
+def _train(s: SweepSection, problems: list[str]) -> TrainConfig | None:
+    fields = s.train.model_dump()
     checkpoint_every = fields.pop("checkpoint_every")
     if checkpoint_every < 1:
         problems.append(f"train.checkpoint_every: must be a positive integer, got {checkpoint_every}")
-    if t.epochs < 1:
-        problems.append(f"train.epochs: must be a positive integer, got {t.epochs}")
+    if isinstance(fields["epochs"], int) and fields["epochs"] < 1:  # a sweep trains; the core allows 0 epochs
+        problems.append(f"train.epochs: must be a positive integer, got {fields['epochs']}")
         return None
-    try:
-        return TrainConfig(**fields)
-    except ValueError as error:
-        # TrainConfig's messages name "TrainConfig.<field>"
-        problems.append(re.sub(r"^TrainConfig\.(\w+) ", r"train.\1: ", str(error)))
-        return None
+    return _build(lambda: TrainConfig(**fields), lambda setting: f"train.{setting}", problems)
 
 
 def _seeds(value: int | list[int], problems: list[str]) -> list[int] | None:
@@ -418,104 +270,27 @@ def _seeds(value: int | list[int], problems: list[str]) -> list[int] | None:
     return list(value)
 
 
-def _alphas(value: int | list[float], problems: list[str]) -> list[float] | None:
-    if isinstance(value, int):
-        if value < 3:
-            problems.append(f"alphas: need at least 3 points (0, 0.5, 1), got {value}")
-            return None
-        grid = [i / (value - 1) for i in range(value)]
-    else:
-        bad = [a for a in value if not (isinstance(a, (int, float)) and 0.0 <= a <= 1.0 and math.isfinite(a))]
-        if bad:
-            problems.append(f"alphas: every alpha must lie in [0, 1], got {bad}")
-            return None
-        grid = [float(a) for a in value]
-    # the barrier needs both endpoints and the midpoint definitions need 0.5
-    for must in (0.0, 0.5, 1.0):
-        if not any(abs(a - must) < 1e-9 for a in grid):
-            grid.append(must)
-    return sorted(set(round(a, 12) for a in grid))
-
-
-def _check_eval(e: EvalSection, problems: list[str]) -> None:
-    if e.train_samples is not None and e.train_samples < 1:
-        problems.append(f"eval.train_samples: must be positive (or null for the whole split), got {e.train_samples}")
-    for key in ("stat_samples", "stat_batch_size", "eval_batch_size"):
-        if getattr(e, key) < 1:
-            problems.append(f"eval.{key}: must be a positive integer, got {getattr(e, key)}")
-    if e.train_samples is not None and e.stat_samples > e.train_samples:
-        problems.append(
-            f"eval.stat_samples: the statistics samples are taken from the train-curve samples, so "
-            f"stat_samples ({e.stat_samples}) must not exceed eval.train_samples ({e.train_samples})"
-        )
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
 
 
 def _model_grid(grids: list[ModelGrid], problems: list[str]) -> list[tuple[int, ModelConfig]]:
     out = []
     for i, g in enumerate(grids):
-        where = f"models[{i}]"
-        if g.arch not in ARCHS:
-            hint = difflib.get_close_matches(g.arch, list(ARCHS), n=1)
-            problems.append(
-                f"{where}.arch: unknown arch {g.arch!r}"
-                + (f"; did you mean {hint[0]!r}?" if hint else f"; expected one of {', '.join(ARCHS)}")
-            )
-            continue
-        arch = ARCHS[g.arch]
         widths, depths, norms = _as_list(g.width), _as_list(g.depth), _as_list(g.norm)
-        ok = True
-        for w in widths:
-            if isinstance(w, bool) or not w > 0:
-                problems.append(
-                    f"{where}.width: must be a positive {'integer' if arch.integer_width else 'number'}, got {w}"
-                )
-                ok = False
-            elif arch.integer_width and int(w) != w:
-                problems.append(f"{where}.width: {g.arch} width counts hidden units and must be an integer, got {w}")
-                ok = False
-        for d in depths:
-            if d is not None and not arch.depths(d):
-                problems.append(f"{where}.depth: {g.arch} depth must be {arch.depth_hint}, got {d}")
-                ok = False
-        for n in norms:
-            if n not in arch.norms:
-                problems.append(f"{where}.norm: {g.arch} supports norm {', '.join(arch.norms)}; got {n!r}")
-                ok = False
-        if not (widths and norms):
-            problems.append(f"{where}: width and norm must not be empty lists")
-            ok = False
-        if ok:
-            for w, d, n in itertools.product(widths, depths, norms):
-                width = int(w) if arch.integer_width else float(w)
-                out.append((i, ModelConfig(g.arch, width, arch.default_depth if d is None else d, n)))
+        if not (widths and depths and norms):
+            problems.append(f"models[{i}]: width, depth and norm must not be empty lists")
+            continue
+        found = len(problems)
+        for w, d, n in itertools.product(widths, depths, norms):
+            config = _build(
+                lambda arch=g.arch, w=w, d=d, n=n: ModelConfig(arch, w, d, n),
+                lambda k, i=i: f"models[{i}].{k}",
+                problems,
+            )
+            if config is not None:
+                out.append((i, config))
+        if len(problems) > found:  # one bad value spoils its whole grid; report each problem once
+            problems[found:] = list(dict.fromkeys(problems[found:]))
+            out = [(j, c) for j, c in out if j != i]
     return out
-
-
-def _pairing(seeds: list[int], rule: str | FirstPairs) -> list[tuple[int, int]]:
-    every = list(itertools.combinations(seeds, 2))
-    if rule == "all":
-        return every
-    if rule == "disjoint":  # (s0, s1), (s2, s3), ...: pairs that share no network
-        return [(seeds[i], seeds[i + 1]) for i in range(0, len(seeds) - 1, 2)]
-    return every[: rule.first]
-
-
-def model_key(model: ModelConfig, train: TrainConfig, dataset: DatasetSpec) -> str:
-    """A readable, stable key: the model's shape plus a hash of model, training and dataset config."""
-    payload = json.dumps(
-        {"model": asdict(model), "train": asdict(train), "dataset": dataset.as_dict()},
-        sort_keys=True,
-        default=str,
-    )
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
-    return f"{model.arch}-w{model.width:g}-d{model.depth}-{model.norm}-{digest}"
-
-
-def sample_forward_passes(config: SweepConfig, n_train: int, n_test: int) -> int:
-    """Samples the pair stage pushes through a network, over all pairs (see :func:`sample_forwards`)."""
-    s = config.pair_settings
-    train_eval = n_train if s.train_samples is None else min(n_train, s.train_samples)
-    return sum(
-        len(plan.pairs) * sample_forwards(s, train_eval, n_test, batchnorm=plan.model.norm == "batch")
-        for plan in config.models
-    )

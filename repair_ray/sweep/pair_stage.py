@@ -13,17 +13,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from ..checkpoint import load_checkpoint
-from ..data import dataset_in_shape
+from ..io.checkpoint import load_checkpoint
+from ..io.tables import table_file, write_rows
+from ..models import ModelConfig
 from ..pair import PairSettings, analyse_pair
-from ..tables import read_table, table_file, write_rows
-from ..training import ModelConfig
 from .cluster import resolve_resources
 from .config import SweepConfig
+from .planning import pair_stem, plan_pair_jobs
 from .progress import Progress
+from .rows import model_columns
 from .worker import cached_dataset, error_text, node_id, setup_worker
 
 METRIC_COLUMNS = (
@@ -36,73 +37,6 @@ METRIC_COLUMNS = (
 )
 
 
-def pair_stem(model_key: str, seed_a: int, seed_b: int) -> str:
-    return f"{model_key}__{seed_a}-{seed_b}"
-
-
-@dataclass
-class PairJobs:
-    jobs: list[dict[str, Any]]
-    done: int  # already on disk with status ok
-    left_out: list[str]  # pairs that cannot run because a model failed or is missing
-
-
-def plan_pair_jobs(config: SweepConfig, threads: float) -> PairJobs:
-    """The pair tasks still to run, from the ``models`` and ``pairs`` tables on storage."""
-    models = read_table(config.root, "models")
-    trained = {(str(r.model_key), int(r.seed)): r for r in models.itertuples(index=False) if r.status == "ok"}
-    pairs = read_table(config.root, "pairs")
-    finished = set()
-    if len(pairs):
-        status = pairs.groupby(["model_key", "seed_a", "seed_b"])["status"].agg(lambda s: bool((s == "ok").all()))
-        finished = {(str(k), int(a), int(b)) for (k, a, b), ok in status.items() if ok}
-    settings = asdict(config.pair_settings)
-    jobs, left_out, done = [], [], 0
-    for plan in config.models:
-        for seed_a, seed_b in plan.pairs:
-            if (plan.model_key, seed_a, seed_b) in finished:
-                done += 1
-                continue
-            a, b = trained.get((plan.model_key, seed_a)), trained.get((plan.model_key, seed_b))
-            if a is None or b is None:
-                left_out.append(pair_stem(plan.model_key, seed_a, seed_b))
-                continue
-            jobs.append(
-                {
-                    "sweep": config.name,
-                    "model_key": plan.model_key,
-                    "model": asdict(plan.model),
-                    "dataset": config.dataset.as_dict(),
-                    "seed_a": seed_a,
-                    "seed_b": seed_b,
-                    "uri_a": a.checkpoint_uri,
-                    "uri_b": b.checkpoint_uri,
-                    "settings": settings,
-                    "threads": threads,
-                }
-            )
-    # Longest first: the most expensive pairs start early, so the end of the stage is not one
-    # worker finishing a big pair while the others idle (stable: config order among equals).
-    cost = {
-        plan.model_key: forward_flops(plan.model, config.dataset.name, config.dataset.options) for plan in config.models
-    }
-    jobs.sort(key=lambda job: -cost[job["model_key"]])
-    return PairJobs(jobs, done, left_out)
-
-
-def forward_flops(model: ModelConfig, dataset: str, options: dict[str, Any]) -> float:
-    """FLOPs of one sample's forward pass, counted on the meta device (no memory, no compute)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    in_shape = dataset_in_shape(dataset, options) or (3, 32, 32)
-    with torch.device("meta"):
-        net = model.build(10, in_shape)
-        with FlopCounterMode(display=False) as counter:
-            net(torch.empty(1, *in_shape))
-    return float(counter.get_total_flops())
-
-
 def _identity(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "sweep": job["sweep"],
@@ -112,24 +46,12 @@ def _identity(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _description(job: dict[str, Any]) -> dict[str, Any]:
-    model = job["model"]
-    return {
-        "arch": model["arch"],
-        "dataset": job["dataset"]["name"],
-        "width": float(model["width"]),
-        "depth": model["depth"],
-        "norm": model["norm"],
-    }
-
-
 def failed_rows(job: dict[str, Any], error: str, device: str = "") -> dict[str, list[dict[str, Any]]]:
     """One ``failed`` pairs row per requested (align, correction), with the reason."""
-    settings = job["settings"]
     rows = [
         {
             **_identity(job),
-            **_description(job),
+            **model_columns(job["model"], job["dataset"]),
             "align": align,
             "correction": correction,
             **{k: math.nan for k in METRIC_COLUMNS},
@@ -137,9 +59,9 @@ def failed_rows(job: dict[str, Any], error: str, device: str = "") -> dict[str, 
             "status": "failed",
             "error": error,
         }
-        for align in settings["aligns"]
-        for correction in settings["corrections"]
-        if correction != "reset" or job["model"]["norm"] == "batch"  # as analyse_pair: RESET needs BatchNorm
+        for align, correction in PairSettings(**job["settings"]).methods(
+            batchnorm=ModelConfig(**job["model"]).has_batchnorm
+        )
     ]
     return {"pairs": rows, "curves": [], "layers": []}
 
@@ -165,7 +87,7 @@ def pair_task(job: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         result = analyse_pair(models[0], models[1], dataset, settings)
     except Exception as error:  # noqa: BLE001 - every failure of a pair is data for its row
         return failed_rows(job, error_text(error), str(device))
-    ident, desc = _identity(job), _description(job)
+    ident, desc = _identity(job), model_columns(job["model"], job["dataset"])
     return {
         "pairs": [
             {**ident, **desc, **row, "device": str(device), "node_id": node_id(), "status": "ok"}

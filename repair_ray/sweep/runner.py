@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 import yaml
 
-from .. import storage
-from ..tables import read_table
+from ..io import storage
+from ..io.tables import read_table
 from .cluster import connect
 from .config import SweepConfig, parse_config
 from .pair_stage import PairStageSummary, run_pair_stage
+from .planning import model_outcomes, pair_outcomes
 from .train_stage import TrainStageSummary, run_train_stage
 
 CONFIG_NAME = "sweep.yaml"
@@ -94,14 +95,8 @@ def sweep_status(root: str) -> SweepStatus:
     config = load_sweep_config(root)
     expected_models = {(p.model_key, s) for p in config.models for s in p.seeds}
     expected_pairs = {(p.model_key, a, b) for p in config.models for a, b in p.pairs}
-    models = read_table(config.root, "models")
-    model_status = {
-        (str(k), int(s)): st for k, s, st in zip(models["model_key"], models["seed"], models["status"], strict=True)
-    }
-    pairs = read_table(config.root, "pairs")
-    pair_status: dict[tuple[str, int, int], bool] = {}
-    for (k, a, b), group in pairs.groupby(["model_key", "seed_a", "seed_b"]):
-        pair_status[(str(k), int(a), int(b))] = bool((group["status"] == "ok").all())
+    model_status = model_outcomes(read_table(config.root, "models"))
+    pair_status = pair_outcomes(read_table(config.root, "pairs"))
     return SweepStatus(
         models_expected=len(expected_models),
         models_ok=sum(model_status.get(m) == "ok" for m in expected_models),

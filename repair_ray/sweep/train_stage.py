@@ -17,13 +17,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .. import storage
-from ..checkpoint import CheckpointError, load_checkpoint
-from ..tables import read_table, table_file, write_rows
-from ..training import ModelConfig, TrainConfig, train_model
+from ..io import storage
+from ..io.checkpoint import CheckpointError, load_checkpoint
+from ..io.tables import read_table, table_file, write_rows
+from ..models import ModelConfig
+from ..training import TrainConfig, train_model
 from .cluster import resolve_resources
-from .config import ModelPlan, SweepConfig
+from .config import SweepConfig
+from .planning import ModelPlan, model_outcomes
 from .progress import Progress
+from .rows import model_columns
 from .worker import cached_dataset, error_text, node_id, setup_worker
 
 
@@ -56,11 +59,7 @@ def models_row(spec: dict[str, Any], **values: Any) -> dict[str, Any]:
     row = {
         "sweep": spec["sweep"],
         "model_key": spec["model_key"],
-        "arch": model["arch"],
-        "dataset": spec["dataset"]["name"],
-        "width": float(model["width"]),
-        "depth": model["depth"],
-        "norm": model["norm"],
+        **model_columns(model, spec["dataset"]),
         "seed": spec["seed"],
         "init_seed": spec["seed"],
         "data_seed": spec["seed"],
@@ -122,9 +121,7 @@ def train_trial(config: dict[str, Any]) -> None:
 
 def finished_trials(root: str) -> set[tuple[str, int]]:
     """(model_key, seed) of every trial whose ``models`` row says ``ok``."""
-    models = read_table(root, "models")
-    ok = models[models["status"] == "ok"]
-    return {(str(k), int(s)) for k, s in zip(ok["model_key"], ok["seed"], strict=True)}
+    return {trial for trial, status in model_outcomes(read_table(root, "models")).items() if status == "ok"}
 
 
 @dataclass
@@ -185,13 +182,8 @@ def run_train_stage(config: SweepConfig, *, say: Callable[[str], None] = print) 
                 "models",
                 [models_row(spec, status="failed", error=error_text(result.error), **_nan_metrics())],
             )
-    keys = {(p.model_key, seed) for p in config.models for seed in p.seeds}
-    after = read_table(config.root, "models")
-    failed = sum(
-        1
-        for k, seed, status in zip(after["model_key"], after["seed"], after["status"], strict=True)
-        if (k, int(seed)) in keys and status == "failed"
-    )
+    outcomes = model_outcomes(read_table(config.root, "models"))
+    failed = sum(outcomes.get((p.model_key, seed)) == "failed" for p in config.models for seed in p.seeds)
     say(f"[train] done in {time.time() - started:.0f}s: {total - failed} ok, {failed} failed")
     return TrainStageSummary(total, total - len(todo), len(todo), failed, time.time() - started)
 

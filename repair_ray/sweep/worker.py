@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import torch
 
-from ..data import Dataset, load_dataset
+from ..datasets import Dataset, load_dataset
 
 _DATASETS: dict[tuple[str, str], Dataset] = {}
 
@@ -21,7 +20,6 @@ def setup_worker(threads: float) -> torch.device:
     n = max(1, int(threads))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
-    os.environ["OMP_NUM_THREADS"] = str(n)
     import ray
 
     gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
@@ -47,6 +45,12 @@ def node_id() -> str:
 
 
 def error_text(error: BaseException) -> str:
-    """A one-line, readable reason for a table's ``error`` column."""
+    """A one-line, readable reason for a table's ``error`` column.
+
+    A Ray task or trial error wraps the exception raised in the worker (its ``cause``), whose
+    message is what a user needs; Ray's own text is mostly the remote traceback.
+    """
+    while isinstance(getattr(error, "cause", None), BaseException):
+        error = error.cause
     text = f"{type(error).__name__}: {error}".strip()
     return " ".join(text.split())[:2000]

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .data import TensorData
+from .datasets import TensorData
 from .hooks import ChannelMoments, Moments, channel_moments, channels_last_2d, output_hooks
 from .permutation.spec import PermutationSpec
 

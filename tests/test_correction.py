@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from repair_ray import build_model, interpolate_state, permutation_spec, repair, reset_batchnorm
+from repair_ray.correction import batchnorms, repair_moments, target_moments
 from repair_ray.hooks import ChannelMoments, channel_moments, output_hooks
-from repair_ray.repair import batchnorms, repair_moments, target_moments
 
 from .helpers import briefly_trained, prototype_data
 

@@ -131,23 +131,6 @@ def write_rows(uri: str, table: str, rows: Iterable[Mapping]) -> None:
     storage.write_bytes_atomic(uri, buffer.getvalue())
 
 
-def read_file(uri: str, table: str) -> pd.DataFrame:
-    """One Parquet file of ``table``, with the table's schema."""
-    filesystem, path = storage.resolve(uri)
-    data = pq.read_table(path, filesystem=filesystem)
-    return _conform(data, SCHEMAS[table]).to_pandas()
-
-
-def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
-    columns = []
-    for field in schema:
-        if field.name in data.column_names:
-            columns.append(data.column(field.name).cast(field.type))
-        else:
-            columns.append(pa.nulls(len(data), field.type))
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
 def read_table(sweep_root: str, table: str) -> pd.DataFrame:
     """Every file of ``table`` in a sweep as one DataFrame (empty, with the columns, if none).
 

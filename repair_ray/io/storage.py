@@ -60,13 +60,6 @@ def makedirs(uri: str | os.PathLike[str]) -> None:
     filesystem.create_dir(path, recursive=True)
 
 
-def listdir(uri: str | os.PathLike[str]) -> list[str]:
-    """Sorted names of the entries of folder ``uri``; an empty list when it does not exist."""
-    filesystem, path = resolve(uri)
-    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(info.base_name for info in infos)
-
-
 def read_bytes(uri: str | os.PathLike[str]) -> bytes:
     """The whole content of file ``uri``; FileNotFoundError when there is none."""
     filesystem, path = resolve(uri)

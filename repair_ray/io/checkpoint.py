@@ -1,6 +1,6 @@
 """Checkpoints: a state dict, JSON metadata and optional training state in one file at any URI.
 
-A checkpoint is written to bytes first and then atomically (see :mod:`repair_ray.storage`), so a
+A checkpoint is written to bytes first and then atomically (see :mod:`repair_ray.io.storage`), so a
 crash never leaves half a file. It is always read with ``torch.load(weights_only=True)``: a file
 can hold tensors, numbers, strings and containers of them, never code.
 """

@@ -1,0 +1,51 @@
+"""One error type for invalid settings, so every rule lives with the object it constrains.
+
+The core's typed objects (``ModelConfig``, ``TrainConfig``, ``PairSettings``, dataset options)
+check themselves and raise :class:`SettingError` with every problem at once, each tied to the
+name of the offending setting. The sweep's config loader reuses those checks and only puts the
+key path of the YAML file in front (``models[1].width: ...``); it never re-states a rule.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+
+class SettingError(ValueError):
+    """One or more invalid settings; ``problems`` holds ``(setting, message)`` pairs.
+
+    ``setting`` is the name of the offending field as the object calls it (``width``,
+    ``epochs``, ``options.shape``); ``message`` says what was expected and what was given.
+    """
+
+    def __init__(self, problems: Iterable[tuple[str, str]], *, owner: str = "") -> None:
+        self.problems: list[tuple[str, str]] = list(problems)
+        self.owner = owner
+        prefix = f"{owner}." if owner else ""
+        super().__init__("; ".join(f"{prefix}{key}: {message}" for key, message in self.problems))
+
+
+class Problems:
+    """Collects problems while an object checks itself; :meth:`raise_if_any` raises them together."""
+
+    def __init__(self, owner: str = "") -> None:
+        self.owner = owner
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, setting: str, message: str) -> None:
+        self.items.append((setting, message))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise SettingError(self.items, owner=self.owner)
+
+
+def unknown_choice(kind: str, value: object, known: Sequence[str]) -> str:
+    """``unknown arch 'mpl'; did you mean 'mlp'?`` (or the known values when nothing is close)."""
+    hint = difflib.get_close_matches(str(value), [str(k) for k in known], n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; expected one of {', '.join(map(str, known))}"
+    return f"unknown {kind} {value!r}{suggestion}"

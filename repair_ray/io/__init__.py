@@ -1,0 +1,1 @@
+"""Where results live: URI-aware storage, the Parquet result tables, and checkpoints."""

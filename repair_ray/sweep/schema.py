@@ -1,0 +1,164 @@
+"""The shape of a sweep YAML file (pydantic) and the wording of its errors.
+
+This module knows which keys exist and their types; it states no rule of its own about values.
+The values are checked by the core objects they become (``ModelConfig``, ``TrainConfig``,
+``PairSettings``, the dataset registry) and by :mod:`repair_ray.sweep.config` for the few rules
+that belong to a sweep alone (its name, seeds, pairing, resources).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from ..training import TrainConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+Number = int | float
+
+
+class ModelGrid(_Strict):
+    """One entry of ``models``: every combination of the listed values is a model config."""
+
+    arch: str
+    width: Number | list[Number]
+    depth: int | list[int] | None = None
+    norm: str | list[str] = "none"
+
+
+# ``train``: the core's TrainConfig fields (derived from it, so the two never drift apart) plus
+# how often a trial checkpoints.
+TrainSection = create_model(
+    "TrainSection",
+    __base__=_Strict,
+    checkpoint_every=(int, 5),
+    **{f.name: (typing.get_type_hints(TrainConfig)[f.name], f.default) for f in dataclasses.fields(TrainConfig)},
+)
+
+
+class EvalSection(_Strict):
+    """``eval``: how many training samples the train curve and the statistics use."""
+
+    train_samples: int | None = 10000
+    stat_samples: int = 5000
+    stat_batch_size: int = 1000
+    eval_batch_size: int = 1000
+
+
+class ResourceSpec(_Strict):
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+class Resources(_Strict):
+    train: ResourceSpec = Field(default_factory=ResourceSpec)
+    pair: ResourceSpec = Field(default_factory=ResourceSpec)
+
+
+class FirstPairs(_Strict):
+    first: int
+
+
+class DatasetSection(BaseModel):
+    """``dataset`` as a mapping: a name plus the dataset's options (e.g. synthetic's shape)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class SweepSection(_Strict):
+    """The whole YAML document."""
+
+    name: str
+    storage: str = "./runs"
+    dataset: str | DatasetSection = "mnist"
+    models: list[ModelGrid]
+    seeds: int | list[int] = 4
+    train: TrainSection = Field(default_factory=TrainSection)
+    pairs: Literal["all", "disjoint"] | FirstPairs = "all"
+    align: list[str] = Field(default_factory=lambda: ["none", "weight", "activation"])
+    correction: list[str] = Field(default_factory=lambda: ["none", "repair"])
+    alphas: int | list[float] = 21
+    eval: EvalSection = Field(default_factory=EvalSection)
+    resources: Resources = Field(default_factory=Resources)
+    max_pairs_in_flight: int | None = None
+    pair_retries: int = 3
+    train_retries: int = 1
+
+
+def key_path(loc: tuple[Any, ...]) -> str:
+    """``("models", 1, "width")`` -> ``models[1].width``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    """One line per problem pydantic found, with the key path and a did-you-mean for unknown keys."""
+    lines = []
+    seen = set()
+    for item in error.errors():
+        loc = _clean_loc(item["loc"])
+        key = key_path(loc)
+        if item["type"] == "extra_forbidden":
+            known = _known_keys(loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
+            message = f"{key}: unknown key{suggestion}"
+        elif item["type"] == "missing":
+            message = f"{key}: required key is missing"
+        else:
+            message = f"{key}: {item['msg'].lower()}, got {item.get('input')!r}"
+        if key in seen and item["type"] != "extra_forbidden":
+            continue  # a union reports one error per alternative: keep the first
+        seen.add(key)
+        lines.append(message)
+    return lines
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic adds the tried alternative of a union to the path (e.g. "list[int]", "FirstPairs")
+    out = []
+    for part in loc:
+        if isinstance(part, str) and (
+            part in ("int", "float", "str", "bool", "none")
+            or "[" in part
+            or part[:1].isupper()
+            or part.startswith("literal")
+        ):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = SweepSection
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        model = _model_in(annotation)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) in (Union, list):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
