@@ -6,12 +6,12 @@ export REPAIR_RAY_DATA ?= $(abspath ../shared/data)
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test test-slow test-all demo bench lint clean
+.PHONY: install test test-slow test-all demo bench lint constraints clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,16 +25,21 @@ test-slow: install  ## only the slow tests: real training and kill/resume sweeps
 test-all: install
 	$(PY) -m pytest -m 'slow or not slow'
 
-demo: install  ## the quickstart: train two MNIST MLPs and print their barrier table
-	$(PY) -m repair_ray.demo
+demo: install  ## the quickstart: train 12 MNIST MLPs, analyse their pairs, print the summary, write the report
+	$(VENV)/bin/repair-ray run --example quickstart
+	$(VENV)/bin/repair-ray report runs/quickstart
 
 bench: install  ## all benchmarks in their own env (.bench/venv, with the rebasin peer); writes BENCHMARKS.md
 	bash benchmarks/bench_env.sh
 	.bench/venv/bin/python benchmarks/run.py
 
-lint: install
+lint: install  ## ruff: lint rules and formatting, as CI runs them
 	$(VENV)/bin/ruff check repair_ray tests analysis benchmarks
 	$(VENV)/bin/ruff format --check repair_ray tests analysis benchmarks
+
+constraints: install  ## re-pin constraints.txt to what the venv resolved (after changing a dependency)
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^repair.ray'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf runs reports .pytest_cache

@@ -17,13 +17,7 @@ address=$1 config=$2 storage=$3
 shift 3
 cd "$(dirname "$0")/.."
 
-env_json=$(python3 - <<'PY'
-import json, os
-keys = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-        "AWS_ENDPOINT_URL", "GOOGLE_APPLICATION_CREDENTIALS", "REPAIR_RAY_DATA"]
-env = {k: os.environ[k] for k in keys if os.environ.get(k)}
-print(json.dumps({"env_vars": env, "excludes": [".venv", "runs", "reports", ".git", "**/__pycache__"]}))
-PY
-)
+# the variables forwarded to workers are listed once, in repair_ray/sweep/cluster.py
+env_json=$(python3 -m repair_ray.sweep.cluster)
 exec ray job submit --address "$address" --working-dir . --runtime-env-json "$env_json" \
     -- python -m repair_ray.cli run "$config" --address auto --storage "$storage" "$@"

@@ -1,63 +1,78 @@
 """repair_ray: linear mode connectivity of neural networks, aligned and repaired, at sweep scale.
 
 The core (this package minus ``repair_ray.sweep``) is pure PyTorch and never imports Ray.
+The public names below are loaded on first use (PEP 562), so ``import repair_ray`` and the
+command line's ``--help`` stay fast and do not import torch until something needs it.
 """
 
 from __future__ import annotations
 
-from torch import nn
-
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .data import Dataset, DatasetNotFoundError, TensorData, load_dataset
-from .interpolation import barrier_metrics, evaluate, interpolate_state
-from .models import build_model
-from .pair import PairSettings, analyse_pair
-from .permutation import (
-    Permutation,
-    PermutationSpec,
-    SpecError,
-    activation_matching,
-    apply_permutation,
-    random_permutation,
-    weight_matching,
-)
-from .repair import repair, reset_batchnorm
-from .tables import load_tables
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "Checkpoint": ".io.checkpoint",
+    "CheckpointError": ".io.checkpoint",
+    "load_checkpoint": ".io.checkpoint",
+    "save_checkpoint": ".io.checkpoint",
+    "load_tables": ".io.tables",
+    "Dataset": ".datasets",
+    "DatasetNotFoundError": ".datasets",
+    "TensorData": ".datasets",
+    "load_dataset": ".datasets",
+    "barrier_metrics": ".interpolation",
+    "evaluate": ".interpolation",
+    "interpolate_state": ".interpolation",
+    "ModelConfig": ".models",
+    "build_model": ".models",
+    "permutation_spec": ".models",
+    "PairSettings": ".pair",
+    "analyse_pair": ".pair",
+    "Permutation": ".permutation",
+    "PermutationSpec": ".permutation",
+    "SpecError": ".permutation",
+    "activation_matching": ".permutation",
+    "apply_permutation": ".permutation",
+    "random_permutation": ".permutation",
+    "weight_matching": ".permutation",
+    "repair": ".correction",
+    "reset_batchnorm": ".correction",
+    "SettingError": ".errors",
+}
 
-def permutation_spec(model: nn.Module) -> PermutationSpec:
-    """The :class:`PermutationSpec` of a model of the zoo (validated against the model)."""
-    if not hasattr(model, "permutation_spec"):
-        raise TypeError(f"{type(model).__name__} has no permutation spec; build it with repair_ray.build_model")
-    return model.permutation_spec()
+__all__ = sorted(_EXPORTS)
 
 
-__all__ = [
-    "Checkpoint",
-    "CheckpointError",
-    "Dataset",
-    "DatasetNotFoundError",
-    "PairSettings",
-    "Permutation",
-    "PermutationSpec",
-    "SpecError",
-    "TensorData",
-    "activation_matching",
-    "analyse_pair",
-    "apply_permutation",
-    "barrier_metrics",
-    "build_model",
-    "evaluate",
-    "interpolate_state",
-    "load_checkpoint",
-    "load_dataset",
-    "load_tables",
-    "permutation_spec",
-    "random_permutation",
-    "repair",
-    "reset_batchnorm",
-    "save_checkpoint",
-    "weight_matching",
-]
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'repair_ray' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .correction import repair, reset_batchnorm
+    from .datasets import Dataset, DatasetNotFoundError, TensorData, load_dataset
+    from .errors import SettingError
+    from .interpolation import barrier_metrics, evaluate, interpolate_state
+    from .io.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+    from .io.tables import load_tables
+    from .models import ModelConfig, build_model, permutation_spec
+    from .pair import PairSettings, analyse_pair
+    from .permutation import (
+        Permutation,
+        PermutationSpec,
+        SpecError,
+        activation_matching,
+        apply_permutation,
+        random_permutation,
+        weight_matching,
+    )

@@ -1,14 +1,16 @@
-"""``repair-ray``: run, validate and inspect sweeps."""
+"""``repair-ray``: run, validate and inspect sweeps.
+
+Heavy imports (torch, scipy, Ray, pyarrow) happen inside the commands, so ``--help`` is instant.
+"""
 
 from __future__ import annotations
 
 import sys
 import warnings
+from importlib import resources
+from pathlib import Path
 
 import click
-
-from . import storage
-from .sweep.config import ConfigError, load_config, sample_forward_passes
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -16,16 +18,57 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def _load(config_path: str, storage_uri: str | None):
+def example_names() -> list[str]:
+    """The example configs shipped inside the package (``repair_ray/examples/*.yaml``)."""
+    folder = resources.files("repair_ray") / "examples"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def example_text(name: str) -> str:
+    """The YAML of the shipped example ``name``; exits with a usage error naming the known ones."""
+    if name not in example_names():
+        import difflib
+
+        hint = difflib.get_close_matches(name, example_names(), n=1)
+        _fail(
+            f"no example named {name!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else f"; the examples are {', '.join(example_names())}")
+        )
+    return (resources.files("repair_ray") / "examples" / f"{name}.yaml").read_text()
+
+
+def _load(config_path: str | None, example: str | None, storage_uri: str | None):
+    """The validated config from a file or a shipped example; usage errors exit with code 2."""
+    import yaml
+
+    from .sweep.config import ConfigError, load_config, parse_config
+
+    if (config_path is None) == (example is None):
+        _fail("give a CONFIG file or --example NAME (one of them)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            config = load_config(config_path, storage_override=storage_uri)
+            if example is not None:
+                source = f"example {example}"
+                config = parse_config(
+                    yaml.safe_load(example_text(example)), source=source, storage_override=storage_uri
+                )
+            else:
+                config = load_config(config_path, storage_override=storage_uri)
         except ConfigError as error:
             _fail(str(error))
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     return config
+
+
+_config_argument = click.argument("config_path", metavar="CONFIG", required=False, type=click.Path(dir_okay=False))
+_example_option = click.option(
+    "--example", help="Use a config shipped with repair_ray instead of a file (see `repair-ray examples`)."
+)
+_storage_option = click.option(
+    "--storage", "storage_uri", help="Override the config's storage (a path, s3://... or gs://...)."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,11 +78,28 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option("--storage", "storage_uri", help="Override the config's storage (a path, s3://... or gs://...).")
-def validate(config_path: str, storage_uri: str | None) -> None:
+@click.argument("name", required=False)
+def examples(name: str | None) -> None:
+    """List the example configs, or print example NAME (redirect it to a file to edit it)."""
+    if name is not None:
+        click.echo(example_text(name), nl=False)
+        return
+    for example in example_names():
+        text = example_text(example)
+        first = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
+        click.echo(f"{example:32s} {first}")
+    click.echo("\nrun one with `repair-ray run --example NAME`; copy one with `repair-ray examples NAME > sweep.yaml`")
+
+
+@main.command()
+@_config_argument
+@_example_option
+@_storage_option
+def validate(config_path: str | None, example: str | None, storage_uri: str | None) -> None:
     """Check CONFIG and print the expanded plan, without starting Ray."""
-    config = _load(config_path, storage_uri)
+    from .sweep.planning import sample_forward_passes
+
+    config = _load(config_path, example, storage_uri)
     click.echo(f"sweep {config.name} -> {config.root}")
     click.echo(f"dataset: {config.dataset.name} {config.dataset.options or ''}".rstrip())
     click.echo(f"models to train: {config.n_trials} ({len(config.models)} model configs x seeds)")
@@ -52,9 +112,8 @@ def validate(config_path: str, storage_uri: str | None) -> None:
     s = config.pair_settings
     click.echo(f"pairs: {config.n_pairs}; align {list(s.aligns)} x correction {list(s.corrections)}")
     click.echo(f"alphas: {len(s.alphas)} points from {s.alphas[0]:g} to {s.alphas[-1]:g}")
-    n_train, n_test = _split_sizes(config)
-    if n_train is not None:
-        passes = sample_forward_passes(config, n_train, n_test)
+    passes = sample_forward_passes(config)
+    if passes is not None:
         click.echo(f"pair stage forward passes: {passes:,} samples ({passes / max(config.n_pairs, 1):,.0f} per pair)")
     click.echo(
         f"resources: train {config.resources.train.cpu:g} CPU / {config.resources.train.gpu:g} GPU per trial, "
@@ -62,33 +121,22 @@ def validate(config_path: str, storage_uri: str | None) -> None:
     )
 
 
-def _split_sizes(config) -> tuple[int | None, int]:
-    known = {
-        "mnist": (60000, 10000),
-        "fashion_mnist": (60000, 10000),
-        "cifar10": (50000, 10000),
-        "cifar100": (50000, 10000),
-    }
-    if config.dataset.name in known:
-        return known[config.dataset.name]
-    if config.dataset.name == "synthetic":
-        o = config.dataset.options
-        return int(o.get("train_size", 2048)), int(o.get("test_size", 512))
-    return None, 0
-
-
 @main.command()
-@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option("--storage", "storage_uri", help="Override the config's storage (a path, s3://... or gs://...).")
+@_config_argument
+@_example_option
+@_storage_option
 @click.option("--address", help="Ray cluster to join ('auto' for a running one); default: start a local Ray.")
 @click.option("--num-cpus", type=int, help="CPUs of the local Ray started when no --address is given.")
-def run(config_path: str, storage_uri: str | None, address: str | None, num_cpus: int | None) -> None:
-    """Run (or resume) the sweep in CONFIG: train every seed, analyse every pair."""
-    from .analysis import compact_summary, summarise
+def run(
+    config_path: str | None, example: str | None, storage_uri: str | None, address: str | None, num_cpus: int | None
+) -> None:
+    """Run (or resume) the sweep in CONFIG (or --example NAME): train every seed, analyse every pair."""
+    from .io import storage
+    from .io.tables import read_table
+    from .report import compact_summary, summarise
     from .sweep.runner import run_sweep
-    from .tables import read_table
 
-    config = _load(config_path, storage_uri)
+    config = _load(config_path, example, storage_uri)
     result = run_sweep(config, address=address, num_cpus=num_cpus, say=lambda m: click.echo(m, err=False))
     pairs = read_table(config.root, "pairs")
     pairs = pairs[pairs["model_key"].isin([p.model_key for p in config.models])]
@@ -138,7 +186,8 @@ def report(sweep_path: str, out_dir: str | None, model_key: str | None) -> None:
     Works while the sweep is still running and when some pairs failed (they are counted and
     listed, not plotted). The output folder is always local.
     """
-    from .analysis import write_report
+    from .io import storage
+    from .report import write_report
     from .sweep.runner import sweep_status
 
     if out_dir is None and not storage.is_local(sweep_path):
@@ -146,7 +195,7 @@ def report(sweep_path: str, out_dir: str | None, model_key: str | None) -> None:
     notes = []
     try:
         s = sweep_status(sweep_path)
-    except Exception as error:  # no sweep.yaml (tables copied elsewhere) or a config that no longer parses
+    except Exception as error:  # noqa: BLE001 - no sweep.yaml (tables copied elsewhere) or a config that no longer parses
         notes.append(f"expected models and pairs unknown ({str(error).splitlines()[0]})")
     else:
         notes.append(
@@ -162,8 +211,8 @@ def report(sweep_path: str, out_dir: str | None, model_key: str | None) -> None:
         _fail(str(error))
     for line in notes:
         click.echo(f"[report] {line}")
-    written = sorted(p.name for p in index.parent.iterdir() if p.is_file())
-    click.echo(f"[report] wrote {len(written)} files to {index.parent}: {', '.join(written)}")
+    written = sorted(p.name for p in Path(index).parent.iterdir() if p.is_file())
+    click.echo(f"[report] wrote {len(written)} files to {Path(index).parent}: {', '.join(written)}")
     click.echo(f"[report] open {index}")
 
 

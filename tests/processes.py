@@ -31,6 +31,7 @@ def kill_when(process: subprocess.Popen, condition, timeout: float = 240) -> Non
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
+    process.stdout.close()
     assert process.returncode == -signal.SIGKILL
 
 
