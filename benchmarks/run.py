@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import pair_throughput, scaling, training, weight_matching  # noqa: E402
+from benchmarks import pair_throughput, scale, scaling, training, weight_matching  # noqa: E402
 from benchmarks.common import machine  # noqa: E402
 
 SECTIONS = {
@@ -36,6 +36,12 @@ SECTIONS = {
     ),
     "scaling": ("Scaling: 1 vs 2 workers, Ray overhead per task", scaling, "Target: 2 workers at least 1.8x faster."),
     "training": ("Training throughput and thread settings", training, ""),
+    "scale": (
+        "Study scale: planning, cheap-pair throughput, files, S3 reads, first pair row",
+        scale,
+        "Targets: plan 100,000 pairs (50,000 done) in < 10 s and < 300 MB; >= 1,500 cheap pairs/min on 2 CPUs; "
+        "files under tables/ <= pairs/1,000 + a small constant; load_tables of 50,000 pairs from S3 < 30 s.",
+    ),
 }
 
 
@@ -50,6 +56,15 @@ def verdicts(name: str, rows: list[dict]) -> list[str]:
         for r in rows:
             ratio = r["flops_over_floor"]
             out.append(f"{r['case']}: {ratio:.3f}x the floor ({'met' if ratio <= 1.5 else 'NOT met'})")
+    elif name == "scale":
+        for r in rows:
+            if r["measure"] == "throughput":
+                rate, files, limit = r["pairs_per_min"], r["files_after_compaction"], r["pairs"] / 1000 + 8
+                out.append(f"{r['pairs']} cheap pairs: {rate:,.0f} pairs/min ({'met' if rate >= 1500 else 'NOT met'})")
+                out.append(
+                    f"{r['pairs']} pairs: {files} files after compaction, limit {limit:.0f} "
+                    f"({'met' if files <= limit else 'NOT met'})"
+                )
     elif name == "scaling":
         speedup = rows[1]["speedup"]
         out.append(f"2 workers: {speedup:.2f}x ({'met' if speedup >= 1.8 else 'NOT met'})")

@@ -46,7 +46,7 @@ def _forget_pairs(root: str) -> None:
         shutil.rmtree(Path(root, "tables", table_name), ignore_errors=True)
 
 
-def _noop(job: dict[str, Any]) -> int:
+def _noop(context: dict[str, Any], job: tuple) -> int:
     return len(job)
 
 
@@ -76,24 +76,29 @@ def _ray_overhead(config) -> dict[str, float]:
     """A no-op task with the pair task's resources and job, round trip on a warm worker, vs a real pair."""
     import ray
 
-    from repair_ray.sweep.pair_stage import make_remote_pair_task
-    from repair_ray.sweep.planning import plan_pair_jobs
+    from repair_ray.sweep.pair_stage import PairQueue, make_remote_pair_task, stage_context
+    from repair_ray.sweep.planning import read_pair_state
+    from repair_ray.sweep.train_stage import plan_trials
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         _forget_pairs(config.root)
-        job = plan_pair_jobs(config, 1.0).jobs[0]
+        context = stage_context(config, 1.0)
+        pairs = PairQueue(config, read_pair_state(config.root, context["analysis_key"]))
+        pairs.add_trained(plan_trials(config).done)
+        job = pairs.ready[0]
+        context_ref = ray.put(context)
         noop = ray.remote(num_cpus=1, max_calls=0)(_noop)
-        ray.get(noop.remote(job))
+        ray.get(noop.remote(context_ref, job))
         trips = []
         for _ in range(30):
             t = time.perf_counter()
-            ray.get(noop.remote(job))
+            ray.get(noop.remote(context_ref, job))
             trips.append(time.perf_counter() - t)
         real_task = make_remote_pair_task(1.0, 0.0, 0)
-        ray.get(real_task.remote(job))  # warm the worker's dataset cache
+        ray.get(real_task.remote(context_ref, job))  # warm the worker's dataset cache
         t = time.perf_counter()
-        ray.get(real_task.remote(job))
+        ray.get(real_task.remote(context_ref, job))
         real = time.perf_counter() - t
     finally:
         ray.shutdown()

@@ -132,14 +132,15 @@ def run(
 ) -> None:
     """Run (or resume) the sweep in CONFIG (or --example NAME): train every seed, analyse every pair."""
     from .io import storage
-    from .io.tables import read_table
+    from .io.tables import load_tables
     from .report import compact_summary, summarise
     from .sweep.runner import run_sweep
 
     config = _load(config_path, example, storage_uri)
     result = run_sweep(config, address=address, num_cpus=num_cpus, say=lambda m: click.echo(m, err=False))
-    pairs = read_table(config.root, "pairs")
-    pairs = pairs[pairs["model_key"].isin([p.model_key for p in config.models])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rows of other settings: the summary is of this config's only
+        pairs = load_tables(config.root)["pairs"]
     click.echo(f"\n[sweep] finished in {result.seconds:.0f}s; tables in {storage.join(config.root, 'tables')}")
     summary = summarise(pairs)
     if not summary.empty:
@@ -173,6 +174,29 @@ def status(sweep_path: str) -> None:
 
 @main.command()
 @click.argument("sweep_path", metavar="STORAGE/SWEEP")
+@click.option("--all", "every", is_flag=True, help="Compact every table with 2 files or more (default: more than 8).")
+def compact(sweep_path: str, every: bool) -> None:
+    """Rewrite the tables of a sweep as few large files (newest row per fact; damaged files set aside).
+
+    A sweep run compacts at its end already; run this after copying tables together, or to
+    tidy a sweep that was interrupted. Safe to interrupt: nothing is deleted before its rows are
+    written again.
+    """
+    from .io import storage
+    from .io.tables import COMPACT_AFTER, compact_table, table_files
+
+    root = storage.normalize(sweep_path)
+    if not storage.exists(storage.join(root, "tables")):
+        _fail(f"no tables at {root}")
+    for table in ("models", "pairs", "curves", "layers"):
+        before = len(table_files(root, table))
+        replaced = compact_table(root, table, min_files=2 if every else COMPACT_AFTER + 1)
+        after = len(table_files(root, table))
+        click.echo(f"[compact] {table}: {before} -> {after} files" + ("" if replaced else " (left as it is)"))
+
+
+@main.command()
+@click.argument("sweep_path", metavar="STORAGE/SWEEP")
 @click.option(
     "--out",
     "out_dir",
@@ -180,7 +204,14 @@ def status(sweep_path: str) -> None:
     help="Local folder for the report (default: STORAGE/SWEEP/report; required for s3:// and gs:// sweeps).",
 )
 @click.option("--model-key", help="Model config of the curves and variance-collapse plots (default: the deepest).")
-def report(sweep_path: str, out_dir: str | None, model_key: str | None) -> None:
+@click.option(
+    "--keys",
+    type=click.Choice(["current", "all"]),
+    default="current",
+    show_default=True,
+    help="Rows of the current config's model and analysis keys, or every row (keys never pooled).",
+)
+def report(sweep_path: str, out_dir: str | None, model_key: str | None, keys: str) -> None:
     """Write summary tables, plots and an index.html for the sweep at STORAGE/SWEEP.
 
     Works while the sweep is still running and when some pairs failed (they are counted and
@@ -206,7 +237,7 @@ def report(sweep_path: str, out_dir: str | None, model_key: str | None) -> None:
         if s.models_missing or s.pairs_missing:
             notes.append("the sweep is not finished (still running or interrupted): this report covers what is done")
     try:
-        index = write_report(sweep_path, out_dir, model_key=model_key, notes=notes)
+        index = write_report(sweep_path, out_dir, model_key=model_key, notes=notes, keys=keys)
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     for line in notes:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from repair_ray import load_tables
+from repair_ray.io import storage
 
 from .conftest import free_port, wait_for_port
 from .helpers import list_names, tiny_sweep, write_yaml
@@ -123,10 +124,14 @@ def test_s3_sweep_killed_and_resumed_reads_back_every_pair_once(ray_session, s3_
     assert len(pair_files()) < 6
     wait_for_idle_cluster(ray_session)
     out = run_driver(config, address)
-    assert "[train] 4 of 4 trials already done; 0 to run" in out
+    # the stages are pipelined: the kill may land while some trials still train
+    done, todo = map(int, re.search(r"\[train\] (\d+) of 4 trials already done; (\d+) to run", out).groups())
+    assert done + todo == 4 and done >= 2  # a pair file means two of its networks had finished
 
     tables = load_tables(sweep)
-    assert tables["models"]["checkpoint_uri"].str.startswith("s3://").all()
+    uris = tables["models"]["checkpoint_uri"]
+    assert uris.str.startswith("checkpoints/").all()  # relative to the sweep: it can move
+    assert all(storage.exists(f"{sweep}/{uri}") for uri in uris)
     pairs = tables["pairs"]
     assert len(pairs) == 6 * 6 and not pairs.duplicated(KEY).any() and (pairs["status"] == "ok").all()
     assert len(tables["curves"]) == 6 * 6 * 2 * 11 and not tables["curves"].duplicated([*KEY, "split", "alpha"]).any()

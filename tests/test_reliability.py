@@ -6,6 +6,7 @@ Ray cluster; it is killed with SIGKILL (its whole process group) and started aga
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -29,7 +30,14 @@ def address(ray_session):
 
 
 def test_driver_killed_in_the_pair_stage_then_rerun_holds_every_pair_once(ray_session, address, tmp_path):
-    data = tiny_sweep("killpairs", str(tmp_path), seeds=5, alphas=11, train={"epochs": 1, "batch_size": 64, "lr": 0.05})
+    data = tiny_sweep(
+        "killpairs",
+        str(tmp_path),
+        seeds=5,
+        alphas=11,
+        train={"epochs": 1, "batch_size": 64, "lr": 0.05},
+        flush={"pairs": 1},  # a part file per pair: the kill lands between writes
+    )
     config_path = write_yaml(tmp_path / "sweep.yaml", data)
     root = tmp_path / "killpairs"
 
@@ -40,7 +48,9 @@ def test_driver_killed_in_the_pair_stage_then_rerun_holds_every_pair_once(ray_se
     wait_for_idle_cluster(ray_session)
 
     out = run_driver(config_path, address)
-    assert "[train] 5 of 5 trials already done; 0 to run" in out
+    # the stages are pipelined: the kill may land while some trials still train
+    done, todo = map(int, re.search(r"\[train\] (\d+) of 5 trials already done; (\d+) to run", out).groups())
+    assert done + todo == 5 and done >= 2
     skipped = int(out.split("[pairs] ")[1].split(" of 10 pairs already done")[0])
     assert skipped >= done_at_kill
 
@@ -69,7 +79,7 @@ def test_driver_killed_in_the_train_stage_retrains_no_finished_trial(ray_session
     root = tmp_path / "killtrain"
 
     def finished():
-        return {p.name.split("__seed-")[1].removesuffix(".parquet") for p in parquet_files(root, "models")}
+        return {p.name.split("__seed-")[1].split("-")[0] for p in parquet_files(root, "models")}
 
     def checkpointed():
         return {p.stem.removeprefix("seed-") for p in (root / "checkpoints").rglob("seed-*.pt")}
@@ -85,7 +95,7 @@ def test_driver_killed_in_the_train_stage_retrains_no_finished_trial(ray_session
         for seed in done
         for p in [
             *(root / "checkpoints").rglob(f"seed-{seed}.pt"),
-            *(root / "tables" / "models").glob(f"*__seed-{seed}.parquet"),
+            *(root / "tables" / "models").glob(f"*__seed-{seed}-*.parquet"),
         ]
     }
     wait_for_idle_cluster(ray_session)

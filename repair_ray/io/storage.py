@@ -54,6 +54,28 @@ def exists(uri: str | os.PathLike[str]) -> bool:
     return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def is_relative(uri: str | os.PathLike[str]) -> bool:
+    """Whether ``uri`` is a path relative to some folder (no scheme, no leading ``/`` or ``~``)."""
+    uri = os.fspath(uri)
+    return _scheme(uri) == "" and not os.path.isabs(os.path.expanduser(uri))
+
+
+def size(uri: str | os.PathLike[str]) -> int:
+    """Bytes of the file at ``uri``; FileNotFoundError when there is none."""
+    filesystem, path = resolve(uri)
+    info = filesystem.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"no such file: {uri}")
+    return int(info.size)
+
+
+def file_sizes(folder: str | os.PathLike[str]) -> dict[str, int]:
+    """Name -> bytes of every file directly in ``folder`` (one listing; empty when there is no folder)."""
+    filesystem, path = resolve(folder)
+    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return {info.base_name: int(info.size) for info in infos if info.type == pafs.FileType.File}
+
+
 def makedirs(uri: str | os.PathLike[str]) -> None:
     """Create the folder ``uri`` and its parents (no-op if it exists)."""
     filesystem, path = resolve(uri)
@@ -112,6 +134,15 @@ def remove(uri: str | os.PathLike[str], *, missing_ok: bool = False) -> None:
         filesystem.delete_dir(path)
     else:
         filesystem.delete_file(path)
+
+
+def move(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Move a file (on object stores: copy, then delete), creating the target's folder."""
+    filesystem, source_path = resolve(source)
+    _, target_path = resolve(target)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        os.makedirs(os.path.dirname(target_path), exist_ok=True)
+    filesystem.move(source_path, target_path)
 
 
 def parent(uri: str | os.PathLike[str]) -> str:

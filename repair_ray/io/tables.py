@@ -1,25 +1,36 @@
 """The result tables: one explicit pyarrow schema each, one writer and one reader for all.
 
-A table is a folder of Parquet files under ``<storage>/<sweep>/tables/<table>/``; every writer
-writes whole files (atomically) and every reader reads the folder with the explicit schema, so
-columns a later version adds come back as nulls from older files instead of being dropped, and
-nothing comes back as a pandas Categorical.
+A table is a folder of Parquet files under ``<storage>/<sweep>/tables/<table>/``, and a log of
+facts: :data:`KEYS` names what one row is about, and two rows with the same key are the same fact,
+of which readers keep the newest (files are named by their UTC write time). Every writer writes
+whole files (atomically); every reader reads with the explicit schema, so columns a later
+version adds come back as nulls from older files instead of being dropped, and nothing comes back
+as a pandas Categorical. A file that cannot be read costs only its own rows: readers skip it with
+a warning naming it, and the sweep's re-run recomputes what it held.
 """
 
 from __future__ import annotations
 
+import datetime
 import io
+import json
 import os
-from collections.abc import Iterable, Mapping
+import re
+import secrets
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
 from . import storage
 
 _STR, _INT, _F64 = pa.string(), pa.int64(), pa.float64()
+_TIME = pa.timestamp("us", tz="UTC")
 
 
 def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
@@ -29,6 +40,7 @@ def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
 _IDS = (("sweep", _STR), ("model_key", _STR))
 _MODEL_DESC = (("arch", _STR), ("dataset", _STR), ("width", _F64), ("depth", _INT), ("norm", _STR))
 _PAIR_IDS = (("seed_a", _INT), ("seed_b", _INT), ("align", _STR), ("correction", _STR))
+_WHEN = (("started_at", _TIME), ("finished_at", _TIME))
 
 SCHEMAS: dict[str, pa.Schema] = {
     "models": _schema(
@@ -51,6 +63,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("device", _STR),
         ("node_id", _STR),
         ("config_json", _STR),
+        *_WHEN,
+        ("checkpoint_bytes", _INT),
     ),
     "pairs": _schema(
         *_IDS,
@@ -80,6 +94,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("endpoint_test_loss_b", _F64),
         ("node_id", _STR),
         ("stat_seconds", _F64),
+        ("analysis_key", _STR),
+        *_WHEN,
     ),
     "curves": _schema(
         *_IDS,
@@ -88,6 +104,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("alpha", _F64),
         ("loss", _F64),
         ("acc", _F64),
+        ("analysis_key", _STR),
     ),
     "layers": _schema(
         *_IDS,
@@ -95,9 +112,21 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("layer", _STR),
         ("layer_index", _INT),
         ("std_ratio", _F64),
+        ("analysis_key", _STR),
     ),
 }
 TABLES = tuple(SCHEMAS)
+
+# The columns that name one fact of each table: two rows with the same key are the same fact, and
+# readers keep the newest (the row of the most recently written file).
+KEYS: dict[str, tuple[str, ...]] = {
+    "models": ("model_key", "seed"),
+    "pairs": ("model_key", "analysis_key", "seed_a", "seed_b", "align", "correction"),
+    "curves": ("model_key", "analysis_key", "seed_a", "seed_b", "align", "correction", "split", "alpha"),
+    "layers": ("model_key", "analysis_key", "seed_a", "seed_b", "align", "correction", "layer"),
+}
+
+_STAMP = re.compile(r"^(\d{8}T\d{12}Z)-")
 
 
 def table_dir(sweep_root: str, table: str) -> str:
@@ -108,8 +137,14 @@ def table_dir(sweep_root: str, table: str) -> str:
 
 
 def table_file(sweep_root: str, table: str, stem: str) -> str:
-    """The Parquet file ``stem`` of ``table`` (``stem`` names one model or one pair)."""
+    """The Parquet file ``stem`` of ``table``."""
     return storage.join(table_dir(sweep_root, table), f"{stem}.parquet")
+
+
+def new_stem(label: str, at: datetime.datetime | None = None) -> str:
+    """A file stem that sorts by write time: ``<UTC stamp>-<label>-<random>``; newer files win."""
+    at = at or datetime.datetime.now(datetime.timezone.utc)
+    return f"{at.strftime('%Y%m%dT%H%M%S%f')}Z-{label}-{secrets.token_hex(3)}"
 
 
 def to_arrow(table: str, rows: Iterable[Mapping]) -> pa.Table:
@@ -124,39 +159,221 @@ def to_arrow(table: str, rows: Iterable[Mapping]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def write_rows(uri: str, table: str, rows: Iterable[Mapping]) -> None:
-    """Write ``rows`` as one Parquet file at ``uri`` atomically (readers never see half a file)."""
+def write_arrow(uri: str, data: pa.Table) -> None:
+    """Write an Arrow table as one Parquet file at ``uri`` atomically (readers never see half a file)."""
     buffer = io.BytesIO()
-    pq.write_table(to_arrow(table, rows), buffer)
+    pq.write_table(data, buffer)
     storage.write_bytes_atomic(uri, buffer.getvalue())
 
 
-def read_table(sweep_root: str, table: str) -> pd.DataFrame:
-    """Every file of ``table`` in a sweep as one DataFrame (empty, with the columns, if none).
+def write_rows(uri: str, table: str, rows: Iterable[Mapping]) -> None:
+    """Write ``rows`` of ``table`` as one Parquet file at ``uri`` atomically."""
+    write_arrow(uri, to_arrow(table, rows))
 
-    Files written by older versions that lack a column give nulls in it. Hidden files (a
-    leading ``.`` or ``_``: temporary files of a writer) are skipped.
-    """
-    schema = SCHEMAS[table]
+
+@dataclass(frozen=True)
+class TableFile:
+    """One Parquet file of a table; ``order`` ranks it by write time (older files first)."""
+
+    uri: str
+    path: str
+    name: str
+
+    @property
+    def stamp(self) -> str:
+        # files without a stamp (written by versions before 0.2) count as the oldest
+        match = _STAMP.match(self.name)
+        return match.group(1) if match else ""
+
+
+def table_files(sweep_root: str, table: str) -> list[TableFile]:
+    """The readable files of ``table``, oldest first (one listing; hidden files are skipped)."""
     folder = table_dir(sweep_root, table)
     filesystem, path = storage.resolve(folder)
-    if not storage.exists(folder):
-        return schema.empty_table().to_pandas()
-    dataset = pads.dataset(path, schema=schema, format="parquet", filesystem=filesystem)
-    return dataset.to_table().to_pandas()
+    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    files = [
+        TableFile(storage.join(folder, info.base_name), info.path, info.base_name)
+        for info in infos
+        if info.type == pafs.FileType.File
+        and info.base_name.endswith(".parquet")
+        and not info.base_name.startswith((".", "_"))
+    ]
+    return sorted(files, key=lambda f: (f.stamp, f.name))
 
 
-def load_tables(path: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
+@dataclass
+class TableRead:
+    """What :func:`read_arrow` found: the rows, and the files it had to skip."""
+
+    data: pa.Table
+    damaged: list[str] = field(default_factory=list)
+
+
+def read_arrow(
+    sweep_root: str,
+    table: str,
+    *,
+    columns: Sequence[str] | None = None,
+    newest: bool = True,
+    files: list[TableFile] | None = None,
+) -> TableRead:
+    """Every readable file of ``table`` as one Arrow table with the table's schema.
+
+    Files written by older versions that lack a column give nulls in it. A file that cannot be
+    read (truncated, not Parquet, gone while reading) is skipped with a warning naming it: it
+    costs only its own rows. With ``newest`` (the default) a fact written twice (a recomputed
+    pair, a retrained network) comes back once, from the newest file.
+    """
+    schema = SCHEMAS[table]
+    wanted = list(schema.names) if columns is None else list(columns)
+    keys = list(KEYS[table]) if newest else []
+    scan = wanted + [k for k in keys if k not in wanted]
+    files = table_files(sweep_root, table) if files is None else files
+    if not files:
+        return TableRead(schema.empty_table().select(wanted))
+    filesystem, _ = storage.resolve(files[0].uri)
+    try:  # one scan of every file: the fast path
+        data = _scan([f.path for f in files], schema, scan, filesystem)
+        damaged: list[str] = []
+    except (OSError, pa.ArrowException):  # some file is damaged: read the files one by one to find it
+        parts, damaged = [], []
+        for index, f in enumerate(files):
+            try:
+                part = _scan([f.path], schema, scan, filesystem)
+            except (OSError, pa.ArrowException) as error:
+                if storage.exists(f.uri):  # a file compacted away meanwhile is not damage
+                    damaged.append(f.uri)
+                    warnings.warn(f"skipping unreadable file {f.uri}: {_first_line(error)}", stacklevel=2)
+                continue
+            parts.append(part.set_column(part.num_columns - 1, _ORDER, pa.array([index] * len(part), pa.int64())))
+        data = pa.concat_tables(parts) if parts else _scan([], schema, scan, filesystem)
+    if keys and data.num_rows:
+        data = _keep_newest(data, keys)
+    return TableRead(data.select(wanted), damaged)
+
+
+_ORDER = "__fragment_index"
+
+
+def _scan(paths: list[str], schema: pa.Schema, columns: list[str], filesystem: pafs.FileSystem) -> pa.Table:
+    dataset = pads.dataset(paths, schema=schema, format="parquet", filesystem=filesystem)
+    return dataset.to_table(columns=[*columns, _ORDER])
+
+
+def _keep_newest(data: pa.Table, keys: list[str]) -> pa.Table:
+    """One row per key: the row from the newest file (the highest fragment index)."""
+    frame = data.select([*keys, _ORDER]).to_pandas()
+    duplicated = frame.duplicated(keys, keep="last")
+    if not duplicated.any():
+        return data
+    # rows of one file are in file order and files oldest first, so the last occurrence is the newest
+    newest_last = frame.sort_values(_ORDER, kind="stable").duplicated(keys, keep="last")
+    keep = ~newest_last.reindex(frame.index)
+    return data.filter(pa.array(keep.to_numpy()))
+
+
+COMPACT_ROWS = 2_000_000  # rows per compacted file
+COMPACT_AFTER = 8  # a sweep run compacts a table that has more files than this
+_OLDEST = "00000000T000000000000Z"
+
+
+def compact_table(sweep_root: str, table: str, *, min_files: int = 2, rows_per_file: int = COMPACT_ROWS) -> int:
+    """Rewrite ``table`` as few large files; returns how many files it replaced (0: nothing to do).
+
+    The new files hold the newest row of every fact and are named with the newest input's time, so
+    they rank where their rows did; they are written (atomically) before any input is deleted, so a
+    crash in between leaves duplicates of the same facts, never a loss. Unreadable files are moved
+    to ``_damaged/`` beside the table (readers skip it) instead of being deleted.
+    """
+    files = table_files(sweep_root, table)
+    if len(files) < min_files:
+        return 0
+    read = read_arrow(sweep_root, table, files=files)
+    stamp = max(f.stamp for f in files) or _OLDEST
+    folder = table_dir(sweep_root, table)
+    for start in range(0, read.data.num_rows, rows_per_file):
+        chunk = read.data.slice(start, rows_per_file)
+        write_arrow(table_file(sweep_root, table, f"{stamp}-compact-{secrets.token_hex(3)}"), chunk)
+    for f in files:
+        if f.uri in read.damaged:
+            storage.move(f.uri, storage.join(folder, "_damaged", f.name))
+        else:
+            storage.remove(f.uri, missing_ok=True)
+    return len(files)
+
+
+def compact_tables(sweep_root: str, *, min_files: int = COMPACT_AFTER + 1) -> int:
+    """:func:`compact_table` for every table with at least ``min_files`` files; files replaced."""
+    return sum(compact_table(sweep_root, table, min_files=min_files) for table in TABLES)
+
+
+def read_table(sweep_root: str, table: str, *, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every readable file of ``table`` in a sweep as one DataFrame (see :func:`read_arrow`)."""
+    return read_arrow(sweep_root, table, columns=columns).data.to_pandas()
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+CURRENT_KEYS = "current_keys.json"
+
+
+def write_current_keys(sweep_root: str, model_keys: Sequence[str], analysis_key: str) -> None:
+    """Record which keys the sweep's current config makes (readers default to them)."""
+    payload = {"model_key": sorted(model_keys), "analysis_key": [analysis_key]}
+    storage.write_bytes_atomic(storage.join(sweep_root, CURRENT_KEYS), json.dumps(payload, indent=1).encode())
+
+
+def current_keys(sweep_root: str) -> dict[str, list[str]] | None:
+    """The keys of the sweep's current config, or None for a folder without them (tables copied alone)."""
+    uri = storage.join(sweep_root, CURRENT_KEYS)
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except FileNotFoundError:
+        return None
+
+
+def select_keys(frame: pd.DataFrame, keys: Mapping[str, Sequence[str]]) -> pd.Series:
+    """Which rows of ``frame`` carry one of the given values in every key column it has."""
+    kept = pd.Series(True, index=frame.index)
+    for column, values in keys.items():
+        if column in frame.columns:
+            kept &= frame[column].isin(list(values))
+    return kept
+
+
+def load_tables(
+    path: str | os.PathLike[str], *, keys: str | Mapping[str, Sequence[str]] = "current"
+) -> dict[str, pd.DataFrame]:
     """The result tables of a sweep as pandas DataFrames keyed by name.
 
     Args:
         path: the sweep's folder, ``<storage>/<sweep name>`` (a local path, ``s3://`` or ``gs://``).
+        keys: which rows: ``"current"`` (the default): the model and analysis keys of the config
+            the sweep last ran with (every row for a folder that does not record them);
+            ``"all"``: every fact ever written, old settings included; or a mapping such as
+            ``{"model_key": [...], "analysis_key": [...]}``.
 
     Returns:
         ``{"models": ..., "pairs": ..., "curves": ..., "layers": ...}``; a table with no rows yet
-        is an empty DataFrame with its columns.
+        is an empty DataFrame with its columns. Each fact comes once (the newest); unreadable
+        files are skipped with a warning naming them.
     """
     root = storage.normalize(path)
     if not storage.exists(root):
         raise FileNotFoundError(f"no sweep at {root}")
-    return {name: read_table(root, name) for name in TABLES}
+    if isinstance(keys, str) and keys not in ("current", "all"):
+        raise ValueError(f"keys must be 'current', 'all' or a mapping of key columns to values, got {keys!r}")
+    selection = current_keys(root) if keys == "current" else (None if keys == "all" else keys)
+    tables = {}
+    for name in TABLES:
+        frame = read_table(root, name)
+        if selection:
+            kept = select_keys(frame, selection)
+            if not kept.all():
+                hint = "load_tables(..., keys='all') returns them" if keys == "current" else "as asked"
+                warnings.warn(f"{name}: left out {int((~kept).sum())} row(s) of other keys ({hint})", stacklevel=2)
+                frame = frame[kept].reset_index(drop=True)
+        tables[name] = frame
+    return tables

@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "plot_curves": ".plots",
     "plot_endpoint_accuracy": ".plots",
     "plot_variance_collapse": ".plots",
+    "plot_timeline": ".plots",
     "to_markdown": ".page",
     "write_report": ".page",
 }
@@ -81,6 +82,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "plot_curves",
     "plot_endpoint_accuracy",
     "plot_variance_collapse",
+    "plot_timeline",
     "relative_reduction",
     "summarise",
     "summarise_models",
@@ -110,6 +112,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         plot_barrier_vs_width,
         plot_curves,
         plot_endpoint_accuracy,
+        plot_timeline,
         plot_variance_collapse,
     )
     from .statistics import (

@@ -10,6 +10,7 @@ import datetime as _dt
 import html
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from .plots import (
     plot_barrier_vs_width,
     plot_curves,
     plot_endpoint_accuracy,
+    plot_timeline,
     plot_variance_collapse,
 )
 from .statistics import (
@@ -89,6 +91,7 @@ def write_report(
     *,
     model_key: str | None = None,
     notes: Sequence[str] = (),
+    keys: str = "current",
 ) -> Path:
     """Write the report of a sweep: ``summary.csv``, ``summary.md``, plots (PNG + SVG), ``index.html``.
 
@@ -101,6 +104,8 @@ def write_report(
         model_key: the model config of the curves and variance-collapse plots (default: the
             deepest, then widest, config with finished pairs).
         notes: extra lines for the top of ``index.html`` (e.g. the sweep's progress).
+        keys: ``current`` (the config the sweep last ran with) or ``all`` (see
+            :func:`repair_ray.load_tables`); the summary never pools two model or analysis keys.
 
     Returns:
         The path of ``index.html``.
@@ -114,7 +119,10 @@ def write_report(
         raise ValueError(f"the report's output folder must be local, got {out_dir}")
     out = Path(os.fspath(out_dir).removeprefix("file://"))
 
-    tables = load_tables(sweep)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tables = load_tables(sweep, keys=keys)
+    notes = [*notes, *(str(w.message) for w in caught)]  # damaged files and rows of other keys
     ok = ok_tables(tables)
     if model_key is not None and not (ok["pairs"]["model_key"] == model_key).any():
         raise ValueError(
@@ -151,6 +159,11 @@ def write_report(
             "repaired lines often coincide at 1).",
         ),
         _Plot("endpoint_accuracy", "Endpoint accuracy vs width", "Accuracy of the trained networks (test and train)."),
+        _Plot(
+            "timeline",
+            "Timeline of the cluster's work",
+            "Every trial and pair task over time, a band per node and a lane per task running at once.",
+        ),
     ]
     makers = {
         "barrier_vs_width": lambda stem: plot_barrier_vs_width(ok["pairs"], stem),
@@ -160,6 +173,7 @@ def write_report(
             ok["layers"], stem, model_key=model_key, pairs=ok["pairs"]
         ),
         "endpoint_accuracy": lambda stem: plot_endpoint_accuracy(tables["models"], stem),
+        "timeline": lambda stem: plot_timeline(tables["models"], tables["pairs"], stem),
     }
     for plot in plots:
         for fmt in PLOT_FORMATS:  # never leave a stale plot of an earlier report beside this one

@@ -322,3 +322,60 @@ def plot_endpoint_accuracy(models: pd.DataFrame, stem: str | os.PathLike[str]) -
     context = _context(ok)
     ax.set_title(f"Accuracy vs width{': ' + context if context else ''} (mean over seeds, 95% CI)", fontsize=10)
     return _save(fig, stem)
+
+
+def plot_timeline(models: pd.DataFrame, pairs: pd.DataFrame, stem: str | os.PathLike[str]) -> list[Path]:
+    """Where the cluster's time went: every trial and pair task as a bar over time, a lane per slot.
+
+    One band per Ray node; within it, each task takes the first lane free at its start, so the
+    lanes count how many tasks a node ran at once. Trials and pairs in two colours, so the
+    overlap of the stages (pipelining) and idle gaps are visible. Rows without
+    ``started_at``/``finished_at`` (older versions) are left out; raises ``ValueError`` when none has them.
+    """
+    tasks = []
+    for kind, frame, ids in (
+        ("train", models, ["model_key", "seed"]),
+        ("pairs", pairs, ["model_key", "analysis_key", "seed_a", "seed_b"]),
+    ):
+        if frame.empty or "started_at" not in frame.columns:
+            continue
+        timed = frame.dropna(subset=["started_at", "finished_at"])
+        # a pair's rows (one per method) share one task: one bar each
+        timed = timed.drop_duplicates([c for c in ids if c in timed.columns] + ["started_at"])
+        for row in timed.itertuples(index=False):
+            tasks.append((kind, str(getattr(row, "node_id", "") or "?"), row.started_at, row.finished_at))
+    if not tasks:
+        raise ValueError("no rows with started_at / finished_at (tables written by an older version)")
+    origin = min(t[2] for t in tasks)
+    span = (max(t[3] for t in tasks) - origin).total_seconds()
+    unit, per = ("minutes", 60.0) if span >= 120 else ("seconds", 1.0)
+    nodes = sorted({t[1] for t in tasks})
+    fig, axes = _figure(1, 1, width=9.0, height=max(2.5, 0.9 + 0.35 * len(tasks) ** 0.5 * len(nodes)))
+    ax = axes[0][0]
+    colors = {"train": "tab:blue", "pairs": "tab:orange"}
+    base = 0
+    ticks, labels = [], []
+    for node in nodes:
+        lanes: list[float] = []  # the time each lane of this node is free again
+        for kind, _, start, end in sorted((t for t in tasks if t[1] == node), key=lambda t: t[2]):
+            s, e = (start - origin).total_seconds() / per, (end - origin).total_seconds() / per
+            lane = next((i for i, free in enumerate(lanes) if free <= s), len(lanes))
+            if lane < len(lanes):
+                lanes[lane] = e
+            else:
+                lanes.append(e)
+            ax.barh(base + lane, max(e - s, 1e-3), left=s, height=0.8, color=colors[kind], alpha=0.85)
+        ticks.append(base + (len(lanes) - 1) / 2)
+        labels.append(f"node {node[:8]}" if node != "?" else "node ?")
+        base += len(lanes) + 1
+    ax.set_yticks(ticks, labels)
+    ax.set_xlabel(f"{unit} since the first task started")
+    ax.grid(axis="x", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=c, label=k) for k, c in colors.items()], fontsize=9, loc="upper right")
+    n_train = sum(t[0] == "train" for t in tasks)
+    ax.set_title(
+        f"Timeline: {n_train} trials and {len(tasks) - n_train} pair tasks on {len(nodes)} node(s)", fontsize=10
+    )
+    return _save(fig, stem)

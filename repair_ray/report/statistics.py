@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-GROUP_KEYS = ("arch", "dataset", "norm", "width", "depth", "align", "correction")
-"""The summary's groups: one model description (arch, dataset, norm, width, depth) x method."""
+GROUP_KEYS = ("arch", "dataset", "norm", "width", "depth", "align", "correction", "model_key", "analysis_key")
+"""The summary's groups: one model description x method, never pooling two model or analysis keys
+(networks trained, or pairs analysed, with other settings are other facts)."""
 MODEL_KEYS = ("arch", "dataset", "norm", "width", "depth")
-PAIR_ID = ("model_key", "seed_a", "seed_b")
+PAIR_ID = ("model_key", "analysis_key", "seed_a", "seed_b")
 REDUCTION_COLUMNS = ("barrier_train_loss", "barrier_train_error", "barrier_test_loss", "barrier_test_error")
 """The max-over-alpha barriers (never negative) whose relative reduction the summary reports."""
 PLOT_METRICS = ("barrier_test_loss", "barrier_test_error")
@@ -47,7 +48,18 @@ def barrier_columns(pairs: pd.DataFrame) -> list[str]:
 
 
 def _pairs_of(data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    return data["pairs"] if isinstance(data, Mapping) else data
+    return _with_analysis_key(data["pairs"] if isinstance(data, Mapping) else data)
+
+
+def _with_analysis_key(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with an ``analysis_key`` column without nulls: rows of tables written before analysis
+    keys existed, or a frame built by hand, are one analysis with the empty key (groups and joins
+    treat a null as no value, so it would drop them)."""
+    if "analysis_key" not in frame.columns:
+        return frame.assign(analysis_key="")
+    if frame["analysis_key"].isna().any():
+        return frame.assign(analysis_key=frame["analysis_key"].fillna(""))
+    return frame
 
 
 def _is_ok(frame: pd.DataFrame) -> pd.Series:
@@ -164,7 +176,15 @@ def summarise(
         return pd.DataFrame({c: pd.Series(dtype=_dtype_of(pairs, c) if c in keys else float) for c in columns})
 
     # pair counts: an ok pair per group; a failed pair per group unless the same pair is also ok there
-    pid = pairs["model_key"].astype(str) + "/" + pairs["seed_a"].astype(str) + "/" + pairs["seed_b"].astype(str)
+    pid = (
+        pairs["model_key"].astype(str)
+        + "/"
+        + pairs["analysis_key"].astype(str)
+        + "/"
+        + pairs["seed_a"].astype(str)
+        + "/"
+        + pairs["seed_b"].astype(str)
+    )
     pairs = pairs.assign(_pid=pid, _ok=_is_ok(pairs))
     ok = pairs[pairs["_ok"]]
     bad = pairs[~pairs["_ok"]].merge(
@@ -267,8 +287,8 @@ def ok_tables(tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     (pair, align, correction) whose ``pairs`` row is ``ok`` (rows of a pair still in flight, whose
     ``pairs`` file is not written yet, are left out).
     """
-    out = dict(tables)
-    pairs = tables.get("pairs")
+    out = {name: _with_analysis_key(frame) if name != "models" else frame for name, frame in tables.items()}
+    pairs = out.get("pairs")
     if pairs is None:
         return out
     ok = pairs[_is_ok(pairs)]
@@ -278,7 +298,7 @@ def ok_tables(tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     ids = [*PAIR_ID, "align", "correction"]
     done = ok[ids].drop_duplicates()
     for name in ("curves", "layers"):
-        frame = tables.get(name)
+        frame = out.get(name)
         if frame is None:
             continue
         if frame.empty or done.empty:
@@ -341,7 +361,14 @@ def compact_summary(summary: pd.DataFrame) -> pd.DataFrame:
         row["endpoint_test_acc"] = _cell(r.get("endpoint_test_acc_mean"), None)
         row["midpoint_test_acc"] = _cell(r.get("midpoint_test_acc_mean"), None)
         rows.append(row)
-    columns = [*GROUP_KEYS, "pairs", "failed", *PLOT_METRICS]
+    # the keys are shown only where a description has rows of several (they stay separate groups)
+    described = [k for k in GROUP_KEYS if k not in ("model_key", "analysis_key")]
+    shown = [
+        k
+        for k in ("model_key", "analysis_key")
+        if not summary.empty and summary.groupby(described, dropna=False)[k].nunique(dropna=False).max() > 1
+    ]
+    columns = [*described, *shown, "pairs", "failed", *PLOT_METRICS]
     columns += [f"reduction_{m.removeprefix('barrier_')} %" for m in PLOT_METRICS]
     columns += ["endpoint_test_acc", "midpoint_test_acc"]
     return pd.DataFrame(rows, columns=columns)

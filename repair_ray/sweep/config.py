@@ -59,6 +59,8 @@ class SweepConfig:
     pair_settings: PairSettings
     resources: Resources
     max_pairs_in_flight: int | None
+    flush_pairs: int
+    flush_seconds: float
     pair_retries: int
     train_retries: int
     raw: dict[str, Any]
@@ -189,6 +191,8 @@ def _expand(
         pair_settings=settings,
         resources=s.resources,
         max_pairs_in_flight=s.max_pairs_in_flight,
+        flush_pairs=s.flush.pairs,
+        flush_seconds=s.flush.seconds,
         pair_retries=s.pair_retries,
         train_retries=s.train_retries,
         raw=raw,
@@ -208,6 +212,10 @@ def _check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
     for key in ("pair_retries", "train_retries"):
         if getattr(s, key) < 0:
             problems.append(f"{key}: must be 0 or more, got {getattr(s, key)}")
+    if s.flush.pairs < 1:
+        problems.append(f"flush.pairs: must be a positive integer, got {s.flush.pairs}")
+    if not (math.isfinite(s.flush.seconds) and s.flush.seconds >= 0):
+        problems.append(f"flush.seconds: must be 0 or more, got {s.flush.seconds}")
     if isinstance(s.pairs, FirstPairs) and s.pairs.first < 1:
         problems.append(f"pairs.first: must be a positive integer, got {s.pairs.first}")
 

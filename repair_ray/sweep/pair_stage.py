@@ -1,31 +1,36 @@
-"""Pair stage: one Ray task per pair of trained seeds; each finished pair is its own Parquet file.
+"""Pair stage: one Ray task per pair of trained seeds, rows batched into part files.
 
-The driver reads the ``models`` table, forms the pairs of every model config from its seeds that
-trained ``ok``, skips pairs whose ``pairs`` file already says ``ok``, and keeps a bounded number
-of tasks in flight. Each task loads both checkpoints by URI and calls the core's
-:func:`repair_ray.pair.analyse_pair`; the driver writes the rows it returns (``curves`` and
-``layers`` first, ``pairs`` last, each atomically), so a crash loses at most the pairs in
-flight and the ``pairs`` file doubles as the "done" marker.
+The driver knows which trials are trained (from the ``models`` table, and as the train stage
+finishes them: the stages are pipelined, so a pair starts as soon as both its networks are
+there). For every pair of the current config it asks the tables which (align, correction) are
+not complete under the current analysis key, and keeps a bounded number of tasks in flight over
+a lazy queue. Each task loads both checkpoints and calls the core's
+:func:`repair_ray.pair.analyse_pair`; the driver buffers the rows it returns and flushes them
+every ``flush.pairs`` pairs or ``flush.seconds`` seconds as one part file per table (``curves``
+and ``layers`` first, ``pairs`` last, each atomic), so a crash loses at most the work in flight
+plus one flush interval, and a re-run recomputes exactly what the tables lack or cannot read.
 """
 
 from __future__ import annotations
 
+import collections
 import math
+import queue
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..io.checkpoint import load_checkpoint
-from ..io.tables import table_file, write_rows
+from ..io.tables import new_stem, table_file, write_rows
 from ..models import ModelConfig
 from ..pair import PairSettings, analyse_pair
 from .cluster import resolve_resources
 from .config import SweepConfig
-from .planning import pair_stem, plan_pair_jobs
+from .planning import PairState, analysis_key, forward_flops, missing_methods, pair_stem, read_pair_state
 from .progress import Progress
 from .rows import model_columns
-from .worker import cached_dataset, error_text, node_id, setup_worker
+from .worker import cached_dataset, error_text, node_id, setup_worker, utc_now
 
 METRIC_COLUMNS = (
     "barrier_train_loss",
@@ -35,62 +40,84 @@ METRIC_COLUMNS = (
     "midpoint_test_loss",
     "midpoint_test_acc",
 )
+FLUSH_PAIRS = 200  # pairs per part file at most (the config's flush.pairs)
+FLUSH_SECONDS = 30.0  # ... and at most this long between flushes (flush.seconds)
+
+# (model_key, seed_a, seed_b, uri_a, uri_b, aligns, corrections): what differs between the tasks
+Job = tuple[str, int, int, str, str, tuple[str, ...], tuple[str, ...]]
 
 
-def _identity(job: dict[str, Any]) -> dict[str, Any]:
+def stage_context(config: SweepConfig, threads: float) -> dict[str, Any]:
+    """What every pair task of the stage shares, sent to the object store once (not once per task)."""
     return {
-        "sweep": job["sweep"],
-        "model_key": job["model_key"],
-        "seed_a": job["seed_a"],
-        "seed_b": job["seed_b"],
+        "sweep": config.name,
+        "dataset": config.dataset.as_dict(),
+        "settings": asdict(config.pair_settings),
+        "analysis_key": analysis_key(config.pair_settings, config.dataset.as_dict()),
+        "threads": threads,
+        "models": {plan.model_key: asdict(plan.model) for plan in config.models},
     }
 
 
-def failed_rows(job: dict[str, Any], error: str, device: str = "") -> dict[str, list[dict[str, Any]]]:
+def _identity(context: dict[str, Any], job: Job) -> dict[str, Any]:
+    return {
+        "sweep": context["sweep"],
+        "model_key": job[0],
+        "analysis_key": context["analysis_key"],
+        "seed_a": job[1],
+        "seed_b": job[2],
+    }
+
+
+def _job_settings(context: dict[str, Any], job: Job) -> PairSettings:
+    return PairSettings(**{**context["settings"], "aligns": job[5], "corrections": job[6]})
+
+
+def failed_rows(context: dict[str, Any], job: Job, error: str, device: str = "") -> dict[str, list[dict[str, Any]]]:
     """One ``failed`` pairs row per requested (align, correction), with the reason."""
+    model = context["models"][job[0]]
+    now = utc_now()
     rows = [
         {
-            **_identity(job),
-            **model_columns(job["model"], job["dataset"]),
+            **_identity(context, job),
+            **model_columns(model, context["dataset"]),
             "align": align,
             "correction": correction,
             **{k: math.nan for k in METRIC_COLUMNS},
             "device": device,
             "status": "failed",
             "error": error,
+            "finished_at": now,
         }
-        for align, correction in PairSettings(**job["settings"]).methods(
-            batchnorm=ModelConfig(**job["model"]).has_batchnorm
-        )
+        for align, correction in _job_settings(context, job).methods(batchnorm=ModelConfig(**model).has_batchnorm)
     ]
     return {"pairs": rows, "curves": [], "layers": []}
 
 
-def pair_task(job: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def pair_task(context: dict[str, Any], job: Job) -> dict[str, list[dict[str, Any]]]:
     """Run in a Ray worker: load both checkpoints, analyse the pair, return the table rows.
 
     Any error of this pair (missing or corrupt checkpoint, a failure inside the analysis) becomes
     ``failed`` rows with the reason; only the death of the worker itself escapes (Ray retries it).
     """
-    device = setup_worker(job["threads"])
+    started_at = utc_now()
+    device = setup_worker(context["threads"])
+    model_config = ModelConfig(**context["models"][job[0]])
     try:
-        checkpoint_a = load_checkpoint(job["uri_a"], map_location=device)
-        checkpoint_b = load_checkpoint(job["uri_b"], map_location=device)
-        dataset = cached_dataset(job["dataset"], device)
-        model_config = ModelConfig(**job["model"])
+        dataset = cached_dataset(context["dataset"], device)
         models = []
-        for checkpoint in (checkpoint_a, checkpoint_b):
+        for uri in job[3:5]:
             model = model_config.build(dataset.num_classes, dataset.in_shape).to(device)
-            model.load_state_dict(checkpoint.state_dict)
+            model.load_state_dict(load_checkpoint(uri, map_location=device).state_dict)
             models.append(model.eval())
-        settings = PairSettings(**job["settings"])
-        result = analyse_pair(models[0], models[1], dataset, settings)
+        result = analyse_pair(models[0], models[1], dataset, _job_settings(context, job))
     except Exception as error:  # noqa: BLE001 - every failure of a pair is data for its row
-        return failed_rows(job, error_text(error), str(device))
-    ident, desc = _identity(job), model_columns(job["model"], job["dataset"])
+        return failed_rows(context, job, error_text(error), str(device))
+    ident, desc = _identity(context, job), model_columns(context["models"][job[0]], context["dataset"])
+    when = {"started_at": started_at, "finished_at": utc_now()}
     return {
         "pairs": [
-            {**ident, **desc, **row, "device": str(device), "node_id": node_id(), "status": "ok"}
+            {**ident, **desc, **row, "device": str(device), "node_id": node_id(), "status": "ok", **when}
             for row in result.pairs
         ],
         "curves": [{**ident, **row} for row in result.curves],
@@ -98,12 +125,46 @@ def pair_task(job: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def write_pair(root: str, job: dict[str, Any], rows: dict[str, list[dict[str, Any]]]) -> None:
-    """Write a pair's rows: ``curves`` and ``layers`` first, then ``pairs``, the done marker."""
-    stem = pair_stem(job["model_key"], job["seed_a"], job["seed_b"])
-    for table in ("curves", "layers", "pairs"):
-        if rows[table] or table == "pairs":
-            write_rows(table_file(root, table, stem), table, rows[table])
+@dataclass
+class PartWriter:
+    """Buffers finished pairs' rows and writes them as one part file per table, atomically.
+
+    ``curves`` and ``layers`` are written before ``pairs``: a pair whose ``pairs`` rows are on
+    storage has the rest too, unless a file was damaged later (then the re-run recomputes it).
+    """
+
+    root: str
+    max_pairs: int = FLUSH_PAIRS
+    max_seconds: float = FLUSH_SECONDS
+    buffered: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"curves": [], "layers": [], "pairs": []})
+    pairs: int = 0
+    since: float = field(default_factory=time.monotonic)
+    files: int = 0
+
+    def add(self, rows: dict[str, list[dict[str, Any]]]) -> None:
+        if not self.pairs:
+            self.since = time.monotonic()
+        for table, table_rows in rows.items():
+            self.buffered[table].extend(table_rows)
+        self.pairs += 1
+        if self.pairs >= self.max_pairs or time.monotonic() - self.since >= self.max_seconds:
+            self.flush()
+
+    def flush_if_due(self) -> None:
+        """Flush when the oldest buffered pair has waited ``max_seconds`` (called while nothing arrives)."""
+        if self.pairs and time.monotonic() - self.since >= self.max_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pairs:
+            return
+        stem = new_stem("part")
+        for table in ("curves", "layers", "pairs"):
+            if self.buffered[table]:
+                write_rows(table_file(self.root, table, stem), table, self.buffered[table])
+                self.files += 1
+        self.buffered = {"curves": [], "layers": [], "pairs": []}
+        self.pairs = 0
 
 
 @dataclass
@@ -114,6 +175,65 @@ class PairStageSummary:
     failed: int
     left_out: int
     seconds: float
+    first_row_seconds: float | None = None  # from the stage's start to the first pair written
+
+
+class PairQueue:
+    """The pairs still to analyse, released as their networks become trained (lazily, in a deque).
+
+    It holds one small tuple per ready pair and looks a pair up only when one of its seeds is
+    reported trained, so a 100,000-pair sweep plans in seconds and a few MB.
+    """
+
+    def __init__(self, config: SweepConfig, state: PairState) -> None:
+        self.config, self.state = config, state
+        self.settings = config.pair_settings
+        self.ready: collections.deque[Job] = collections.deque()
+        self.trained: dict[tuple[str, int], str] = {}
+        self.plans = {plan.model_key: plan for plan in config.models}
+        self.partners = {
+            plan.model_key: {s: [p for p in plan.pairs if s in p] for s in plan.seeds} for plan in config.models
+        }
+        self.done = sum(
+            1
+            for plan in config.models
+            for a, b in plan.pairs
+            if missing_methods((plan.model_key, a, b), state, self.settings, plan.model.has_batchnorm) is None
+        )
+        self.todo = config.n_pairs - self.done
+        self.released: set[tuple[str, int, int]] = set()
+
+    def add_trained(self, trained: dict[tuple[str, int], str]) -> None:
+        """Networks that are trained (model_key, seed) -> checkpoint URI; releases their ready pairs."""
+        fresh = [key for key in trained if key not in self.trained]
+        self.trained.update(trained)
+        for model_key, seed in fresh:
+            if model_key in self.partners:
+                self.ready.extend(self._jobs(model_key, seed))
+
+    def _jobs(self, model_key: str, seed: int) -> Iterator[Job]:
+        """The pairs of ``seed`` whose other network is trained too, each released once, if incomplete."""
+        plan = self.plans[model_key]
+        for a, b in self.partners[model_key].get(seed, ()):
+            other = b if a == seed else a
+            if (model_key, other) not in self.trained or (model_key, a, b) in self.released:
+                continue
+            self.released.add((model_key, a, b))
+            gaps = missing_methods((model_key, a, b), self.state, self.settings, plan.model.has_batchnorm)
+            if gaps is not None:
+                yield (model_key, a, b, self.trained[(model_key, a)], self.trained[(model_key, b)], *gaps)
+
+    def left_out(self) -> list[str]:
+        """Pairs that can never run: a network of theirs failed or was never trained."""
+        out = []
+        for plan in self.config.models:
+            for a, b in plan.pairs:
+                if (plan.model_key, a) in self.trained and (plan.model_key, b) in self.trained:
+                    continue
+                gaps = missing_methods((plan.model_key, a, b), self.state, self.settings, plan.model.has_batchnorm)
+                if gaps is not None:
+                    out.append(pair_stem(plan.model_key, a, b))
+        return out
 
 
 def make_remote_pair_task(cpu: float, gpu: float, retries: int) -> Any:
@@ -127,50 +247,86 @@ def make_remote_pair_task(cpu: float, gpu: float, retries: int) -> Any:
 def run_pair_stage(
     config: SweepConfig,
     *,
+    trained: dict[tuple[str, int], str] | None = None,
+    events: queue.Queue | None = None,
     say: Callable[[str], None] = print,
     remote_task: Any = None,
 ) -> PairStageSummary:
-    """Analyse every pair of the sweep that is not on storage yet; returns counts.
+    """Analyse every pair of the sweep that the tables lack; returns counts.
 
+    ``trained`` maps (model_key, seed) to checkpoint URIs of the networks ready now (default: read
+    from the ``models`` table). With ``events``, the train stage is still running: it puts
+    ``(model_key, seed, uri_or_None)`` for each trial that ends and ``None`` when it is done.
     ``remote_task`` replaces the Ray remote function (tests inject failures with it).
     """
     import ray
 
     started = time.time()
+    if trained is None:
+        from .train_stage import plan_trials
+
+        trained = plan_trials(config).done
     cpu, gpu = resolve_resources(config.resources.pair, "resources.pair", say)
-    plan = plan_pair_jobs(config, cpu)
-    total = config.n_pairs
-    for stem in plan.left_out:
-        say(f"[pairs] left out {stem}: a model of the pair did not train")
-    say(f"[pairs] {plan.done} of {total} pairs already done; {len(plan.jobs)} to run")
+    context = stage_context(config, cpu)
+    state = read_pair_state(config.root, context["analysis_key"])
+    pairs = PairQueue(config, state)
+    # longest first among the pairs ready now: the end of the stage is not one big pair alone
+    cost = {p.model_key: forward_flops(p.model, config.dataset.name, config.dataset.options) for p in config.models}
+    pairs.add_trained(dict(sorted(trained.items(), key=lambda item: -cost.get(item[0][0], 0.0))))
+    say(f"[pairs] {pairs.done} of {config.n_pairs} pairs already done; {pairs.todo} to run")
     task = remote_task or make_remote_pair_task(cpu, gpu, config.pair_retries)
+    context_ref = ray.put(context)
     limit = config.max_pairs_in_flight or max(2, 2 * _slots(cpu, gpu))
-    progress = Progress("pairs", len(plan.jobs), say, unit="pairs")
-    pending: dict[Any, dict[str, Any]] = {}
-    queue = list(plan.jobs)
-    failed = 0
-    while queue or pending:
-        while queue and len(pending) < limit:
-            job = queue.pop(0)
-            pending[task.remote(job)] = job
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            job = pending.pop(ref)
-            try:
-                rows = ray.get(ref)
-            except Exception as error:  # noqa: BLE001 - the worker died more often than retries allow
-                rows = failed_rows(job, f"worker failed: {error_text(error)}")
-            write_pair(config.root, job, rows)
-            ok = all(r["status"] == "ok" for r in rows["pairs"])
-            failed += 0 if ok else 1
-            note = pair_stem(job["model_key"], job["seed_a"], job["seed_b"])
-            if not ok:
-                note += f" FAILED: {rows['pairs'][0]['error']}"
-            progress.advance(ok=ok, note=note)
+    progress = Progress("pairs", pairs.todo, say, unit="pairs")
+    writer = PartWriter(config.root, config.flush_pairs, config.flush_seconds)
+    pending: dict[Any, Job] = {}
+    training = events is not None
+    ran = failed = 0
+    first_row: float | None = None
+    try:
+        while pairs.ready or pending or training:
+            while training:  # take every trial that has ended since the last look
+                try:
+                    event = events.get(timeout=0.2 if not (pairs.ready or pending) else 0)
+                except queue.Empty:
+                    break
+                if event is None:
+                    training = False
+                elif event[2] is not None:  # a failed trial releases nothing; its pairs are left out
+                    pairs.add_trained({event[:2]: event[2]})
+            while pairs.ready and len(pending) < limit:
+                job = pairs.ready.popleft()
+                pending[task.remote(context_ref, job)] = job
+            writer.flush_if_due()
+            if not pending:
+                continue
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5 if training else None)
+            for ref in ready:
+                job = pending.pop(ref)
+                try:
+                    rows = ray.get(ref)
+                except Exception as error:  # noqa: BLE001 - the worker died more often than retries allow
+                    rows = failed_rows(context, job, f"worker failed: {error_text(error)}")
+                writer.add(rows)
+                if first_row is None:
+                    writer.flush()  # the first result reaches storage at once: a sign of life
+                    first_row = time.time() - started
+                ok = all(r["status"] == "ok" for r in rows["pairs"])
+                ran += 1
+                failed += 0 if ok else 1
+                note = pair_stem(*job[:3])
+                if not ok:
+                    note += f" FAILED: {rows['pairs'][0]['error']}"
+                progress.advance(ok=ok, note=note)
+    finally:
+        writer.flush()
+    left_out = pairs.left_out()
+    for stem in left_out:
+        say(f"[pairs] left out {stem}: a model of the pair did not train")
     seconds = time.time() - started
-    if plan.jobs:
-        say(f"[pairs] done in {seconds:.0f}s: {len(plan.jobs) - failed} ok, {failed} failed")
-    return PairStageSummary(total, plan.done, len(plan.jobs), failed, len(plan.left_out), seconds)
+    if ran:
+        say(f"[pairs] done in {seconds:.0f}s: {ran - failed} ok, {failed} failed")
+    return PairStageSummary(config.n_pairs, pairs.done, ran, failed, len(left_out), seconds, first_row)
 
 
 def _slots(cpu: float, gpu: float) -> int:

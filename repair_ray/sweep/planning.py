@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow.compute as pc
 
 from ..datasets import dataset_in_shape, split_sizes
-from ..io.tables import read_table
+from ..io.tables import read_arrow
 from ..models import ModelConfig
-from ..pair import sample_forwards
+from ..pair import PairSettings, sample_forwards
 from ..training import TrainConfig
 
 if TYPE_CHECKING:
@@ -59,8 +60,21 @@ def pair_stem(model_key: str, seed_a: int, seed_b: int) -> str:
     return f"{model_key}__{seed_a}-{seed_b}"
 
 
+def analysis_key(settings: PairSettings, dataset: dict[str, Any]) -> str:
+    """A readable, stable key of every setting that determines a pair's rows, besides the networks.
+
+    Alphas, evaluation and statistics sample counts and batch sizes, the subset and matching
+    seeds, iterations and the dataset; not the lists of aligns and corrections, since each row is
+    about one (align, correction): adding a method keeps every row already computed.
+    """
+    fields = {k: v for k, v in asdict(settings).items() if k not in ("aligns", "corrections")}
+    payload = json.dumps({"settings": fields, "dataset": dataset}, sort_keys=True, default=str)
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
+    return f"a{len(settings.alphas)}-s{settings.stat_samples}-{digest}"
+
+
 def pair_outcomes(pairs: pd.DataFrame) -> dict[tuple[str, int, int], bool]:
-    """(model_key, seed_a, seed_b) -> whether every row of that pair is ``ok`` (the "done" rule)."""
+    """(model_key, seed_a, seed_b) -> whether every row of that pair is ``ok``."""
     if not len(pairs):
         return {}
     status = pairs.groupby(["model_key", "seed_a", "seed_b"])["status"].agg(lambda s: bool((s == "ok").all()))
@@ -68,57 +82,68 @@ def pair_outcomes(pairs: pd.DataFrame) -> dict[tuple[str, int, int], bool]:
 
 
 def model_outcomes(models: pd.DataFrame) -> dict[tuple[str, int], str]:
-    """(model_key, seed) -> the status of that trial's row (``ok`` or ``failed``)."""
+    """(model_key, seed) -> the status of that trial's newest row (``ok`` or ``failed``)."""
     return {
         (str(k), int(s)): str(st)
         for k, s, st in zip(models["model_key"], models["seed"], models["status"], strict=True)
     }
 
 
+Method = tuple[str, str]  # (align, correction)
+PairId = tuple[str, int, int]  # (model_key, seed_a, seed_b)
+_PAIR_METHOD = ["model_key", "seed_a", "seed_b", "align", "correction"]
+
+
 @dataclass
-class PairJobs:
-    jobs: list[dict[str, Any]]
-    done: int  # already on disk with status ok
-    left_out: list[str]  # pairs that cannot run because a model failed or is missing
+class PairState:
+    """What the tables hold for one analysis key: per pair, its complete methods, and its failures.
+
+    A (pair, method) is complete when its ``pairs`` row says ``ok`` and its ``curves`` and
+    ``layers`` rows are readable too: a damaged file of any of the three makes it missing again.
+    """
+
+    complete: dict[PairId, set[Method]]
+    failed: set[PairId]
 
 
-def plan_pair_jobs(config: SweepConfig, threads: float) -> PairJobs:
-    """The pair tasks still to run, from the ``models`` and ``pairs`` tables on storage."""
-    models = read_table(config.root, "models")
-    trained = {(str(r.model_key), int(r.seed)): r for r in models.itertuples(index=False) if r.status == "ok"}
-    finished = {key for key, ok in pair_outcomes(read_table(config.root, "pairs")).items() if ok}
-    settings = asdict(config.pair_settings)
-    jobs, left_out, done = [], [], 0
-    for plan in config.models:
-        for seed_a, seed_b in plan.pairs:
-            if (plan.model_key, seed_a, seed_b) in finished:
-                done += 1
-                continue
-            a, b = trained.get((plan.model_key, seed_a)), trained.get((plan.model_key, seed_b))
-            if a is None or b is None:
-                left_out.append(pair_stem(plan.model_key, seed_a, seed_b))
-                continue
-            jobs.append(
-                {
-                    "sweep": config.name,
-                    "model_key": plan.model_key,
-                    "model": asdict(plan.model),
-                    "dataset": config.dataset.as_dict(),
-                    "seed_a": seed_a,
-                    "seed_b": seed_b,
-                    "uri_a": a.checkpoint_uri,
-                    "uri_b": b.checkpoint_uri,
-                    "settings": settings,
-                    "threads": threads,
-                }
-            )
-    # Longest first: the most expensive pairs start early, so the end of the stage is not one
-    # worker finishing a big pair while the others idle (stable: config order among equals).
-    cost = {
-        plan.model_key: forward_flops(plan.model, config.dataset.name, config.dataset.options) for plan in config.models
-    }
-    jobs.sort(key=lambda job: -cost[job["model_key"]])
-    return PairJobs(jobs, done, left_out)
+def read_pair_state(root: str, key: str) -> PairState:
+    """The :class:`PairState` of analysis key ``key``, from the key columns of the tables only."""
+
+    def methods(table: str, *extra: str) -> pd.DataFrame:
+        data = read_arrow(root, table, columns=[*_PAIR_METHOD, "analysis_key", *extra], newest=table == "pairs").data
+        data = data.filter(pc.equal(data["analysis_key"], key))
+        if not extra:
+            data = data.group_by(_PAIR_METHOD).aggregate([])
+        return data.to_pandas()
+
+    pairs = methods("pairs", "status")
+    with_curves, with_layers = _methods(methods("curves")), _methods(methods("layers"))
+    complete: dict[PairId, set[Method]] = {}
+    for item in _methods(pairs[pairs["status"] == "ok"]):
+        if item in with_curves and item in with_layers:
+            complete.setdefault(item[:3], set()).add(item[3:])
+    failed = {item[:3] for item in _methods(pairs[pairs["status"] != "ok"])}
+    return PairState(complete, failed)
+
+
+def _methods(frame: pd.DataFrame) -> set[tuple[str, int, int, str, str]]:
+    return {(str(k), int(a), int(b), str(al), str(c)) for k, a, b, al, c in frame[_PAIR_METHOD].itertuples(index=False)}
+
+
+def missing_methods(
+    pair: PairId, state: PairState, settings: PairSettings, batchnorm: bool
+) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The (aligns, corrections) a pair still needs, None when it is complete.
+
+    Their product covers every gap (it may recompute a method that is there: the newest row wins).
+    """
+    have = state.complete.get(pair, set())
+    gaps = [m for m in settings.methods(batchnorm=batchnorm) if m not in have]
+    if not gaps:
+        return None
+    aligns = tuple(a for a in settings.aligns if any(g[0] == a for g in gaps))
+    corrections = tuple(c for c in settings.corrections if any(g[1] == c for g in gaps))
+    return aligns, corrections
 
 
 def forward_flops(model: ModelConfig, dataset: str, options: dict[str, Any]) -> float:

@@ -1,7 +1,9 @@
-"""The whole sweep: train stage, then pair stage, then a short summary; and a sweep's status."""
+"""The whole sweep: train and pair stages pipelined, then compaction; and a sweep's status."""
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,12 +11,12 @@ from dataclasses import dataclass
 import yaml
 
 from ..io import storage
-from ..io.tables import read_table
+from ..io.tables import compact_tables, read_table, write_current_keys
 from .cluster import connect
 from .config import SweepConfig, parse_config
 from .pair_stage import PairStageSummary, run_pair_stage
-from .planning import model_outcomes, pair_outcomes
-from .train_stage import TrainStageSummary, run_train_stage
+from .planning import analysis_key, missing_methods, model_outcomes, read_pair_state
+from .train_stage import TrainStageSummary, checkpoint_uri, plan_trials, run_train_stage
 
 CONFIG_NAME = "sweep.yaml"
 
@@ -50,13 +52,49 @@ def run_sweep(
     owns_ray = not ray.is_initialized()
     connect(address, num_cpus=num_cpus)
     say(f"[sweep] {config.name}: {config.n_trials} trials, {config.n_pairs} pairs -> {config.root}")
+    write_current_keys(
+        config.root, [p.model_key for p in config.models], analysis_key(config.pair_settings, config.dataset.as_dict())
+    )
     try:
-        train = run_train_stage(config, say=say)
-        pairs = run_pair_stage(config, say=say)
+        train, pairs = _run_stages(config, say)
+        compacted = compact_tables(config.root)
+        if compacted:
+            say(f"[sweep] compacted {compacted} table files")
     finally:
         if owns_ray:
             ray.shutdown()
     return SweepResult(config.root, train, pairs, time.time() - started)
+
+
+def _run_stages(config: SweepConfig, say: Callable[[str], None]) -> tuple[TrainStageSummary, PairStageSummary]:
+    """Both stages at once: the pair stage (a driver thread) starts each pair when its two networks exist."""
+    trials = plan_trials(config)
+    events: queue.Queue = queue.Queue()
+    outcome: dict[str, object] = {}
+
+    def pair_stage() -> None:
+        try:
+            outcome["pairs"] = run_pair_stage(config, trained=dict(trials.done), events=events, say=say)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the main thread below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=pair_stage, name="pair-stage", daemon=True)
+    thread.start()
+    try:
+        train = run_train_stage(
+            config,
+            trials,
+            say=say,
+            on_trial_done=lambda key, seed, ok: events.put(
+                (key, seed, checkpoint_uri(config.root, key, seed) if ok else None)
+            ),
+        )
+    finally:
+        events.put(None)  # no more trials: the pair stage finishes what it can and returns
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return train, outcome["pairs"]  # type: ignore[return-value]
 
 
 def load_sweep_config(root: str) -> SweepConfig:
@@ -91,17 +129,28 @@ class SweepStatus:
 
 
 def sweep_status(root: str) -> SweepStatus:
-    """Counts of trained / failed / missing models and done / failed / missing pairs."""
+    """Counts of trained / failed / missing models and done / failed / missing pairs of the current config.
+
+    A pair is done when every (align, correction) of the current config has its rows under the
+    current analysis key; failed when one of them failed. Unreadable table files are skipped
+    (with a warning naming each), so their rows count as missing.
+    """
     config = load_sweep_config(root)
     expected_models = {(p.model_key, s) for p in config.models for s in p.seeds}
-    expected_pairs = {(p.model_key, a, b) for p in config.models for a, b in p.pairs}
     model_status = model_outcomes(read_table(config.root, "models"))
-    pair_status = pair_outcomes(read_table(config.root, "pairs"))
+    state = read_pair_state(config.root, analysis_key(config.pair_settings, config.dataset.as_dict()))
+    done = failed = 0
+    for plan in config.models:
+        for a, b in plan.pairs:
+            if missing_methods((plan.model_key, a, b), state, config.pair_settings, plan.model.has_batchnorm) is None:
+                done += 1
+            elif (plan.model_key, a, b) in state.failed:
+                failed += 1
     return SweepStatus(
         models_expected=len(expected_models),
         models_ok=sum(model_status.get(m) == "ok" for m in expected_models),
         models_failed=sum(model_status.get(m) == "failed" for m in expected_models),
-        pairs_expected=len(expected_pairs),
-        pairs_ok=sum(pair_status.get(p) is True for p in expected_pairs),
-        pairs_failed=sum(pair_status.get(p) is False for p in expected_pairs),
+        pairs_expected=config.n_pairs,
+        pairs_ok=done,
+        pairs_failed=failed,
     )

@@ -64,6 +64,13 @@ class Resources(_Strict):
     pair: ResourceSpec = Field(default_factory=ResourceSpec)
 
 
+class FlushSection(_Strict):
+    """``flush``: how often the pair stage writes finished pairs (a crash loses at most this much)."""
+
+    pairs: int = 200
+    seconds: float = 30.0
+
+
 class FirstPairs(_Strict):
     first: int
 
@@ -91,6 +98,7 @@ class SweepSection(_Strict):
     eval: EvalSection = Field(default_factory=EvalSection)
     resources: Resources = Field(default_factory=Resources)
     max_pairs_in_flight: int | None = None
+    flush: FlushSection = Field(default_factory=FlushSection)
     pair_retries: int = 3
     train_retries: int = 1
 

@@ -1,7 +1,9 @@
 """Train stage: one Ray Tune trial per (model config, seed), resumable from storage.
 
 "Done" is decided from storage, never from Tune's own state: a trial is done when its row in
-the ``models`` table says ``ok``. A re-run therefore starts a Tuner for what is missing only;
+the ``models`` table says ``ok`` and its checkpoint is still there, whole (the size its row
+recorded); a damaged or deleted checkpoint is retrained (training is deterministic, so the new
+network equals the old one bit for bit). A re-run therefore starts a Tuner for what is missing only;
 a trial that was interrupted resumes from its own last checkpoint (written every
 ``train.checkpoint_every`` epochs and at the end), which is exact and independent of when Tune
 last snapshotted its experiment state.
@@ -12,14 +14,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import pandas as pd
+
 from ..io import storage
 from ..io.checkpoint import CheckpointError, load_checkpoint
-from ..io.tables import read_table, table_file, write_rows
+from ..io.tables import new_stem, read_table, table_file, write_rows
 from ..models import ModelConfig
 from ..training import TrainConfig, train_model
 from .cluster import resolve_resources
@@ -27,15 +33,21 @@ from .config import SweepConfig
 from .planning import ModelPlan, model_outcomes
 from .progress import Progress
 from .rows import model_columns
-from .worker import cached_dataset, error_text, node_id, setup_worker
+from .worker import cached_dataset, error_text, node_id, setup_worker, utc_now
+
+
+def checkpoint_path(model_key: str, seed: int) -> str:
+    """Where a trial's checkpoint lives, relative to the sweep root (rows store this, so a sweep can move)."""
+    return f"checkpoints/{model_key}/seed-{seed}.pt"
 
 
 def checkpoint_uri(root: str, model_key: str, seed: int) -> str:
-    return storage.join(root, "checkpoints", model_key, f"seed-{seed}.pt")
+    return storage.join(root, checkpoint_path(model_key, seed))
 
 
 def models_row_uri(root: str, model_key: str, seed: int) -> str:
-    return table_file(root, "models", f"{model_key}__seed-{seed}")
+    """A new file for one trial's row; the newest row of a trial wins."""
+    return table_file(root, "models", new_stem(f"{model_key}__seed-{seed}"))
 
 
 def trial_spec(config: SweepConfig, plan: ModelPlan, seed: int, threads: float) -> dict[str, Any]:
@@ -63,7 +75,7 @@ def models_row(spec: dict[str, Any], **values: Any) -> dict[str, Any]:
         "seed": spec["seed"],
         "init_seed": spec["seed"],
         "data_seed": spec["seed"],
-        "checkpoint_uri": checkpoint_uri(spec["root"], spec["model_key"], spec["seed"]),
+        "checkpoint_uri": checkpoint_path(spec["model_key"], spec["seed"]),
         "config_json": json.dumps({"model": model, "train": spec["train"], "dataset": spec["dataset"]}, sort_keys=True),
     }
     row.update(values)
@@ -75,6 +87,7 @@ def train_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     spec = config["trial"]
+    started_at = utc_now()
     device = setup_worker(spec["threads"])
     dataset = cached_dataset(spec["dataset"], device)
     uri = checkpoint_uri(spec["root"], spec["model_key"], spec["seed"])
@@ -100,6 +113,7 @@ def train_trial(config: dict[str, Any]) -> None:
     )
     status = "ok" if result.status == "ok" else "failed"
     error = None if result.status == "ok" else f"{result.status}: {result.error}"
+    size = storage.size(uri) if status == "ok" else None
     write_rows(
         models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
         "models",
@@ -113,15 +127,78 @@ def train_trial(config: dict[str, Any]) -> None:
                 resumed_from_epoch=resumed_from,
                 device=str(device),
                 node_id=node_id(),
+                started_at=started_at,
+                finished_at=utc_now(),
+                checkpoint_bytes=size,
                 **result.metrics,
             )
         ],
     )
+    tune.report({"trial_ok": int(status == "ok")})  # the driver learns the outcome without reading the table
 
 
-def finished_trials(root: str) -> set[tuple[str, int]]:
-    """(model_key, seed) of every trial whose ``models`` row says ``ok``."""
-    return {trial for trial, status in model_outcomes(read_table(root, "models")).items() if status == "ok"}
+@dataclass
+class TrialPlan:
+    """What the train stage has to do: trials done (checkpoint verified) and trials to (re)train."""
+
+    done: dict[tuple[str, int], str]  # (model_key, seed) -> checkpoint URI
+    todo: list[tuple[ModelPlan, int]]
+    damaged: list[str]  # checkpoints of finished trials that are gone or not whole: retrained
+
+
+def plan_trials(config: SweepConfig) -> TrialPlan:
+    """Finished trials whose checkpoint is still whole, and the trials to (re)train (from storage).
+
+    A finished trial is retrained when its checkpoint is gone, has another size than its row
+    recorded (truncated, rewritten), or failed to load in a pair task after the trial finished.
+    The damaged file itself is left for the trial to replace (it starts over when it cannot load it).
+    """
+    rows = read_table(config.root, "models")
+    keys = {p.model_key for p in config.models}
+    ok = {
+        (str(r.model_key), int(r.seed)): r
+        for r in rows.itertuples(index=False)
+        if r.status == "ok" and r.model_key in keys
+    }
+    unloadable = _unloadable_checkpoints(config.root)
+    done, todo, damaged = {}, [], []
+    for plan in config.models:
+        seeds = [seed for seed in plan.seeds if (plan.model_key, seed) in ok]
+        sizes = storage.file_sizes(storage.join(config.root, "checkpoints", plan.model_key)) if seeds else {}
+        for seed in plan.seeds:
+            row = ok.get((plan.model_key, seed))
+            if row is None:
+                todo.append((plan, seed))
+                continue
+            uri = resolve_uri(config.root, row.checkpoint_uri)
+            expected, found = row.checkpoint_bytes, sizes.get(storage.basename(uri))
+            failed_after = unloadable.get(row.checkpoint_uri) or unloadable.get(uri)
+            if (
+                found is None
+                or (expected is not None and not pd.isna(expected) and found != int(expected))
+                or (failed_after is not None and (pd.isna(row.finished_at) or failed_after > row.finished_at))
+            ):
+                damaged.append(uri)
+                todo.append((plan, seed))
+            else:
+                done[(plan.model_key, seed)] = uri
+    return TrialPlan(done, todo, damaged)
+
+
+def _unloadable_checkpoints(root: str) -> dict[str, Any]:
+    """Checkpoint path -> the latest time a pair task could not load it (from failed ``pairs`` rows)."""
+    failed = read_table(root, "pairs", columns=["status", "error", "finished_at"])
+    failed = failed[(failed["status"] == "failed") & failed["error"].str.contains("CheckpointError", na=False)]
+    out: dict[str, Any] = {}
+    for error, when in zip(failed["error"], failed["finished_at"], strict=True):
+        for uri in re.findall(r"checkpoint (\S+?)(?::| is)", error):
+            out[uri] = max(out.get(uri, when), when) if not pd.isna(when) else out.get(uri, when)
+    return out
+
+
+def resolve_uri(root: str, uri: str) -> str:
+    """A URI stored in a table: relative to the sweep root (absolute ones, from older versions, as they are)."""
+    return uri if not storage.is_relative(uri) else storage.join(root, uri)
 
 
 @dataclass
@@ -133,32 +210,44 @@ class TrainStageSummary:
     seconds: float
 
 
-def run_train_stage(config: SweepConfig, *, say: Callable[[str], None] = print) -> TrainStageSummary:
-    """Train every (model config, seed) of the sweep that is not done yet; returns counts."""
+def run_train_stage(
+    config: SweepConfig,
+    plan: TrialPlan | None = None,
+    *,
+    say: Callable[[str], None] = print,
+    on_trial_done: Callable[[str, int, bool], None] | None = None,
+) -> TrainStageSummary:
+    """Train every (model config, seed) of the sweep that is not done yet; returns counts.
+
+    ``on_trial_done(model_key, seed, ok)`` is called as each trial ends (the pair stage starts
+    that trial's pairs at once).
+    """
     # Only Tune's JSON log per trial (what ResultGrid reads back); no TensorBoard or CSV files.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
     started = time.time()
-    done = finished_trials(config.root)
-    todo = [(plan, seed) for plan in config.models for seed in plan.seeds if (plan.model_key, seed) not in done]
+    plan = plan or plan_trials(config)
+    todo = plan.todo
     total = config.n_trials
+    for uri in plan.damaged:
+        say(f"[train] checkpoint {uri} is missing or not whole: retraining it")
     say(f"[train] {total - len(todo)} of {total} trials already done; {len(todo)} to run")
     if not todo:
         return TrainStageSummary(total, total, 0, 0, time.time() - started)
 
     cpu, gpu = resolve_resources(config.resources.train, "resources.train", say)
-    specs = [trial_spec(config, plan, seed, cpu) for plan, seed in todo]
+    specs = [trial_spec(config, model_plan, seed, cpu) for model_plan, seed in todo]
     progress = Progress("train", len(specs), say, unit="trials")
 
-    class ReportProgress(tune.Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            progress.advance(ok=True)
+    def finished(spec: dict[str, Any], ok: bool) -> None:
+        progress.advance(ok=ok, note=f"{spec['model_key']} seed {spec['seed']}" + ("" if ok else " FAILED"))
+        if on_trial_done is not None:
+            on_trial_done(spec["model_key"], spec["seed"], ok)
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            progress.advance(ok=False)
-
+    token = secrets.token_hex(8)
+    _LISTENERS[token] = finished
     tuner = tune.Tuner(
         tune.with_resources(train_trial, {"cpu": cpu, "gpu": gpu}),
         param_space={"trial": tune.grid_search(specs)},
@@ -170,13 +259,16 @@ def run_train_stage(config: SweepConfig, *, say: Callable[[str], None] = print) 
             storage_path=storage.join(config.root, "tune"),
             failure_config=tune.FailureConfig(max_failures=config.train_retries),
             verbose=0,
-            callbacks=[ReportProgress(), JsonLoggerCallback()],
+            callbacks=[_trial_callback(token), JsonLoggerCallback()],
         ),
     )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        _LISTENERS.pop(token, None)
     for result in grid:
         spec = result.config["trial"]
-        if result.error is not None:  # a trial that raised (a NaN loss ends normally, with its own row)
+        if result.error is not None:  # a trial that raised: its row with the reason (a NaN loss writes its own)
             write_rows(
                 models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
                 "models",
@@ -186,6 +278,43 @@ def run_train_stage(config: SweepConfig, *, say: Callable[[str], None] = print) 
     failed = sum(outcomes.get((p.model_key, seed)) == "failed" for p in config.models for seed in p.seeds)
     say(f"[train] done in {time.time() - started:.0f}s: {total - failed} ok, {failed} failed")
     return TrainStageSummary(total, total - len(todo), len(todo), failed, time.time() - started)
+
+
+# Live listeners of running train stages, by token: Tune pickles its callbacks into the experiment
+# state, so a callback holds only the token, never the listener (progress, the pair stage's queue).
+_LISTENERS: dict[str, Callable[[dict[str, Any], bool], None]] = {}
+
+
+def _notify(token: str, spec: dict[str, Any], ok: bool) -> None:
+    listener = _LISTENERS.get(token)
+    if listener is not None:
+        listener(spec, ok)
+
+
+def _trial_callback(token: str) -> Any:
+    """A Tune callback that tells the listener registered under ``token`` each trial's outcome."""
+    from ray import tune
+
+    class TrialOutcome(tune.Callback):
+        def __init__(self, token: str) -> None:
+            self.token = token
+
+        def _tell(self, spec: dict[str, Any], ok: bool) -> None:
+            _notify(self.token, spec, ok)  # a module-level function: pickled by reference, with no state
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._tell(trial.config["trial"], bool((trial.last_result or {}).get("trial_ok", 0)))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            spec = trial.config["trial"]  # its row is written now, before the pair stage acts on it
+            write_rows(
+                models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
+                "models",
+                [models_row(spec, status="failed", error="the trial raised; see Tune's error.txt", **_nan_metrics())],
+            )
+            self._tell(spec, False)
+
+    return TrialOutcome(token)
 
 
 def _nan_metrics() -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -35,6 +36,11 @@ def cached_dataset(spec: dict[str, Any], device: torch.device) -> Dataset:
         _DATASETS.clear()  # one dataset per worker at a time: memory, not speed, is the limit here
         _DATASETS[key] = load_dataset(spec["name"], device=device, **spec.get("options", {}))
     return _DATASETS[key]
+
+
+def utc_now() -> datetime.datetime:
+    """The current time in UTC (rows record when their work started and finished)."""
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def node_id() -> str:
