@@ -27,7 +27,7 @@ from ..models import ModelConfig
 from ..pair import PairSettings, analyse_pair
 from .cluster import resolve_resources
 from .config import SweepConfig
-from .planning import PairState, analysis_key, forward_flops, missing_methods, pair_stem, read_pair_state
+from .planning import PairState, analysis_key, forward_flops, method_gaps, pair_stem, read_pair_state
 from .progress import Progress
 from .rows import model_columns
 from .worker import cached_dataset, error_text, node_id, setup_worker, utc_now
@@ -186,21 +186,31 @@ class PairQueue:
     """
 
     def __init__(self, config: SweepConfig, state: PairState) -> None:
-        self.config, self.state = config, state
+        self.config = config
         self.settings = config.pair_settings
         self.ready: collections.deque[Job] = collections.deque()
         self.trained: dict[tuple[str, int], str] = {}
-        self.plans = {plan.model_key: plan for plan in config.models}
-        self.partners = {
-            plan.model_key: {s: [p for p in plan.pairs if s in p] for s in plan.seeds} for plan in config.models
-        }
-        self.done = sum(
-            1
-            for plan in config.models
-            for a, b in plan.pairs
-            if missing_methods((plan.model_key, a, b), state, self.settings, plan.model.has_batchnorm) is None
-        )
-        self.todo = config.n_pairs - self.done
+        # the methods each model config needs, and each seed's pairs: computed once, looked up per seed
+        self.expected = {p.model_key: self.settings.methods(batchnorm=p.model.has_batchnorm) for p in config.models}
+        self.partners: dict[str, dict[int, list[tuple[int, int]]]] = {}
+        for plan in config.models:
+            partners: dict[int, list[tuple[int, int]]] = {seed: [] for seed in plan.seeds}
+            for a, b in plan.pairs:
+                partners[a].append((a, b))
+                partners[b].append((a, b))
+            self.partners[plan.model_key] = partners
+        # what each incomplete pair lacks, worked out once (a pair with no rows lacks everything)
+        self.gaps: dict[tuple[str, int, int], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        for plan in config.models:
+            expected = self.expected[plan.model_key]
+            everything = method_gaps(set(), expected, self.settings)
+            for a, b in plan.pairs:
+                have = state.complete.get((plan.model_key, a, b))
+                gaps = method_gaps(have, expected, self.settings) if have else everything
+                if gaps is not None:
+                    self.gaps[(plan.model_key, a, b)] = gaps
+        self.todo = len(self.gaps)
+        self.done = config.n_pairs - self.todo
         self.released: set[tuple[str, int, int]] = set()
 
     def add_trained(self, trained: dict[tuple[str, int], str]) -> None:
@@ -213,13 +223,12 @@ class PairQueue:
 
     def _jobs(self, model_key: str, seed: int) -> Iterator[Job]:
         """The pairs of ``seed`` whose other network is trained too, each released once, if incomplete."""
-        plan = self.plans[model_key]
         for a, b in self.partners[model_key].get(seed, ()):
             other = b if a == seed else a
             if (model_key, other) not in self.trained or (model_key, a, b) in self.released:
                 continue
             self.released.add((model_key, a, b))
-            gaps = missing_methods((model_key, a, b), self.state, self.settings, plan.model.has_batchnorm)
+            gaps = self.gaps.get((model_key, a, b))
             if gaps is not None:
                 yield (model_key, a, b, self.trained[(model_key, a)], self.trained[(model_key, b)], *gaps)
 
@@ -230,8 +239,7 @@ class PairQueue:
             for a, b in plan.pairs:
                 if (plan.model_key, a) in self.trained and (plan.model_key, b) in self.trained:
                     continue
-                gaps = missing_methods((plan.model_key, a, b), self.state, self.settings, plan.model.has_batchnorm)
-                if gaps is not None:
+                if (plan.model_key, a, b) in self.gaps:
                     out.append(pair_stem(plan.model_key, a, b))
         return out
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..datasets import dataset_in_shape, split_sizes
@@ -73,14 +74,6 @@ def analysis_key(settings: PairSettings, dataset: dict[str, Any]) -> str:
     return f"a{len(settings.alphas)}-s{settings.stat_samples}-{digest}"
 
 
-def pair_outcomes(pairs: pd.DataFrame) -> dict[tuple[str, int, int], bool]:
-    """(model_key, seed_a, seed_b) -> whether every row of that pair is ``ok``."""
-    if not len(pairs):
-        return {}
-    status = pairs.groupby(["model_key", "seed_a", "seed_b"])["status"].agg(lambda s: bool((s == "ok").all()))
-    return {(str(k), int(a), int(b)): ok for (k, a, b), ok in status.items()}
-
-
 def model_outcomes(models: pd.DataFrame) -> dict[tuple[str, int], str]:
     """(model_key, seed) -> the status of that trial's newest row (``ok`` or ``failed``)."""
     return {
@@ -109,36 +102,35 @@ class PairState:
 def read_pair_state(root: str, key: str) -> PairState:
     """The :class:`PairState` of analysis key ``key``, from the key columns of the tables only."""
 
-    def methods(table: str, *extra: str) -> pd.DataFrame:
+    def methods(table: str, *extra: str) -> pa.Table:
         data = read_arrow(root, table, columns=[*_PAIR_METHOD, "analysis_key", *extra], newest=table == "pairs").data
         data = data.filter(pc.equal(data["analysis_key"], key))
-        if not extra:
-            data = data.group_by(_PAIR_METHOD).aggregate([])
-        return data.to_pandas()
+        return data if extra else data.group_by(_PAIR_METHOD).aggregate([])
 
     pairs = methods("pairs", "status")
+    ok = pc.equal(pairs["status"], "ok")
     with_curves, with_layers = _methods(methods("curves")), _methods(methods("layers"))
     complete: dict[PairId, set[Method]] = {}
-    for item in _methods(pairs[pairs["status"] == "ok"]):
+    for item in _methods(pairs.filter(ok)):
         if item in with_curves and item in with_layers:
             complete.setdefault(item[:3], set()).add(item[3:])
-    failed = {item[:3] for item in _methods(pairs[pairs["status"] != "ok"])}
+    failed = {item[:3] for item in _methods(pairs.filter(pc.invert(ok)))}
     return PairState(complete, failed)
 
 
-def _methods(frame: pd.DataFrame) -> set[tuple[str, int, int, str, str]]:
-    return {(str(k), int(a), int(b), str(al), str(c)) for k, a, b, al, c in frame[_PAIR_METHOD].itertuples(index=False)}
+def _methods(data: pa.Table) -> set[tuple[str, int, int, str, str]]:
+    return set(zip(*(data[c].to_pylist() for c in _PAIR_METHOD), strict=True))
 
 
-def missing_methods(
-    pair: PairId, state: PairState, settings: PairSettings, batchnorm: bool
+def method_gaps(
+    have: set[Method], expected: list[Method], settings: PairSettings
 ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """The (aligns, corrections) a pair still needs, None when it is complete.
+    """The (aligns, corrections) a pair whose complete methods are ``have`` still needs; None when none.
 
-    Their product covers every gap (it may recompute a method that is there: the newest row wins).
+    ``expected`` is every method its model config needs. The product of the result covers every gap
+    (it may recompute a method that is there: the newest row wins).
     """
-    have = state.complete.get(pair, set())
-    gaps = [m for m in settings.methods(batchnorm=batchnorm) if m not in have]
+    gaps = [m for m in expected if m not in have]
     if not gaps:
         return None
     aligns = tuple(a for a in settings.aligns if any(g[0] == a for g in gaps))

@@ -14,8 +14,8 @@ from ..io import storage
 from ..io.tables import compact_tables, read_table, write_current_keys
 from .cluster import connect
 from .config import SweepConfig, parse_config
-from .pair_stage import PairStageSummary, run_pair_stage
-from .planning import analysis_key, missing_methods, model_outcomes, read_pair_state
+from .pair_stage import PairQueue, PairStageSummary, run_pair_stage
+from .planning import analysis_key, model_outcomes, read_pair_state
 from .train_stage import TrainStageSummary, checkpoint_uri, plan_trials, run_train_stage
 
 CONFIG_NAME = "sweep.yaml"
@@ -139,18 +139,13 @@ def sweep_status(root: str) -> SweepStatus:
     expected_models = {(p.model_key, s) for p in config.models for s in p.seeds}
     model_status = model_outcomes(read_table(config.root, "models"))
     state = read_pair_state(config.root, analysis_key(config.pair_settings, config.dataset.as_dict()))
-    done = failed = 0
-    for plan in config.models:
-        for a, b in plan.pairs:
-            if missing_methods((plan.model_key, a, b), state, config.pair_settings, plan.model.has_batchnorm) is None:
-                done += 1
-            elif (plan.model_key, a, b) in state.failed:
-                failed += 1
+    lacking = PairQueue(config, state).gaps  # the pair stage's own rule of what is not done
+    failed = sum(1 for pair in lacking if pair in state.failed)
     return SweepStatus(
         models_expected=len(expected_models),
         models_ok=sum(model_status.get(m) == "ok" for m in expected_models),
         models_failed=sum(model_status.get(m) == "failed" for m in expected_models),
         pairs_expected=config.n_pairs,
-        pairs_ok=done,
+        pairs_ok=config.n_pairs - len(lacking),
         pairs_failed=failed,
     )
