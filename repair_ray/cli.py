@@ -125,22 +125,35 @@ def validate(config_path: str | None, example: str | None, storage_uri: str | No
 @_config_argument
 @_example_option
 @_storage_option
-@click.option("--address", help="Ray cluster to join ('auto' for a running one); default: start a local Ray.")
+@click.option(
+    "--address",
+    help="Ray cluster to join: 'auto' (the `ray start` cluster of this machine) or HOST:PORT. "
+    "Default: $RAY_ADDRESS when set (as in a Ray Job), else a fresh local Ray for this run only.",
+)
 @click.option("--num-cpus", type=int, help="CPUs of the local Ray started when no --address is given.")
 def run(
     config_path: str | None, example: str | None, storage_uri: str | None, address: str | None, num_cpus: int | None
 ) -> None:
-    """Run (or resume) the sweep in CONFIG (or --example NAME): train every seed, analyse every pair."""
+    """Run (or resume) the sweep in CONFIG (or --example NAME): train every seed, analyse every pair.
+
+    Exit status: 0 when every trial and pair succeeded, 1 when the sweep ran but some failed
+    (listed, with their reasons), 2 for a bad config or usage.
+    """
     from .io import storage
     from .io.tables import load_tables
     from .report import compact_summary, summarise
     from .sweep.runner import run_sweep
 
     config = _load(config_path, example, storage_uri)
+    try:
+        storage.check_writable(config.root)  # before Ray starts: a wrong bucket fails here, in one line
+    except OSError as error:
+        _fail(str(error))
     result = run_sweep(config, address=address, num_cpus=num_cpus, say=lambda m: click.echo(m, err=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rows of other settings: the summary is of this config's only
-        pairs = load_tables(config.root)["pairs"]
+        tables = load_tables(config.root)
+    pairs = tables["pairs"]
     click.echo(f"\n[sweep] finished in {result.seconds:.0f}s; tables in {storage.join(config.root, 'tables')}")
     summary = summarise(pairs)
     if not summary.empty:
@@ -148,12 +161,109 @@ def run(
         click.echo("mean ± 95% CI over pairs; reductions relative to the same alignment without correction")
         click.echo(table.to_string(index=False))
     click.echo(f"\nload them with: repair_ray.load_tables({config.root!r})")
-    if result.train.failed or result.pairs.failed or result.pairs.left_out:
+    failures = _failures(tables)
+    if failures or result.pairs.left_out:
         click.echo(
             f"[sweep] {result.train.failed} model(s) failed, {result.pairs.failed} pair(s) failed, "
-            f"{result.pairs.left_out} pair(s) left out: see the status and error columns",
+            f"{result.pairs.left_out} pair(s) left out (a network of theirs failed):",
             err=True,
         )
+        for line in failures[:20]:
+            click.echo(f"  {line}", err=True)
+        if len(failures) > 20:
+            click.echo(f"  ... and {len(failures) - 20} more: see the status and error columns", err=True)
+        sys.exit(1)  # the sweep ran, but not everything succeeded: Ray Jobs, KubeRay and SLURM must see it
+
+
+def _failures(tables) -> list[str]:
+    """One line per failed trial and failed pair of the current config, with its reason."""
+    models, pairs = tables["models"], tables["pairs"]
+    lines = [
+        f"trial {r.model_key} seed {r.seed}: {r.error}"
+        for r in models[models["status"] != "ok"].itertuples(index=False)
+    ]
+    failed = pairs[pairs["status"] != "ok"].drop_duplicates(["model_key", "seed_a", "seed_b"])
+    lines += [f"pair {r.model_key} {r.seed_a}-{r.seed_b}: {r.error}" for r in failed.itertuples(index=False)]
+    return lines
+
+
+_job_address = click.option(
+    "--address",
+    help="The cluster's dashboard, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS).",
+)
+
+
+@main.command()
+@_config_argument
+@_example_option
+@_storage_option
+@_job_address
+@click.option("--id", "submission_id", help="Submission id of the job (default: repair-ray-NAME-TIME).")
+@click.option("--follow/--no-follow", default=False, help="Stream the job's logs until it ends; exit with its outcome.")
+def submit(
+    config_path: str | None,
+    example: str | None,
+    storage_uri: str | None,
+    address: str | None,
+    submission_id: str | None,
+    follow: bool,
+) -> None:
+    """Submit the sweep in CONFIG to a Ray cluster as a Ray Job (from a laptop: no shell on the head).
+
+    The config is validated here first. The job carries the config, this version of repair_ray
+    and where storage and data are; never a credential (the nodes have their own). With token
+    authentication, export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or keep ~/.ray/auth_token).
+    """
+    import yaml
+
+    from .sweep import jobs
+
+    config = _load(config_path, example, storage_uri)  # bad configs fail here, before anything travels
+    from .io import storage
+
+    data = yaml.safe_load(Path(config_path).read_text()) if config_path else yaml.safe_load(example_text(example))
+    data["storage"] = config.storage  # a relative path would land in the job's temporary working directory
+    if storage.is_local(config.storage):
+        click.echo(
+            f"warning: storage {config.storage} is a local path: on the cluster it is a path on the node running "
+            "the driver; use s3://, gs:// or a filesystem every node shares for more than one node",
+            err=True,
+        )
+    job_id = jobs.submit(data, address=address, submission_id=submission_id)
+    where = f" --address {address}" if address else ""
+    click.echo(f"[submit] job {job_id}: sweep {config.name} -> {config.root}")
+    click.echo(
+        f"[submit] follow it: repair-ray logs {job_id}{where} --follow; stop it: repair-ray stop {job_id}{where}"
+    )
+    if follow:
+        status = jobs.follow(job_id, address=address, say=click.echo)
+        click.echo(f"[submit] job {job_id} {status}")
+        sys.exit(0 if status == "SUCCEEDED" else 1)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@_job_address
+@click.option("--follow/--no-follow", default=False, help="Keep printing until the job ends; exit with its outcome.")
+def logs(job_id: str, address: str | None, follow: bool) -> None:
+    """Print the logs of the Ray Job JOB (the driver's progress lines and summary)."""
+    from .sweep import jobs
+
+    if follow:
+        status = jobs.follow(job_id, address=address, say=click.echo)
+        click.echo(f"[logs] job {job_id} {status}")
+        sys.exit(0 if status == "SUCCEEDED" else 1)
+    click.echo(jobs.client(address).get_job_logs(job_id), nl=False)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@_job_address
+def stop(job_id: str, address: str | None) -> None:
+    """Stop the Ray Job JOB. What it finished is on storage; submitting the sweep again resumes it."""
+    from .sweep import jobs
+
+    click.echo(f"[stop] job {job_id} {jobs.stop(job_id, address=address)}")
 
 
 @main.command()

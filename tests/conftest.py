@@ -12,6 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("REPAIR_RAY_DATA", str(REPO.parent / "shared" / "data"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Dummy storage credentials in the environment of every Ray process the tests start, as a cluster
+# provides them to its nodes: repair_ray forwards no credential to workers (only endpoints).
+for _key, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}.items():
+    os.environ.setdefault(_key, _value)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

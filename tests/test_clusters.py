@@ -4,6 +4,7 @@ several nodes, remote (S3) storage with kill and resume, and the cluster files' 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -34,7 +35,6 @@ KEY = ["model_key", "seed_a", "seed_b", "align", "correction"]
 @pytest.fixture
 def ray_head_with_token(tmp_path):
     """A real Ray head (its own processes, ports and temp dir) with token authentication."""
-    import os
 
     temp_dir = f"/tmp/rrhead-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths must fit 107 bytes
     token = uuid.uuid4().hex
@@ -203,6 +203,7 @@ def test_kuberay_rayjob_manifest():
     assert (REPO / "repair_ray" / "examples" / f"{example}.yaml").is_file()  # the example ships in the package
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == "2.60.0"
+    assert cluster["authOptions"] == {"mode": "token"}  # KubeRay >= 1.5.1 makes and distributes the token
     head = cluster["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
     images = {head["template"]["spec"]["containers"][0]["image"]}
@@ -212,7 +213,9 @@ def test_kuberay_rayjob_manifest():
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         env = {e["name"]: e for e in container["env"]}
-        assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+        assert "RAY_AUTH_TOKEN" not in env  # the operator sets it from its own Secret
+        # credentials come from a Kubernetes Secret, never as literal values in the manifest
+        assert all("valueFrom" in env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
     assert len(images) == 1
     dockerfile = (CLUSTERS / "Dockerfile").read_text()
     assert "rayproject/ray:2.60.0" in dockerfile and "-c constraints.txt" in dockerfile
@@ -241,8 +244,41 @@ def test_slurm_script_follows_rays_pattern():
     assert "RAY_AUTH_MODE=token" in text
 
 
-def test_submit_script_syntax_and_usage():
-    script = CLUSTERS / "submit.sh"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
-    assert usage.returncode == 2 and "usage:" in usage.stderr
+def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_token, tmp_path):
+    """From a 'laptop': submit a sweep to a real head with token auth; no secret in the job."""
+    address, token, env = ray_head_with_token
+    config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("submitted", str(tmp_path / "runs"), seeds=3))
+    cli = [sys.executable, "-m", "repair_ray"]
+    submitted = subprocess.run(
+        [*cli, "submit", config, "--address", address, "--id", "sweep-sdk-1", "--follow"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, out
+    assert "[submit] job sweep-sdk-1" in out and "repair-ray logs sweep-sdk-1" in out
+    assert "[pairs] 3/3 pairs done" in out and "job sweep-sdk-1 SUCCEEDED" in out
+    assert "joined the Ray cluster" in out  # the entrypoint joined the job's cluster by RAY_ADDRESS
+
+    logs = subprocess.run([*cli, "logs", "sweep-sdk-1", "--address", address], env=env, capture_output=True, text=True)
+    assert logs.returncode == 0 and "[pairs] 3/3 pairs done" in logs.stdout
+    stopped = subprocess.run(
+        [*cli, "stop", "sweep-sdk-1", "--address", address], env=env, capture_output=True, text=True
+    )
+    assert "SUCCEEDED" in stopped.stdout  # a finished job stays finished
+
+    # the job as the cluster keeps it (Jobs API): its runtime environment holds no credential
+    probe = (
+        "import json, sys; from ray.job_submission import JobSubmissionClient; "
+        "print(json.dumps(JobSubmissionClient(sys.argv[1]).get_job_info('sweep-sdk-1').runtime_env))"
+    )
+    info = subprocess.run([sys.executable, "-c", probe, address], env=env, capture_output=True, text=True)
+    assert info.returncode == 0, info.stderr
+    runtime_env = json.loads(info.stdout.strip().splitlines()[-1]) or {}
+    variables = runtime_env.get("env_vars", {})
+    assert not {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"} & set(variables)
+    assert env["AWS_SECRET_ACCESS_KEY"] not in json.dumps(runtime_env)
+    tables = load_tables(str(tmp_path / "runs" / "submitted"))
+    assert len(tables["pairs"]) == 3 * 6 and (tables["pairs"]["status"] == "ok").all()

@@ -233,3 +233,15 @@ def test_schema_of_every_written_file_is_the_declared_one(finished_sweep):
         assert files
         for file in files:
             assert pq.read_schema(file).remove_metadata().equals(schema), file
+
+
+def test_long_trials_show_their_epochs(ray_session, tmp_path, monkeypatch):
+    from repair_ray.sweep import train_stage
+
+    monkeypatch.setattr(train_stage, "EPOCH_LINE_SECONDS", 0.0)  # every epoch (default: at most every 30 s)
+    config = parse_config(tiny_sweep("epochs", str(tmp_path), seeds=2, train={"epochs": 3, "batch_size": 64}))
+    lines: list[str] = []
+    run(config, lines)
+    for seed in (0, 1):
+        for epoch in (1, 2, 3):
+            assert any(f"seed {seed}: epoch {epoch}/3, test accuracy" in line for line in lines), (seed, epoch)

@@ -48,6 +48,7 @@ BAD = [
     ({"resources": {"pair": {"gpu": 1.5}}}, "resources.pair.gpu: must be a fraction in [0, 1]"),
     ({"eval": {"train_samples": 100, "stat_samples": 200}}, "eval.stat_samples"),
     ({"name": "a/b"}, "name: must be letters, digits"),
+    ({"storage": "ftp://host/runs"}, "storage: unsupported storage scheme 'ftp://'"),
 ]
 
 

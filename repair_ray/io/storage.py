@@ -20,6 +20,17 @@ def _scheme(uri: str) -> str:
     return "" if len(scheme) == 1 else scheme.lower()
 
 
+SCHEMES = {"": "a local path", "file": "file://", "s3": "s3://", "gs": "gs://"}
+
+
+def unsupported(uri: str | os.PathLike[str]) -> str | None:
+    """Why ``uri`` cannot be a storage location (None when its scheme is supported)."""
+    scheme = _scheme(os.fspath(uri))
+    if scheme in SCHEMES:
+        return None
+    return f"unsupported storage scheme {scheme + '://'!r}; use {', '.join(SCHEMES.values())}"
+
+
 def is_local(uri: str | os.PathLike[str]) -> bool:
     """Whether ``uri`` names a file on this machine (a plain path or ``file://``)."""
     return _scheme(os.fspath(uri)) in ("", "file")
@@ -120,6 +131,22 @@ def write_bytes_atomic(uri: str | os.PathLike[str], data: bytes) -> None:
         if os.path.exists(temp):
             os.remove(temp)
         raise
+
+
+def check_writable(uri: str | os.PathLike[str]) -> None:
+    """Create the folder ``uri`` and write and delete a small file in it; OSError with one line if not.
+
+    Run before a sweep starts, so a wrong bucket, missing credentials or an unreachable endpoint
+    fail at once, naming the place, instead of in every worker.
+    """
+    probe = join(uri, f".write-probe-{secrets.token_hex(4)}")
+    try:
+        makedirs(uri)
+        write_bytes_atomic(probe, b"repair_ray")
+        remove(probe, missing_ok=True)
+    except Exception as error:  # noqa: BLE001 - pyarrow raises OSError, ArrowException, ... all mean "not here"
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise OSError(f"cannot write to {normalize(uri)}: {reason}") from None
 
 
 def remove(uri: str | os.PathLike[str], *, missing_ok: bool = False) -> None:

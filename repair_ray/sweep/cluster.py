@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -31,20 +30,19 @@ def resolve_resources(spec: ResourceSpec, key: str, say: Callable[[str], None]) 
     return cpu, gpu
 
 
-# Storage endpoints and credentials, and the data root: the driver's values travel to every worker
-# of the job, so workers read and write the same storage as the driver (a worker's own value
-# wins nowhere: the job's runtime environment sets them).
+# Settings that say WHERE storage and data are, never credentials: the driver's values travel to
+# every worker of the job through its runtime environment, which Ray writes to logs and shows in
+# the Jobs API and dashboard. Credentials reach workers through the cluster's own mechanism
+# (instance roles / workload identity, Kubernetes secrets as env on the pods, ~/.aws or env on
+# SLURM nodes, or, for a local cluster, the environment its processes inherit from the driver).
 FORWARDED_ENV = (
     "REPAIR_RAY_DATA",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
-    "AWS_PROFILE",
-    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AWS_PROFILE",  # a profile's name; its keys stay in ~/.aws on each node
+    "GOOGLE_APPLICATION_CREDENTIALS",  # a path to a key file that each node holds, not the key
 )
 
 
@@ -53,34 +51,27 @@ def forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
 
 
-# What a submitted job's working directory leaves behind (results, environments, caches).
-JOB_EXCLUDES = [".venv", ".bench", "runs", "reports", ".git", "**/__pycache__"]
+def connect(address: str | None, *, num_cpus: int | None = None) -> str:
+    """Join a Ray cluster, or start a fresh local one for this run; returns which, for the log.
 
-
-def job_runtime_env() -> dict[str, object]:
-    """The runtime environment of a job submitted with ``ray job submit`` (clusters/submit.sh)."""
-    return {"env_vars": forwarded_env(), "excludes": JOB_EXCLUDES}
-
-
-def connect(address: str | None, *, num_cpus: int | None = None) -> None:
-    """Join the cluster at ``address`` (``auto`` for a running one) or start a local Ray.
-
-    The job's workers get the driver's storage credentials and data root (:data:`FORWARDED_ENV`).
+    As Ray's own address rules, with one difference that matters on shared machines: ``address``
+    (``auto`` or ``HOST:PORT``) or ``RAY_ADDRESS`` (Ray Jobs sets it for the entrypoint) joins that
+    cluster; with neither, a fresh local cluster is started for this run and ended after it,
+    never someone else's ``ray start`` cluster that happens to run on the machine.
     """
     import ray
 
     if ray.is_initialized():
-        return
+        return "using the Ray cluster this process is connected to"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # A driver started by `ray job submit` already runs in the job's runtime environment, which
     # every worker shares; adding the same variables again would be a conflict for Ray.
     in_submitted_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
     runtime_env = None if in_submitted_job else {"env_vars": forwarded_env()}
-    if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
-
-
-if __name__ == "__main__":  # clusters/submit.sh: the job's runtime environment as JSON, from this one list
-    print(json.dumps(job_runtime_env()))
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        ray.init(address=target, log_to_driver=False, runtime_env=runtime_env)
+        return f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}"
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    return f"started a fresh local Ray cluster for this run at {ray.get_runtime_context().gcs_address} ({cpus:g} CPUs)"

@@ -143,6 +143,9 @@ def _pair_key(setting: str) -> str:
 def _expand(
     s: SweepSection, raw: dict[str, Any], source: str, problems: list[str], storage_override: str | None
 ) -> SweepConfig | None:
+    where = storage_override or s.storage
+    if (reason := storage.unsupported(where)) is not None:
+        problems.append(f"{'--storage' if storage_override else 'storage'}: {reason}, got {where!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name):
         problems.append(f"name: must be letters, digits, '_', '.', '-' (it names a folder), got {s.name!r}")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import math
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -257,6 +258,7 @@ def run_pair_stage(
     *,
     trained: dict[tuple[str, int], str] | None = None,
     events: queue.Queue | None = None,
+    stop: threading.Event | None = None,
     say: Callable[[str], None] = print,
     remote_task: Any = None,
 ) -> PairStageSummary:
@@ -265,7 +267,8 @@ def run_pair_stage(
     ``trained`` maps (model_key, seed) to checkpoint URIs of the networks ready now (default: read
     from the ``models`` table). With ``events``, the train stage is still running: it puts
     ``(model_key, seed, uri_or_None)`` for each trial that ends and ``None`` when it is done.
-    ``remote_task`` replaces the Ray remote function (tests inject failures with it).
+    ``stop`` (set when the driver is interrupted) ends the stage after the tasks in flight, whose
+    rows are written. ``remote_task`` replaces the Ray remote function (tests inject failures with it).
     """
     import ray
 
@@ -293,6 +296,9 @@ def run_pair_stage(
     first_row: float | None = None
     try:
         while pairs.ready or pending or training:
+            if stop is not None and stop.is_set():
+                pairs.ready.clear()  # start nothing new; the tasks in flight finish and are written
+                training = False
             while training:  # take every trial that has ended since the last look
                 try:
                     event = events.get(timeout=0.2 if not (pairs.ready or pending) else 0)

@@ -50,7 +50,7 @@ def run_sweep(
     started = time.time()
     save_config(config)
     owns_ray = not ray.is_initialized()
-    connect(address, num_cpus=num_cpus)
+    say(f"[sweep] {connect(address, num_cpus=num_cpus)}")
     say(f"[sweep] {config.name}: {config.n_trials} trials, {config.n_pairs} pairs -> {config.root}")
     write_current_keys(
         config.root, [p.model_key for p in config.models], analysis_key(config.pair_settings, config.dataset.as_dict())
@@ -70,11 +70,12 @@ def _run_stages(config: SweepConfig, say: Callable[[str], None]) -> tuple[TrainS
     """Both stages at once: the pair stage (a driver thread) starts each pair when its two networks exist."""
     trials = plan_trials(config)
     events: queue.Queue = queue.Queue()
+    stop = threading.Event()
     outcome: dict[str, object] = {}
 
     def pair_stage() -> None:
         try:
-            outcome["pairs"] = run_pair_stage(config, trained=dict(trials.done), events=events, say=say)
+            outcome["pairs"] = run_pair_stage(config, trained=dict(trials.done), events=events, stop=stop, say=say)
         except BaseException as error:  # noqa: BLE001 - re-raised in the main thread below
             outcome["error"] = error
 
@@ -89,6 +90,9 @@ def _run_stages(config: SweepConfig, say: Callable[[str], None]) -> tuple[TrainS
                 (key, seed, checkpoint_uri(config.root, key, seed) if ok else None)
             ),
         )
+    except BaseException:
+        stop.set()  # interrupted: the pair stage writes what is in flight and starts nothing new
+        raise
     finally:
         events.put(None)  # no more trials: the pair stage finishes what it can and returns
         thread.join()

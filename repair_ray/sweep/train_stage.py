@@ -227,6 +227,7 @@ def run_train_stage(
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
+    _keep_credentials_out_of_trial_runtime_envs()
     started = time.time()
     plan = plan or plan_trials(config)
     todo = plan.todo
@@ -246,8 +247,23 @@ def run_train_stage(
         if on_trial_done is not None:
             on_trial_done(spec["model_key"], spec["seed"], ok)
 
+    last_line: dict[tuple[str, int], float] = {}
+    epochs = config.train.epochs
+
+    def epoch_done(spec: dict[str, Any], result: dict[str, Any]) -> None:
+        trial, now = (spec["model_key"], spec["seed"]), time.monotonic()
+        if now - last_line.get(trial, -math.inf) < EPOCH_LINE_SECONDS and result["epoch"] < epochs:
+            return
+        last_line[trial] = now
+        accuracy = result.get("test_acc")
+        say(
+            f"[train] {spec['model_key']} seed {spec['seed']}: epoch {result['epoch']}/{epochs}"
+            + (f", test accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else "")
+        )
+
     token = secrets.token_hex(8)
     _LISTENERS[token] = finished
+    _EPOCH_LISTENERS[token] = epoch_done
     tuner = tune.Tuner(
         tune.with_resources(train_trial, {"cpu": cpu, "gpu": gpu}),
         param_space={"trial": tune.grid_search(specs)},
@@ -266,6 +282,7 @@ def run_train_stage(
         grid = tuner.fit()
     finally:
         _LISTENERS.pop(token, None)
+        _EPOCH_LISTENERS.pop(token, None)
     for result in grid:
         spec = result.config["trial"]
         if result.error is not None:  # a trial that raised: its row with the reason (a NaN loss writes its own)
@@ -283,6 +300,31 @@ def run_train_stage(
 # Live listeners of running train stages, by token: Tune pickles its callbacks into the experiment
 # state, so a callback holds only the token, never the listener (progress, the pair stage's queue).
 _LISTENERS: dict[str, Callable[[dict[str, Any], bool], None]] = {}
+_EPOCH_LISTENERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {}
+EPOCH_LINE_SECONDS = 30.0  # a running trial prints its epoch at most this often (its last epoch always)
+
+
+# Ray Tune copies these from the driver's environment into every trial's runtime environment, which
+# Ray writes in plain text to runtime_env_agent.log on every node (found by tests/test_operations.py).
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
+def _keep_credentials_out_of_trial_runtime_envs() -> None:
+    """Take the credentials off Tune's list of variables to propagate to trials.
+
+    Trials get credentials as every other worker does, from their node (a local cluster inherits
+    the driver's environment). The list is Ray's internal ``class_cache.ENV_VARS_TO_PROPAGATE``
+    (Ray 2.60); if a later Ray moves it, this fails loudly rather than leaking silently.
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(CREDENTIAL_ENV)
+
+
+def _notify_epoch(token: str, spec: dict[str, Any], result: dict[str, Any]) -> None:
+    listener = _EPOCH_LISTENERS.get(token)
+    if listener is not None:
+        listener(spec, result)
 
 
 def _notify(token: str, spec: dict[str, Any], ok: bool) -> None:
@@ -301,6 +343,10 @@ def _trial_callback(token: str) -> Any:
 
         def _tell(self, spec: dict[str, Any], ok: bool) -> None:
             _notify(self.token, spec, ok)  # a module-level function: pickled by reference, with no state
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "epoch" in result:  # per-epoch progress of long trials (throttled by the listener)
+                _notify_epoch(self.token, trial.config["trial"], result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._tell(trial.config["trial"], bool((trial.last_result or {}).get("trial_ok", 0)))

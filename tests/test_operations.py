@@ -1,0 +1,125 @@
+"""Operating a sweep: which Ray cluster a run uses, and exit codes that tell schedulers the truth."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .helpers import tiny_sweep, write_yaml
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "repair_ray", "run", *args], capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+def without_ray_address() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+def test_a_diverging_sweep_exits_1_naming_the_failures_on_a_fresh_local_cluster(ray_session, tmp_path):
+    """No --address and no RAY_ADDRESS: a fresh local cluster, never the one already running here."""
+    data = tiny_sweep("diverges", str(tmp_path), seeds=2, train={"epochs": 2, "lr": 1e12, "momentum": 0.0})
+    out = run_cli(write_yaml(tmp_path / "sweep.yaml", data), "--num-cpus", "2", env=without_ray_address())
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "started a fresh local Ray cluster for this run" in out.stdout
+    assert ray_session.get_runtime_context().gcs_address not in out.stdout
+    assert "2 model(s) failed" in out.stderr and "1 pair(s) left out" in out.stderr
+    assert out.stderr.count("nan_loss") == 2 and "trial " in out.stderr
+    # progress counts a diverged trial as failed, not ok
+    assert "[train] 2/2 trials done, 2 failed" in out.stdout
+
+
+def test_ray_address_joins_that_cluster_and_a_clean_sweep_exits_0(ray_session, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address
+    data = tiny_sweep("joins", str(tmp_path), seeds=2, align=["none"], correction=["none"])
+    out = run_cli(write_yaml(tmp_path / "sweep.yaml", data), env={**without_ray_address(), "RAY_ADDRESS": address})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"joined the Ray cluster at {address}" in out.stdout
+
+
+def test_no_secret_is_written_by_us_or_by_ray_on_our_behalf(s3_bucket, tmp_path):
+    """Dummy credentials in the driver's environment; afterwards no file of Ray's temp dir, no object
+    of the sweep's storage, and no runtime environment holds them."""
+    import shutil
+    import uuid
+
+    import boto3
+
+    secret, token = f"leak-check-{uuid.uuid4().hex}", f"leak-token-{uuid.uuid4().hex}"
+    ray_tmp = f"/tmp/rrleak-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths must fit 107 bytes
+    root = f"{s3_bucket}/leak-{uuid.uuid4().hex[:6]}"
+    data = tiny_sweep("leak", root, seeds=2, align=["none", "activation"], correction=["none"])
+    env = {
+        **without_ray_address(),
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_SESSION_TOKEN": token,
+        "RAY_TMPDIR": ray_tmp,
+    }
+    try:
+        out = run_cli(write_yaml(tmp_path / "sweep.yaml", data), "--num-cpus", "2", env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "started a fresh local Ray cluster" in out.stdout
+        files = [p for p in Path(ray_tmp).rglob("*") if p.is_file() and not p.is_socket()]
+        assert len(files) > 20  # Ray's logs and session files really are there
+        for path in files:
+            content = path.read_bytes()
+            assert secret.encode() not in content and token.encode() not in content, path
+        client = boto3.client("s3")
+        bucket, prefix = root.removeprefix("s3://").split("/", 1)
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+        assert any(k.endswith(".pt") for k in keys) and any(k.endswith(".parquet") for k in keys)
+        for key in keys:
+            content = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            assert secret.encode() not in content and token.encode() not in content, key
+        assert secret not in out.stdout + out.stderr
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_storage_that_cannot_be_written_fails_before_ray_starts_naming_it(s3_bucket, tmp_path):
+    data = tiny_sweep("nowhere", "s3://no-such-bucket/runs", seeds=2)
+    out = run_cli(write_yaml(tmp_path / "sweep.yaml", data), env=without_ray_address())
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "cannot write to s3://no-such-bucket/runs/nowhere" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1  # one line, no traceback
+    assert "Ray" not in out.stdout
+
+
+def test_without_an_address_a_run_never_joins_the_ray_start_cluster_of_the_machine(tmp_path):
+    """A real `ray start --head` in Ray's default temp dir: what a plain ray.init() would join."""
+    from pathlib import Path
+
+    from ray._common.utils import get_ray_address_file
+
+    from .conftest import free_port
+    from .processes import kill_processes_mentioning
+
+    current = Path(get_ray_address_file(None))  # /tmp/ray/ray_current_cluster
+    saved = current.read_text() if current.exists() else None
+    port = free_port()
+    env = {**without_ray_address(), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    ray = str(Path(sys.executable).parent / "ray")
+    start = [ray, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false"]
+    try:
+        started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert current.read_text().strip().endswith(f":{port}")  # the machine's "current" cluster is this one
+        data = tiny_sweep("alone", str(tmp_path), seeds=2, align=["none"], correction=["none"])
+        config = write_yaml(tmp_path / "sweep.yaml", data)
+        alone = run_cli(config, "--num-cpus", "2", env=env)
+        assert alone.returncode == 0, alone.stdout + alone.stderr
+        assert "started a fresh local Ray cluster" in alone.stdout and f":{port} " not in alone.stdout
+        joined = run_cli(config, "--address", "auto", env=env)  # asked for: joins it (nothing left to do)
+        assert joined.returncode == 0, joined.stdout + joined.stderr
+        assert "joined the Ray cluster at " in joined.stdout and f":{port}" in joined.stdout
+    finally:
+        kill_processes_mentioning(f":{port}")  # never `ray stop`: it would end the test session's cluster too
+        kill_processes_mentioning(f"port={port}")
+        if saved is None:
+            current.unlink(missing_ok=True)
+        else:
+            current.write_text(saved)
