@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,21 @@ def verdicts(name: str, rows: list[dict]) -> list[str]:
     return out
 
 
+def _sections(path: Path) -> dict[str, str]:
+    """The ``## Title`` sections of an existing BENCHMARKS.md, by title."""
+    if not path.exists():
+        return {}
+    text = path.read_text()
+    date = re.search(r"^- Date: ([0-9-]+ [0-9:]+)", text, flags=re.M)
+    out: dict[str, str] = {}
+    for chunk in text.split("\n## ")[1:]:
+        title = chunk.split("\n", 1)[0].strip()
+        if date:  # a section from a run before sections carried their date: the file's date is theirs
+            chunk = re.sub(r"_\((\d+) s\)_", rf"_(\1 s; run {date.group(1)})_", chunk)
+        out[title] = "## " + chunk.rstrip() + "\n"
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer models, repeats and samples")
@@ -81,6 +97,9 @@ def main() -> None:
     command = "make bench" if not args.quick and args.only == list(SECTIONS) else " ".join(["python", *sys.argv])
     started = time.time()
     results, parts = {}, []
+    today = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    # with --only, the other sections of the existing file stay as they were (each says when it ran)
+    kept = _sections(Path(args.out)) if args.only != list(SECTIONS) else {}
     for name in args.only:
         title, module, target = SECTIONS[name]
         print(f"== {title}", flush=True)
@@ -91,8 +110,9 @@ def main() -> None:
         lines += ["", (module.__doc__ or "").strip().split("\n\n")[0], "", module.markdown(rows), ""]
         if target:
             lines += [target, ""] + [f"- {v}" for v in verdicts(name, rows)] + [""]
-        lines.append(f"_({time.time() - t:.0f} s)_\n")
-        parts.append("\n".join(lines))
+        lines.append(f"_({time.time() - t:.0f} s; run {today})_\n")
+        kept[title] = "\n".join(lines)
+    parts = [kept[title] for title, _, _ in SECTIONS.values() if title in kept]
     header = [
         "# Benchmarks",
         "",
@@ -100,7 +120,8 @@ def main() -> None:
         "",
         f"- Command: `{command}`",
         f"- Machine: {machine()}",
-        f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; total {time.time() - started:.0f} s",
+        f"- Date: {today}; total {time.time() - started:.0f} s"
+        + ("" if not args.only or args.only == list(SECTIONS) else f" (sections run: {', '.join(args.only)})"),
         "- Each comparison is a ratio measured in the same run.",
         "",
     ]
