@@ -27,7 +27,7 @@ test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install --quiet --upgrade pip
 "${PIP[@]}" install --quiet "${TORCH_PINS[@]}"
-"${PIP[@]}" install --quiet -e . "${TORCH_PINS[@]}"
+"${PIP[@]}" install --quiet -c constraints.txt -e '.[dev]' "${TORCH_PINS[@]}"  # dev: moto's S3 server for scale.py
 "${PIP[@]}" install --quiet --no-deps "$REBASIN"
 "${PIP[@]}" install --quiet "${REBASIN_DEPS[@]}" "${TORCH_PINS[@]}"
 "$VENV/bin/python" - <<'PY'

@@ -359,7 +359,7 @@ def first_row_benchmark(quick: bool) -> dict[str, Any]:
     from repair_ray.sweep.runner import run_sweep
 
     data = _sweep_dict("firstrow", str(WORK), widths=[8], seeds=2)
-    data["models"] = [{"arch": "mlp", "width": 8, "depth": 1}, {"arch": "mlp", "width": 256, "depth": 3}]
+    data["models"] = [{"arch": "mlp", "width": 8, "depth": 1}, {"arch": "mlp", "width": 512, "depth": 3}]
     data["dataset"] = {**data["dataset"], "train_size": 2048}
     data["train"] = {"epochs": 2 if quick else 6, "batch_size": 32, "lr": 0.02}
     config = parse_config(data)
