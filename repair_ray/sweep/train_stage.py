@@ -252,7 +252,8 @@ def run_train_stage(
 
     def epoch_done(spec: dict[str, Any], result: dict[str, Any]) -> None:
         trial, now = (spec["model_key"], spec["seed"]), time.monotonic()
-        if now - last_line.get(trial, -math.inf) < EPOCH_LINE_SECONDS and result["epoch"] < epochs:
+        # the clock starts at a trial's first epoch: short trials print only their last one
+        if now - last_line.setdefault(trial, now) < EPOCH_LINE_SECONDS and result["epoch"] < epochs:
             return
         last_line[trial] = now
         accuracy = result.get("test_acc")
