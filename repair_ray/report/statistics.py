@@ -219,11 +219,16 @@ def summarise(
                 }
             )
         )
+    return _finish(out, columns, keys)
+
+
+def _finish(out: pd.DataFrame, columns: Sequence[str], keys: Sequence[str]) -> pd.DataFrame:
+    """A grouped summary as a sorted table with every column, absent statistics as NaN."""
     out = out.reset_index()
     for column in columns:
         if column not in out.columns:
             out[column] = np.nan
-    return _sort(out[columns], keys)
+    return _sort(out[list(columns)], keys)
 
 
 def summarise_models(data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -254,11 +259,7 @@ def summarise_models(data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.Data
                 }
             )
         )
-    out = out.reset_index()
-    for column in columns:
-        if column not in out.columns:
-            out[column] = np.nan
-    return _sort(out[columns], keys)
+    return _finish(out, columns, keys)
 
 
 def failed_pairs(data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFrame:
