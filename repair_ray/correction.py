@@ -47,7 +47,7 @@ def repair_moments(
     model: nn.Module, data: TensorData, spec: PermutationSpec, *, batch_size: int = 1000
 ) -> dict[str, Moments]:
     """Per-channel mean and std at every REPAIR point of an endpoint network (one pass)."""
-    return channel_moments(model, data, spec.repair_points, batch_size=batch_size)
+    return channel_moments(model, data, spec.repair_points, axes=spec.channel_axes, batch_size=batch_size)
 
 
 def target_moments(a: Mapping[str, Moments], b: Mapping[str, Moments], alpha: float) -> dict[str, Moments]:
@@ -57,13 +57,15 @@ def target_moments(a: Mapping[str, Moments], b: Mapping[str, Moments], alpha: fl
     }
 
 
-def _batch_moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    flat = channels_last_2d(y)
+def _batch_moments(y: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = channels_last_2d(y, axis)
     return flat.mean(0), flat.std(0, unbiased=False)
 
 
-def _channel_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(1, -1, *([1] * (like.dim() - 2))).to(like.dtype)
+def _channel_view(v: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
+    shape = [1] * like.dim()
+    shape[axis] = -1
+    return v.view(shape).to(like.dtype)
 
 
 def _safe_scale(target_std: torch.Tensor, raw_std: torch.Tensor) -> torch.Tensor:
@@ -90,19 +92,23 @@ def _corrective_pass(
     reset: bool,
     targets: Mapping[str, Moments] | None,
     batch_size: int,
+    axes: Mapping[str, int] | None = None,
 ) -> None:
     bns = batchnorms(model) if reset else []
     bn_acc = {id(m): ChannelMoments() for m in bns}
     point_acc = {k: ChannelMoments() for k in (targets or {})}
     handles = [m.register_forward_pre_hook(lambda m, inp: bn_acc[id(m)].update(inp[0])) for m in bns]
 
+    axes = axes or {}
+
     def renormalise(name: str, y: torch.Tensor) -> torch.Tensor:
-        point_acc[name].update(y)
-        mean, std = _batch_moments(y)
+        axis = axes.get(name, 1)
+        point_acc[name].update(y, axis)
+        mean, std = _batch_moments(y, axis)
         tgt = targets[name]
         scale = _safe_scale(tgt.std.to(y.device), std.double()).to(y.dtype)
         shift = tgt.mean.to(y.device).to(y.dtype) - scale * mean
-        return y * _channel_view(scale, y) + _channel_view(shift, y)
+        return y * _channel_view(scale, y, axis) + _channel_view(shift, y, axis)
 
     model.eval()
     for m in bns:
@@ -167,5 +173,7 @@ def repair(
     moments_a = repair_moments(a, data, spec, batch_size=batch_size) if isinstance(a, nn.Module) else a
     moments_b = repair_moments(b, data, spec, batch_size=batch_size) if isinstance(b, nn.Module) else b
     targets = target_moments(moments_a, moments_b, alpha)
-    _corrective_pass(model, data, reset=has_batchnorm(model), targets=targets, batch_size=batch_size)
+    _corrective_pass(
+        model, data, reset=has_batchnorm(model), targets=targets, batch_size=batch_size, axes=spec.channel_axes
+    )
     return model

@@ -12,11 +12,11 @@ from torch import nn
 from .datasets import TensorData
 
 
-def channels_last_2d(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, ...) → (N·..., C): every spatial position is a sample of each channel."""
-    if x.dim() == 2:
+def channels_last_2d(x: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """(N, C, ...) → (N·..., C): every position other than the channel ``axis`` is a sample of each channel."""
+    if x.dim() == 2 and axis in (1, -1):
         return x
-    return x.movedim(1, -1).reshape(-1, x.shape[1])
+    return x.movedim(axis, -1).reshape(-1, x.shape[axis])
 
 
 class ChannelMoments:
@@ -27,8 +27,8 @@ class ChannelMoments:
         self.total: torch.Tensor | None = None
         self.total_sq: torch.Tensor | None = None
 
-    def update(self, x: torch.Tensor) -> None:
-        flat = channels_last_2d(x.detach()).double()
+    def update(self, x: torch.Tensor, axis: int = 1) -> None:
+        flat = channels_last_2d(x.detach(), axis).double()
         if self.total is None:
             self.total = flat.sum(0)
             self.total_sq = (flat * flat).sum(0)
@@ -79,13 +79,22 @@ def output_hooks(model: nn.Module, names: Sequence[str], hook: Hook) -> Iterator
 
 @torch.no_grad()
 def channel_moments(
-    model: nn.Module, data: TensorData, names: Sequence[str], *, batch_size: int = 1000
+    model: nn.Module,
+    data: TensorData,
+    names: Sequence[str],
+    *,
+    axes: Mapping[str, int] | None = None,
+    batch_size: int = 1000,
 ) -> dict[str, Moments]:
-    """Per-channel mean and std of the outputs of ``names`` over ``data``, all in one pass (eval mode)."""
+    """Per-channel mean and std of the outputs of ``names`` over ``data``, all in one pass (eval mode).
+
+    ``axes`` gives the channel axis of outputs whose channels are not on axis 1.
+    """
     acc = {n: ChannelMoments() for n in names}
+    axes = axes or {}
 
     def record(name: str, out: torch.Tensor) -> None:
-        acc[name].update(out)
+        acc[name].update(out, axes.get(name, 1))
 
     model.eval()
     with output_hooks(model, names, record):
@@ -101,8 +110,9 @@ class MomentRecorder:
     samples at those positions) instead of making a separate statistics pass.
     """
 
-    def __init__(self, names: Sequence[str], stop: int, start: int = 0) -> None:
+    def __init__(self, names: Sequence[str], stop: int, start: int = 0, axes: Mapping[str, int] | None = None) -> None:
         self.names, self.start, self.stop = list(names), start, stop
+        self.axes = dict(axes or {})
         self.moments = {n: ChannelMoments() for n in self.names}
         self.seen = dict.fromkeys(self.names, 0)
 
@@ -110,7 +120,7 @@ class MomentRecorder:
         first, n = self.seen[name], out.shape[0]
         lo, hi = max(self.start - first, 0), min(self.stop - first, n)
         if hi > lo:
-            self.moments[name].update(out[lo:hi])
+            self.moments[name].update(out[lo:hi], self.axes.get(name, 1))
         self.seen[name] += n
 
     def result(self) -> dict[str, Moments]:

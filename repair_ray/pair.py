@@ -27,6 +27,7 @@ from .permutation import (
     identity_permutation,
     weight_matching,
 )
+from .permutation.spec import axis_index
 
 ALIGNS = ("none", "weight", "activation")
 CORRECTIONS = ("none", "reset", "repair")
@@ -162,20 +163,14 @@ def sample_forwards(settings: PairSettings, n_train_eval: int, n_test: int, *, b
     return total
 
 
-def point_groups(spec: PermutationSpec) -> dict[str, str]:
-    """The permutation group of the channels of every REPAIR point (from its weight's output axis)."""
-    return {p: spec.axes[f"{p}.weight"][0] for p in spec.repair_points}
-
-
 def permute_moments(
     spec: PermutationSpec, moments: Mapping[str, Moments], perm: Mapping[str, torch.Tensor]
 ) -> dict[str, Moments]:
-    """B's statistics as seen in the aligned B: gather each point's channels by its group's permutation."""
-    groups = point_groups(spec)
+    """B's statistics as seen in the aligned B: gather each point's channels as its weight's output axis is."""
     out = {}
     for p, m in moments.items():
-        idx = perm[groups[p]].to(m.mean.device)
-        out[p] = Moments(m.mean[idx], m.std[idx])
+        idx = axis_index(spec.axes[f"{p}.weight"][0], perm, m.mean.device)
+        out[p] = m if idx is None else Moments(m.mean[idx.to(m.mean.device)], m.std[idx.to(m.mean.device)])
     return out
 
 
@@ -241,7 +236,8 @@ def analyse_pair(
         # The endpoints' statistics are recorded during their train evaluation, which passes
         # over the statistics samples (its first samples) and the held-out ones anyway.
         for model in (model_a, model_b):
-            stats, later = MomentRecorder(points, len(stat_data)), MomentRecorder(points, held_out[1], held_out[0])
+            stats = MomentRecorder(points, len(stat_data), axes=spec.channel_axes)
+            later = MomentRecorder(points, held_out[1], held_out[0], axes=spec.channel_axes)
             train_metrics = evaluate(
                 model, train_eval, batch_size=settings.eval_batch_size, record=Recorders(stats, later)
             )
@@ -273,7 +269,9 @@ def analyse_pair(
                     with clock("stat"):
                         _correct(work, correction, moments_a, moments_b_aligned, stat_data, alpha, spec, settings)
                 # at alpha = 0.5 the train evaluation also measures the variance collapse (``layers``)
-                recorder = MomentRecorder(points, held_out[1], held_out[0]) if alpha == 0.5 else None
+                recorder = (
+                    MomentRecorder(points, held_out[1], held_out[0], axes=spec.channel_axes) if alpha == 0.5 else None
+                )
                 for split, data in splits.items():
                     if at_endpoint:
                         metrics = endpoint[split][0 if alpha == 0.0 else 1]

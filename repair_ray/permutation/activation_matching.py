@@ -27,8 +27,8 @@ class CrossMoments:
         self.count = 0
         self.sums: list[torch.Tensor] = []
 
-    def update(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
-        fa, fb = channels_last_2d(xa).double(), channels_last_2d(xb).double()
+    def update(self, xa: torch.Tensor, xb: torch.Tensor, axis: int = 1) -> None:
+        fa, fb = channels_last_2d(xa, axis).double(), channels_last_2d(xb, axis).double()
         parts = [fa.sum(0), fb.sum(0), (fa * fa).sum(0), (fb * fb).sum(0), fa.T @ fb]
         self.sums = parts if not self.sums else [s + p for s, p in zip(self.sums, parts, strict=True)]
         self.count += fa.shape[0]
@@ -71,7 +71,7 @@ def correlation_matrices(
         with output_hooks(model_b, points, keep):
             model_b(x)
         for p in points:
-            moments[p].update(outs_a[p], captured[p])
+            moments[p].update(outs_a[p], captured[p], spec.channel_axis(p))
         captured.clear()
     return {g: sum(moments[p].correlation() for p in pts) for g, pts in spec.activations.items()}
 

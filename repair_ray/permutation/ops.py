@@ -7,12 +7,13 @@ gathered with ``index_select(axis, p)``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from .spec import PermutationSpec, SpecError
+from .spec import PermutationSpec, SpecError, axis_index
 
 Permutation = dict[str, torch.Tensor]
 StateDict = dict[str, torch.Tensor]
@@ -22,7 +23,7 @@ def as_state(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> StateDic
     """A state dict from a model or a mapping of tensors."""
     if isinstance(model_or_state, nn.Module):
         return model_or_state.state_dict()
-    return dict(model_or_state)
+    return model_or_state if isinstance(model_or_state, dict) else dict(model_or_state)
 
 
 def identity_permutation(spec: PermutationSpec, device: str | torch.device = "cpu") -> Permutation:
@@ -56,9 +57,9 @@ def permute_tensor(
     except_axis: int | None = None,
 ) -> torch.Tensor:
     """``tensor`` (the entry ``name``) with every permuted axis gathered, except ``except_axis``."""
-    for axis, g in enumerate(spec.axes[name]):
-        if g is not None and axis != except_axis:
-            tensor = tensor.index_select(axis, perm[g].to(tensor.device))
+    for axis, entry in enumerate(spec.axes[name]):
+        if entry is not None and axis != except_axis:
+            tensor = tensor.index_select(axis, axis_index(entry, perm, tensor.device).to(tensor.device))
     return tensor
 
 
@@ -75,4 +76,7 @@ def apply_permutation(
     state = as_state(model_or_state)
     spec.validate(state)
     _check_perm(spec, perm)
-    return {k: permute_tensor(spec, k, v, perm) for k, v in state.items()}
+    out = OrderedDict((k, permute_tensor(spec, k, v, perm)) for k, v in state.items())
+    if hasattr(state, "_metadata"):  # module versions: some modules load older layouts by them
+        out._metadata = state._metadata
+    return out

@@ -15,7 +15,69 @@ from torch import nn
 
 
 class SpecError(ValueError):
-    """A permutation spec does not fit a model or a state dict."""
+    """A permutation spec does not fit a model or a state dict, or a network's symmetry cannot be derived."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of ``units`` units of one group along an axis, each unit repeated ``inner`` times in a row.
+
+    An axis that is not one group's units in order is a tuple of segments: the channels of a
+    concatenation (one segment per part), a flattened feature map before a linear layer (each
+    channel a block of H×W entries: ``inner = H·W``) or a channels-last flatten (H·W segments of
+    ``inner = 1``). ``group`` None marks units no permutation acts on.
+    """
+
+    group: str | None
+    units: int
+    inner: int = 1
+
+
+# What a spec says of one axis: a group, None (not permuted) or a tuple of segments.
+AxisEntry = str | None | tuple[Segment, ...]
+
+
+def entry_groups(entry: AxisEntry) -> list[str]:
+    """The groups acting on an axis, in order of appearance."""
+    if entry is None:
+        return []
+    if isinstance(entry, str):
+        return [entry]
+    return list(dict.fromkeys(s.group for s in entry if s.group is not None))
+
+
+def entry_size(entry: tuple[Segment, ...]) -> int:
+    return sum(s.units * s.inner for s in entry)
+
+
+def axis_index(entry: AxisEntry, perm: Mapping[str, torch.Tensor], device: torch.device | str = "cpu"):
+    """The gather index of an axis under ``perm`` (None when the axis is not permuted)."""
+    if entry is None:
+        return None
+    if isinstance(entry, str):
+        return perm[entry]
+    parts, offset = [], 0
+    for s in entry:
+        if s.group is None:
+            parts.append(torch.arange(offset, offset + s.units * s.inner, device=device))
+        else:
+            units = perm[s.group].to(device)
+            parts.append((offset + units[:, None] * s.inner + torch.arange(s.inner, device=device)).reshape(-1))
+        offset += s.units * s.inner
+    return torch.cat(parts)
+
+
+def unit_positions(entry: AxisEntry, group: str, units: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(units, occurrences): where along the axis each unit of ``group`` sits."""
+    if isinstance(entry, str):
+        return torch.arange(units, device=device)[:, None]
+    cols, offset = [], 0
+    for s in entry:
+        if s.group == group:
+            starts = offset + torch.arange(units, device=device)[:, None] * s.inner
+            cols.append(starts + torch.arange(s.inner, device=device))
+        offset += s.units * s.inner
+    return torch.cat(cols, dim=1)
 
 
 @dataclass(frozen=True)
@@ -23,31 +85,39 @@ class PermutationSpec:
     """Which permutation group acts on each axis of each state-dict entry.
 
     Attributes:
-        axes: for every parameter AND buffer name, one entry per axis: a group name or ``None``
-            (axis not permuted). Scalars such as ``num_batches_tracked`` have ``()``.
+        axes: for every parameter AND buffer name, one entry per axis: a group name, ``None``
+            (axis not permuted) or a tuple of :class:`Segment` (several groups, or a group's units
+            repeated, along one axis). Scalars such as ``num_batches_tracked`` have ``()``.
         sizes: the number of units of each group.
         buffers: names in ``axes`` that are buffers (running statistics), not parameters;
             weight matching ignores them, applying a permutation does not.
-        activations: for every group, the module names whose outputs (channel axis 1) carry the
-            group's units; activation matching correlates these outputs.
-        repair_points: module names whose outputs (channel axis 1) REPAIR corrects, in forward
-            order; each is a Linear/Conv with a bias or a norm layer with an affine, so the
-            correction folds into its weight and bias.
+        activations: for every group, the module names whose outputs carry the group's units
+            on their channel axis; activation matching correlates these outputs.
+        repair_points: module names whose outputs REPAIR corrects, in forward order; each is a
+            Linear/Conv with a bias or a norm layer with an affine, so the correction folds into
+            its weight and bias (whose axis 0 runs over the output channels).
+        channel_axes: the channel axis of a point's output where it is not axis 1 (a
+            channels-last LayerNorm or Linear on a (N, H, W, C) tensor has 3).
     """
 
-    axes: Mapping[str, tuple[str | None, ...]]
+    axes: Mapping[str, tuple[AxisEntry, ...]]
     sizes: Mapping[str, int]
     buffers: frozenset[str] = frozenset()
     activations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     repair_points: tuple[str, ...] = ()
+    channel_axes: Mapping[str, int] = field(default_factory=dict)
+
+    def channel_axis(self, point: str) -> int:
+        """The channel axis of an activation or REPAIR point's output."""
+        return self.channel_axes.get(point, 1)
 
     @property
     def groups(self) -> dict[str, list[tuple[str, int]]]:
         """For every group, the (state-dict name, axis) pairs it acts on."""
         out: dict[str, list[tuple[str, int]]] = {g: [] for g in self.sizes}
-        for name, groups in self.axes.items():
-            for axis, g in enumerate(groups):
-                if g is not None:
+        for name, entries in self.axes.items():
+            for axis, entry in enumerate(entries):
+                for g in entry_groups(entry):
                     out[g].append((name, axis))
         return out
 
@@ -72,6 +142,9 @@ class PermutationSpec:
             for axis, g in enumerate(groups):
                 if g is None:
                     continue
+                if not isinstance(g, str):
+                    self._validate_segments(name, axis, g, tensor)
+                    continue
                 if g not in self.sizes:
                     raise SpecError(f"{name!r} axis {axis} names unknown permutation group {g!r}")
                 if tensor.shape[axis] != self.sizes[g]:
@@ -82,6 +155,22 @@ class PermutationSpec:
         unused = [g for g, members in self.groups.items() if not members]
         if unused:
             raise SpecError(f"permutation group {unused[0]!r} acts on no parameter")
+
+    def _validate_segments(self, name: str, axis: int, entry: tuple[Segment, ...], tensor: torch.Tensor) -> None:
+        if entry_size(entry) != tensor.shape[axis]:
+            raise SpecError(
+                f"{name!r} axis {axis} has size {tensor.shape[axis]} but its segments cover {entry_size(entry)} entries"
+            )
+        for s in entry:
+            if s.group is None:
+                continue
+            if s.group not in self.sizes:
+                raise SpecError(f"{name!r} axis {axis} names unknown permutation group {s.group!r}")
+            if s.units != self.sizes[s.group]:
+                raise SpecError(
+                    f"{name!r} axis {axis} has a segment of {s.units} units of group {s.group!r}, "
+                    f"which has {self.sizes[s.group]}"
+                )
 
     def check_modules(self, model: nn.Module) -> None:
         """Check that every activation and REPAIR point names a module of ``model``."""

@@ -24,7 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .ops import Permutation, _check_perm, as_state, identity_permutation, permute_tensor
-from .spec import PermutationSpec, SpecError
+from .spec import AxisEntry, PermutationSpec, SpecError, axis_index, entry_groups, unit_positions
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def matching_objective(
 
 
 def _permuted_params(spec: PermutationSpec) -> list[str]:
-    return [n for n, axes in spec.axes.items() if n not in spec.buffers and any(g is not None for g in axes)]
+    return [n for n, axes in spec.axes.items() if n not in spec.buffers and any(e is not None for e in axes)]
 
 
 class _Term:
@@ -69,38 +69,50 @@ class _Term:
     and brought up to date lazily: reused while the other groups' permutations are unchanged,
     corrected for the changed units only when few of one group's units moved, recomputed
     otherwise. A parameter no other group acts on (a bias, a norm's affine) is computed once.
-    Both tensors are kept with the group's axis first, so flattening them copies nothing.
+    Both tensors are kept as (units, occurrences, other axes...): a unit's occurrences are its
+    repeats along a segmented axis (one for a plain axis, H·W for a flattened feature map).
     """
 
     # A correction costs (changed units / all units) of a full product, plus two gathers.
     MAX_CHANGED_FRACTION = 0.5
 
-    def __init__(self, spec: PermutationSpec, name: str, axis: int, a: torch.Tensor, b: torch.Tensor) -> None:
-        self.a = a.movedim(axis, 0).contiguous()
-        self.b = b.movedim(axis, 0).contiguous()
-        self.flat_a = self.a.reshape(len(self.a), -1)
-        # the other permuted axes, numbered as in the moved tensors
+    def __init__(
+        self, spec: PermutationSpec, name: str, axis: int, group: str, a: torch.Tensor, b: torch.Tensor
+    ) -> None:
+        entry = spec.axes[name][axis]
+        units = spec.sizes[group]
+        self.a, self.b = (self._rows(t, entry, axis, group, units) for t in (a, b))
+        self.flat_a = self.a.reshape(units, -1)
+        # the other permuted axes, numbered as in the (units, occurrences, ...) tensors
         self.others = [
-            (i + 1 if i < axis else i, g) for i, g in enumerate(spec.axes[name]) if g is not None and i != axis
+            ((i if i < axis else i - 1) + 2, e) for i, e in enumerate(spec.axes[name]) if e is not None and i != axis
         ]
         self.value: torch.Tensor | None = None
         self.basis: dict[str, torch.Tensor] = {}  # the other groups' permutations ``value`` is for
         self.version = 0  # counts the changes of ``value``
 
+    @staticmethod
+    def _rows(t: torch.Tensor, entry: AxisEntry, axis: int, group: str, units: int) -> torch.Tensor:
+        if isinstance(entry, str):
+            return t.movedim(axis, 0).unsqueeze(1).contiguous()
+        positions = unit_positions(entry, group, units, t.device)
+        picked = t.index_select(axis, positions.reshape(-1)).movedim(axis, 0)
+        return picked.reshape(units, positions.shape[1], *picked.shape[1:]).contiguous()
+
     def _permuted_b(self, perm: Mapping[str, torch.Tensor], unmoved: set[str], skip: int | None = None) -> torch.Tensor:
         wb = self.b
-        for i, g in self.others:
-            if i != skip and g not in unmoved:
-                wb = wb.index_select(i, perm[g])
+        for i, entry in self.others:
+            if i != skip and not unmoved.issuperset(entry_groups(entry)):
+                wb = wb.index_select(i, axis_index(entry, perm, wb.device))
         return wb
 
     def product(self, perm: Mapping[str, torch.Tensor], unmoved: set[str]) -> torch.Tensor:
         """The product for ``perm``; ``unmoved``: the groups whose permutation is the identity."""
         if self.value is not None:
-            moved = [(i, g) for i, g in self.others if perm[g] is not self.basis[g]]
+            moved = [(i, e) for i, e in self.others if any(perm[g] is not self.basis[g] for g in entry_groups(e))]
             if not moved:
                 return self.value
-            if len(moved) == 1:
+            if len(moved) == 1 and isinstance(moved[0][1], str):
                 i, g = moved[0]
                 old, new = self.basis[g], perm[g]
                 units = torch.nonzero(old != new).squeeze(1)
@@ -116,7 +128,7 @@ class _Term:
                     return self.value
         wb = self._permuted_b(perm, unmoved)
         self.value = self.flat_a @ wb.reshape(len(wb), -1).T
-        self.basis = {g: perm[g] for _, g in self.others}
+        self.basis = {g: perm[g] for _, e in self.others for g in entry_groups(e)}
         self.version += 1
         return self.value
 
@@ -130,6 +142,7 @@ def weight_matching(
     max_iter: int = 100,
     seed: int = 0,
     init_perm: Mapping[str, torch.Tensor] | None = None,
+    first_sweep: str = "random",
 ) -> Permutation:
     """The permutation of B whose weights best match A's (Git Re-Basin weight matching).
 
@@ -139,6 +152,9 @@ def weight_matching(
         max_iter: cap on sweeps over all groups.
         seed: seeds the order in which groups are visited; the result is deterministic for it.
         init_perm: start here instead of the identity.
+        first_sweep: ``random`` visits the groups of every sweep in a seeded random order (Git
+            Re-Basin); ``forward`` visits them from the input to the output in the first sweep, so
+            each group is matched after the one feeding it (later sweeps are random).
 
     Returns:
         ``{group: LongTensor}`` on A's device: apply it to B with :func:`apply_permutation`.
@@ -153,21 +169,24 @@ def weight_matching(
     names = {n for pairs in members.values() for n, _ in pairs}
     a32 = {n: state_a[n].float() for n in names}
     b32 = {n: state_b[n].to(device).float() for n in names}
-    terms = {(n, ax): _Term(spec, n, ax, a32[n], b32[n]) for pairs in members.values() for n, ax in pairs}
+    terms = {(n, ax, g): _Term(spec, n, ax, g, a32[n], b32[n]) for g, pairs in members.items() for n, ax in pairs}
     groups = sorted(g for g in spec.sizes if members[g])
+    forward = [g for g in spec.sizes if members[g]]  # a spec lists its groups from input to output
     unmoved = {g for g in groups if torch.equal(perm[g], torch.arange(spec.sizes[g], device=device))}
     gen = torch.Generator().manual_seed(seed)
     # The versions of a group's terms at its last assignment: the same similarity again gives the
     # same assignment (which was accepted or rejected then), so the visit can change nothing.
     solved: dict[str, tuple[int, ...]] = {}
 
+    if first_sweep == "forward":
+        _forward_sweep(spec, members, terms, perm, unmoved, forward)
     for iteration in range(max_iter):
         improved = False
         for idx in torch.randperm(len(groups), generator=gen).tolist():
             g = groups[idx]
             n_units = spec.sizes[g]
-            products = [terms[member].product(perm, unmoved) for member in members[g]]
-            versions = tuple(terms[member].version for member in members[g])
+            products = [terms[(n, ax, g)].product(perm, unmoved) for n, ax in members[g]]
+            versions = tuple(terms[(n, ax, g)].version for n, ax in members[g])
             if solved.get(g) == versions:
                 continue
             solved[g] = versions
@@ -186,3 +205,25 @@ def weight_matching(
         if not improved:
             break
     return perm
+
+
+def _assign(similarity: torch.Tensor) -> np.ndarray:
+    return linear_sum_assignment(similarity.double().cpu().numpy(), maximize=True)[1]
+
+
+def _forward_sweep(spec, members, terms, perm, unmoved, forward) -> None:
+    """Match each group once, input to output, on the parameters whose other groups are matched already."""
+    device = next(iter(perm.values())).device
+    done: set[str] = set()
+    for g in forward:
+        usable = [
+            (n, ax)
+            for n, ax in members[g]
+            if all(h == g or h in done for i, e in enumerate(spec.axes[n]) if i != ax for h in entry_groups(e))
+        ]
+        similarity = sum(terms[(n, ax, g)].product(perm, unmoved) for n, ax in usable or members[g])
+        cols = _assign(similarity)
+        if not np.array_equal(cols, np.arange(len(cols))):
+            perm[g] = torch.as_tensor(cols, dtype=torch.long, device=device)
+            unmoved.discard(g)
+        done.add(g)
