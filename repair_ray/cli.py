@@ -97,6 +97,7 @@ def examples(name: str | None) -> None:
 @_storage_option
 def validate(config_path: str | None, example: str | None, storage_uri: str | None) -> None:
     """Check CONFIG and print the expanded plan, without starting Ray."""
+    from .models.external import KNOBS
     from .sweep.planning import sample_forward_passes
 
     config = _load(config_path, example, storage_uri)
@@ -105,10 +106,9 @@ def validate(config_path: str | None, example: str | None, storage_uri: str | No
     click.echo(f"models to train: {config.n_trials} ({len(config.models)} model configs x seeds)")
     for plan in config.models:
         m = plan.model
-        click.echo(
-            f"  {plan.model_key}: {m.arch} width={m.width:g} depth={m.depth} norm={m.norm} "
-            f"seeds={list(plan.seeds)} pairs={len(plan.pairs)}"
-        )
+        knobs = [f"{k}={v:g}" if k == "width" else f"{k}={v}" for k in KNOBS if (v := getattr(m, k)) is not None]
+        knobs += [f"kwargs={m.kwargs}"] if m.kwargs else []
+        click.echo(f"  {plan.model_key}: {' '.join([m.arch, *knobs])} seeds={list(plan.seeds)} pairs={len(plan.pairs)}")
     s = config.pair_settings
     click.echo(f"pairs: {config.n_pairs}; align {list(s.aligns)} x correction {list(s.corrections)}")
     click.echo(f"alphas: {len(s.alphas)} points from {s.alphas[0]:g} to {s.alphas[-1]:g}")

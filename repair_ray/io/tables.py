@@ -38,7 +38,14 @@ def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
 
 
 _IDS = (("sweep", _STR), ("model_key", _STR))
-_MODEL_DESC = (("arch", _STR), ("dataset", _STR), ("width", _F64), ("depth", _INT), ("norm", _STR))
+_MODEL_DESC = (
+    ("arch", _STR),
+    ("dataset", _STR),
+    ("width", _F64),
+    ("depth", _INT),
+    ("norm", _STR),
+    ("model_kwargs", _STR),  # a network's keyword arguments as canonical JSON (architectures outside the zoo)
+)
 _PAIR_IDS = (("seed_a", _INT), ("seed_b", _INT), ("align", _STR), ("correction", _STR))
 _WHEN = (("started_at", _TIME), ("finished_at", _TIME))
 

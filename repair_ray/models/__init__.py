@@ -7,13 +7,19 @@ norms an architecture takes); :func:`build_model` and the sweep's config both go
 from __future__ import annotations
 
 import functools
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 from ..errors import Problems, unknown_choice
+from ..permutation.derive import derive_spec
+from ..permutation.spec import PermutationSpec, SpecError
 from .common import NORMS
+from .external import DATA_ARGS, KNOBS, build_external, factory_parameters, is_external
 from .mlp import MLP
 from .resnet import cifar_resnet, resnet18, resnet50
 from .vgg import VGG, VGG_LAYERS
@@ -55,26 +61,43 @@ def _is_number(value: object) -> bool:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """An architecture of the zoo with its knobs, checked on construction.
+    """A network of the zoo, of torchvision or of a user's factory, with its knobs; checked on construction.
 
-    ``width`` counts hidden units for ``mlp`` (an integer) and is a channel multiplier for the
-    others; ``depth`` None means the architecture's default. After construction ``width`` has
-    the architecture's type and ``depth`` is resolved, so equal models compare (and hash) equal.
-    Raises :class:`repair_ray.SettingError` naming every offending knob.
+    ``arch`` is a zoo name (``mlp``, ``vgg``, ...), ``torchvision:<name>`` or
+    ``package.module:factory``. For the zoo, ``width`` counts hidden units for ``mlp`` (an
+    integer) and is a channel multiplier for the others; ``depth`` None means the
+    architecture's default and ``norm`` None means ``none``. For other architectures a knob that
+    is given is passed to the factory, which must name it as a parameter; ``kwargs`` (a mapping,
+    kept as canonical JSON so configs compare and hash by value) are passed as they are.
+    Raises :class:`repair_ray.SettingError` naming every offending field.
     """
 
     arch: str
-    width: float
+    width: float | None = None
     depth: int | None = None
-    norm: str = "none"
+    norm: str | None = None
+    kwargs: str | dict[str, Any] = ""
 
     def __post_init__(self) -> None:
         problems = Problems("ModelConfig")
+        kwargs = self._canonical_kwargs(problems)
+        if is_external(self.arch):
+            self._check_external(kwargs, problems)
+            problems.raise_if_any()
+            return
         info = ARCHS.get(self.arch)
         if info is None:
-            problems.add("arch", unknown_choice("arch", self.arch, list(ARCHS)))
+            problems.add(
+                "arch",
+                unknown_choice("arch", self.arch, list(ARCHS))
+                + " (or 'torchvision:<name>' / 'package.module:factory' for any other network)",
+            )
             problems.raise_if_any()
-        if not _is_number(self.width) or not self.width > 0:
+        if kwargs:
+            problems.add("kwargs", f"{self.arch} is a zoo architecture and takes no keyword arguments")
+        if self.width is None:
+            problems.add("width", f"{self.arch} needs a width")
+        elif not _is_number(self.width) or not self.width > 0:
             problems.add(
                 "width", f"must be a positive {'integer' if info.integer_width else 'number'}, got {self.width!r}"
             )
@@ -83,19 +106,85 @@ class ModelConfig:
         depth = info.default_depth if self.depth is None else self.depth
         if not (isinstance(depth, int) and not isinstance(depth, bool)) or not info.depths(depth):
             problems.add("depth", f"{self.arch} depth must be {info.depth_hint}, got {depth!r}")
-        if self.norm not in info.norms:
-            problems.add("norm", f"{self.arch} supports norm {', '.join(info.norms)}; got {self.norm!r}")
+        norm = "none" if self.norm is None else self.norm
+        if norm not in info.norms:
+            problems.add("norm", f"{self.arch} supports norm {', '.join(info.norms)}; got {norm!r}")
         problems.raise_if_any()
         object.__setattr__(self, "width", int(self.width) if info.integer_width else float(self.width))
         object.__setattr__(self, "depth", depth)
+        object.__setattr__(self, "norm", norm)
+
+    def _canonical_kwargs(self, problems: Problems) -> dict[str, Any]:
+        raw = self.kwargs
+        try:
+            value = json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
+            if not isinstance(value, dict):
+                raise TypeError(f"must be a mapping of keyword arguments, got {type(value).__name__}")
+            canonical = json.dumps(value, sort_keys=True, allow_nan=False) if value else ""
+        except (TypeError, ValueError) as error:
+            problems.add("kwargs", f"must be a mapping of plain values (numbers, strings, lists, mappings): {error}")
+            return {}
+        object.__setattr__(self, "kwargs", canonical)
+        return value
+
+    def _check_external(self, kwargs: dict[str, Any], problems: Problems) -> None:
+        try:
+            named, _ = factory_parameters(self.arch)
+        except ValueError as error:
+            problems.add("arch", str(error))
+            return
+        for knob in KNOBS:
+            if knob in kwargs:
+                problems.add("kwargs", f"gives {knob!r}; use the model's {knob} key, which the sweep grid varies")
+            value = getattr(self, knob)
+            if value is not None and knob not in named:
+                problems.add(
+                    knob,
+                    f"{self.arch} takes no {knob!r} argument, so {knob} {value!r} cannot reach it "
+                    f"(it takes: {', '.join(sorted(named)) or 'no named arguments'})",
+                )
+        for key in DATA_ARGS:
+            if key in kwargs:
+                problems.add("kwargs", f"gives {key!r}, which the sweep takes from the dataset")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments for an architecture outside the zoo."""
+        return json.loads(self.kwargs) if self.kwargs else {}
+
+    @property
+    def label(self) -> str:
+        """A readable name: ``mlp-w512-d3-none``, ``torchvision-resnet18``."""
+        if not is_external(self.arch):
+            return f"{self.arch}-w{self.width:g}-d{self.depth}-{self.norm}"
+        parts = [re.sub(r"[^A-Za-z0-9_.]+", "-", self.arch)]
+        for knob in KNOBS:
+            value = getattr(self, knob)
+            if value is not None:
+                parts.append(str(value) if knob == "norm" else f"{knob[0]}{value:g}")
+        return "-".join(parts)
 
     def build(self, num_classes: int = 10, in_shape: tuple[int, ...] = (1, 28, 28)) -> nn.Module:
         """A freshly initialised network (under the current torch RNG state)."""
+        if is_external(self.arch):
+            knobs = {k: getattr(self, k) for k in KNOBS}
+            return build_external(self.arch, self.options, knobs, num_classes, tuple(in_shape))
         model = ARCHS[self.arch].build(
             width=self.width, depth=self.depth, norm=self.norm, num_classes=num_classes, in_shape=tuple(in_shape)
         )
         model.arch = self.arch
         return model
+
+    def permutation_spec(self, num_classes: int = 10, in_shape: tuple[int, ...] = (1, 28, 28)) -> PermutationSpec:
+        """The permutation spec of this network: the zoo's own, or derived from the graph (see
+        :func:`repair_ray.permutation_spec`). It names state-dict entries and modules, so it fits
+        every instance; it is computed once per process, on the meta device where the factory
+        allows it.
+
+        Raises:
+            SpecError: naming the module and op whose symmetry cannot be derived.
+        """
+        return _spec(self, num_classes, tuple(in_shape))
 
     @property
     def has_batchnorm(self) -> bool:
@@ -104,25 +193,54 @@ class ModelConfig:
 
 
 @functools.lru_cache(maxsize=256)
-def _has_batchnorm(config: ModelConfig) -> bool:
+def _meta_build(config: ModelConfig, num_classes: int = 10, in_shape: tuple[int, ...] = (1, 28, 28)) -> nn.Module:
     import torch
 
+    try:
+        with torch.device("meta"):
+            return config.build(num_classes, in_shape)
+    except (NotImplementedError, RuntimeError):  # a factory that computes on tensors while building
+        return config.build(num_classes, in_shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _spec(config: ModelConfig, num_classes: int, in_shape: tuple[int, ...]) -> PermutationSpec:
+    import torch
+
+    model = _meta_build(config, num_classes, in_shape)
+    if hasattr(model, "permutation_spec") and not is_external(config.arch):
+        return model.permutation_spec()
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    example = torch.zeros(2, *in_shape, device=device)
+    spec = derive_spec(model, example)
+    with torch.no_grad():
+        out = model.eval()(example)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SpecError(
+            f"{config.arch} must return logits of shape (batch, {num_classes}) for this dataset; it returns {shape}"
+        )
+    return spec
+
+
+@functools.lru_cache(maxsize=256)
+def _has_batchnorm(config: ModelConfig) -> bool:
     from ..correction import has_batchnorm
 
-    with torch.device("meta"):
-        return has_batchnorm(config.build())
+    return has_batchnorm(_meta_build(config))
 
 
 def build_model(
     arch: str,
     *,
-    width: float,
+    width: float | None = None,
     depth: int | None = None,
-    norm: str = "none",
+    norm: str | None = None,
     num_classes: int = 10,
     in_shape: tuple[int, ...] = (1, 28, 28),
+    **kwargs: Any,
 ) -> nn.Module:
-    """Build a freshly initialised network of the zoo.
+    """Build a freshly initialised network of the zoo, of torchvision or of a factory (see :class:`ModelConfig`).
 
     Args:
         arch: ``mlp``, ``vgg``, ``cifar_resnet`` (CIFAR family, depth 6n+2), ``resnet20`` (its
@@ -134,13 +252,28 @@ def build_model(
         num_classes: outputs of the classifier.
         in_shape: (channels, height, width) of one input.
     """
-    return ModelConfig(arch, width, depth, norm).build(num_classes, in_shape)
+    return ModelConfig(arch, width, depth, norm, kwargs).build(num_classes, in_shape)
 
 
-def permutation_spec(model: nn.Module):
-    """The :class:`~repair_ray.PermutationSpec` of a model of the zoo (validated against the model)."""
+def permutation_spec(model: nn.Module, example_input: Any = None) -> PermutationSpec:
+    """The :class:`~repair_ray.PermutationSpec` of a network: which permutation acts on which axis.
+
+    With ``example_input`` (one batch, a tensor or a tuple, on the model's device or the meta
+    device) the spec is derived from the network's ``torch.fx`` graph: any network fx can trace,
+    see the README's support table. Without it, the model must carry its own
+    ``permutation_spec()`` (the zoo's models do).
+
+    Raises:
+        SpecError: naming the module and op whose channel symmetry is not a plain permutation (or
+            cannot be told), or when the network cannot be traced.
+    """
+    if example_input is not None:
+        return derive_spec(model, example_input)
     if not hasattr(model, "permutation_spec"):
-        raise TypeError(f"{type(model).__name__} has no permutation spec; build it with repair_ray.build_model")
+        raise TypeError(
+            f"{type(model).__name__} has no permutation_spec() of its own; pass an example input, "
+            "permutation_spec(model, example_input), to derive it from the graph"
+        )
     return model.permutation_spec()
 
 

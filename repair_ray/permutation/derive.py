@@ -27,7 +27,6 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from .spec import PermutationSpec, Segment, SpecError
 
@@ -147,8 +146,30 @@ class _Tracer(fx.Tracer):
         return node
 
 
+@dataclass(frozen=True)
+class _TensorShape:
+    shape: tuple[int, ...]
+
+
+def _shape_meta(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return _TensorShape(tuple(value.shape))
+    if isinstance(value, (tuple, list)):
+        return tuple(_shape_meta(v) for v in value)
+    return None
+
+
+class _Shapes(fx.Interpreter):
+    """Runs the graph once, recording every node's output shape(s) in ``node.meta['tensor_meta']``."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        n.meta["tensor_meta"] = _shape_meta(result)
+        return result
+
+
 def trace(model: nn.Module, example_input: Any) -> fx.GraphModule:
-    """The model's fx graph with every node's output shape (``node.meta['tensor_meta']``)."""
+    """The model's fx graph with every node's output shape (``node.meta['tensor_meta']``, a ``.shape``)."""
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
@@ -164,7 +185,7 @@ def trace(model: nn.Module, example_input: Any) -> fx.GraphModule:
     model.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
+            _Shapes(gm).run(*inputs)
     except Exception as error:  # noqa: BLE001
         cause = error.__cause__ or error
         shapes = [tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)]

@@ -22,11 +22,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..datasets import check_dataset
+from ..datasets import check_dataset, dataset_in_shape, dataset_num_classes
 from ..errors import SettingError
 from ..io import storage
 from ..models import ModelConfig
 from ..pair import PairSettings, correction_applies
+from ..permutation import SpecError
 from ..training import TrainConfig
 from .planning import ModelPlan, model_key, pairing
 from .schema import DatasetSection, FirstPairs, ModelGrid, Resources, SweepSection, describe_validation_error
@@ -171,6 +172,9 @@ def _expand(
     model_configs = _model_grid(s.models, problems)
     if problems or dataset is None or train is None or seeds is None or settings is None:
         return None
+    _check_specs(model_configs, dataset, settings, problems)
+    if problems:
+        return None
 
     pair_list = pairing(seeds, s.pairs)
     plans = []
@@ -221,6 +225,38 @@ def _check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
         problems.append(f"flush.seconds: must be 0 or more, got {s.flush.seconds}")
     if isinstance(s.pairs, FirstPairs) and s.pairs.first < 1:
         problems.append(f"pairs.first: must be a positive integer, got {s.pairs.first}")
+
+
+def _check_specs(
+    configs: list[tuple[int, ModelConfig]], dataset: DatasetSpec, settings: PairSettings, problems: list[str]
+) -> None:
+    """Every network's permutation spec, derived before Ray starts (on the meta device where possible).
+
+    A network whose symmetry cannot be derived fails here, naming the module and op; so does one
+    without the activation or REPAIR points an asked-for method needs.
+    """
+    in_shape = dataset_in_shape(dataset.name, dataset.options)
+    num_classes = dataset_num_classes(dataset.name, dataset.options)
+    for i, mc in configs:
+        if in_shape is None or num_classes is None:
+            continue  # an image folder: its shape is known only from its files, so the workers check it
+        try:
+            spec = mc.permutation_spec(num_classes, in_shape)
+        except (SpecError, TypeError, ValueError, RuntimeError) as error:
+            problems.append(f"models[{i}] ({mc.label}): {error}")
+            continue
+        no_points = [g for g in spec.sizes if g not in spec.activations]
+        if "activation" in settings.aligns and no_points:
+            problems.append(
+                f"models[{i}] ({mc.label}): align activation needs a module output carrying each permutation "
+                f"group, and group {no_points[0]!r} has none (e.g. its nonlinearity is a function or a module used "
+                "twice); leave activation out of align for this network"
+            )
+        if "repair" in settings.corrections and not spec.repair_points:
+            problems.append(
+                f"models[{i}] ({mc.label}): correction repair needs norm layers with an affine or layers with a "
+                "bias to fold into, and this network has none; leave repair out of correction"
+            )
 
 
 def _warn_skipped_corrections(plans: list[ModelPlan], settings: PairSettings, source: str) -> None:
@@ -288,14 +324,14 @@ def _as_list(value: Any) -> list[Any]:
 def _model_grid(grids: list[ModelGrid], problems: list[str]) -> list[tuple[int, ModelConfig]]:
     out = []
     for i, g in enumerate(grids):
-        widths, depths, norms = _as_list(g.width), _as_list(g.depth), _as_list(g.norm)
+        widths, depths, norms = _as_list(g.width), _as_list(g.depth), _as_list(g.norm)  # None: not set
         if not (widths and depths and norms):
             problems.append(f"models[{i}]: width, depth and norm must not be empty lists")
             continue
         found = len(problems)
         for w, d, n in itertools.product(widths, depths, norms):
             config = _build(
-                lambda arch=g.arch, w=w, d=d, n=n: ModelConfig(arch, w, d, n),
+                lambda arch=g.arch, w=w, d=d, n=n, kw=g.kwargs: ModelConfig(arch, w, d, n, kw),
                 lambda k, i=i: f"models[{i}].{k}",
                 problems,
             )

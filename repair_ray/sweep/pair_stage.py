@@ -111,7 +111,8 @@ def pair_task(context: dict[str, Any], job: Job) -> dict[str, list[dict[str, Any
             model = model_config.build(dataset.num_classes, dataset.in_shape).to(device)
             model.load_state_dict(load_checkpoint(uri, map_location=device).state_dict)
             models.append(model.eval())
-        result = analyse_pair(models[0], models[1], dataset, _job_settings(context, job))
+        spec = model_config.permutation_spec(dataset.num_classes, dataset.in_shape)
+        result = analyse_pair(models[0], models[1], dataset, _job_settings(context, job), spec=spec)
     except Exception as error:  # noqa: BLE001 - every failure of a pair is data for its row
         return failed_rows(context, job, error_text(error), str(device))
     ident, desc = _identity(context, job), model_columns(context["models"][job[0]], context["dataset"])

@@ -39,11 +39,12 @@ class ModelPlan:
 
 def model_key(model: ModelConfig, train: TrainConfig, dataset: dict[str, Any]) -> str:
     """A readable, stable key: the model's shape plus a hash of model, training and dataset config."""
-    payload = json.dumps(
-        {"model": asdict(model), "train": asdict(train), "dataset": dataset}, sort_keys=True, default=str
-    )
+    described = asdict(model)
+    if not described["kwargs"]:  # keys of networks without keyword arguments stay what they were
+        del described["kwargs"]
+    payload = json.dumps({"model": described, "train": asdict(train), "dataset": dataset}, sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
-    return f"{model.arch}-w{model.width:g}-d{model.depth}-{model.norm}-{digest}"
+    return f"{model.label}-{digest}"
 
 
 def pairing(seeds: list[int], rule: str | FirstPairs) -> list[tuple[int, int]]:
@@ -145,7 +146,7 @@ def forward_flops(model: ModelConfig, dataset: str, options: dict[str, Any]) -> 
 
     in_shape = dataset_in_shape(dataset, options) or (3, 32, 32)
     with torch.device("meta"):
-        net = model.build(10, in_shape)
+        net = model.build(10, in_shape).eval()
         with FlopCounterMode(display=False) as counter:
             net(torch.empty(1, *in_shape))
     return float(counter.get_total_flops())

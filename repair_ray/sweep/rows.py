@@ -6,11 +6,16 @@ from typing import Any
 
 
 def model_columns(model: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any]:
-    """``arch, dataset, width, depth, norm`` of a row, from a job's model config and dataset (as dicts)."""
+    """``arch, dataset, width, depth, norm, model_kwargs`` of a row, from a job's model config and dataset (as dicts).
+
+    Knobs a network outside the zoo is not given are null; ``model_kwargs`` is its keyword
+    arguments as canonical JSON (null when there are none).
+    """
     return {
         "arch": model["arch"],
         "dataset": dataset["name"],
-        "width": float(model["width"]),
+        "width": None if model["width"] is None else float(model["width"]),
         "depth": model["depth"],
         "norm": model["norm"],
+        "model_kwargs": model.get("kwargs") or None,
     }

@@ -30,9 +30,10 @@ class ModelGrid(_Strict):
     """One entry of ``models``: every combination of the listed values is a model config."""
 
     arch: str
-    width: Number | list[Number]
+    width: Number | list[Number] | None = None
     depth: int | list[int] | None = None
-    norm: str | list[str] = "none"
+    norm: str | list[str] | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 # ``train``: the core's TrainConfig fields (derived from it, so the two never drift apart) plus
