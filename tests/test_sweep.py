@@ -245,3 +245,70 @@ def test_long_trials_show_their_epochs(ray_session, tmp_path, monkeypatch):
     for seed in (0, 1):
         for epoch in (1, 2, 3):
             assert any(f"seed {seed}: epoch {epoch}/3, test accuracy" in line for line in lines), (seed, epoch)
+
+
+def test_a_sweep_of_networks_outside_the_zoo(ray_session, tmp_path):
+    """A user's factory (width and depth knobs passed through) and a torchvision network with kwargs."""
+    config = parse_config(
+        tiny_sweep(
+            "external",
+            str(tmp_path),
+            dataset={"name": "synthetic", "shape": [3, 8, 8], "num_classes": 4, "train_size": 512, "test_size": 256},
+            models=[
+                {"arch": "tests.custom_nets:residual_mlp", "width": [8, 16], "depth": 1},
+                {"arch": "torchvision:mobilenet_v3_small", "kwargs": {"dropout": 0.0}},
+            ],
+            seeds=2,
+            train={"epochs": 1, "batch_size": 64, "lr": 0.05},
+        )
+    )
+    result = run(config)
+    assert result.train.failed == 0 and result.pairs.failed == 0
+    tables = load_tables(config.root)
+    models, pairs = tables["models"], tables["pairs"]
+    assert len(models) == 6 and (models.status == "ok").all()
+    mlp = models[models.arch == "tests.custom_nets:residual_mlp"]
+    assert sorted(mlp.width) == [8.0, 8.0, 16.0, 16.0] and set(mlp.depth) == {1} and mlp.model_kwargs.isna().all()
+    tv = pairs[pairs.arch == "torchvision:mobilenet_v3_small"]
+    assert tv.width.isna().all() and set(tv.model_kwargs) == {'{"dropout": 0.0}'}
+    assert len(pairs) == 3 * 3 * 2 and (pairs.status == "ok").all()
+    assert {k.rsplit("-", 1)[0] for k in models.model_key} == {
+        "tests.custom_nets-residual_mlp-w8-d1",
+        "tests.custom_nets-residual_mlp-w16-d1",
+        "torchvision-mobilenet_v3_small",
+    }
+    # the pairs were aligned on the derived specs: weight matching changed every curve
+    by_align = pairs.set_index(["model_key", "seed_a", "seed_b", "align", "correction"]).barrier_test_loss
+    for key in mlp.model_key.unique():  # (one epoch leaves mobilenet at chance: flat curves)
+        assert by_align[(key, 0, 1, "weight", "none")] != by_align[(key, 0, 1, "none", "none")]
+
+
+def test_a_network_whose_symmetry_cannot_be_derived_fails_validation_naming_the_op(tmp_path):
+    from repair_ray.sweep.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"models\[0\] \(torchvision-shufflenet_v2_x0_5\): cannot derive .* 'view'"):
+        parse_config(
+            tiny_sweep(
+                "shuffle",
+                str(tmp_path),
+                dataset={"name": "synthetic", "shape": [3, 32, 32], "num_classes": 4},
+                models=[{"arch": "torchvision:shufflenet_v2_x0_5"}],
+            )
+        )
+
+
+def test_zoo_model_keys_stay_what_they_were():
+    """Keys name checkpoints and rows of running studies: a zoo network's key must not change."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    config = parse_config(tiny_sweep("keys", "/tmp/unused"))
+    plan = config.models[0]
+    old_payload = {
+        "model": {"arch": "mlp", "width": 16, "depth": 2, "norm": "none"},
+        "train": asdict(config.train),
+        "dataset": config.dataset.as_dict(),
+    }
+    digest = hashlib.sha256(json.dumps(old_payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    assert plan.model_key == f"mlp-w16-d2-none-{digest}"

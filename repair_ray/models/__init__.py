@@ -186,6 +186,11 @@ class ModelConfig:
         """
         return _spec(self, num_classes, tuple(in_shape))
 
+    def skeleton(self, num_classes: int = 10, in_shape: tuple[int, ...] = (1, 28, 28)) -> nn.Module:
+        """This network on the meta device (no memory; on the CPU when the factory computes with
+        tensors while building), built once per process: for shapes, FLOPs and specs, not for training."""
+        return _meta_build(self, num_classes, tuple(in_shape))
+
     @property
     def has_batchnorm(self) -> bool:
         """Whether the network has BatchNorm layers (what RESET needs); read off a meta-device build."""

@@ -145,10 +145,10 @@ def forward_flops(model: ModelConfig, dataset: str, options: dict[str, Any]) -> 
     from torch.utils.flop_counter import FlopCounterMode
 
     in_shape = dataset_in_shape(dataset, options) or (3, 32, 32)
-    with torch.device("meta"):
-        net = model.build(10, in_shape).eval()
-        with FlopCounterMode(display=False) as counter:
-            net(torch.empty(1, *in_shape))
+    net = model.skeleton(10, in_shape).eval()
+    device = next(iter(net.parameters()), torch.empty(0)).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, *in_shape, device=device))
     return float(counter.get_total_flops())
 
 
