@@ -200,6 +200,14 @@ _job_address = click.option(
 @_job_address
 @click.option("--id", "submission_id", help="Submission id of the job (default: repair-ray-NAME-TIME).")
 @click.option("--follow/--no-follow", default=False, help="Stream the job's logs until it ends; exit with its outcome.")
+@click.option(
+    "--py-module",
+    "py_modules",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="A package folder, module file or wheel of your own networks (arch: my_pkg.models:make_net) to ship with "
+    "the job to every worker (Ray runtime_env py_modules); repeatable.",
+)
 def submit(
     config_path: str | None,
     example: str | None,
@@ -207,6 +215,7 @@ def submit(
     address: str | None,
     submission_id: str | None,
     follow: bool,
+    py_modules: tuple[str, ...],
 ) -> None:
     """Submit the sweep in CONFIG to a Ray cluster as a Ray Job (from a laptop: no shell on the head).
 
@@ -229,7 +238,7 @@ def submit(
             "the driver; use s3://, gs:// or a filesystem every node shares for more than one node",
             err=True,
         )
-    job_id = jobs.submit(data, address=address, submission_id=submission_id)
+    job_id = jobs.submit(data, address=address, submission_id=submission_id, py_modules=py_modules)
     where = f" --address {address}" if address else ""
     click.echo(f"[submit] job {job_id}: sweep {config.name} -> {config.root}")
     click.echo(

@@ -245,13 +245,29 @@ def test_slurm_script_follows_rays_pattern():
 
 
 def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_token, tmp_path):
-    """From a 'laptop': submit a sweep to a real head with token auth; no secret in the job."""
+    """From a 'laptop': submit a sweep to a real head with token auth; no secret in the job.
+
+    One network is the user's own, from a package only the laptop has: ``--py-module`` ships it.
+    """
     address, token, env = ray_head_with_token
-    config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("submitted", str(tmp_path / "runs"), seeds=3))
+    package = tmp_path / "code" / "my_nets"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text(
+        "from torch import nn\n\n"
+        "def make(width, num_classes, in_shape):\n"
+        "    c, h, w = in_shape\n"
+        "    hidden = nn.Linear(c * h * w, width)\n"
+        "    return nn.Sequential(nn.Flatten(), hidden, nn.ReLU(), nn.Linear(width, num_classes))\n"
+    )
+    models = [{"arch": "mlp", "width": 16, "depth": 2}, {"arch": "my_nets.models:make", "width": 8}]
+    config = write_yaml(
+        tmp_path / "sweep.yaml", tiny_sweep("submitted", str(tmp_path / "runs"), seeds=3, models=models)
+    )
     cli = [sys.executable, "-m", "repair_ray"]
     submitted = subprocess.run(
-        [*cli, "submit", config, "--address", address, "--id", "sweep-sdk-1", "--follow"],
-        env=env,
+        [*cli, "submit", config, "--address", address, "--id", "sweep-sdk-1", "--follow", "--py-module", str(package)],
+        env={**env, "PYTHONPATH": str(package.parent)},  # the laptop validates the config: it imports my_nets
         capture_output=True,
         text=True,
         timeout=600,
@@ -259,11 +275,11 @@ def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_toke
     out = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0, out
     assert "[submit] job sweep-sdk-1" in out and "repair-ray logs sweep-sdk-1" in out
-    assert "[pairs] 3/3 pairs done" in out and "job sweep-sdk-1 SUCCEEDED" in out
+    assert "[pairs] 6/6 pairs done" in out and "job sweep-sdk-1 SUCCEEDED" in out
     assert "joined the Ray cluster" in out  # the entrypoint joined the job's cluster by RAY_ADDRESS
 
     logs = subprocess.run([*cli, "logs", "sweep-sdk-1", "--address", address], env=env, capture_output=True, text=True)
-    assert logs.returncode == 0 and "[pairs] 3/3 pairs done" in logs.stdout
+    assert logs.returncode == 0 and "[pairs] 6/6 pairs done" in logs.stdout
     stopped = subprocess.run(
         [*cli, "stop", "sweep-sdk-1", "--address", address], env=env, capture_output=True, text=True
     )
@@ -281,4 +297,5 @@ def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_toke
     assert not {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"} & set(variables)
     assert env["AWS_SECRET_ACCESS_KEY"] not in json.dumps(runtime_env)
     tables = load_tables(str(tmp_path / "runs" / "submitted"))
-    assert len(tables["pairs"]) == 3 * 6 and (tables["pairs"]["status"] == "ok").all()
+    assert len(tables["pairs"]) == 2 * 3 * 6 and (tables["pairs"]["status"] == "ok").all()
+    assert set(tables["models"].arch) == {"mlp", "my_nets.models:make"}

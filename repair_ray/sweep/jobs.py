@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,13 @@ def submit(
     *,
     address: str | None,
     submission_id: str | None = None,
+    py_modules: Sequence[str] = (),
 ) -> str:
-    """Submit ``repair-ray run`` of an already validated config; returns the job's submission id."""
+    """Submit ``repair-ray run`` of an already validated config; returns the job's submission id.
+
+    ``py_modules``: the user's own code (package folders, module files, wheels) that the config's
+    networks import, shipped to the driver and every worker with this version of repair_ray.
+    """
     import repair_ray
 
     with tempfile.TemporaryDirectory(prefix="repair-ray-job-") as folder:
@@ -48,7 +53,7 @@ def submit(
         entrypoint = "python -m repair_ray run sweep.yaml"  # RAY_ADDRESS is set for it: it joins the cluster
         runtime_env = {
             "working_dir": folder,
-            "py_modules": [os.path.dirname(repair_ray.__file__)],
+            "py_modules": [os.path.dirname(repair_ray.__file__), *(os.path.abspath(p) for p in py_modules)],
             "env_vars": forwarded_env(),
         }
         name = submission_id or f"repair-ray-{config_data['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
