@@ -119,6 +119,58 @@ class ChannelsLastFlatten(nn.Module):
         return self.head(torch.relu(self.fc(x)))
 
 
+class FunctionalNet(nn.Module):
+    """Parameters used through functions: F.conv2d, F.linear, F.layer_norm, einsum, matmul."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 8) -> None:
+        super().__init__()
+        self.conv_w = nn.Parameter(torch.randn(width, in_channels, 3, 3) * 0.3)
+        self.conv_b = nn.Parameter(torch.randn(width) * 0.1)
+        self.ln_w = nn.Parameter(torch.ones(width))
+        self.ln_b = nn.Parameter(torch.zeros(width))
+        self.mix = nn.Parameter(torch.randn(width, 2 * width) * 0.3)  # used with einsum
+        self.proj = nn.Parameter(torch.randn(2 * width, width) * 0.3)  # used with matmul
+        self.head_w = nn.Parameter(torch.randn(num_classes, width) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(F.conv2d(x, self.conv_w, self.conv_b, padding=1))
+        x = x.mean((2, 3))
+        x = F.layer_norm(x, (x.shape[-1],), self.ln_w, self.ln_b)
+        h = torch.tanh(torch.einsum("nc,cd->nd", x, self.mix))
+        x = x + h @ self.proj
+        return F.linear(x, self.head_w)
+
+
+class SplitBack(nn.Module):
+    """Two branches concatenated, normalised together, then split back into the branches."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.b = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(10)
+        self.after_a = nn.Conv2d(4, 5, 1)
+        self.after_b = nn.Conv2d(6, 5, 1)
+        self.head = nn.Linear(10, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        left, right = torch.split(y, [4, 6], dim=1)
+        z = torch.cat([self.after_a(left), self.after_b(right[:, :, :, :])], 1)
+        return self.head(F.relu(z).mean((2, 3)))
+
+
+class ArgmaxChannels(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(12, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.a(x.flatten(1))
+        return self.head(h) * torch.max(h, dim=1)[1][:, None]
+
+
 def unet(in_channels: int = 3, num_classes: int = 10, width: int = 8) -> nn.Module:
     return UNetClassifier(in_channels, num_classes, width)
 

@@ -87,6 +87,8 @@ CUSTOM = {
     "se_depthwise_groupnorm_flatten": (lambda: custom_nets.SEBlockNet(width=16), (2, 3, 8, 8)),
     "convnext_channels_last_layer_scale": (lambda: custom_nets.ConvNeXtBlockNet(width=8), (2, 3, 8, 8)),
     "channels_last_flatten": (lambda: custom_nets.ChannelsLastFlatten(width=8), (2, 3, 8, 8)),
+    "functional_parameters": (lambda: custom_nets.FunctionalNet(width=8), (2, 3, 6, 6)),
+    "concat_split_back": (custom_nets.SplitBack, (2, 3, 6, 6)),
 }
 
 
@@ -98,7 +100,7 @@ def test_custom_networks_keep_their_function_and_matching_undoes_a_planted_permu
     check_symmetry(model, torch.randn(*shape))
 
 
-@pytest.mark.parametrize("name", list(CUSTOM))
+@pytest.mark.parametrize("name", [n for n in CUSTOM if n != "functional_parameters"])
 def test_activation_matching_on_derived_points_undoes_a_planted_permutation(name):
     build, shape = CUSTOM[name]
     torch.manual_seed(0)
@@ -113,6 +115,26 @@ def test_activation_matching_on_derived_points_undoes_a_planted_permutation(name
     aligned = apply_permutation(spec, found, permuted)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(aligned[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_network_of_functions_has_no_activation_points_and_validation_says_so(tmp_path):
+    from repair_ray.sweep.config import ConfigError, parse_config
+
+    from .helpers import tiny_sweep
+
+    spec = permutation_spec(custom_nets.FunctionalNet(), torch.randn(2, 3, 6, 6))
+    assert set(spec.sizes) == {"conv_w", "proj"} and not spec.activations and not spec.repair_points
+    config = tiny_sweep(
+        "functional",
+        str(tmp_path),
+        dataset={"name": "synthetic", "shape": [3, 6, 6], "num_classes": 10},
+        models=[{"arch": "tests.custom_nets:FunctionalNet"}],
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(config)
+    assert "align activation needs a module output carrying each permutation group" in str(info.value)
+    assert "correction repair needs norm layers with an affine or layers with a bias" in str(info.value)
+    parse_config({**config, "align": ["none", "weight"], "correction": ["none"]})
 
 
 def test_derived_segments_describe_concatenations_and_flattened_maps():
@@ -230,6 +252,7 @@ REFUSED = {
     "slice_channels": (custom_nets.SliceChannels, "op 'getitem' in the top-level forward: slices through"),
     "cumsum_channels": (custom_nets.CumsumChannels, "op 'cumsum' in the top-level forward"),
     "multihead_attention": (custom_nets.Attention, "module 'attn' (MultiheadAttention): attention heads"),
+    "argmax_channels": (custom_nets.ArgmaxChannels, "op 'max' in the top-level forward: takes the index"),
 }
 
 

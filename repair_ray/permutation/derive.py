@@ -871,11 +871,11 @@ class _Derivation:
         for i in used:
             lay = self.bound.get((i, 0))
             name = self.tensor_names[i][0]
-            if lay is not None and name.endswith(".weight"):
+            if lay is not None and not name.endswith(".bias"):
                 for v, _, _ in lay:
                     root = self.vars.find(v)
                     if root != FIXED:
-                        group_name(root, name[: -len(".weight")])
+                        group_name(root, name.removesuffix(".weight"))
         for i in used:
             for ax in range(by_id[i].dim()):
                 for v, _, _ in self.bound.get((i, ax), ()):
