@@ -293,7 +293,7 @@ class Trainer:
     def checkpoint_meta(self, metrics: dict[str, float], status: str) -> dict[str, Any]:
         """What a checkpoint of this run records besides the weights."""
         return {
-            "model_config": asdict(self.model_config),
+            "model_config": self.model_config.described(),
             "train_config": asdict(self.train_config),
             "seed": self.seed,
             "init_seed": self.init_seed,

@@ -147,6 +147,12 @@ class ModelConfig:
             if key in kwargs:
                 problems.add("kwargs", f"gives {key!r}, which the sweep takes from the dataset")
 
+    def described(self) -> dict[str, Any]:
+        """The config as plain data for keys and checkpoints; without ``kwargs`` when there are none, so
+        the keys and checkpoints of networks without keyword arguments stay what they were."""
+        out = {"arch": self.arch, "width": self.width, "depth": self.depth, "norm": self.norm}
+        return {**out, "kwargs": self.kwargs} if self.kwargs else out
+
     @property
     def options(self) -> dict[str, Any]:
         """The keyword arguments for an architecture outside the zoo."""

@@ -39,10 +39,9 @@ class ModelPlan:
 
 def model_key(model: ModelConfig, train: TrainConfig, dataset: dict[str, Any]) -> str:
     """A readable, stable key: the model's shape plus a hash of model, training and dataset config."""
-    described = asdict(model)
-    if not described["kwargs"]:  # keys of networks without keyword arguments stay what they were
-        del described["kwargs"]
-    payload = json.dumps({"model": described, "train": asdict(train), "dataset": dataset}, sort_keys=True, default=str)
+    payload = json.dumps(
+        {"model": model.described(), "train": asdict(train), "dataset": dataset}, sort_keys=True, default=str
+    )
     digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
     return f"{model.label}-{digest}"
 
