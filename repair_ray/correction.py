@@ -10,8 +10,8 @@ Both work in ONE forward pass over the statistics data:
   conv/linear output in nets without norm) a hook renormalises each batch's channels to the
   target ``μ = (1-α)μA + αμB``, ``σ = (1-α)σA + ασB``, so later layers see the corrected
   earlier ones, and accumulates the statistics of the raw output. After the pass the affine
-  ``a = σ/σ_raw, b = μ - a·μ_raw`` is folded into the point's weight and bias, leaving a plain
-  model of the same architecture.
+  ``a = σ/sqrt(σ_raw² + ε), b = μ - a·μ_raw`` (ε as in BatchNorm) is folded into the point's
+  weight and bias, leaving a plain model of the same architecture.
 
 With all statistics samples in one batch both are exact; with smaller batches they carry the
 usual batch-statistics noise of the REPAIR reference code.
@@ -28,9 +28,9 @@ from .datasets import TensorData
 from .hooks import ChannelMoments, Moments, channel_moments, channels_last_2d, output_hooks
 from .permutation.spec import PermutationSpec
 
-# A channel whose raw std is below this fraction of its layer's typical std is treated as dead:
-# it is shifted to the target mean but not rescaled (dividing by ~0 would blow it up).
-DEAD_STD_FRACTION = 1e-4
+# REPAIR divides by sqrt(raw variance + EPS), as BatchNorm does: a near-dead channel (raw std ~0)
+# is not amplified without bound (the gain is at most target std / sqrt(EPS)).
+EPS = 1e-5
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -69,8 +69,7 @@ def _channel_view(v: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tenso
 
 
 def _safe_scale(target_std: torch.Tensor, raw_std: torch.Tensor) -> torch.Tensor:
-    dead = raw_std <= DEAD_STD_FRACTION * raw_std.mean().clamp_min(1e-30)
-    return torch.where(dead, torch.ones_like(raw_std), target_std / raw_std.clamp_min(1e-30))
+    return target_std / (raw_std * raw_std + EPS).sqrt()
 
 
 @torch.no_grad()

@@ -72,11 +72,13 @@ def barrier_metrics(curve: Mapping[str, Sequence[float]]) -> dict[str, float]:
             alphas must include 0, 0.5 and 1.
 
     Returns:
-        ``barrier_loss`` and ``barrier_error``: ``max_α [L(α) − ((1-α)L(0) + αL(1))]`` (Frankle et
-        al. 2020; Entezari et al. 2021) with ``error = 1 − acc``; ``midpoint_loss`` and
-        ``midpoint_acc``: the values at α = 0.5; ``midpoint_barrier_loss`` and
-        ``midpoint_barrier_error``: the value at 0.5 minus the mean of the endpoints (the
-        REPAIR paper's figures).
+        ``barrier_loss`` and ``barrier_error``: ``max_α [L(α) − ((1-α)L(0) + αL(1))]`` with
+        ``error = 1 − acc`` (the error version is Frankle et al. 2020's instability; Entezari et al.
+        2021 define the loss barrier so); ``max_barrier_loss`` and ``max_barrier_error``:
+        ``max_α L(α) − (L(0) + L(1))/2`` (the barrier of Git Re-Basin's plots); ``midpoint_loss``
+        and ``midpoint_acc``: the values at α = 0.5; ``midpoint_barrier_loss`` and
+        ``midpoint_barrier_error``: the value at 0.5 minus the mean of the endpoints (the REPAIR
+        paper's figures).
     """
     alphas = np.asarray(curve["alpha"], dtype=np.float64)
     loss = np.asarray(curve["loss"], dtype=np.float64)
@@ -87,6 +89,7 @@ def barrier_metrics(curve: Mapping[str, Sequence[float]]) -> dict[str, float]:
     for name, values in (("loss", loss), ("error", error)):
         v0, v1 = _at(alphas, values, 0.0), _at(alphas, values, 1.0)
         out[f"barrier_{name}"] = float(np.max(values - ((1 - alphas) * v0 + alphas * v1)))
+        out[f"max_barrier_{name}"] = float(np.max(values)) - (v0 + v1) / 2
         out[f"midpoint_barrier_{name}"] = _at(alphas, values, 0.5) - (v0 + v1) / 2
     out["midpoint_loss"] = _at(alphas, loss, 0.5)
     out["midpoint_acc"] = 1.0 - _at(alphas, error, 0.5)

@@ -31,6 +31,9 @@ from .permutation.spec import axis_index
 
 ALIGNS = ("none", "weight", "activation")
 CORRECTIONS = ("none", "reset", "repair")
+# Bumped whenever the same settings give different rows, so older rows stop being current (they
+# stay readable with load_tables(keys="all")). 2: corrections at the endpoints too, REPAIR's ε.
+ANALYSIS_VERSION = 2
 MAX_ALPHAS = 1001  # a finer grid costs a forward pass per point and pair without changing a barrier
 
 
@@ -149,17 +152,21 @@ def sample_forwards(settings: PairSettings, n_train_eval: int, n_test: int, *, b
     """Samples :func:`analyse_pair` pushes through a network for one pair: the forward floor.
 
     Every endpoint evaluated once on the train-curve and test samples and measured once on the
-    statistics samples; activation matching runs both networks on the statistics samples; every
-    curve evaluates each interior α once on the train-curve and test samples, plus one statistics
-    pass per interior α when corrected (``reset`` only on BatchNorm nets). The endpoints' and the
-    ``layers`` statistics ride on evaluation passes, so they cost nothing extra.
+    statistics samples; activation matching runs both networks on the statistics samples; an
+    uncorrected curve evaluates each interior α once on the train-curve and test samples; a
+    corrected one (``reset`` only on BatchNorm nets) evaluates every α, endpoints included, after
+    one statistics pass each. The endpoints' and the ``layers`` statistics ride on evaluation
+    passes, so they cost nothing extra.
     """
     stat = min(settings.stat_samples, n_train_eval)
     interior = sum(1 for a in settings.alphas if 0 < a < 1)
     total = 2 * (n_train_eval + n_test) + 2 * stat
     total += sum(2 * stat for a in settings.aligns if a == "activation")
     for _align, correction in settings.methods(batchnorm=batchnorm):
-        total += interior * (n_train_eval + n_test + (stat if correction != "none" else 0))
+        if correction == "none":
+            total += interior * (n_train_eval + n_test)
+        else:
+            total += len(settings.alphas) * (n_train_eval + n_test + stat)
     return total
 
 
@@ -209,9 +216,11 @@ def analyse_pair(
 ) -> PairResult:
     """Align B to A by each method, evaluate each correction along the α grid, compute barriers.
 
-    ``model_a``, ``model_b`` and ``dataset`` must be on the same device. Corrections apply for
-    0 < α < 1; the endpoints are the trained networks as they are (evaluated once per pair).
-    A ``reset`` on a network without BatchNorm is skipped (no rows).
+    ``model_a``, ``model_b`` and ``dataset`` must be on the same device. A correction applies at
+    every α of its curve, the endpoints included (as the REPAIR notebooks do: RESET changes a
+    trained BatchNorm network's statistics, so the barrier compares corrected with corrected);
+    the uncorrected curve's endpoints are the trained networks, evaluated once per pair, and so
+    are the ``endpoint_*`` columns. A ``reset`` on a network without BatchNorm is skipped (no rows).
     """
     spec = spec if spec is not None else model_a.permutation_spec()
     train_eval = dataset.train.subset(settings.train_samples, seed=settings.subset_seed)
@@ -263,7 +272,7 @@ def analyse_pair(
             say(f"{align}/{correction}")
             curve = {split: {"alpha": [], "loss": [], "acc": []} for split in splits}
             for alpha in alphas:
-                at_endpoint = alpha in (0.0, 1.0)
+                at_endpoint = alpha in (0.0, 1.0) and correction == "none"
                 if not at_endpoint:
                     work.load_state_dict(interpolate_state(state_a, state_b, alpha))
                     with clock("stat"):

@@ -166,3 +166,47 @@ def test_repair_points_are_never_the_classifier():
         spec = permutation_spec(build_model(arch, in_shape=shape, **kwargs))
         assert "head" not in spec.repair_points
         assert len(spec.repair_points) == len(set(spec.repair_points)) > 0
+
+
+def test_repair_gain_on_a_near_dead_channel_is_capped_as_batchnorm_does():
+    """A channel with almost no variance is not amplified without bound: gain <= target std / sqrt(EPS)."""
+    from repair_ray.correction import EPS
+    from repair_ray.hooks import Moments
+
+    torch.manual_seed(0)
+    model = build_model("mlp", width=8, depth=1, norm="none", in_shape=(1, 4, 4)).eval()
+    with torch.no_grad():
+        model.layers[0].linear.weight[0].mul_(1e-7)  # unit 0: raw std ~1e-7 of its inputs
+    data = prototype_data((1, 4, 4), n=200)
+    spec = permutation_spec(model)
+    (point,) = spec.repair_points
+    targets = {point: Moments(torch.zeros(8, dtype=torch.float64), torch.ones(8, dtype=torch.float64))}
+    before = model.layers[0].linear.weight.detach().clone()
+    repair(model, targets, targets, data, alpha=0.5, spec=spec, batch_size=len(data))
+    gain = model.layers[0].linear.weight.detach()[:, 0] / before[:, 0]
+    assert gain[0] <= 1.0 / EPS**0.5 * (1 + 1e-6)
+    assert gain[0] > 100  # still rescaled towards the target, only capped
+    # a live channel reaches its target std (the cap is negligible for it)
+    after = channel_moments(model, data, spec.repair_points)[point]
+    assert float(after.std[1]) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_corrected_curves_are_corrected_at_the_endpoints_too():
+    """RESET changes a trained BatchNorm net: the reset curve starts at RESET(A), not at A."""
+    from repair_ray import PairSettings, analyse_pair, evaluate
+    from repair_ray.datasets import make_synthetic
+
+    data = make_synthetic(shape=(1, 6, 6), num_classes=4, train_size=300, test_size=200)
+    a = briefly_trained("mlp", data.train, seed=1, steps=15, width=16, depth=2, norm="batch")
+    b = briefly_trained("mlp", data.train, seed=2, steps=15, width=16, depth=2, norm="batch")
+    settings = PairSettings(
+        aligns=("none",), corrections=("none", "reset"), alphas=3, train_samples=300, stat_samples=100
+    )
+    result = analyse_pair(a, b, data, settings)
+    curve = {(r["correction"], r["split"], r["alpha"]): r for r in result.curves}
+    raw, reset_a = evaluate(a, data.test), evaluate(reset_batchnorm(copy.deepcopy(a), data.train.head(100)), data.test)
+    assert curve[("none", "test", 0.0)]["loss"] == raw["loss"]
+    assert curve[("reset", "test", 0.0)]["loss"] == pytest.approx(reset_a["loss"], rel=1e-6)
+    assert reset_a["loss"] != pytest.approx(raw["loss"], rel=1e-6)  # RESET did move the endpoint
+    row = next(r for r in result.pairs if r["correction"] == "reset")
+    assert row["endpoint_test_loss_a"] == raw["loss"]  # the endpoint columns are the trained networks

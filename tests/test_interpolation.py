@@ -32,6 +32,9 @@ def test_barrier_is_measured_against_the_line_between_endpoints():
     assert m["midpoint_acc"] == pytest.approx(0.5)
     assert m["midpoint_barrier_loss"] == pytest.approx(2.5 - 1.5)
     assert m["midpoint_barrier_error"] == pytest.approx(0.5 - 0.15)
+    # Git Re-Basin's barrier: the curve's maximum minus the endpoints' mean
+    assert m["max_barrier_loss"] == pytest.approx(2.75 - 1.5)
+    assert m["max_barrier_error"] == pytest.approx(0.5 - 0.15)
 
 
 def test_barrier_is_never_negative_but_can_be_zero_at_the_endpoints():

@@ -15,9 +15,10 @@ def test_floor_counts_by_hand():
         aligns=("none", "activation"), corrections=("none", "reset", "repair"), alphas=(0, 0.5, 1), stat_samples=10
     )
     # endpoints: 2 x (100 + 50) eval + 2 x 10 stats; activation matching 2 x 10;
-    # per align: none -> 1 x 150, repair -> 1 x (150 + 10); reset skipped without BatchNorm
-    assert sample_forwards(s, 100, 50, batchnorm=False) == 300 + 20 + 20 + 2 * (150 + 160)
-    assert sample_forwards(s, 100, 50, batchnorm=True) == 300 + 20 + 20 + 2 * (150 + 160 + 160)
+    # per align: none -> the interior alpha, 1 x 150; a correction -> every alpha, endpoints included,
+    # 3 x (150 + 10); reset skipped without BatchNorm
+    assert sample_forwards(s, 100, 50, batchnorm=False) == 300 + 20 + 20 + 2 * (150 + 480)
+    assert sample_forwards(s, 100, 50, batchnorm=True) == 300 + 20 + 20 + 2 * (150 + 480 + 480)
 
 
 @pytest.mark.parametrize(

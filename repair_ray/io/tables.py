@@ -103,6 +103,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("stat_seconds", _F64),
         ("analysis_key", _STR),
         *_WHEN,
+        ("max_barrier_train_loss", _F64),
+        ("max_barrier_train_error", _F64),
+        ("max_barrier_test_loss", _F64),
+        ("max_barrier_test_error", _F64),
     ),
     "curves": _schema(
         *_IDS,

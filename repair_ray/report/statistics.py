@@ -43,8 +43,8 @@ def ci95(std: pd.Series | float, n: pd.Series | int) -> pd.Series | float:
 
 
 def barrier_columns(pairs: pd.DataFrame) -> list[str]:
-    """The barrier columns of a ``pairs`` table: ``barrier_*`` (max over alpha) and ``midpoint_barrier_*``."""
-    return [c for c in pairs.columns if c.startswith("barrier_") or c.startswith("midpoint_barrier_")]
+    """The barrier columns of a ``pairs`` table: ``barrier_*``, ``max_barrier_*`` and ``midpoint_barrier_*``."""
+    return [c for c in pairs.columns if c.startswith(("barrier_", "max_barrier_", "midpoint_barrier_"))]
 
 
 def _pairs_of(data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from ..datasets import dataset_in_shape, split_sizes
 from ..io.tables import read_arrow
 from ..models import ModelConfig
-from ..pair import PairSettings, sample_forwards
+from ..pair import ANALYSIS_VERSION, PairSettings, sample_forwards
 from ..training import TrainConfig
 
 if TYPE_CHECKING:
@@ -69,7 +69,10 @@ def analysis_key(settings: PairSettings, dataset: dict[str, Any]) -> str:
     about one (align, correction): adding a method keeps every row already computed.
     """
     fields = {k: v for k, v in asdict(settings).items() if k not in ("aligns", "corrections")}
-    payload = json.dumps({"settings": fields, "dataset": dataset}, sort_keys=True, default=str)
+    payload = {"settings": fields, "dataset": dataset}
+    if ANALYSIS_VERSION > 1:
+        payload["version"] = ANALYSIS_VERSION
+    payload = json.dumps(payload, sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
     return f"a{len(settings.alphas)}-s{settings.stat_samples}-{digest}"
 
