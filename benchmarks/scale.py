@@ -158,7 +158,7 @@ _PLAN_PROBE = r"""
 import json, resource, sys, time, tracemalloc
 from repair_ray.sweep.config import parse_config
 from repair_ray.sweep.pair_stage import PairQueue
-from repair_ray.sweep.planning import analysis_key, read_pair_state
+from repair_ray.sweep.planning import analysis_keys, read_pair_state
 from repair_ray.sweep.train_stage import plan_trials
 
 config = parse_config(json.loads(sys.argv[1]))
@@ -166,7 +166,7 @@ base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tracemalloc.start()
 started = time.perf_counter()
 trials = plan_trials(config)
-state = read_pair_state(config.root, analysis_key(config.pair_settings, config.dataset.as_dict()))
+state = read_pair_state(config.root, analysis_keys(config.pair_settings, config.dataset.as_dict()))
 queue = PairQueue(config, state)
 queue.add_trained(trials.done)
 seconds = time.perf_counter() - started
@@ -193,7 +193,9 @@ def plan_benchmark(quick: bool) -> dict[str, Any]:
     from repair_ray.sweep.planning import analysis_key
 
     write_current_keys(
-        config.root, [p.model_key for p in config.models], analysis_key(config.pair_settings, config.dataset.as_dict())
+        config.root,
+        [p.model_key for p in config.models],
+        [analysis_key(config.pair_settings, config.dataset.as_dict())],
     )
     out = subprocess.run(
         [sys.executable, "-c", _PLAN_PROBE, json.dumps(data)], capture_output=True, text=True, check=True
@@ -328,7 +330,7 @@ def s3_benchmark(quick: bool) -> dict[str, Any]:
         write_current_keys(
             config.root,
             [p.model_key for p in config.models],
-            analysis_key(config.pair_settings, config.dataset.as_dict()),
+            [analysis_key(config.pair_settings, config.dataset.as_dict())],
         )
         started = time.perf_counter()
         tables = load_tables(config.root)

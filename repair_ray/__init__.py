@@ -38,6 +38,8 @@ _EXPORTS: dict[str, str] = {
     "activation_matching": ".permutation",
     "apply_permutation": ".permutation",
     "random_permutation": ".permutation",
+    "sinkhorn_matching": ".permutation",
+    "ste_matching": ".permutation",
     "weight_matching": ".permutation",
     "repair": ".correction",
     "reset_batchnorm": ".correction",
@@ -66,5 +68,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         activation_matching,
         apply_permutation,
         random_permutation,
+        sinkhorn_matching,
+        ste_matching,
         weight_matching,
     )

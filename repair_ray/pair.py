@@ -27,9 +27,13 @@ from .permutation import (
     identity_permutation,
     weight_matching,
 )
+from .permutation.learned import SINKHORN_OBJECTIVES, sinkhorn_matching, ste_matching
 from .permutation.spec import axis_index
 
-ALIGNS = ("none", "weight", "activation")
+ALIGNS = ("none", "weight", "activation", "ste", "sinkhorn")
+DEFAULT_ALIGNS = ("none", "weight", "activation")
+# the settings of the aligns that learn on data; each belongs to its align's rows only
+METHOD_FIELDS = {"ste": ("ste_steps", "ste_lr"), "sinkhorn": ("sinkhorn_steps", "sinkhorn_lr", "sinkhorn_objective")}
 CORRECTIONS = ("none", "reset", "repair")
 # Bumped whenever the same settings give different rows, so older rows stop being current (they
 # stay readable with load_tables(keys="all")). 2: corrections at the endpoints too, REPAIR's ε.
@@ -79,7 +83,7 @@ class PairSettings:
     Raises :class:`repair_ray.SettingError` naming every offending setting.
     """
 
-    aligns: Sequence[str] = ALIGNS
+    aligns: Sequence[str] = DEFAULT_ALIGNS
     corrections: Sequence[str] = ("none", "repair")
     alphas: int | Sequence[float] = 21
     train_samples: int | None = 10000  # training samples on which the train curve is evaluated
@@ -89,6 +93,11 @@ class PairSettings:
     subset_seed: int = 0
     weight_matching_seed: int = 0
     weight_matching_max_iter: int = 100
+    ste_steps: int = 200
+    ste_lr: float = 3e-3
+    sinkhorn_steps: int = 200
+    sinkhorn_lr: float = 0.1
+    sinkhorn_objective: str = "midpoint"
 
     def __post_init__(self) -> None:
         problems = Problems("PairSettings")
@@ -111,7 +120,22 @@ class PairSettings:
             problems.add(
                 "train_samples", f"must be a positive integer (or None for the whole split), got {self.train_samples!r}"
             )
-        for name in ("stat_samples", "stat_batch_size", "eval_batch_size", "weight_matching_max_iter"):
+        for name in ("ste_lr", "sinkhorn_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                problems.add(name, f"must be a positive number, got {value!r}")
+        if self.sinkhorn_objective not in SINKHORN_OBJECTIVES:
+            problems.add(
+                "sinkhorn_objective", unknown_choice("objective", self.sinkhorn_objective, SINKHORN_OBJECTIVES)
+            )
+        for name in (
+            "stat_samples",
+            "stat_batch_size",
+            "eval_batch_size",
+            "weight_matching_max_iter",
+            "ste_steps",
+            "sinkhorn_steps",
+        ):
             if not (_is_int(getattr(self, name)) and getattr(self, name) >= 1):
                 problems.add(name, f"must be a positive integer, got {getattr(self, name)!r}")
         for name in ("subset_seed", "weight_matching_seed"):
@@ -162,6 +186,9 @@ def sample_forwards(settings: PairSettings, n_train_eval: int, n_test: int, *, b
     interior = sum(1 for a in settings.alphas if 0 < a < 1)
     total = 2 * (n_train_eval + n_test) + 2 * stat
     total += sum(2 * stat for a in settings.aligns if a == "activation")
+    # a learned matching: a minibatch per step (backward passes not counted) and two full scorings
+    learned = {"ste": settings.ste_steps, "sinkhorn": settings.sinkhorn_steps}
+    total += sum(learned[a] * min(settings.stat_batch_size, stat) + 2 * stat for a in settings.aligns if a in learned)
     for _align, correction in settings.methods(batchnorm=batchnorm):
         if correction == "none":
             total += interior * (n_train_eval + n_test)
@@ -202,6 +229,29 @@ def _align(
         )
     if align == "activation":
         return activation_matching(spec, model_a, model_b, stat_data, batch_size=settings.stat_batch_size)
+    if align == "ste":
+        return ste_matching(
+            spec,
+            model_a,
+            model_b,
+            stat_data,
+            steps=settings.ste_steps,
+            lr=settings.ste_lr,
+            batch_size=settings.stat_batch_size,
+            seed=settings.weight_matching_seed,
+        )
+    if align == "sinkhorn":
+        return sinkhorn_matching(
+            spec,
+            model_a,
+            model_b,
+            stat_data,
+            objective=settings.sinkhorn_objective,
+            steps=settings.sinkhorn_steps,
+            lr=settings.sinkhorn_lr,
+            batch_size=settings.stat_batch_size,
+            seed=settings.weight_matching_seed,
+        )
     raise ValueError(f"unknown align {align!r}")
 
 

@@ -312,3 +312,28 @@ def test_zoo_model_keys_stay_what_they_were():
     }
     digest = hashlib.sha256(json.dumps(old_payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
     assert plan.model_key == f"mlp-w16-d2-none-{digest}"
+
+
+def test_adding_a_learned_align_computes_only_its_rows_and_its_settings_key_only_its_rows(ray_session, tmp_path):
+    small = {"seeds": 2, "align": ["none", "weight"], "correction": ["none"]}
+    config = parse_config(tiny_sweep("learned", str(tmp_path), **small))
+    assert run(config).pairs.ran == 1
+    before = load_tables(config.root)["pairs"].set_index("align")
+    grown = parse_config(tiny_sweep("learned", str(tmp_path), **{**small, "align": ["none", "weight", "ste"]}))
+    lines: list[str] = []
+    assert run(grown, lines).pairs.ran == 1  # the pair runs again for its ste rows only
+    after = load_tables(grown.root)["pairs"].set_index("align")
+    assert sorted(after.index) == ["none", "ste", "weight"]
+    for align in ("none", "weight"):  # untouched: the same rows, the same key
+        assert after.loc[align, "finished_at"] == before.loc[align, "finished_at"]
+        assert after.loc[align, "analysis_key"] == before.loc[align, "analysis_key"]
+    assert after.loc["ste", "analysis_key"] != after.loc["none", "analysis_key"]
+    # new ste settings: only the ste rows are out of date
+    tuned = parse_config(
+        tiny_sweep("learned", str(tmp_path), **{**small, "align": ["none", "weight", "ste"], "ste": {"steps": 7}})
+    )
+    assert run(tuned).pairs.ran == 1
+    final = load_tables(tuned.root)["pairs"].set_index("align")
+    assert final.loc["none", "finished_at"] == before.loc["none", "finished_at"]
+    assert final.loc["ste", "analysis_key"] != after.loc["ste", "analysis_key"]
+    assert len(final) == 3  # current keys only: the older ste row is not mixed in

@@ -110,7 +110,7 @@ def test_readers_default_to_the_current_keys_and_never_pool(tmp_path):
     write_part(tmp_path, pair_rows("k", "old", (0, 1), loss=1.0))
     write_part(tmp_path, pair_rows("k", "new", (0, 1), loss=5.0))
     assert len(load_tables(tmp_path)["pairs"]) == 2  # no record of the current keys: every row
-    write_current_keys(str(tmp_path), ["k"], "new")
+    write_current_keys(str(tmp_path), ["k"], ["new"])
     with pytest.warns(UserWarning, match="left out 1 row"):
         current = load_tables(tmp_path)["pairs"]
     assert list(current["barrier_test_loss"]) == [5.0]

@@ -330,9 +330,9 @@ def _first_line(error: BaseException) -> str:
 CURRENT_KEYS = "current_keys.json"
 
 
-def write_current_keys(sweep_root: str, model_keys: Sequence[str], analysis_key: str) -> None:
+def write_current_keys(sweep_root: str, model_keys: Sequence[str], analysis_keys: Sequence[str]) -> None:
     """Record which keys the sweep's current config makes (readers default to them)."""
-    payload = {"model_key": sorted(model_keys), "analysis_key": [analysis_key]}
+    payload = {"model_key": sorted(model_keys), "analysis_key": sorted(analysis_keys)}
     storage.write_bytes_atomic(storage.join(sweep_root, CURRENT_KEYS), json.dumps(payload, indent=1).encode())
 
 

@@ -1,6 +1,7 @@
 """Permutation symmetry of networks: the spec, applying permutations, weight and activation matching."""
 
 from .activation_matching import activation_matching, correlation_matrices
+from .learned import midpoint_loss, sinkhorn_matching, soft_permute, ste_matching
 from .ops import (
     Permutation,
     apply_permutation,
@@ -23,7 +24,11 @@ __all__ = [
     "identity_permutation",
     "invert_permutation",
     "matching_objective",
+    "midpoint_loss",
     "permute_tensor",
     "random_permutation",
+    "sinkhorn_matching",
+    "soft_permute",
+    "ste_matching",
     "weight_matching",
 ]

@@ -133,6 +133,11 @@ _PAIR_KEYS = {
     "stat_samples": "eval.stat_samples",
     "stat_batch_size": "eval.stat_batch_size",
     "eval_batch_size": "eval.eval_batch_size",
+    "ste_steps": "ste.steps",
+    "ste_lr": "ste.lr",
+    "sinkhorn_steps": "sinkhorn.steps",
+    "sinkhorn_lr": "sinkhorn.lr",
+    "sinkhorn_objective": "sinkhorn.objective",
 }
 
 
@@ -162,6 +167,11 @@ def _expand(
             stat_samples=s.eval.stat_samples,
             stat_batch_size=s.eval.stat_batch_size,
             eval_batch_size=s.eval.eval_batch_size,
+            ste_steps=s.ste.steps,
+            ste_lr=s.ste.lr,
+            sinkhorn_steps=s.sinkhorn.steps,
+            sinkhorn_lr=s.sinkhorn.lr,
+            sinkhorn_objective=s.sinkhorn.objective,
         ),
         _pair_key,
         problems,

@@ -28,7 +28,7 @@ from ..models import ModelConfig
 from ..pair import PairSettings, analyse_pair
 from .cluster import resolve_resources
 from .config import SweepConfig
-from .planning import PairState, analysis_key, forward_flops, method_gaps, pair_stem, read_pair_state
+from .planning import PairState, analysis_keys, forward_flops, method_gaps, pair_stem, read_pair_state
 from .progress import Progress
 from .rows import model_columns
 from .worker import cached_dataset, error_text, node_id, setup_worker, utc_now
@@ -54,17 +54,17 @@ def stage_context(config: SweepConfig, threads: float) -> dict[str, Any]:
         "sweep": config.name,
         "dataset": config.dataset.as_dict(),
         "settings": asdict(config.pair_settings),
-        "analysis_key": analysis_key(config.pair_settings, config.dataset.as_dict()),
+        "analysis_keys": analysis_keys(config.pair_settings, config.dataset.as_dict()),
         "threads": threads,
         "models": {plan.model_key: asdict(plan.model) for plan in config.models},
     }
 
 
-def _identity(context: dict[str, Any], job: Job) -> dict[str, Any]:
+def _identity(context: dict[str, Any], job: Job, align: str) -> dict[str, Any]:
     return {
         "sweep": context["sweep"],
         "model_key": job[0],
-        "analysis_key": context["analysis_key"],
+        "analysis_key": context["analysis_keys"][align],
         "seed_a": job[1],
         "seed_b": job[2],
     }
@@ -80,7 +80,7 @@ def failed_rows(context: dict[str, Any], job: Job, error: str, device: str = "")
     now = utc_now()
     rows = [
         {
-            **_identity(context, job),
+            **_identity(context, job, align),
             **model_columns(model, context["dataset"]),
             "align": align,
             "correction": correction,
@@ -115,15 +115,16 @@ def pair_task(context: dict[str, Any], job: Job) -> dict[str, list[dict[str, Any
         result = analyse_pair(models[0], models[1], dataset, _job_settings(context, job), spec=spec)
     except Exception as error:  # noqa: BLE001 - every failure of a pair is data for its row
         return failed_rows(context, job, error_text(error), str(device))
-    ident, desc = _identity(context, job), model_columns(context["models"][job[0]], context["dataset"])
+    desc = model_columns(context["models"][job[0]], context["dataset"])
     when = {"started_at": started_at, "finished_at": utc_now()}
     return {
         "pairs": [
-            {**ident, **desc, **row, "device": str(device), "node_id": node_id(), "status": "ok", **when}
+            {**_identity(context, job, row["align"]), **desc, **row, "device": str(device), "node_id": node_id()}
+            | {"status": "ok", **when}
             for row in result.pairs
         ],
-        "curves": [{**ident, **row} for row in result.curves],
-        "layers": [{**ident, **row} for row in result.layers],
+        "curves": [{**_identity(context, job, row["align"]), **row} for row in result.curves],
+        "layers": [{**_identity(context, job, row["align"]), **row} for row in result.layers],
     }
 
 
@@ -280,7 +281,7 @@ def run_pair_stage(
         trained = plan_trials(config).done
     cpu, gpu = resolve_resources(config.resources.pair, "resources.pair", say)
     context = stage_context(config, cpu)
-    state = read_pair_state(config.root, context["analysis_key"])
+    state = read_pair_state(config.root, context["analysis_keys"])
     pairs = PairQueue(config, state)
     # longest first among the pairs ready now: the end of the stage is not one big pair alone
     cost = {p.model_key: forward_flops(p.model, config.dataset.name, config.dataset.options) for p in config.models}

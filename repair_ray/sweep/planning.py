@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ import pyarrow.compute as pc
 from ..datasets import dataset_in_shape, split_sizes
 from ..io.tables import read_arrow
 from ..models import ModelConfig
-from ..pair import ANALYSIS_VERSION, PairSettings, sample_forwards
+from ..pair import ANALYSIS_VERSION, METHOD_FIELDS, PairSettings, sample_forwards
 from ..training import TrainConfig
 
 if TYPE_CHECKING:
@@ -61,20 +62,33 @@ def pair_stem(model_key: str, seed_a: int, seed_b: int) -> str:
     return f"{model_key}__{seed_a}-{seed_b}"
 
 
-def analysis_key(settings: PairSettings, dataset: dict[str, Any]) -> str:
+def analysis_key(settings: PairSettings, dataset: dict[str, Any], align: str | None = None) -> str:
     """A readable, stable key of every setting that determines a pair's rows, besides the networks.
 
     Alphas, evaluation and statistics sample counts and batch sizes, the subset and matching
     seeds, iterations and the dataset; not the lists of aligns and corrections, since each row is
-    about one (align, correction): adding a method keeps every row already computed.
+    about one (align, correction): adding a method keeps every row already computed. The settings
+    of a learned matching (``ste``, ``sinkhorn``) are in the key of that align's rows only, so
+    changing them recomputes those rows and no others.
     """
-    fields = {k: v for k, v in asdict(settings).items() if k not in ("aligns", "corrections")}
+    method = set(METHOD_FIELDS.get(align, ()))
+    every_method = {f for fields in METHOD_FIELDS.values() for f in fields}
+    fields = {
+        k: v
+        for k, v in asdict(settings).items()
+        if k not in ("aligns", "corrections") and (k not in every_method or k in method)
+    }
     payload = {"settings": fields, "dataset": dataset}
     if ANALYSIS_VERSION > 1:
         payload["version"] = ANALYSIS_VERSION
     payload = json.dumps(payload, sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
     return f"a{len(settings.alphas)}-s{settings.stat_samples}-{digest}"
+
+
+def analysis_keys(settings: PairSettings, dataset: dict[str, Any]) -> dict[str, str]:
+    """The analysis key of each align's rows (see :func:`analysis_key`)."""
+    return {align: analysis_key(settings, dataset, align) for align in settings.aligns}
 
 
 def model_outcomes(models: pd.DataFrame) -> dict[tuple[str, int], str]:
@@ -102,12 +116,19 @@ class PairState:
     failed: set[PairId]
 
 
-def read_pair_state(root: str, key: str) -> PairState:
-    """The :class:`PairState` of analysis key ``key``, from the key columns of the tables only."""
+def read_pair_state(root: str, keys: Mapping[str, str]) -> PairState:
+    """The :class:`PairState` of the analysis keys ``{align: key}``, from the key columns of the tables only.
+
+    A row counts when its analysis key is the one of its align.
+    """
 
     def methods(table: str, *extra: str) -> pa.Table:
         data = read_arrow(root, table, columns=[*_PAIR_METHOD, "analysis_key", *extra], newest=table == "pairs").data
-        data = data.filter(pc.equal(data["analysis_key"], key))
+        mask = pa.array([False] * len(data), pa.bool_())
+        for align, key in keys.items():
+            mine = pc.and_(pc.equal(data["align"], align), pc.equal(data["analysis_key"], key))
+            mask = pc.or_(mask, pc.fill_null(mine, False))
+        data = data.filter(mask)
         return data if extra else data.group_by(_PAIR_METHOD).aggregate([])
 
     pairs = methods("pairs", "status")

@@ -15,7 +15,7 @@ from ..io.tables import compact_tables, read_table, write_current_keys
 from .cluster import connect
 from .config import SweepConfig, parse_config
 from .pair_stage import PairQueue, PairStageSummary, run_pair_stage
-from .planning import analysis_key, model_outcomes, read_pair_state
+from .planning import analysis_keys, model_outcomes, read_pair_state
 from .train_stage import TrainStageSummary, checkpoint_uri, plan_trials, run_train_stage
 
 CONFIG_NAME = "sweep.yaml"
@@ -52,9 +52,8 @@ def run_sweep(
     owns_ray = not ray.is_initialized()
     say(f"[sweep] {connect(address, num_cpus=num_cpus)}")
     say(f"[sweep] {config.name}: {config.n_trials} trials, {config.n_pairs} pairs -> {config.root}")
-    write_current_keys(
-        config.root, [p.model_key for p in config.models], analysis_key(config.pair_settings, config.dataset.as_dict())
-    )
+    keys = analysis_keys(config.pair_settings, config.dataset.as_dict())
+    write_current_keys(config.root, [p.model_key for p in config.models], sorted(set(keys.values())))
     try:
         train, pairs = _run_stages(config, say)
         compacted = compact_tables(config.root)
@@ -142,7 +141,7 @@ def sweep_status(root: str) -> SweepStatus:
     config = load_sweep_config(root)
     expected_models = {(p.model_key, s) for p in config.models for s in p.seeds}
     model_status = model_outcomes(read_table(config.root, "models"))
-    state = read_pair_state(config.root, analysis_key(config.pair_settings, config.dataset.as_dict()))
+    state = read_pair_state(config.root, analysis_keys(config.pair_settings, config.dataset.as_dict()))
     lacking = PairQueue(config, state).gaps  # the pair stage's own rule of what is not done
     failed = sum(1 for pair in lacking if pair in state.failed)
     return SweepStatus(

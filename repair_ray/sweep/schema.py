@@ -55,6 +55,21 @@ class EvalSection(_Strict):
     eval_batch_size: int = 1000
 
 
+class SteSection(_Strict):
+    """``ste``: the straight-through estimator's Adam steps and learning rate (``align: ste``)."""
+
+    steps: int = 200
+    lr: float = 3e-3
+
+
+class SinkhornSection(_Strict):
+    """``sinkhorn``: Sinkhorn re-basin's Adam steps, learning rate and objective (``align: sinkhorn``)."""
+
+    steps: int = 200
+    lr: float = 0.1
+    objective: str = "midpoint"
+
+
 class ResourceSpec(_Strict):
     cpu: float = 1.0
     gpu: float = 0.0
@@ -97,6 +112,8 @@ class SweepSection(_Strict):
     correction: list[str] = Field(default_factory=lambda: ["none", "repair"])
     alphas: int | list[float] = 21
     eval: EvalSection = Field(default_factory=EvalSection)
+    ste: SteSection = Field(default_factory=SteSection)
+    sinkhorn: SinkhornSection = Field(default_factory=SinkhornSection)
     resources: Resources = Field(default_factory=Resources)
     max_pairs_in_flight: int | None = None
     flush: FlushSection = Field(default_factory=FlushSection)

@@ -1,0 +1,164 @@
+"""The learned matchings (STE, Sinkhorn): valid permutations, planted ones recovered, lower midpoint loss."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from repair_ray import (
+    PairSettings,
+    analyse_pair,
+    apply_permutation,
+    build_model,
+    load_dataset,
+    permutation_spec,
+    random_permutation,
+    sinkhorn_matching,
+    ste_matching,
+    weight_matching,
+)
+from repair_ray.datasets import DatasetNotFoundError, make_synthetic
+from repair_ray.permutation import invert_permutation, midpoint_loss, soft_permute
+from repair_ray.sweep.planning import analysis_keys
+
+from . import custom_nets
+from .helpers import prototype_data
+
+
+def is_permutation(perm, spec) -> bool:
+    return all(torch.equal(torch.sort(perm[g]).values, torch.arange(n)) for g, n in spec.sizes.items())
+
+
+def planted(arch="mlp", **kwargs):
+    torch.manual_seed(0)
+    a = build_model(arch, in_shape=(1, 6, 6), **kwargs).eval()
+    spec = permutation_spec(a)
+    perm = random_permutation(spec, seed=4)
+    b = copy.deepcopy(a)
+    b.load_state_dict(apply_permutation(spec, perm, a))
+    return a, b, spec, perm
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_ste_recovers_a_planted_permutation(norm):
+    a, b, spec, perm = planted(width=16, depth=2, norm=norm)
+    found = ste_matching(spec, a, b, prototype_data((1, 6, 6), n=128), steps=5, batch_size=64)
+    assert is_permutation(found, spec)
+    assert all(torch.equal(found[g], invert_permutation(perm)[g]) for g in spec.sizes)
+
+
+def test_sinkhorn_recovers_a_planted_permutation_from_the_identity():
+    a, b, spec, perm = planted(width=12, depth=2)
+    identity = {g: torch.arange(n) for g, n in spec.sizes.items()}
+    found = sinkhorn_matching(spec, a, b, None, objective="distance", steps=150, lr=0.1, init_perm=identity)
+    assert is_permutation(found, spec)
+    aligned = apply_permutation(spec, found, b)
+    for name, value in a.state_dict().items():
+        torch.testing.assert_close(aligned[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_soft_permutation_with_permutation_matrices_is_the_permutation_on_derived_segments():
+    """Concatenations and flattened maps: the soft path agrees with apply_permutation exactly."""
+    for model, shape in ((custom_nets.unet(width=4), (2, 3, 16, 16)), (custom_nets.SEBlockNet(), (2, 3, 8, 8))):
+        spec = permutation_spec(model, torch.randn(*shape))
+        perm = random_permutation(spec, seed=1)
+        hard = {g: F.one_hot(p, len(p)).float() for g, p in perm.items()}  # S[i, p[i]] = 1
+        state = model.state_dict()
+        soft = soft_permute(spec, state, hard)
+        expected = apply_permutation(spec, perm, state)
+        for name in state:
+            torch.testing.assert_close(soft[name], expected[name].to(soft[name].dtype), msg=name)
+
+
+@pytest.fixture(scope="module")
+def mnist_pair():
+    """Two small MLPs trained briefly on real MNIST, and 2,000 of its training samples."""
+    try:
+        data = load_dataset("mnist")
+    except DatasetNotFoundError:
+        pytest.skip("MNIST is not in REPAIR_RAY_DATA")
+    train = data.train.subset(6000, seed=0)
+
+    def trained(seed):
+        torch.manual_seed(seed)
+        model = build_model("mlp", width=64, depth=2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(300):
+            idx = torch.randint(0, len(train), (128,), generator=gen)
+            loss = F.cross_entropy(model(train.x[idx]), train.y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return model.eval()
+
+    return trained(1), trained(2), train.head(2000), data
+
+
+@pytest.mark.parametrize("method", ["ste", "sinkhorn"])
+def test_learned_matching_lowers_the_midpoint_loss_below_weight_matching_on_real_mnist(mnist_pair, method):
+    a, b, stat, _ = mnist_pair
+    spec = permutation_spec(a)
+
+    def loss(perm):
+        return midpoint_loss(a, a.state_dict(), apply_permutation(spec, perm, b), stat)
+
+    wm = weight_matching(spec, a, b)
+    run = ste_matching if method == "ste" else sinkhorn_matching
+    found = run(spec, a, b, stat, seed=0)
+    assert is_permutation(found, spec)
+    assert loss(found) < 0.95 * loss(wm), (loss(found), loss(wm))
+    # the same seed gives the same permutation
+    again = run(spec, a, b, stat, seed=0)
+    assert all(torch.equal(found[g], again[g]) for g in spec.sizes)
+    # applied, it keeps B's function
+    aligned = copy.deepcopy(b)
+    aligned.load_state_dict(apply_permutation(spec, found, b))
+    with torch.no_grad():
+        torch.testing.assert_close(aligned(stat.x[:100]), b(stat.x[:100]), rtol=1e-4, atol=1e-4)
+
+
+def test_the_pair_analysis_runs_the_learned_aligns():
+    data = make_synthetic(shape=(1, 6, 6), num_classes=4, train_size=256, test_size=128)
+    torch.manual_seed(1)
+    a = build_model("mlp", width=16, depth=2, in_shape=(1, 6, 6), num_classes=4).eval()
+    torch.manual_seed(2)
+    b = build_model("mlp", width=16, depth=2, in_shape=(1, 6, 6), num_classes=4).eval()
+    settings = PairSettings(
+        aligns=("weight", "ste", "sinkhorn"), corrections=("none",), alphas=3, train_samples=256, stat_samples=128,
+        ste_steps=10, sinkhorn_steps=10,
+    )  # fmt: skip
+    result = analyse_pair(a, b, data, settings)
+    assert [r["align"] for r in result.pairs] == ["weight", "ste", "sinkhorn"]
+    assert all(r["align_seconds"] > 0 for r in result.pairs)
+
+
+def test_learned_settings_are_in_their_own_rows_keys_only():
+    base = analysis_keys(PairSettings(aligns=("none", "weight", "ste", "sinkhorn")), {"name": "mnist"})
+    changed = analysis_keys(PairSettings(aligns=("none", "weight", "ste", "sinkhorn"), ste_steps=7), {"name": "mnist"})
+    assert changed["ste"] != base["ste"]
+    assert {k: changed[k] for k in ("none", "weight", "sinkhorn")} == {
+        k: base[k] for k in ("none", "weight", "sinkhorn")
+    }
+    # aligns without learned settings share one key, the one a sweep without ste/sinkhorn has
+    plain = analysis_keys(PairSettings(aligns=("none", "weight")), {"name": "mnist"})
+    assert base["none"] == base["weight"] == plain["none"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"ste_lr": 0}, "ste_lr: must be a positive number"),
+        ({"sinkhorn_steps": 0}, "sinkhorn_steps: must be a positive integer"),
+        ({"sinkhorn_objective": "midpont"}, "did you mean 'midpoint'"),
+        ({"aligns": ("stee",)}, "did you mean 'ste'"),
+    ],
+)
+def test_learned_settings_are_checked(kwargs, words):
+    from repair_ray import SettingError
+
+    with pytest.raises(SettingError, match=words):
+        PairSettings(**kwargs)
