@@ -36,7 +36,8 @@ DEFAULT_ALIGNS = ("none", "weight", "activation")
 METHOD_FIELDS = {"ste": ("ste_steps", "ste_lr"), "sinkhorn": ("sinkhorn_steps", "sinkhorn_lr", "sinkhorn_objective")}
 CORRECTIONS = ("none", "reset", "repair")
 # Bumped whenever the same settings give different rows, so older rows stop being current (they
-# stay readable with load_tables(keys="all")). 2: corrections at the endpoints too, REPAIR's ε.
+# stay readable with load_tables(keys="all")). 2: corrections at the endpoints too, REPAIR's ε,
+# weight matching's forward start.
 ANALYSIS_VERSION = 2
 MAX_ALPHAS = 1001  # a finer grid costs a forward pass per point and pair without changing a barrier
 

@@ -131,3 +131,20 @@ def test_activation_matching_handles_dead_units_without_nan():
     assert all(torch.isfinite(c).all() for c in corr.values())
     perm = activation_matching(spec, a, b, data)
     assert sorted(perm["layers.0"].tolist()) == list(range(16))
+
+
+def test_the_forward_start_reaches_a_higher_objective_than_the_identity_start():
+    """Two differently initialised (untrained) networks: coordinate descent from the identity stops
+    in a local optimum that the forward start passes; an unknown start is refused."""
+    torch.manual_seed(0)
+    a = build_model("mlp", width=64, depth=4, norm="none", in_shape=(1, 8, 8))
+    torch.manual_seed(1)
+    b = build_model("mlp", width=64, depth=4, norm="none", in_shape=(1, 8, 8))
+    spec = permutation_spec(a)
+    forward = matching_objective(spec, a, b, weight_matching(spec, a, b, first_sweep="forward"))
+    random_starts = [
+        matching_objective(spec, a, b, weight_matching(spec, a, b, seed=s, first_sweep="random")) for s in range(3)
+    ]
+    assert forward > max(random_starts)
+    with pytest.raises(ValueError, match="first_sweep must be"):
+        weight_matching(spec, a, b, first_sweep="backward")
