@@ -46,8 +46,8 @@ def has_batchnorm(model: nn.Module) -> bool:
 def repair_moments(
     model: nn.Module, data: TensorData, spec: PermutationSpec, *, batch_size: int = 1000
 ) -> dict[str, Moments]:
-    """Per-channel mean and std at every REPAIR point of an endpoint network (one pass)."""
-    return channel_moments(model, data, spec.repair_points, axes=spec.channel_axes, batch_size=batch_size)
+    """Per-channel mean and std at every point REPAIR corrects, of an endpoint network (one pass)."""
+    return channel_moments(model, data, spec.corrected_points, axes=spec.channel_axes, batch_size=batch_size)
 
 
 def target_moments(a: Mapping[str, Moments], b: Mapping[str, Moments], alpha: float) -> dict[str, Moments]:
@@ -92,6 +92,7 @@ def _corrective_pass(
     targets: Mapping[str, Moments] | None,
     batch_size: int,
     axes: Mapping[str, int] | None = None,
+    carried: frozenset[str] = frozenset(),
 ) -> None:
     bns = batchnorms(model) if reset else []
     bn_acc = {id(m): ChannelMoments() for m in bns}
@@ -131,7 +132,29 @@ def _corrective_pass(
             raw = point_acc[name]
             scale = _safe_scale(tgt.std.to(raw.std.device), raw.std)
             shift = tgt.mean.to(raw.mean.device) - scale * raw.mean
-            _fold_affine(modules[name], scale, shift)
+            if name in carried:
+                _carry_affine(modules[name], scale, shift, axes.get(name, 1))
+            else:
+                _fold_affine(modules[name], scale, shift)
+
+
+def _carry_affine(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor, axis: int) -> None:
+    """Make ``module``'s output ``scale·y + shift`` per channel with a forward hook that stays on it."""
+
+    def affine(_module: nn.Module, _inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        return out * _channel_view(scale.to(out.device), out, axis) + _channel_view(shift.to(out.device), out, axis)
+
+    affine._repair_ray_carried = True  # type: ignore[attr-defined]
+    module.register_forward_hook(affine)
+
+
+def remove_carried(model: nn.Module) -> nn.Module:
+    """Take off the per-channel affines an earlier :func:`repair` left at the carried points."""
+    for m in model.modules():
+        for key, hook in list(m._forward_hooks.items()):
+            if getattr(hook, "_repair_ray_carried", False):
+                del m._forward_hooks[key]
+    return model
 
 
 def reset_batchnorm(model: nn.Module, data: TensorData, *, batch_size: int = 1000) -> nn.Module:
@@ -143,6 +166,7 @@ def reset_batchnorm(model: nn.Module, data: TensorData, *, batch_size: int = 100
     """
     if not has_batchnorm(model):
         raise ValueError("RESET needs a network with BatchNorm layers; this one has none")
+    remove_carried(model)
     _corrective_pass(model, data, reset=True, targets=None, batch_size=batch_size)
     return model
 
@@ -172,7 +196,14 @@ def repair(
     moments_a = repair_moments(a, data, spec, batch_size=batch_size) if isinstance(a, nn.Module) else a
     moments_b = repair_moments(b, data, spec, batch_size=batch_size) if isinstance(b, nn.Module) else b
     targets = target_moments(moments_a, moments_b, alpha)
+    remove_carried(model)  # a model repaired before is corrected afresh
     _corrective_pass(
-        model, data, reset=has_batchnorm(model), targets=targets, batch_size=batch_size, axes=spec.channel_axes
+        model,
+        data,
+        reset=has_batchnorm(model),
+        targets=targets,
+        batch_size=batch_size,
+        axes=spec.channel_axes,
+        carried=frozenset(spec.carried_points),
     )
     return model

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .correction import has_batchnorm, repair, reset_batchnorm, target_moments
+from .correction import has_batchnorm, remove_carried, repair, reset_batchnorm, target_moments
 from .datasets import Dataset, TensorData
 from .errors import Problems, unknown_choice
 from .hooks import MomentRecorder, Moments, Recorders, std_ratio
@@ -204,7 +204,7 @@ def permute_moments(
     """B's statistics as seen in the aligned B: gather each point's channels as its weight's output axis is."""
     out = {}
     for p, m in moments.items():
-        idx = axis_index(spec.axes[f"{p}.weight"][0], perm, m.mean.device)
+        idx = axis_index(spec.point_entry(p), perm, m.mean.device)
         out[p] = m if idx is None else Moments(m.mean[idx.to(m.mean.device)], m.std[idx.to(m.mean.device)])
     return out
 
@@ -296,7 +296,7 @@ def analyse_pair(
         # The endpoints' statistics are recorded during their train evaluation, which passes
         # over the statistics samples (its first samples) and the held-out ones anyway.
         for model in (model_a, model_b):
-            stats = MomentRecorder(points, len(stat_data), axes=spec.channel_axes)
+            stats = MomentRecorder(spec.corrected_points, len(stat_data), axes=spec.channel_axes)
             later = MomentRecorder(points, held_out[1], held_out[0], axes=spec.channel_axes)
             train_metrics = evaluate(
                 model, train_eval, batch_size=settings.eval_batch_size, record=Recorders(stats, later)
@@ -326,6 +326,7 @@ def analyse_pair(
                 at_endpoint = alpha in (0.0, 1.0) and correction == "none"
                 if not at_endpoint:
                     work.load_state_dict(interpolate_state(state_a, state_b, alpha))
+                    remove_carried(work)  # the previous point's carried affines
                     with clock("stat"):
                         _correct(work, correction, moments_a, moments_b_aligned, stat_data, alpha, spec, settings)
                 # at alpha = 0.5 the train evaluation also measures the variance collapse (``layers``)

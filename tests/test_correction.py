@@ -51,9 +51,9 @@ def test_repaired_statistics_equal_the_targets(arch, kwargs, shape):
     a, b, mid, data = endpoints_and_midpoint(arch, kwargs, shape, alpha)
     spec = permutation_spec(a)
     target = target_moments(repair_moments(a, data, spec), repair_moments(b, data, spec), alpha)
-    before = relative_errors(channel_moments(mid, data, spec.repair_points), target)
+    before = relative_errors(channel_moments(mid, data, spec.corrected_points, axes=spec.channel_axes), target)
     repair(mid, a, b, data, alpha=alpha, spec=spec, batch_size=len(data))
-    after = relative_errors(channel_moments(mid, data, spec.repair_points), target)
+    after = relative_errors(channel_moments(mid, data, spec.corrected_points, axes=spec.channel_axes), target)
     assert after < 1e-2, after
     assert before > 5 * after  # the interpolation really was off before
 
@@ -63,12 +63,12 @@ def test_repair_with_minibatches_is_close():
     spec = permutation_spec(a)
     target = target_moments(repair_moments(a, data, spec), repair_moments(b, data, spec), 0.4)
     repair(mid, a, b, data, alpha=0.4, spec=spec, batch_size=100)
-    assert relative_errors(channel_moments(mid, data, spec.repair_points), target) < 5e-2
+    assert relative_errors(channel_moments(mid, data, spec.corrected_points, axes=spec.channel_axes), target) < 5e-2
 
 
 @pytest.mark.parametrize(("arch", "kwargs", "shape"), NETS[:2] + NETS[5:6], ids=lambda v: str(v))
 def test_folded_model_computes_what_the_unfolded_correction_computes(arch, kwargs, shape):
-    """The folded weights reproduce the corrections applied as explicit affine layers."""
+    """The folded weights (and the carried affines) reproduce the corrections applied as explicit affine layers."""
     alpha = 0.4
     a, b, mid, data = endpoints_and_midpoint(arch, kwargs, shape, alpha)
     spec = permutation_spec(a)
@@ -82,7 +82,10 @@ def test_folded_model_computes_what_the_unfolded_correction_computes(arch, kwarg
     if batchnorms(unfolded):
         reset_batchnorm(unfolded, data, batch_size=len(data))
     affines: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for point in spec.repair_points:
+    forward_order: list[str] = []  # the carried points interleave with the REPAIR points
+    with torch.no_grad(), output_hooks(unfolded, spec.corrected_points, lambda name, _y: forward_order.append(name)):
+        unfolded(data.x[:2])
+    for point in forward_order:
         raw = ChannelMoments()
 
         def apply(name, y, raw=raw, point=point):
@@ -93,7 +96,7 @@ def test_folded_model_computes_what_the_unfolded_correction_computes(arch, kwarg
                 return y * s.view(1, -1, *([1] * (y.dim() - 2))) + t.view(1, -1, *([1] * (y.dim() - 2)))
             return None
 
-        with output_hooks(unfolded, spec.repair_points, apply):
+        with output_hooks(unfolded, spec.corrected_points, apply):
             unfolded(data.x)
         scale = (target[point].std / raw.std).float()
         affines[point] = (scale, (target[point].mean - scale.double() * raw.mean).float())
@@ -103,7 +106,7 @@ def test_folded_model_computes_what_the_unfolded_correction_computes(arch, kwarg
         return y * s.view(1, -1, *([1] * (y.dim() - 2))) + t.view(1, -1, *([1] * (y.dim() - 2)))
 
     x = data.x[:64]
-    with torch.no_grad(), output_hooks(unfolded, spec.repair_points, apply_all):
+    with torch.no_grad(), output_hooks(unfolded, spec.corrected_points, apply_all):
         expected = unfolded.eval()(x)
     with torch.no_grad():
         got = folded.eval()(x)

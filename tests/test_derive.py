@@ -174,7 +174,7 @@ def test_repair_on_derived_points_sets_the_statistics_to_their_targets(name):
     target = target_moments(repair_moments(a, data, spec), repair_moments(b, data, spec), 0.4)
 
     def measured():
-        return channel_moments(mid, data, spec.repair_points, axes=spec.channel_axes)
+        return channel_moments(mid, data, spec.corrected_points, axes=spec.channel_axes)
 
     before = relative_errors(measured(), target)
     repair(mid, a, b, data, alpha=0.4, spec=spec, batch_size=len(data))
@@ -204,6 +204,7 @@ def test_the_zoo_specs_and_the_derived_ones_agree(arch, kwargs, shape):
 
     assert partition(hand) == partition(derived)
     assert hand.repair_points == derived.repair_points
+    assert list(hand.carried_points) == list(derived.carried_points)
     names = {g: frozenset(m) for g, m in hand.groups.items()}
     derived_names = {frozenset(m): g for g, m in derived.groups.items()}
     for g, points in hand.activations.items():

@@ -62,6 +62,7 @@ class BasicBlock(nn.Module):
             b.norm(f"{name}.shortcut.norm", p_out, self.shortcut.norm)
             b.repair(f"{name}.shortcut.norm")
         b.activation(p_out, f"{name}.act2")
+        b.carry(f"{name}.act2", p_out)
 
 
 class Bottleneck(nn.Module):
@@ -108,6 +109,7 @@ class Bottleneck(nn.Module):
             b.norm(f"{name}.shortcut.norm", p_out, self.shortcut.norm)
             b.repair(f"{name}.shortcut.norm")
         b.activation(p_out, f"{name}.act3")
+        b.carry(f"{name}.act3", p_out)
 
 
 class Stem(nn.Module):
@@ -181,6 +183,7 @@ class ResNet(nn.Module):
                 p_out = stream if blk.shortcut is None else f"stages.{s}" if i == 0 else f"stages.{s}.{i}"
                 blk.spec(b, f"stages.{s}.{i}", stream, p_out)
                 stream = p_out
+        b.carry("flatten", stream)  # the classifier's input
         b.linear("head", stream, None)
         return b.build(self)
 

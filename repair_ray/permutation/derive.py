@@ -893,6 +893,10 @@ class _Derivation:
         sizes = {g: sizes[g] for g in sorted(sizes, key=order.index)}
         buffers = frozenset(n for n, _ in self.model.named_buffers() if n in axes)
         activations, repair_points, channel_axes = self._points(names)
+        carried = self._carried_points()
+        for target, (axis, _) in carried.items():
+            if axis != 1:
+                channel_axes[target] = axis
         spec = PermutationSpec(
             axes=axes,
             sizes=sizes,
@@ -900,6 +904,7 @@ class _Derivation:
             activations=activations,
             repair_points=repair_points,
             channel_axes=channel_axes,
+            carried_points={t: self._entry(lay, t, axis, group_name, sizes) for t, (axis, lay) in carried.items()},
         )
         spec.validate(self.model.state_dict())
         return spec
@@ -920,6 +925,59 @@ class _Derivation:
         if len(segments) == 1 and segments[0].inner == 1:
             return segments[0].group
         return tuple(segments)
+
+    def _single_free_axis(self, node: fx.Node) -> tuple[int, Layout] | None:
+        out = self.env.get(node)
+        if not _is_tensor_layout(out):
+            return None
+        free = [(k, self._canonical(self.resolve(a))) for k, a in enumerate(out)]
+        free = [(k, lay) for k, lay in free if self.is_free(lay)]
+        return free[0] if len(free) == 1 else None
+
+    def _is_residual_add(self, node: Any) -> bool:
+        if not isinstance(node, fx.Node) or node.op not in ("call_function", "call_method"):
+            return False
+        if _op_name(node) not in ("add", "iadd", "add_"):
+            return False
+        operands = [self.layout_of(a) for a in node.args[:2]]
+        return all(_is_tensor_layout(o) for o in operands) and self._single_free_axis(node) is not None
+
+    def _carried_points(self) -> dict[str, tuple[int, Layout]]:
+        """REPAIR's ResNet points: each residual block's output (a nonlinearity module, called once,
+        applied to a residual add) and, in networks that have such blocks, the classifier's input."""
+        out: dict[str, tuple[int, Layout]] = {}
+        residual = False  # whether two tensors carrying channels are ever added
+        for node in self.gm.graph.nodes:
+            if self._is_residual_add(node):
+                residual = True
+            if node.op != "call_module" or self.module_calls[node.target] != 1:
+                continue
+            if not isinstance(self.model.get_submodule(node.target), _ACTIVATIONS) or not node.args:
+                continue
+            if self._is_residual_add(node.args[0]) and (free := self._single_free_axis(node)):
+                out[node.target] = free
+        if not residual:
+            return out
+        for node in self.gm.graph.nodes:  # the classifier: a linear layer whose outputs are the network's
+            is_linear = node.op == "call_module" and isinstance(self.model.get_submodule(node.target), nn.Linear)
+            layout = self.env.get(node)
+            if not is_linear or not _is_tensor_layout(layout) or self.is_free(self.resolve(layout[-1])):
+                continue
+            source = node.args[0]
+            while (
+                isinstance(source, fx.Node)
+                and source.op in ("call_function", "call_method")
+                and _op_name(source) in (_RESHAPE | {"contiguous"})
+            ):
+                source = source.args[0]
+            if (
+                isinstance(source, fx.Node)
+                and source.op == "call_module"
+                and self.module_calls[source.target] == 1
+                and (free := self._single_free_axis(source))
+            ):
+                out[source.target] = free
+        return out
 
     def _points(self, names: dict[int, str]):
         """Activation and REPAIR points: outputs of modules called once, with their channel axis."""

@@ -98,6 +98,10 @@ class PermutationSpec:
             its weight and bias (whose axis 0 runs over the output channels).
         channel_axes: the channel axis of a point's output where it is not axis 1 (a
             channels-last LayerNorm or Linear on a (N, H, W, C) tensor has 3).
+        carried_points: module outputs REPAIR also renormalises although no weight can take the
+            correction (a residual block's output after the add, the classifier's input), each
+            with the group entry of its channels: the repaired network carries a per-channel
+            affine there (a forward hook), as the REPAIR paper does for ResNets.
     """
 
     axes: Mapping[str, tuple[AxisEntry, ...]]
@@ -106,6 +110,18 @@ class PermutationSpec:
     activations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     repair_points: tuple[str, ...] = ()
     channel_axes: Mapping[str, int] = field(default_factory=dict)
+    carried_points: Mapping[str, AxisEntry] = field(default_factory=dict)
+
+    @property
+    def corrected_points(self) -> tuple[str, ...]:
+        """Every point REPAIR renormalises: the REPAIR points, then the carried ones."""
+        return (*self.repair_points, *self.carried_points)
+
+    def point_entry(self, point: str) -> AxisEntry:
+        """The group entry of a corrected point's channels."""
+        if point in self.carried_points:
+            return self.carried_points[point]
+        return self.axes[f"{point}.weight"][0]
 
     def channel_axis(self, point: str) -> int:
         """The channel axis of an activation or REPAIR point's output."""
@@ -181,7 +197,7 @@ class PermutationSpec:
             for p in points:
                 if p not in modules:
                     raise SpecError(f"activation point {p!r} of group {g!r} is not a module of the model")
-        for p in self.repair_points:
+        for p in self.corrected_points:
             if p not in modules:
                 raise SpecError(f"REPAIR point {p!r} is not a module of the model")
 
@@ -193,6 +209,7 @@ class SpecBuilder:
         self.axes: dict[str, tuple[str | None, ...]] = {}
         self.activations: dict[str, list[str]] = {}
         self.repair_points: list[str] = []
+        self.carried: dict[str, str] = {}
 
     def linear(self, name: str, p_in: str | None, p_out: str | None, *, bias: bool = True) -> None:
         self.axes[f"{name}.weight"] = (p_out, p_in)
@@ -223,6 +240,10 @@ class SpecBuilder:
     def repair(self, module_name: str) -> None:
         self.repair_points.append(module_name)
 
+    def carry(self, module_name: str, group: str) -> None:
+        """A REPAIR point without a weight to fold into (see :attr:`PermutationSpec.carried_points`)."""
+        self.carried[module_name] = group
+
     def build(self, model: nn.Module) -> PermutationSpec:
         """Finish the spec, taking group sizes from ``model`` and validating it against the model."""
         state = model.state_dict()
@@ -240,6 +261,7 @@ class SpecBuilder:
             buffers=buffers,
             activations={g: tuple(v) for g, v in self.activations.items()},
             repair_points=tuple(self.repair_points),
+            carried_points=dict(self.carried),
         )
         spec.validate(state)
         spec.check_modules(model)
