@@ -563,10 +563,7 @@ class _Derivation:
         value = node.args[index] if len(node.args) > index else node.kwargs.get(key)
         if isinstance(value, fx.Node):
             layout = self.layout_of(value)
-            if layout and all(isinstance(a, Slot) for a in layout):
-                return _SlotTensor(layout)
-            if layout is not None:
-                return _LayoutTensor(layout)
+            return _TensorAxes(layout) if layout is not None else None
         return value
 
     def broadcast(self, node: fx.Node, layouts: list[Any], out_shape) -> TensorLayout:
@@ -1038,16 +1035,12 @@ class _Derivation:
         return {g: tuple(v) for g, v in activations.items()}, tuple(repair), axes
 
 
-class _SlotTensor(tuple):
-    """The axes of a parameter passed to a functional op (so ``_param_axes`` can read them)."""
-
-
-class _LayoutTensor(tuple):
-    """The axes of a computed tensor passed where a parameter usually is."""
+class _TensorAxes(tuple):
+    """The axes of a tensor argument of a functional op (a parameter's slots, or computed layouts)."""
 
 
 def _param_axes(value: Any) -> tuple[Axis, ...]:
-    if isinstance(value, (_SlotTensor, _LayoutTensor)):
+    if isinstance(value, _TensorAxes):
         return tuple(value)
     if isinstance(value, torch.Tensor):
         return tuple(Slot(id(value), ax, n) for ax, n in enumerate(value.shape))
