@@ -81,6 +81,14 @@ class _Batches:
         return self.data.x[idx], self.data.y[idx]
 
 
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode to run other weights through (``functional_call``), without gradients."""
+    work = copy.deepcopy(model).eval()
+    for p in work.parameters():
+        p.requires_grad_(False)
+    return work
+
+
 def _check_data(data: TensorData, name: str) -> None:
     if len(data) == 0:
         raise ValueError(f"{name} needs training samples; got none")
@@ -127,9 +135,7 @@ def ste_matching(
     _check_data(data, "ste_matching")
     state_a, state_b = _matched_states(spec, model_a, model_b)
     perm = _start(spec, model_a, model_b, init_perm, seed)
-    work = copy.deepcopy(model_a).eval()
-    for p in work.parameters():
-        p.requires_grad_(False)
+    work = _frozen_copy(model_a)
     trainable = [n for n, _ in model_a.named_parameters() if n in state_a]
     # θ̃ starts at B as weight matching aligned it, so the first projection is the start
     start = apply_permutation(spec, perm, state_b)
@@ -267,9 +273,7 @@ def sinkhorn_matching(
         start[torch.arange(n, device=device), perm[g].to(device)] = 3.0
         logits[g] = start.requires_grad_(True)
     optimizer = torch.optim.Adam(logits.values(), lr=lr)
-    work = copy.deepcopy(model_a).eval()
-    for p in work.parameters():
-        p.requires_grad_(False)
+    work = _frozen_copy(model_a)
     permuted = [n for n, axes in spec.axes.items() if n not in spec.buffers and any(e is not None for e in axes)]
     score: Callable[[Permutation], float]
     if objective == "midpoint":
