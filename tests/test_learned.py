@@ -25,7 +25,7 @@ from repair_ray.permutation import invert_permutation, midpoint_loss, soft_permu
 from repair_ray.sweep.planning import analysis_keys
 
 from . import custom_nets
-from .helpers import prototype_data
+from .helpers import briefly_trained, prototype_data
 
 
 def is_permutation(perm, spec) -> bool:
@@ -83,17 +83,7 @@ def mnist_pair():
     train = data.train.subset(6000, seed=0)
 
     def trained(seed):
-        torch.manual_seed(seed)
-        model = build_model("mlp", width=64, depth=2)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(300):
-            idx = torch.randint(0, len(train), (128,), generator=gen)
-            loss = F.cross_entropy(model(train.x[idx]), train.y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return model.eval()
+        return briefly_trained("mlp", train, steps=300, lr=0.05, seed=seed, width=64, depth=2)
 
     return trained(1), trained(2), train.head(2000), data
 

@@ -32,19 +32,12 @@ from torch import nn
 from torch.func import functional_call
 
 from ..datasets import TensorData
+from ..interpolation import interpolate_state
 from .ops import Permutation, apply_permutation
 from .spec import PermutationSpec
 from .weight_matching import _matched_states, weight_matching
 
 StateDict = dict[str, torch.Tensor]
-
-
-def _midpoint(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor]) -> StateDict:
-    out = {}
-    for k, a in state_a.items():
-        b = state_b[k]
-        out[k] = (a + b) / 2 if a.is_floating_point() else a
-    return out
 
 
 @torch.no_grad()
@@ -53,7 +46,7 @@ def midpoint_loss(
     *, batch_size: int = 1000,
 ) -> float:  # fmt: skip
     """Mean cross-entropy on ``data`` of the network with the midpoint of two state dicts (eval mode)."""
-    mid = _midpoint(state_a, state_b)
+    mid = interpolate_state(state_a, state_b, 0.5)
     model.eval()
     total, n = 0.0, 0
     for x, y in data.batches(batch_size):
@@ -79,6 +72,10 @@ class _Batches:
                 self.order.pop()
         idx = self.order.pop(0)
         return self.data.x[idx], self.data.y[idx]
+
+
+def _as_float(state: Mapping[str, torch.Tensor]) -> StateDict:
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
@@ -152,7 +149,7 @@ def ste_matching(
         projected = apply_permutation(spec, perm, state_b)
         # the value of the projected weights, the gradient of the free ones
         through = {n: projected[n] + (free[n] - free[n].detach()).to(projected[n].dtype) for n in trainable}
-        mid = _midpoint(state_a, {**projected, **through})
+        mid = interpolate_state(state_a, {**projected, **through}, 0.5)
         x, y = batches.next()
         loss = F.cross_entropy(functional_call(work, mid, (x,)).float(), y)
         optimizer.zero_grad()
@@ -265,7 +262,9 @@ def sinkhorn_matching(
     state_a, state_b = _matched_states(spec, model_a, model_b)
     perm = _start(spec, model_a, model_b, init_perm, seed)
     device = next(iter(state_a.values())).device
-    float_b = {k: (v.float() if v.is_floating_point() else v) for k, v in state_b.items()}
+    float_a, float_b = (
+        {k: (v.float() if v.is_floating_point() else v) for k, v in st.items()} for st in (state_a, state_b)
+    )
     # logits peaked at the start: at the first temperature its soft permutation is already near it
     logits = {}
     for g, n in spec.sizes.items():
@@ -294,7 +293,7 @@ def sinkhorn_matching(
         mixed = soft_permute(spec, float_b, soft)
         if objective == "midpoint":
             x, y = batches.next()
-            mid = _midpoint({k: (v.float() if v.is_floating_point() else v) for k, v in state_a.items()}, mixed)
+            mid = interpolate_state(float_a, mixed, 0.5)
             loss = F.cross_entropy(functional_call(work, mid, (x,)).float(), y)
         else:
             loss = sum(((state_a[n].float() - mixed[n]) ** 2).sum() for n in permuted)

@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from ..pair import PairSettings
 from ..training import TrainConfig
 
 
@@ -55,19 +56,23 @@ class EvalSection(_Strict):
     eval_batch_size: int = 1000
 
 
+# The defaults of the analysis settings are PairSettings' own (one home).
+_PAIR_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PairSettings)}
+
+
 class SteSection(_Strict):
     """``ste``: the straight-through estimator's Adam steps and learning rate (``align: ste``)."""
 
-    steps: int = 200
-    lr: float = 3e-3
+    steps: int = _PAIR_DEFAULTS["ste_steps"]
+    lr: float = _PAIR_DEFAULTS["ste_lr"]
 
 
 class SinkhornSection(_Strict):
     """``sinkhorn``: Sinkhorn re-basin's Adam steps, learning rate and objective (``align: sinkhorn``)."""
 
-    steps: int = 200
-    lr: float = 0.1
-    objective: str = "midpoint"
+    steps: int = _PAIR_DEFAULTS["sinkhorn_steps"]
+    lr: float = _PAIR_DEFAULTS["sinkhorn_lr"]
+    objective: str = _PAIR_DEFAULTS["sinkhorn_objective"]
 
 
 class ResourceSpec(_Strict):
@@ -108,8 +113,8 @@ class SweepSection(_Strict):
     seeds: int | list[int] = 4
     train: TrainSection = Field(default_factory=TrainSection)
     pairs: Literal["all", "disjoint"] | FirstPairs = "all"
-    align: list[str] = Field(default_factory=lambda: ["none", "weight", "activation"])
-    correction: list[str] = Field(default_factory=lambda: ["none", "repair"])
+    align: list[str] = Field(default_factory=lambda: list(_PAIR_DEFAULTS["aligns"]))
+    correction: list[str] = Field(default_factory=lambda: list(_PAIR_DEFAULTS["corrections"]))
     alphas: int | list[float] = 21
     eval: EvalSection = Field(default_factory=EvalSection)
     ste: SteSection = Field(default_factory=SteSection)
