@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -161,9 +161,11 @@ class Trainer:
         seed: int,
         init_seed: int | None = None,
         data_seed: int | None = None,
+        branch_epoch: int | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         self.model_config = model_config
+        self.branch_epoch = branch_epoch
         self.train_config = train_config
         self.seed = seed
         self.init_seed = seed if init_seed is None else init_seed
@@ -298,6 +300,7 @@ class Trainer:
             "seed": self.seed,
             "init_seed": self.init_seed,
             "data_seed": self.data_seed,
+            "branch_epoch": self.branch_epoch,
             "dataset": self.dataset.name,
             "num_classes": self.dataset.num_classes,
             "in_shape": list(self.dataset.in_shape),
@@ -318,7 +321,7 @@ class Trainer:
         """
         checkpoint = load_checkpoint(uri)
         expected = _jsonable(self.checkpoint_meta({}, "running"))
-        for key in ("model_config", "train_config", "init_seed", "data_seed"):
+        for key in ("model_config", "train_config", "init_seed", "data_seed", "branch_epoch"):
             if checkpoint.meta.get(key) != expected[key]:
                 raise ValueError(
                     f"checkpoint {uri} belongs to another run: its {key} is {checkpoint.meta.get(key)!r}, "
@@ -330,14 +333,52 @@ class Trainer:
         self.load_training_state(checkpoint.training_state)
         return checkpoint.meta
 
+    def start_from(self, uri: str | os.PathLike[str]) -> dict[str, Any]:
+        """Start this run from a trunk's snapshot (see :func:`train_trunk`): its weights, optimizer
+        state, epoch and step (so the learning-rate schedule goes on where the trunk was), but this
+        run's own data order. Returns the snapshot's meta.
+
+        Raises:
+            ValueError: when the snapshot is of another network, training config, trunk seed or epoch.
+            CheckpointError: when it cannot be read.
+        """
+        checkpoint = load_checkpoint(uri)
+        meta, mine = checkpoint.meta, _jsonable(self.checkpoint_meta({}, "running"))
+        wanted = {
+            "model_config": mine["model_config"],
+            "train_config": mine["train_config"],
+            "seed": self.init_seed,
+            "epoch": self.branch_epoch,
+        }
+        for key, value in wanted.items():
+            if meta.get(key) != value:
+                raise ValueError(
+                    f"trunk snapshot {uri} does not fit this branch: its {key} is {meta.get(key)!r}, "
+                    f"the branch needs {value!r}"
+                )
+        if checkpoint.training_state is None:
+            raise CheckpointError(f"trunk snapshot {uri} has no training state to branch from")
+        self.model.load_state_dict(checkpoint.state_dict)
+        state = checkpoint.training_state
+        generator = self.generator.get_state()
+        self.load_training_state(state)
+        self.generator.set_state(generator)  # the child's own data order
+        self.seconds = 0.0  # the child's own compute; the trunk's is the trunk's
+        return meta
+
     def run(
         self,
         *,
         checkpoint_uri: str | os.PathLike[str] | None = None,
         checkpoint_every: int | None = 1,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        branch_from: str | os.PathLike[str] | None = None,
     ) -> TrainResult:
         """Train the remaining epochs, resuming from ``checkpoint_uri`` when a checkpoint is there.
+
+        A branch (``branch_epoch`` set) without a checkpoint of its own starts from the trunk
+        snapshot ``branch_from`` (:meth:`start_from`); at branch epoch 0 there is none to start from
+        (the shared initialisation is the init seed's).
 
         After every epoch ``on_epoch(epoch, metrics)`` gets ``epoch``, ``epoch_train_loss`` and
         ``epoch_train_acc`` (averages over the epoch's batches), ``test_loss`` and ``test_acc``;
@@ -352,6 +393,8 @@ class Trainer:
             if self.epoch == self.train_config.epochs and all(k in stored for k in METRIC_KEYS):
                 metrics = {k: float(stored[k]) for k in METRIC_KEYS}
                 return TrainResult("ok", self.epoch, metrics, self.seconds, self._state_dict())
+        elif branch_from is not None:
+            self.start_from(branch_from)
         final: dict[str, float] | None = None
         try:
             while self.epoch < self.train_config.epochs:
@@ -401,8 +444,18 @@ def train_model(
     checkpoint_uri: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = 1,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    branch_epoch: int | None = None,
+    branch_from: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
-    """Train (or resume and finish) one run: ``Trainer(...).run(...)``."""
+    """Train (or resume and finish) one run: ``Trainer(...).run(...)``.
+
+    A branch of a trunk (Frankle et al.'s instability analysis): ``init_seed`` is the trunk's seed,
+    ``branch_epoch`` the trunk epoch it branches at, and ``branch_from`` the trunk's snapshot at
+    that epoch (see :func:`train_trunk`; none at epoch 0). The child trains the remaining epochs
+    of the same schedule with its own data order (``data_seed``).
+    """
+    if branch_epoch is not None and branch_epoch > 0 and branch_from is None:
+        raise ValueError(f"a branch at epoch {branch_epoch} needs its trunk's snapshot (branch_from)")
     trainer = Trainer(
         model_config,
         train_config,
@@ -410,6 +463,69 @@ def train_model(
         seed=seed,
         init_seed=init_seed,
         data_seed=data_seed,
+        branch_epoch=branch_epoch,
         device=device,
     )
-    return trainer.run(checkpoint_uri=checkpoint_uri, checkpoint_every=checkpoint_every, on_epoch=on_epoch)
+    return trainer.run(
+        checkpoint_uri=checkpoint_uri,
+        checkpoint_every=checkpoint_every,
+        on_epoch=on_epoch,
+        branch_from=branch_from if branch_epoch else None,
+    )
+
+
+def train_trunk(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    dataset: Dataset,
+    *,
+    seed: int,
+    epochs: Sequence[int],
+    snapshot_uri: Callable[[int], str | os.PathLike[str]],
+    device: str | torch.device = "cpu",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[int, dict[str, float]]:
+    """Train one trunk (seed ``seed``) on the run's schedule up to the last of ``epochs``, writing a
+    snapshot (weights and training state) at each of them to ``snapshot_uri(epoch)``.
+
+    Children branch from the snapshots (:func:`train_model` with ``branch_from``). A trunk
+    resumes from its newest readable snapshot, so it is trained once however often it is asked
+    for; snapshots already there are kept. Returns each snapshot epoch's test metrics.
+
+    Raises:
+        NonFiniteLossError: when the trunk's loss is NaN or infinite (no later snapshot is written).
+    """
+    wanted = sorted(set(int(e) for e in epochs))
+    if not wanted or wanted[0] < 0 or wanted[-1] >= train_config.epochs:
+        raise ValueError(
+            f"branch epochs must be 0 .. {train_config.epochs - 1} (the run has {train_config.epochs}), got {wanted}"
+        )
+    trainer = Trainer(model_config, train_config, dataset, seed=seed, device=device)
+    # resume from the last snapshot of the longest run of readable ones from the first: a missing or
+    # damaged earlier snapshot is trained (deterministically, the same bits) again
+    for epoch in wanted:
+        uri = snapshot_uri(epoch)
+        if not storage.exists(uri):
+            break
+        try:
+            probe = Trainer(model_config, train_config, dataset, seed=seed, device=device)
+            probe.resume(uri)
+        except (CheckpointError, ValueError):
+            storage.remove(uri, missing_ok=True)  # damaged or of another run: written again below
+            break
+        trainer = probe
+    metrics: dict[int, dict[str, float]] = {}
+
+    def snapshot() -> None:
+        metrics[trainer.epoch] = {"epoch": trainer.epoch, **trainer.evaluate(("test",))}
+        trainer.save(snapshot_uri(trainer.epoch), metrics[trainer.epoch], status="trunk")
+        if on_epoch is not None:
+            on_epoch(trainer.epoch, metrics[trainer.epoch])
+
+    if trainer.epoch == 0 and 0 in wanted and not storage.exists(snapshot_uri(0)):
+        snapshot()
+    while trainer.epoch < wanted[-1]:
+        trainer.train_epoch()
+        if trainer.epoch in wanted:
+            snapshot()
+    return metrics

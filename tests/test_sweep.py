@@ -337,3 +337,46 @@ def test_adding_a_learned_align_computes_only_its_rows_and_its_settings_key_only
     assert final.loc["none", "finished_at"] == before.loc["none", "finished_at"]
     assert final.loc["ste", "analysis_key"] != after.loc["ste", "analysis_key"]
     assert len(final) == 3  # current keys only: the older ste row is not mixed in
+
+
+def test_a_stability_sweep_trains_each_trunk_once_and_pairs_children_of_one_branch(ray_session, tmp_path):
+    config = parse_config(
+        tiny_sweep(
+            "branches",
+            str(tmp_path),
+            seeds=2,
+            train={"epochs": 3, "batch_size": 64, "lr": 0.05, "checkpoint_every": 1},
+            branch={"at_epochs": [0, 2], "trunks": 1},
+            align=["none", "weight"],
+            correction=["none"],
+        )
+    )
+    assert config.n_trials == 4 and config.n_pairs == 2
+    lines: list[str] = []
+    run(config, lines)
+    assert any("1 trunk(s) to train or check" in line for line in lines)
+    tables = load_tables(config.root)
+    models, pairs = tables["models"], tables["pairs"]
+    assert (models["status"] == "ok").all() and len(models) == 4
+    assert set(zip(models["branch_epoch"], models["seed"], strict=True)) == {(0, 0), (0, 1), (2, 0), (2, 1)}
+    assert (models["trunk_seed"] == 0).all() and (models["init_seed"] == 0).all()
+    assert (models["data_seed"] == models["seed"]).all()
+    trunk = sorted(p.name for p in Path(config.root, "checkpoints").glob("*/trunk-0/*.pt"))
+    assert trunk == ["epoch-2.pt"]  # epoch 0 needs no snapshot: the init seed is the trunk's
+    assert sorted(pairs["branch_epoch"].unique()) == [0, 2] and (pairs["trunk_seed"] == 0).all()
+    assert (pairs["status"] == "ok").all() and len(pairs) == 2 * 2
+    # the children of epoch 2 start from the trunk's snapshot: closer to each other than those of epoch 0
+    plain = pairs[pairs["align"] == "none"].set_index("branch_epoch")["barrier_test_loss"]
+    assert plain[2] < plain[0]
+    # the report draws Frankle's instability plot and keeps the branch epochs apart in its tables
+    from repair_ray.report import summarise, write_report
+
+    index = write_report(config.root)
+    assert (index.parent / "barrier_vs_branch_epoch.png").is_file()
+    summary = summarise(tables["pairs"])
+    assert sorted(summary["branch_epoch"].unique()) == [0, 2] and (summary["pairs"] == 1).all()
+    # a re-run trains nothing, trunks included
+    again: list[str] = []
+    run(config, again)
+    assert not any("trunk(s) to train" in line for line in again)
+    assert any("4 of 4 trials already done" in line for line in again)

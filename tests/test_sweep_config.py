@@ -37,6 +37,12 @@ BAD = [
     ({"train": {"lr": 0}}, "train.lr: must be a positive number"),
     ({"train": {"optimizer": "rmsprop"}}, "train.optimizer: must be one of sgd, adam"),
     ({"seeds": 1}, "seeds: need at least 2 seeds"),
+    ({"branch": {"at_epochs": [0, 2]}}, "branch.at_epochs: must be 0 .. 1: the children train the rest"),
+    ({"branch": {"at_epochs": []}}, "branch.at_epochs: must list at least one epoch"),
+    ({"branch": {"at_epochs": [1, 1]}}, "branch.at_epochs: lists an epoch twice"),
+    ({"branch": {"at_epoch": [1]}}, "branch.at_epoch: unknown key; did you mean 'at_epochs'?"),
+    ({"branch": {"at_epochs": [1], "trunks": 0}}, "branch.trunks: must be a positive number of trunks"),
+    ({"branch": {"at_epochs": [1], "trunks": [2, 2]}}, "branch.trunks: must list distinct non-negative"),
     ({"seeds": [3, 3]}, "seeds: lists a seed twice"),
     ({"alphas": [0, 0.5, 1.2]}, "alphas: every alpha must lie in [0, 1]"),
     ({"alphas": 2}, "alphas: need at least 3 points"),
@@ -213,3 +219,14 @@ def test_batchnorm_is_read_off_the_model_not_its_norm_name():
     assert ModelConfig("mlp", 8, 1, "batch").has_batchnorm
     assert not ModelConfig("mlp", 8, 1, "layer").has_batchnorm
     assert ModelConfig("cifar_resnet", 0.25, 8, "batch").has_batchnorm
+
+
+def test_branch_expands_to_a_model_key_per_trunk_and_epoch(tmp_path):
+    config = parse_config(tiny_sweep("b", str(tmp_path), branch={"at_epochs": [1, 0], "trunks": [3, 5]}))
+    plain = parse_config(tiny_sweep("b", str(tmp_path)))
+    assert [(p.branch.trunk_seed, p.branch.epoch) for p in config.models] == [(3, 0), (3, 1), (5, 0), (5, 1)]
+    assert len({p.model_key for p in config.models}) == 4
+    assert all(p.trunk_key == plain.models[0].model_key for p in config.models)
+    assert config.models[1].model_key.startswith("mlp-w16-d2-none-t3-e1-")
+    assert config.n_trials == 4 * 3 and config.n_pairs == 4 * 3
+    assert plain.models[0].lineage() == {"trunk_seed": None, "branch_epoch": None}

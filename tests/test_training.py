@@ -297,3 +297,90 @@ def test_zero_epochs_checkpoints_the_initial_network(synthetic: Dataset, tmp_pat
     initial = Trainer(SMALL_MLP, TrainConfig(epochs=0), synthetic, seed=2).model.state_dict()
     assert result.status == "ok" and result.epochs == 0 and 0 < result.metrics["test_acc"] < 0.5
     assert _weights_equal(load_checkpoint(uri).state_dict, initial)
+
+
+# ----------------------------------------------------------------------------- trunks and branches
+
+BRANCHING = TrainConfig(epochs=3, batch_size=128, lr=0.05)
+
+
+def _trunk(dataset: Dataset, root: Path, epochs=(1, 2), seed: int = 7) -> dict[int, dict[str, float]]:
+    from repair_ray.training import train_trunk
+
+    return train_trunk(
+        SMALL_MLP, BRANCHING, dataset, seed=seed, epochs=epochs, snapshot_uri=lambda e: str(root / f"epoch-{e}.pt")
+    )
+
+
+def test_a_branch_carries_weights_optimizer_and_schedule_exactly(synthetic: Dataset, tmp_path: Path) -> None:
+    """With the trunk's own data order put back, a branch at epoch 1 IS the straight run, bit for bit:
+    nothing of the trunk's state is lost at the branch point; only the data order is the child's."""
+    straight = train_model(SMALL_MLP, BRANCHING, synthetic, seed=7)
+    _trunk(synthetic, tmp_path)
+    snapshot = load_checkpoint(str(tmp_path / "epoch-1.pt"))
+    child = Trainer(SMALL_MLP, BRANCHING, synthetic, seed=0, init_seed=7, data_seed=0, branch_epoch=1)
+    child.start_from(str(tmp_path / "epoch-1.pt"))
+    assert (child.epoch, child.step, child.seconds) == (1, child.steps_per_epoch, 0.0)
+    assert _weights_equal(child.model.state_dict(), snapshot.state_dict)
+    child.generator.set_state(snapshot.training_state["generator"])
+    while child.epoch < BRANCHING.epochs:
+        child.train_epoch()
+    assert _weights_equal(child._state_dict(), straight.state_dict)
+
+
+def test_children_differ_only_in_data_order_and_resume_exactly(synthetic: Dataset, tmp_path: Path) -> None:
+    _trunk(synthetic, tmp_path / "trunk")
+    snap = str(tmp_path / "trunk" / "epoch-2.pt")
+    kw = {"init_seed": 7, "branch_epoch": 2, "branch_from": snap}
+    a = train_model(SMALL_MLP, BRANCHING, synthetic, seed=0, data_seed=0, **kw)
+    b = train_model(SMALL_MLP, BRANCHING, synthetic, seed=1, data_seed=1, **kw)
+    again = train_model(SMALL_MLP, BRANCHING, synthetic, seed=0, data_seed=0, **kw)
+    assert _weights_equal(a.state_dict, again.state_dict)
+    assert not _weights_equal(a.state_dict, b.state_dict)
+    assert a.epochs == 3 and a.status == "ok"
+    # a child's checkpoint records its branch and refuses to resume another branch
+    uri = str(tmp_path / "child.pt")
+    train_model(SMALL_MLP, BRANCHING, synthetic, seed=0, data_seed=0, checkpoint_uri=uri, **kw)
+    assert load_checkpoint(uri).meta["branch_epoch"] == 2
+    with pytest.raises(ValueError, match="branch_epoch"):
+        train_model(SMALL_MLP, BRANCHING, synthetic, seed=0, init_seed=7, data_seed=0, checkpoint_uri=uri)
+
+
+def test_children_at_epoch_zero_share_the_trunk_initialisation(synthetic: Dataset) -> None:
+    a = Trainer(SMALL_MLP, BRANCHING, synthetic, seed=0, init_seed=7, data_seed=0, branch_epoch=0)
+    b = Trainer(SMALL_MLP, BRANCHING, synthetic, seed=1, init_seed=7, data_seed=1, branch_epoch=0)
+    assert _weights_equal(a.model.state_dict(), b.model.state_dict())
+    assert not torch.equal(a.generator.get_state(), b.generator.get_state())
+
+
+def test_a_trunk_is_trained_once_resumes_and_heals_a_damaged_snapshot(synthetic: Dataset, tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    _trunk(synthetic, full, epochs=(0, 1, 2))
+    parts = tmp_path / "parts"
+    _trunk(synthetic, parts, epochs=(0, 1))
+    grown = _trunk(synthetic, parts, epochs=(0, 1, 2))  # resumes at epoch 1: only epoch 2 is trained
+    assert sorted(grown) == [2]
+    for epoch in (0, 1, 2):
+        assert _weights_equal(
+            load_checkpoint(str(full / f"epoch-{epoch}.pt")).state_dict,
+            load_checkpoint(str(parts / f"epoch-{epoch}.pt")).state_dict,
+        )
+    damaged = parts / "epoch-1.pt"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    healed = _trunk(synthetic, parts, epochs=(0, 1, 2))
+    assert sorted(healed) == [1, 2]
+    rebuilt, original = load_checkpoint(str(damaged)), load_checkpoint(str(full / "epoch-1.pt"))
+    assert _weights_equal(rebuilt.state_dict, original.state_dict)
+    with pytest.raises(ValueError, match="branch epochs must be 0 .. 2"):
+        _trunk(synthetic, parts, epochs=(3,))
+
+
+def test_a_branch_refuses_the_snapshot_of_another_trunk_or_epoch(synthetic: Dataset, tmp_path: Path) -> None:
+    _trunk(synthetic, tmp_path)
+    snap = str(tmp_path / "epoch-1.pt")
+    with pytest.raises(ValueError, match="its epoch is 1"):
+        train_model(SMALL_MLP, BRANCHING, synthetic, seed=0, init_seed=7, branch_epoch=2, branch_from=snap)
+    with pytest.raises(ValueError, match="its seed is 7"):
+        train_model(SMALL_MLP, BRANCHING, synthetic, seed=0, init_seed=3, branch_epoch=1, branch_from=snap)
+    with pytest.raises(ValueError, match="needs its trunk's snapshot"):
+        train_model(SMALL_MLP, BRANCHING, synthetic, seed=0, init_seed=7, branch_epoch=1)

@@ -48,6 +48,8 @@ _MODEL_DESC = (
 )
 _PAIR_IDS = (("seed_a", _INT), ("seed_b", _INT), ("align", _STR), ("correction", _STR))
 _WHEN = (("started_at", _TIME), ("finished_at", _TIME))
+# children of a trunk (stability studies): null for independent seeds
+_LINEAGE = (("trunk_seed", _INT), ("branch_epoch", _INT))
 
 SCHEMAS: dict[str, pa.Schema] = {
     "models": _schema(
@@ -72,6 +74,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("config_json", _STR),
         *_WHEN,
         ("checkpoint_bytes", _INT),
+        *_LINEAGE,
     ),
     "pairs": _schema(
         *_IDS,
@@ -107,6 +110,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("max_barrier_train_error", _F64),
         ("max_barrier_test_loss", _F64),
         ("max_barrier_test_error", _F64),
+        *_LINEAGE,
     ),
     "curves": _schema(
         *_IDS,

@@ -19,7 +19,8 @@ Rules shared by every function:
 
 Public API: :func:`summarise`, :func:`relative_reduction`, :func:`summarise_models`,
 :func:`failed_pairs`, :func:`ok_tables`, :func:`plot_barrier_vs_width`,
-:func:`plot_barrier_vs_depth`, :func:`plot_curves`, :func:`plot_variance_collapse`,
+:func:`plot_barrier_vs_depth`, :func:`plot_barrier_vs_branch_epoch`, :func:`plot_curves`,
+:func:`plot_variance_collapse`,
 :func:`plot_endpoint_accuracy`, :func:`write_report`.
 
 The names are loaded on first use (PEP 562): ``from repair_ray.report.statistics import ci95``
@@ -53,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "PLOT_FORMATS": ".plots",
     "plot_barrier_vs": ".plots",
     "plot_barrier_vs_depth": ".plots",
+    "plot_barrier_vs_branch_epoch": ".plots",
     "plot_barrier_vs_width": ".plots",
     "plot_curves": ".plots",
     "plot_endpoint_accuracy": ".plots",
@@ -79,6 +81,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "ok_tables",
     "plot_barrier_vs",
     "plot_barrier_vs_depth",
+    "plot_barrier_vs_branch_epoch",
     "plot_barrier_vs_width",
     "plot_curves",
     "plot_endpoint_accuracy",
@@ -100,6 +103,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .plots import (
         PLOT_FORMATS,
         plot_barrier_vs,
+        plot_barrier_vs_branch_epoch,
         plot_barrier_vs_depth,
         plot_barrier_vs_width,
         plot_curves,

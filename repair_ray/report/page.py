@@ -22,6 +22,7 @@ from ..io import storage
 from ..io.tables import load_tables
 from .plots import (
     PLOT_FORMATS,
+    plot_barrier_vs_branch_epoch,
     plot_barrier_vs_depth,
     plot_barrier_vs_width,
     plot_curves,
@@ -151,6 +152,12 @@ def write_report(
     plots = [
         _Plot("barrier_vs_width", "Barrier vs width", "Max-over-α barrier, mean over pairs with 95% CI."),
         _Plot("barrier_vs_depth", "Barrier vs depth", "Max-over-α barrier, mean over pairs with 95% CI."),
+        _Plot(
+            "barrier_vs_branch_epoch",
+            "Barrier vs branch epoch (instability)",
+            "Children of one trunk, branched after k epochs of shared training: max-over-α barrier, "
+            "mean over pairs (all trunks pooled) with 95% CI. Stable once the barrier is ~0 (Frankle et al.).",
+        ),
         _Plot("curves", "Loss and accuracy along the linear path", "Mean over the pairs of one model config."),
         _Plot(
             "variance_collapse",
@@ -168,6 +175,7 @@ def write_report(
     makers = {
         "barrier_vs_width": lambda stem: plot_barrier_vs_width(ok["pairs"], stem),
         "barrier_vs_depth": lambda stem: plot_barrier_vs_depth(ok["pairs"], stem),
+        "barrier_vs_branch_epoch": lambda stem: plot_barrier_vs_branch_epoch(ok["pairs"], stem),
         "curves": lambda stem: plot_curves(ok["curves"], stem, model_key=model_key, pairs=ok["pairs"]),
         "variance_collapse": lambda stem: plot_variance_collapse(
             ok["layers"], stem, model_key=model_key, pairs=ok["pairs"]

@@ -103,10 +103,13 @@ def plot_barrier_vs(
     stem: str | os.PathLike[str],
     metrics: Sequence[str] = PLOT_METRICS,
 ) -> list[Path]:
-    """Barrier vs ``x`` (``"width"`` or ``"depth"``): a line per align + correction, 95% CI error bars.
+    """Barrier vs ``x`` (``"width"``, ``"depth"`` or ``"branch_epoch"``): a line per align +
+    correction, 95% CI error bars.
 
-    One row of panels per (arch, dataset, norm, other axis), one column per metric; only ``ok``
-    pairs. A single ``x`` value gives single points. Writes ``<stem>.png`` and ``<stem>.svg``.
+    One row of panels per (arch, dataset, norm, other axes), one column per metric; only ``ok``
+    pairs. A single ``x`` value gives single points. Against ``branch_epoch`` (Frankle et al.'s
+    instability plot) only children of trunks are drawn, the pairs of every trunk pooled.
+    Writes ``<stem>.png`` and ``<stem>.svg``.
 
     Returns:
         The paths written.
@@ -114,15 +117,22 @@ def plot_barrier_vs(
     Raises:
         ValueError: when there is no ``ok`` pair to plot.
     """
-    if x not in ("width", "depth"):
-        raise ValueError(f"x must be 'width' or 'depth', got {x!r}")
-    other = "depth" if x == "width" else "width"
+    if x not in ("width", "depth", "branch_epoch"):
+        raise ValueError(f"x must be 'width', 'depth' or 'branch_epoch', got {x!r}")
+    others = {"width": ["depth"], "depth": ["width"], "branch_epoch": ["width", "depth"]}[x]
+    if x == "branch_epoch":
+        if "branch_epoch" not in pairs.columns or pairs["branch_epoch"].isna().all():
+            raise ValueError("no pairs of branched children (this sweep has no branch section)")
+        # pool the trunks: one point per branch epoch (each trunk and epoch has its own model key)
+        pairs = pairs[pairs["branch_epoch"].notna()].assign(trunk_seed=pd.NA, model_key="children")
     summary = summarise(pairs)
     summary = summary[(summary["pairs"] > 0) & summary[x].notna()]
     if summary.empty:
         raise ValueError(f"no ok pairs with a known {x} to plot")
     metrics = [m for m in metrics if f"{m}_mean" in summary.columns]
-    panel_keys = [k for k in ("arch", "dataset", "norm", other) if summary[k].nunique(dropna=False) > 1 or k == other]
+    panel_keys = [
+        k for k in ("arch", "dataset", "norm", *others) if summary[k].nunique(dropna=False) > 1 or k in others
+    ]
     panels = _sort(summary[panel_keys].drop_duplicates(), panel_keys)
     fig, axes = _figure(len(panels), len(metrics))
     xs_all = np.sort(summary[x].astype(float).unique())
@@ -156,7 +166,7 @@ def plot_barrier_vs(
             ax.set_xticks(xs_all, [_fmt(v) for v in xs_all])
             ax.minorticks_off()
             ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
-            ax.set_xlabel(x)
+            ax.set_xlabel("branch epoch (shared training before the children split)" if x == "branch_epoch" else x)
             ax.set_ylabel(_metric_label(metric))
             ax.set_title(_panel_title(panel, panel_keys), fontsize=10)
             ax.grid(alpha=0.3)
@@ -175,6 +185,11 @@ def plot_barrier_vs_width(pairs: pd.DataFrame, stem: str | os.PathLike[str], **k
 def plot_barrier_vs_depth(pairs: pd.DataFrame, stem: str | os.PathLike[str], **kwargs) -> list[Path]:
     """:func:`plot_barrier_vs` with ``x="depth"`` (one panel row per width)."""
     return plot_barrier_vs(pairs, "depth", stem, **kwargs)
+
+
+def plot_barrier_vs_branch_epoch(pairs: pd.DataFrame, stem: str | os.PathLike[str], **kwargs) -> list[Path]:
+    """:func:`plot_barrier_vs` with ``x="branch_epoch"``: Frankle et al.'s instability plot."""
+    return plot_barrier_vs(pairs, "branch_epoch", stem, **kwargs)
 
 
 def plot_curves(

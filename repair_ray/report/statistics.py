@@ -13,7 +13,20 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-GROUP_KEYS = ("arch", "dataset", "norm", "width", "depth", "align", "correction", "model_key", "analysis_key")
+LINEAGE = ("trunk_seed", "branch_epoch")
+"""Which trunk and epoch the children of a stability study branched at (null for independent seeds)."""
+GROUP_KEYS = (
+    "arch",
+    "dataset",
+    "norm",
+    "width",
+    "depth",
+    *LINEAGE,
+    "align",
+    "correction",
+    "model_key",
+    "analysis_key",
+)
 """The summary's groups: one model description x method, never pooling two model or analysis keys
 (networks trained, or pairs analysed, with other settings are other facts)."""
 MODEL_KEYS = ("arch", "dataset", "norm", "width", "depth")
@@ -48,7 +61,9 @@ def barrier_columns(pairs: pd.DataFrame) -> list[str]:
 
 
 def _pairs_of(data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    return _with_analysis_key(data["pairs"] if isinstance(data, Mapping) else data)
+    frame = _with_analysis_key(data["pairs"] if isinstance(data, Mapping) else data)
+    missing = {k: pd.Series(pd.NA, index=frame.index, dtype="Int64") for k in LINEAGE if k not in frame.columns}
+    return frame.assign(**missing) if missing else frame  # frames of older tables or built by hand
 
 
 def _with_analysis_key(frame: pd.DataFrame) -> pd.DataFrame:
@@ -118,7 +133,7 @@ def relative_reduction(
     """
     pairs = _pairs_of(data)
     columns = [c for c in columns if c in pairs.columns]
-    out_columns = [*MODEL_KEYS, *PAIR_ID, "align", "correction", *(f"rel_reduction_{c}" for c in columns)]
+    out_columns = [*MODEL_KEYS, *LINEAGE, *PAIR_ID, "align", "correction", *(f"rel_reduction_{c}" for c in columns)]
     ok = pairs[_is_ok(pairs)]
     base = ok[ok["correction"] == "none"]
     corrected = ok[ok["correction"] != "none"]
@@ -127,7 +142,7 @@ def relative_reduction(
     join = [*PAIR_ID, "align"]
     base = base.drop_duplicates(join, keep="last")[[*join, *columns]]
     merged = corrected.merge(base, on=join, how="inner", suffixes=("", "__base"))
-    out = merged[[*MODEL_KEYS, *PAIR_ID, "align", "correction"]].copy()
+    out = merged[[*MODEL_KEYS, *LINEAGE, *PAIR_ID, "align", "correction"]].copy()
     for column in columns:
         b0 = merged[f"{column}__base"].astype(float)
         b1 = merged[column].astype(float)
@@ -232,13 +247,15 @@ def _finish(out: pd.DataFrame, columns: Sequence[str], keys: Sequence[str]) -> p
 
 
 def summarise_models(data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Trained networks per (arch, dataset, norm, width, depth): counts and accuracies.
+    """Trained networks per (arch, dataset, norm, width, depth), and per trunk seed and branch epoch
+    in a stability study: counts and accuracies.
 
     Columns: the description, ``models`` (``ok``), ``failed``, ``epochs`` (max), and
     ``test_acc_mean/_std/_ci95``, ``train_acc_mean``, ``test_loss_mean`` over the ``ok`` networks.
     """
     models = data["models"] if isinstance(data, Mapping) else data
-    keys = list(MODEL_KEYS)
+    lineage = [k for k in LINEAGE if k in models.columns and models[k].notna().any()]
+    keys = [*MODEL_KEYS, *lineage]  # the children of each trunk and epoch apart, when there are any
     columns = [*keys, "models", "failed", "epochs", "test_acc_mean", "test_acc_std", "test_acc_ci95"]
     columns += ["train_acc_mean", "test_loss_mean"]
     if models.empty:
@@ -348,7 +365,10 @@ def compact_summary(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary's key columns as text for reading: ``mean ± 95% CI`` cells, reductions in percent."""
     rows = []
     for r in summary.to_dict("records"):
-        row = {k: _fmt(r[k]) if k in ("width", "depth") else (r[k] if not pd.isna(r[k]) else "") for k in GROUP_KEYS}
+        row = {
+            k: _fmt(r[k]) if k in ("width", "depth", *LINEAGE) else (r[k] if not pd.isna(r[k]) else "")
+            for k in GROUP_KEYS
+        }
         row.update(pairs=int(r["pairs"]), failed=int(r["failed"]))
         for metric in PLOT_METRICS:
             row[metric] = _cell(r.get(f"{metric}_mean"), r.get(f"{metric}_ci95"))
@@ -363,7 +383,11 @@ def compact_summary(summary: pd.DataFrame) -> pd.DataFrame:
         row["midpoint_test_acc"] = _cell(r.get("midpoint_test_acc_mean"), None)
         rows.append(row)
     # the keys are shown only where a description has rows of several (they stay separate groups)
-    described = [k for k in GROUP_KEYS if k not in ("model_key", "analysis_key")]
+    described = [
+        k
+        for k in GROUP_KEYS
+        if k not in ("model_key", "analysis_key") and (k not in LINEAGE or (k in summary and summary[k].notna().any()))
+    ]
     shown = [
         k
         for k in ("model_key", "analysis_key")

@@ -29,7 +29,7 @@ from ..models import ModelConfig
 from ..pair import PairSettings, correction_applies
 from ..permutation import SpecError
 from ..training import TrainConfig
-from .planning import ModelPlan, model_key, pairing
+from .planning import Branch, ModelPlan, model_key, pairing
 from .schema import DatasetSection, FirstPairs, ModelGrid, Resources, SweepSection, describe_validation_error
 
 
@@ -187,6 +187,9 @@ def _expand(
         return None
 
     pair_list = pairing(seeds, s.pairs)
+    branches = _branches(s, train, problems)
+    if problems:
+        return None
     plans = []
     seen: dict[str, int] = {}
     for i, mc in model_configs:
@@ -195,7 +198,11 @@ def _expand(
             problems.append(f"models[{i}]: repeats a model config of models[{seen[key]}] ({key})")
             continue
         seen[key] = i
-        plans.append(ModelPlan(key, mc, tuple(seeds), tuple(pair_list)))
+        if branches is None:
+            plans.append(ModelPlan(key, mc, tuple(seeds), tuple(pair_list)))
+        for branch in branches or ():
+            child_key = model_key(mc, train, dataset.as_dict(), branch)
+            plans.append(ModelPlan(child_key, mc, tuple(seeds), tuple(pair_list), branch, key))
     _warn_skipped_corrections(plans, settings, source)
     return SweepConfig(
         name=s.name,
@@ -214,6 +221,32 @@ def _expand(
         train_retries=s.train_retries,
         raw=raw,
     )
+
+
+def _branches(s: SweepSection, train: TrainConfig, problems: list[str]) -> list[Branch] | None:
+    """The (trunk seed, epoch) of every branch point of ``branch``; None for independent seeds."""
+    if s.branch is None:
+        return None
+    epochs, found = s.branch.at_epochs, len(problems)
+    if not epochs:
+        problems.append("branch.at_epochs: must list at least one epoch (0 branches at the shared initialisation)")
+    elif len(set(epochs)) != len(epochs):
+        problems.append(f"branch.at_epochs: lists an epoch twice: {epochs}")
+    elif any(not 0 <= e < train.epochs for e in epochs):
+        problems.append(
+            f"branch.at_epochs: must be 0 .. {train.epochs - 1}: the children train the rest of the "
+            f"train.epochs = {train.epochs} epochs, got {epochs}"
+        )
+    trunks = s.branch.trunks
+    if isinstance(trunks, int):
+        if trunks < 1:
+            problems.append(f"branch.trunks: must be a positive number of trunks, got {trunks}")
+        trunks = list(range(max(trunks, 0)))
+    elif not trunks or len(set(trunks)) != len(trunks) or any(t < 0 for t in trunks):
+        problems.append(f"branch.trunks: must list distinct non-negative trunk seeds, got {trunks}")
+    if len(problems) > found:
+        return []
+    return [Branch(t, e) for t in trunks for e in sorted(epochs)]
 
 
 def _check_sweep_settings(s: SweepSection, problems: list[str]) -> None:

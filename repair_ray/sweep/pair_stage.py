@@ -57,6 +57,7 @@ def stage_context(config: SweepConfig, threads: float) -> dict[str, Any]:
         "analysis_keys": analysis_keys(config.pair_settings, config.dataset.as_dict()),
         "threads": threads,
         "models": {plan.model_key: asdict(plan.model) for plan in config.models},
+        "lineage": {plan.model_key: plan.lineage() for plan in config.models},
     }
 
 
@@ -81,7 +82,7 @@ def failed_rows(context: dict[str, Any], job: Job, error: str, device: str = "")
     rows = [
         {
             **_identity(context, job, align),
-            **model_columns(model, context["dataset"]),
+            **model_columns(model, context["dataset"], context["lineage"].get(job[0])),
             "align": align,
             "correction": correction,
             **{k: math.nan for k in METRIC_COLUMNS},
@@ -115,7 +116,7 @@ def pair_task(context: dict[str, Any], job: Job) -> dict[str, list[dict[str, Any
         result = analyse_pair(models[0], models[1], dataset, _job_settings(context, job), spec=spec)
     except Exception as error:  # noqa: BLE001 - every failure of a pair is data for its row
         return failed_rows(context, job, error_text(error), str(device))
-    desc = model_columns(context["models"][job[0]], context["dataset"])
+    desc = model_columns(context["models"][job[0]], context["dataset"], context["lineage"].get(job[0]))
     when = {"started_at": started_at, "finished_at": utc_now()}
     return {
         "pairs": [

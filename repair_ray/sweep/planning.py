@@ -29,22 +29,43 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Branch:
+    """Where the children of a stability study branch: the trunk's seed and the trunk epoch."""
+
+    trunk_seed: int
+    epoch: int
+
+
+@dataclass(frozen=True)
 class ModelPlan:
-    """One model config of the grid and the seeds it is trained with."""
+    """One model config of the grid and the seeds it is trained with.
+
+    With a ``branch`` the seeds are children of one trunk at one epoch (they share the trunk's
+    weights there and differ in data order); without, independent networks.
+    """
 
     model_key: str
     model: ModelConfig
     seeds: tuple[int, ...]
     pairs: tuple[tuple[int, int], ...]
+    branch: Branch | None = None
+    trunk_key: str | None = None  # the model key of the unbranched config, which names the trunk's files
+
+    def lineage(self) -> dict[str, int | None]:
+        """The ``trunk_seed`` and ``branch_epoch`` columns of this plan's rows (null for independent seeds)."""
+        b = self.branch
+        return {"trunk_seed": None if b is None else b.trunk_seed, "branch_epoch": None if b is None else b.epoch}
 
 
-def model_key(model: ModelConfig, train: TrainConfig, dataset: dict[str, Any]) -> str:
-    """A readable, stable key: the model's shape plus a hash of model, training and dataset config."""
-    payload = json.dumps(
-        {"model": model.described(), "train": asdict(train), "dataset": dataset}, sort_keys=True, default=str
-    )
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
-    return f"{model.label}-{digest}"
+def model_key(model: ModelConfig, train: TrainConfig, dataset: dict[str, Any], branch: Branch | None = None) -> str:
+    """A readable, stable key: the model's shape plus a hash of model, training and dataset config
+    (and, for the children of a trunk, the trunk seed and branch epoch: ``...-t0-e2-<hash>``)."""
+    described = {"model": model.described(), "train": asdict(train), "dataset": dataset}
+    if branch is not None:
+        described["branch"] = asdict(branch)
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    where = "" if branch is None else f"-t{branch.trunk_seed}-e{branch.epoch}"
+    return f"{model.label}{where}-{digest}"
 
 
 def pairing(seeds: list[int], rule: str | FirstPairs) -> list[tuple[int, int]]:

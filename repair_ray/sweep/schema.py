@@ -92,6 +92,15 @@ class FlushSection(_Strict):
     seconds: float = 30.0
 
 
+class BranchSection(_Strict):
+    """``branch``: Frankle et al.'s instability analysis. Each trunk (seed in ``trunks``) trains
+    to each epoch of ``at_epochs`` (0: the shared initialisation only); the sweep's ``seeds`` are
+    its children there, differing only in data order, and pairs form among them."""
+
+    at_epochs: list[int]
+    trunks: int | list[int] = 1
+
+
 class FirstPairs(_Strict):
     first: int
 
@@ -111,6 +120,7 @@ class SweepSection(_Strict):
     dataset: str | DatasetSection = "mnist"
     models: list[ModelGrid]
     seeds: int | list[int] = 4
+    branch: BranchSection | None = None
     train: TrainSection = Field(default_factory=TrainSection)
     pairs: Literal["all", "disjoint"] | FirstPairs = "all"
     align: list[str] = Field(default_factory=lambda: list(_PAIR_DEFAULTS["aligns"]))

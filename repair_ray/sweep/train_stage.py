@@ -27,7 +27,7 @@ from ..io import storage
 from ..io.checkpoint import CheckpointError, load_checkpoint
 from ..io.tables import new_stem, read_table, table_file, write_rows
 from ..models import ModelConfig
-from ..training import TrainConfig, train_model
+from ..training import TrainConfig, train_model, train_trunk
 from .cluster import resolve_resources
 from .config import SweepConfig
 from .planning import ModelPlan, model_outcomes
@@ -45,6 +45,11 @@ def checkpoint_uri(root: str, model_key: str, seed: int) -> str:
     return storage.join(root, checkpoint_path(model_key, seed))
 
 
+def trunk_snapshot_uri(root: str, trunk_key: str, trunk_seed: int, epoch: int) -> str:
+    """Where a trunk's snapshot at ``epoch`` lives (its children at that epoch start from it)."""
+    return storage.join(root, "checkpoints", trunk_key, f"trunk-{trunk_seed}", f"epoch-{epoch}.pt")
+
+
 def models_row_uri(root: str, model_key: str, seed: int) -> str:
     """A new file for one trial's row; the newest row of a trial wins."""
     return table_file(root, "models", new_stem(f"{model_key}__seed-{seed}"))
@@ -52,7 +57,7 @@ def models_row_uri(root: str, model_key: str, seed: int) -> str:
 
 def trial_spec(config: SweepConfig, plan: ModelPlan, seed: int, threads: float) -> dict[str, Any]:
     """Everything a trial needs, as plain JSON-able data (it travels to a worker)."""
-    return {
+    spec = {
         "sweep": config.name,
         "root": config.root,
         "model_key": plan.model_key,
@@ -62,18 +67,51 @@ def trial_spec(config: SweepConfig, plan: ModelPlan, seed: int, threads: float) 
         "dataset": config.dataset.as_dict(),
         "checkpoint_every": config.checkpoint_every,
         "threads": threads,
+        "lineage": plan.lineage(),
     }
+    if plan.branch is not None and plan.branch.epoch > 0:
+        spec["branch_from"] = trunk_snapshot_uri(config.root, plan.trunk_key, plan.branch.trunk_seed, plan.branch.epoch)
+    return spec
+
+
+def trunk_specs(config: SweepConfig, todo: list[tuple[ModelPlan, int]], threads: float) -> list[dict[str, Any]]:
+    """One trunk trial per (model config, trunk seed) that a child still to train branches from
+    after epoch 0; each trains to the last branch epoch of its config (once: it resumes from its
+    snapshots, and checks them)."""
+    epochs: dict[tuple[str, int], set[int]] = {}
+    model: dict[str, ModelConfig] = {}
+    for plan in config.models:
+        if plan.branch is not None and plan.branch.epoch > 0:
+            epochs.setdefault((plan.trunk_key, plan.branch.trunk_seed), set()).add(plan.branch.epoch)
+            model[plan.trunk_key] = plan.model
+    needed = {(p.trunk_key, p.branch.trunk_seed) for p, _ in todo if p.branch is not None and p.branch.epoch > 0}
+    return [
+        {
+            "role": "trunk",
+            "sweep": config.name,
+            "root": config.root,
+            "model_key": key,
+            "seed": seed,
+            "epochs": sorted(epochs[(key, seed)]),
+            "model": asdict(model[key]),
+            "train": asdict(config.train),
+            "dataset": config.dataset.as_dict(),
+            "threads": threads,
+        }
+        for key, seed in sorted(needed)
+    ]
 
 
 def models_row(spec: dict[str, Any], **values: Any) -> dict[str, Any]:
     """A ``models`` table row for the trial ``spec`` (metrics and status in ``values``)."""
-    model = spec["model"]
+    model, lineage = spec["model"], spec.get("lineage") or {}
+    trunk = lineage.get("trunk_seed")
     row = {
         "sweep": spec["sweep"],
         "model_key": spec["model_key"],
-        **model_columns(model, spec["dataset"]),
+        **model_columns(model, spec["dataset"], lineage),
         "seed": spec["seed"],
-        "init_seed": spec["seed"],
+        "init_seed": spec["seed"] if trunk is None else trunk,
         "data_seed": spec["seed"],
         "checkpoint_uri": checkpoint_path(spec["model_key"], spec["seed"]),
         "config_json": json.dumps({"model": model, "train": spec["train"], "dataset": spec["dataset"]}, sort_keys=True),
@@ -87,9 +125,12 @@ def train_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     spec = config["trial"]
+    if spec.get("role") == "trunk":
+        return _train_trunk_trial(spec)
     started_at = utc_now()
     device = setup_worker(spec["threads"])
     dataset = cached_dataset(spec["dataset"], device)
+    lineage = spec.get("lineage") or {}
     uri = checkpoint_uri(spec["root"], spec["model_key"], spec["seed"])
     resumed_from = 0
     if storage.exists(uri):
@@ -106,6 +147,10 @@ def train_trial(config: dict[str, Any]) -> None:
         TrainConfig(**spec["train"]),
         dataset,
         seed=spec["seed"],
+        init_seed=lineage.get("trunk_seed"),
+        data_seed=spec["seed"],
+        branch_epoch=lineage.get("branch_epoch"),
+        branch_from=spec.get("branch_from"),
         device=device,
         checkpoint_uri=uri,
         checkpoint_every=spec["checkpoint_every"],
@@ -135,6 +180,26 @@ def train_trial(config: dict[str, Any]) -> None:
         ],
     )
     tune.report({"trial_ok": int(status == "ok")})  # the driver learns the outcome without reading the table
+
+
+def _train_trunk_trial(spec: dict[str, Any]) -> None:
+    """A trunk trial: train (or resume, or check) the trunk's snapshots; it writes no row (a NaN
+    loss raises, and its children then fail with the reason)."""
+    from ray import tune
+
+    device = setup_worker(spec["threads"])
+    dataset = cached_dataset(spec["dataset"], device)
+    train_trunk(
+        ModelConfig(**spec["model"]),
+        TrainConfig(**spec["train"]),
+        dataset,
+        seed=spec["seed"],
+        epochs=spec["epochs"],
+        snapshot_uri=lambda epoch: trunk_snapshot_uri(spec["root"], spec["model_key"], spec["seed"], epoch),
+        device=device,
+        on_epoch=lambda epoch, metrics: tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))}),
+    )
+    tune.report({"trial_ok": 1})
 
 
 @dataclass
@@ -224,9 +289,6 @@ def run_train_stage(
     """
     # Only Tune's JSON log per trial (what ResultGrid reads back); no TensorBoard or CSV files.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
     _keep_credentials_out_of_trial_runtime_envs()
     started = time.time()
     plan = plan or plan_trials(config)
@@ -240,6 +302,9 @@ def run_train_stage(
 
     cpu, gpu = resolve_resources(config.resources.train, "resources.train", say)
     specs = [trial_spec(config, model_plan, seed, cpu) for model_plan, seed in todo]
+    trunks = trunk_specs(config, todo, cpu)
+    if trunks:
+        specs = _train_trunks(config, trunks, specs, cpu, gpu, say, on_trial_done)
     progress = Progress("train", len(specs), say, unit="trials")
 
     def finished(spec: dict[str, Any], ok: bool) -> None:
@@ -262,28 +327,7 @@ def run_train_stage(
             + (f", test accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else "")
         )
 
-    token = secrets.token_hex(8)
-    _LISTENERS[token] = finished
-    _EPOCH_LISTENERS[token] = epoch_done
-    tuner = tune.Tuner(
-        tune.with_resources(train_trial, {"cpu": cpu, "gpu": gpu}),
-        param_space={"trial": tune.grid_search(specs)},
-        tune_config=tune.TuneConfig(
-            trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname, reuse_actors=False
-        ),
-        run_config=tune.RunConfig(
-            name=f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-            storage_path=storage.join(config.root, "tune"),
-            failure_config=tune.FailureConfig(max_failures=config.train_retries),
-            verbose=0,
-            callbacks=[_trial_callback(token), JsonLoggerCallback()],
-        ),
-    )
-    try:
-        grid = tuner.fit()
-    finally:
-        _LISTENERS.pop(token, None)
-        _EPOCH_LISTENERS.pop(token, None)
+    grid = _fit(config, specs, cpu, gpu, "train", finished, epoch_done) if specs else []
     for result in grid:
         spec = result.config["trial"]
         if result.error is not None:  # a trial that raised: its row with the reason (a NaN loss writes its own)
@@ -296,6 +340,86 @@ def run_train_stage(
     failed = sum(outcomes.get((p.model_key, seed)) == "failed" for p in config.models for seed in p.seeds)
     say(f"[train] done in {time.time() - started:.0f}s: {total - failed} ok, {failed} failed")
     return TrainStageSummary(total, total - len(todo), len(todo), failed, time.time() - started)
+
+
+def _fit(
+    config: SweepConfig,
+    specs: list[dict[str, Any]],
+    cpu: float,
+    gpu: float,
+    name: str,
+    finished: Callable[[dict[str, Any], bool], None],
+    epoch_done: Callable[[dict[str, Any], dict[str, Any]], None],
+) -> Any:
+    """One Tune run of ``specs`` (a trial each); returns its ResultGrid."""
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    token = secrets.token_hex(8)
+    _LISTENERS[token] = finished
+    _EPOCH_LISTENERS[token] = epoch_done
+    tuner = tune.Tuner(
+        tune.with_resources(train_trial, {"cpu": cpu, "gpu": gpu}),
+        param_space={"trial": tune.grid_search(specs)},
+        tune_config=tune.TuneConfig(
+            trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname, reuse_actors=False
+        ),
+        run_config=tune.RunConfig(
+            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=storage.join(config.root, "tune"),
+            failure_config=tune.FailureConfig(max_failures=config.train_retries),
+            verbose=0,
+            callbacks=[_trial_callback(token), JsonLoggerCallback()],
+        ),
+    )
+    try:
+        return tuner.fit()
+    finally:
+        _LISTENERS.pop(token, None)
+        _EPOCH_LISTENERS.pop(token, None)
+
+
+def _train_trunks(
+    config: SweepConfig,
+    trunks: list[dict[str, Any]],
+    specs: list[dict[str, Any]],
+    cpu: float,
+    gpu: float,
+    say: Callable[[str], None],
+    on_trial_done: Callable[[str, int, bool], None] | None,
+) -> list[dict[str, Any]]:
+    """Train (or check) the trunks the children in ``specs`` branch from; returns the children that
+    can start. A child of a failed trunk gets a ``failed`` row naming the trunk and its error."""
+    say(f"[train] {len(trunks)} trunk(s) to train or check before their children branch")
+    progress = Progress("trunks", len(trunks), say, unit="trunks")
+
+    def finished(spec: dict[str, Any], ok: bool) -> None:
+        progress.advance(ok=ok, note=f"{spec['model_key']} trunk {spec['seed']}" + ("" if ok else " FAILED"))
+
+    grid = _fit(config, trunks, cpu, gpu, "trunks", finished, lambda spec, result: None)
+    failed = {}
+    for result in grid:
+        spec = result.config["trial"]
+        if result.error is not None:
+            failed[(spec["model_key"], spec["seed"])] = error_text(result.error)
+    if not failed:
+        return specs
+    keep = []
+    trunk_of = {p.model_key: p.trunk_key for p in config.models}
+    for spec in specs:
+        seed = (spec.get("lineage") or {}).get("trunk_seed")
+        error = failed.get((trunk_of.get(spec["model_key"]), seed)) if "branch_from" in spec else None
+        if error is None:
+            keep.append(spec)
+            continue
+        write_rows(
+            models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
+            "models",
+            [models_row(spec, status="failed", error=f"its trunk (seed {seed}) failed: {error}", **_nan_metrics())],
+        )
+        if on_trial_done is not None:
+            on_trial_done(spec["model_key"], spec["seed"], False)
+    return keep
 
 
 # Live listeners of running train stages, by token: Tune pickles its callbacks into the experiment
@@ -354,6 +478,9 @@ def _trial_callback(token: str) -> Any:
 
         def on_trial_error(self, iteration, trials, trial, **info):
             spec = trial.config["trial"]  # its row is written now, before the pair stage acts on it
+            if spec.get("role") == "trunk":  # a trunk has no row; its children fail naming it
+                self._tell(spec, False)
+                return
             write_rows(
                 models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
                 "models",
@@ -370,4 +497,4 @@ def _nan_metrics() -> dict[str, float]:
 
 def _trial_dirname(trial: Any) -> str:
     spec = trial.config["trial"]
-    return f"{spec['model_key']}_seed{spec['seed']}"
+    return f"{spec['model_key']}_{'trunk' if spec.get('role') == 'trunk' else 'seed'}{spec['seed']}"
