@@ -106,9 +106,21 @@ def validate(config_path: str | None, example: str | None, storage_uri: str | No
     click.echo(f"models to train: {config.n_trials} ({len(config.models)} model configs x seeds)")
     for plan in config.models:
         m = plan.model
-        knobs = [f"{k}={v:g}" if k == "width" else f"{k}={v}" for k in KNOBS if (v := getattr(m, k)) is not None]
+        knobs = [
+            f"{k}={v:g}" if k == "width" and not isinstance(v, tuple) else f"{k}={v}"
+            for k in KNOBS
+            if (v := getattr(m, k)) is not None
+        ]
         knobs += [f"kwargs={m.kwargs}"] if m.kwargs else []
         click.echo(f"  {plan.model_key}: {' '.join([m.arch, *knobs])} seeds={list(plan.seeds)} pairs={len(plan.pairs)}")
+    branched = [p.branch for p in config.models if p.branch is not None]
+    if branched:
+        trunks = sorted({b.trunk_seed for b in branched})
+        epochs = sorted({b.epoch for b in branched})
+        click.echo(
+            f"branch: the seeds are children of trunk seed(s) {trunks} at epoch(s) {epochs}; each trunk "
+            "is trained once, to the last branch epoch"
+        )
     s = config.pair_settings
     click.echo(f"pairs: {config.n_pairs}; align {list(s.aligns)} x correction {list(s.corrections)}")
     click.echo(f"alphas: {len(s.alphas)} points from {s.alphas[0]:g} to {s.alphas[-1]:g}")

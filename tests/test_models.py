@@ -107,6 +107,9 @@ def test_spec_validator_names_the_offending_parameter():
         ("cifar_resnet", {"width": 1, "depth": 21, "norm": "batch"}, "6n\\+2"),
         ("resnet20", {"width": 1, "depth": 32, "norm": "batch"}, "resnet20 depth must be 20"),
         ("resnet20", {"width": 1, "norm": "none"}, "supports norm batch, layer"),
+        ("vgg", {"width": [1, 2]}, "vgg takes one width, not a list"),
+        ("mlp", {"width": [300, 0]}, "per-layer widths must be positive integers"),
+        ("mlp", {"width": [300, 100], "depth": 3}, "depth: is 3 but width lists 2 hidden layers"),
     ],
 )
 def test_bad_model_arguments_are_named(arch, kwargs, message):
@@ -119,3 +122,26 @@ def test_vgg_runs_on_mnist_and_cifar_shapes():
         for depth in (11, 13, 16, 19):
             model = build_model("vgg", width=0.0625, depth=depth, norm="batch", in_shape=shape)
             assert model(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def test_lenet_300_100_is_an_mlp_with_per_layer_widths():
+    from repair_ray import ModelConfig, weight_matching
+
+    config = ModelConfig("mlp", width=[300, 100])
+    assert (config.width, config.depth, config.label) == ((300, 100), 2, "mlp-w300x100-d2-none")
+    assert ModelConfig(**{**config.__dict__, "width": [300, 100]}) == config  # as it comes back from JSON
+    model = config.build()
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    assert shapes == [(300, 784), (300,), (100, 300), (100,), (10, 100), (10,)]
+    assert sum(p.numel() for p in model.parameters()) == 266_610  # Frankle et al.'s LeNet-300-100
+    spec = permutation_spec(model)
+    assert spec.sizes == {"layers.0": 300, "layers.1": 100}
+    perm = random_permutation(spec, seed=1)
+    permuted = copy.deepcopy(model)
+    permuted.load_state_dict(apply_permutation(spec, perm, model))
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        assert (model(x) - permuted(x)).abs().max().item() < 1e-5
+    found = weight_matching(spec, model.state_dict(), permuted.state_dict())
+    undone = apply_permutation(spec, found, permuted)  # weight matching undoes the planted permutation
+    assert all(torch.equal(undone[k], v) for k, v in model.state_dict().items())

@@ -375,6 +375,16 @@ def test_a_stability_sweep_trains_each_trunk_once_and_pairs_children_of_one_bran
     assert (index.parent / "barrier_vs_branch_epoch.png").is_file()
     summary = summarise(tables["pairs"])
     assert sorted(summary["branch_epoch"].unique()) == [0, 2] and (summary["pairs"] == 1).all()
+    # ... and so does the analysis script of REPRODUCTION.md's instability table
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "analysis" / "instability_table.py"
+    printed = subprocess.run([sys.executable, str(script), config.root], capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    rows = [line for line in printed.stdout.splitlines() if line.startswith("| mlp")]
+    assert [row.split("|")[2].strip() for row in rows] == ["0", "2"]
+    assert f"{plain[0]:.4f} ± nan" in rows[0] and f"{plain[2]:.4f} ± nan" in rows[1]  # one pair each: no interval
     # a re-run trains nothing, trunks included
     again: list[str] = []
     run(config, again)

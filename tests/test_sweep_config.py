@@ -230,3 +230,22 @@ def test_branch_expands_to_a_model_key_per_trunk_and_epoch(tmp_path):
     assert config.models[1].model_key.startswith("mlp-w16-d2-none-t3-e1-")
     assert config.n_trials == 4 * 3 and config.n_pairs == 4 * 3
     assert plain.models[0].lineage() == {"trunk_seed": None, "branch_epoch": None}
+
+
+def test_a_list_inside_the_width_grid_is_one_mlp_with_per_layer_widths(tmp_path):
+    from repair_ray.sweep.rows import model_columns
+
+    config = parse_config(tiny_sweep("w", str(tmp_path), models=[{"arch": "mlp", "width": [64, [300, 100]]}]))
+    widths = [p.model.width for p in config.models]
+    assert widths == [64, (300, 100)] and [p.model.depth for p in config.models] == [3, 2]
+    lenet = config.models[1]
+    assert lenet.model_key.startswith("mlp-w300x100-d2-none-")
+    from dataclasses import asdict
+
+    columns = model_columns(asdict(lenet.model), config.dataset.as_dict())
+    assert columns["width"] is None and columns["layer_widths"] == "[300, 100]" and columns["depth"] == 2
+    assert model_columns(asdict(config.models[0].model), config.dataset.as_dict())["layer_widths"] is None
+    message = config_error(
+        tiny_sweep("w", str(tmp_path), models=[{"arch": "mlp", "width": [[300, 100]], "depth": 3}]), tmp_path
+    )
+    assert "models[0].depth: is 3 but width lists 2 hidden layers" in message

@@ -45,6 +45,7 @@ _MODEL_DESC = (
     ("depth", _INT),
     ("norm", _STR),
     ("model_kwargs", _STR),  # a network's keyword arguments as canonical JSON (architectures outside the zoo)
+    ("layer_widths", _STR),  # per-layer widths as JSON ("[300, 100]"; then width is null)
 )
 _PAIR_IDS = (("seed_a", _INT), ("seed_b", _INT), ("align", _STR), ("correction", _STR))
 _WHEN = (("started_at", _TIME), ("finished_at", _TIME))

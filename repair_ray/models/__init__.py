@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +35,11 @@ class Arch:
     depths: Callable[[int], bool]
     depth_hint: str
     integer_width: bool  # mlp width counts units; conv widths are multipliers
+    layer_widths: bool = False  # takes a list of per-layer widths (mlp: LeNet-300-100 is width [300, 100])
 
 
 ARCHS: dict[str, Arch] = {
-    "mlp": Arch(MLP, NORMS, 3, lambda d: d >= 1, "a positive number of hidden layers", True),
+    "mlp": Arch(MLP, NORMS, 3, lambda d: d >= 1, "a positive number of hidden layers", True, True),
     "vgg": Arch(VGG, NORMS, 11, lambda d: d in VGG_LAYERS, "one of 11, 13, 16, 19", False),
     # the CIFAR family of He et al. at any depth 6n+2; resnet20 is its depth-20 member
     "cifar_resnet": Arch(
@@ -73,7 +74,7 @@ class ModelConfig:
     """
 
     arch: str
-    width: float | None = None
+    width: float | tuple[int, ...] | None = None
     depth: int | None = None
     norm: str | None = None
     kwargs: str | dict[str, Any] = ""
@@ -95,8 +96,22 @@ class ModelConfig:
             problems.raise_if_any()
         if kwargs:
             problems.add("kwargs", f"{self.arch} is a zoo architecture and takes no keyword arguments")
+        layered = isinstance(self.width, (list, tuple))
         if self.width is None:
             problems.add("width", f"{self.arch} needs a width")
+        elif layered and not info.layer_widths:
+            problems.add("width", f"{self.arch} takes one width, not a list of per-layer widths, got {self.width!r}")
+        elif layered and (not self.width or not all(_is_number(w) and w > 0 and int(w) == w for w in self.width)):
+            problems.add(
+                "width", f"per-layer widths must be positive integers, one per hidden layer, got {self.width!r}"
+            )
+        elif layered and self.depth is not None and self.depth != len(self.width):
+            problems.add(
+                "depth", f"is {self.depth!r} but width lists {len(self.width)} hidden layers (leave depth out)"
+            )
+        elif layered:
+            object.__setattr__(self, "width", tuple(int(w) for w in self.width))
+            object.__setattr__(self, "depth", len(self.width))
         elif not _is_number(self.width) or not self.width > 0:
             problems.add(
                 "width", f"must be a positive {'integer' if info.integer_width else 'number'}, got {self.width!r}"
@@ -110,7 +125,8 @@ class ModelConfig:
         if norm not in info.norms:
             problems.add("norm", f"{self.arch} supports norm {', '.join(info.norms)}; got {norm!r}")
         problems.raise_if_any()
-        object.__setattr__(self, "width", int(self.width) if info.integer_width else float(self.width))
+        if not isinstance(self.width, tuple):
+            object.__setattr__(self, "width", int(self.width) if info.integer_width else float(self.width))
         object.__setattr__(self, "depth", depth)
         object.__setattr__(self, "norm", norm)
 
@@ -150,7 +166,8 @@ class ModelConfig:
     def described(self) -> dict[str, Any]:
         """The config as plain data for keys and checkpoints; without ``kwargs`` when there are none, so
         the keys and checkpoints of networks without keyword arguments stay what they were."""
-        out = {"arch": self.arch, "width": self.width, "depth": self.depth, "norm": self.norm}
+        width = list(self.width) if isinstance(self.width, tuple) else self.width
+        out = {"arch": self.arch, "width": width, "depth": self.depth, "norm": self.norm}
         return {**out, "kwargs": self.kwargs} if self.kwargs else out
 
     @property
@@ -162,7 +179,8 @@ class ModelConfig:
     def label(self) -> str:
         """A readable name: ``mlp-w512-d3-none``, ``torchvision-resnet18``."""
         if not is_external(self.arch):
-            return f"{self.arch}-w{self.width:g}-d{self.depth}-{self.norm}"
+            width = "x".join(map(str, self.width)) if isinstance(self.width, tuple) else f"{self.width:g}"
+            return f"{self.arch}-w{width}-d{self.depth}-{self.norm}"
         parts = [re.sub(r"[^A-Za-z0-9_.]+", "-", self.arch)]
         for knob in KNOBS:
             value = getattr(self, knob)
@@ -244,7 +262,7 @@ def _has_batchnorm(config: ModelConfig) -> bool:
 def build_model(
     arch: str,
     *,
-    width: float | None = None,
+    width: float | Sequence[int] | None = None,
     depth: int | None = None,
     norm: str | None = None,
     num_classes: int = 10,
@@ -256,7 +274,8 @@ def build_model(
     Args:
         arch: ``mlp``, ``vgg``, ``cifar_resnet`` (CIFAR family, depth 6n+2), ``resnet20`` (its
             depth-20 member), ``resnet18`` or ``resnet50``.
-        width: hidden units for ``mlp``; a channel multiplier for the others (1 = the paper's width).
+        width: hidden units for ``mlp`` (or one per hidden layer: ``[300, 100]`` is LeNet-300-100);
+            a channel multiplier for the others (1 = the paper's width).
         depth: hidden layers for ``mlp``; 11/13/16/19 for ``vgg``; 6n+2 for ``cifar_resnet``;
             None for the architecture's default.
         norm: ``none``, ``batch`` or ``layer`` (resnets: ``batch`` or ``layer``).

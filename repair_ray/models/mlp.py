@@ -1,8 +1,10 @@
-"""Multi-layer perceptron: ``depth`` hidden layers of ``width`` units."""
+"""Multi-layer perceptron: ``depth`` hidden layers of ``width`` units, or one width per layer
+(LeNet-300-100 of Frankle et al. is ``width=(300, 100)``)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -28,14 +30,20 @@ class DenseBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """``in_shape`` flattened → ``depth`` × DenseBlock(width) → Linear(num_classes)."""
+    """``in_shape`` flattened → ``depth`` × DenseBlock(width) → Linear(num_classes); ``width`` may list
+    one width per hidden layer (then ``depth`` is its length)."""
 
-    def __init__(self, *, width: int, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, *, width: int | Sequence[int], depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]
+    ) -> None:
         super().__init__()
+        widths = [int(w) for w in width] if isinstance(width, Sequence) else [int(width)] * depth
+        if len(widths) != depth:
+            raise ValueError(f"width lists {len(widths)} hidden layers but depth is {depth}")
         self.flatten = nn.Flatten()
-        d_in = math.prod(in_shape)
-        self.layers = nn.ModuleList(DenseBlock(d_in if i == 0 else width, width, norm) for i in range(depth))
-        self.head = nn.Linear(width, num_classes)
+        sizes = [math.prod(in_shape), *widths]
+        self.layers = nn.ModuleList(DenseBlock(sizes[i], sizes[i + 1], norm) for i in range(depth))
+        self.head = nn.Linear(sizes[-1], num_classes)
         he_init(self, head=self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -90,7 +90,9 @@ def _describe(pairs: pd.DataFrame | None, model_key: str) -> str:
         rows = pairs[pairs["model_key"] == model_key]
         if not rows.empty:
             r = rows.iloc[0]
-            return f"{r['arch']}, width {_fmt(r['width'])}, depth {_fmt(r['depth'])}, norm {r['norm']}, {r['dataset']}"
+            layered = r.get("layer_widths")
+            width = f"widths {layered}" if isinstance(layered, str) else f"width {_fmt(r['width'])}"
+            return f"{r['arch']}, {width}, depth {_fmt(r['depth'])}, norm {r['norm']}, {r['dataset']}"
     return model_key
 
 

@@ -15,11 +15,14 @@ import pandas as pd
 
 LINEAGE = ("trunk_seed", "branch_epoch")
 """Which trunk and epoch the children of a stability study branched at (null for independent seeds)."""
+OPTIONAL_KEYS = ("layer_widths", *LINEAGE)
+"""Description columns that most sweeps leave null: shown only where they have values."""
 GROUP_KEYS = (
     "arch",
     "dataset",
     "norm",
     "width",
+    "layer_widths",
     "depth",
     *LINEAGE,
     "align",
@@ -62,7 +65,11 @@ def barrier_columns(pairs: pd.DataFrame) -> list[str]:
 
 def _pairs_of(data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     frame = _with_analysis_key(data["pairs"] if isinstance(data, Mapping) else data)
-    missing = {k: pd.Series(pd.NA, index=frame.index, dtype="Int64") for k in LINEAGE if k not in frame.columns}
+    missing = {
+        k: pd.Series(pd.NA, index=frame.index, dtype="string" if k == "layer_widths" else "Int64")
+        for k in OPTIONAL_KEYS
+        if k not in frame.columns
+    }
     return frame.assign(**missing) if missing else frame  # frames of older tables or built by hand
 
 
@@ -133,7 +140,8 @@ def relative_reduction(
     """
     pairs = _pairs_of(data)
     columns = [c for c in columns if c in pairs.columns]
-    out_columns = [*MODEL_KEYS, *LINEAGE, *PAIR_ID, "align", "correction", *(f"rel_reduction_{c}" for c in columns)]
+    reductions = [f"rel_reduction_{c}" for c in columns]
+    out_columns = [*MODEL_KEYS, *OPTIONAL_KEYS, *PAIR_ID, "align", "correction", *reductions]
     ok = pairs[_is_ok(pairs)]
     base = ok[ok["correction"] == "none"]
     corrected = ok[ok["correction"] != "none"]
@@ -142,7 +150,7 @@ def relative_reduction(
     join = [*PAIR_ID, "align"]
     base = base.drop_duplicates(join, keep="last")[[*join, *columns]]
     merged = corrected.merge(base, on=join, how="inner", suffixes=("", "__base"))
-    out = merged[[*MODEL_KEYS, *LINEAGE, *PAIR_ID, "align", "correction"]].copy()
+    out = merged[[*MODEL_KEYS, *OPTIONAL_KEYS, *PAIR_ID, "align", "correction"]].copy()
     for column in columns:
         b0 = merged[f"{column}__base"].astype(float)
         b1 = merged[column].astype(float)
@@ -254,8 +262,8 @@ def summarise_models(data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.Data
     ``test_acc_mean/_std/_ci95``, ``train_acc_mean``, ``test_loss_mean`` over the ``ok`` networks.
     """
     models = data["models"] if isinstance(data, Mapping) else data
-    lineage = [k for k in LINEAGE if k in models.columns and models[k].notna().any()]
-    keys = [*MODEL_KEYS, *lineage]  # the children of each trunk and epoch apart, when there are any
+    optional = [k for k in OPTIONAL_KEYS if k in models.columns and models[k].notna().any()]
+    keys = [*MODEL_KEYS, *optional]  # the children of each trunk and epoch apart, when there are any
     columns = [*keys, "models", "failed", "epochs", "test_acc_mean", "test_acc_std", "test_acc_ci95"]
     columns += ["train_acc_mean", "test_loss_mean"]
     if models.empty:
@@ -386,7 +394,8 @@ def compact_summary(summary: pd.DataFrame) -> pd.DataFrame:
     described = [
         k
         for k in GROUP_KEYS
-        if k not in ("model_key", "analysis_key") and (k not in LINEAGE or (k in summary and summary[k].notna().any()))
+        if k not in ("model_key", "analysis_key")
+        and (k not in OPTIONAL_KEYS or (k in summary and summary[k].notna().any()))
     ]
     shown = [
         k

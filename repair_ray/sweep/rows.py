@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+
+def _widths(width: Any) -> dict[str, Any]:
+    """``width`` (one width, or null) and ``layer_widths`` (per-layer widths as JSON, or null)."""
+    if isinstance(width, (list, tuple)):
+        return {"width": None, "layer_widths": json.dumps([int(w) for w in width])}
+    return {"width": None if width is None else float(width), "layer_widths": None}
 
 
 def model_columns(
     model: dict[str, Any], dataset: dict[str, Any], lineage: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """``arch, dataset, width, depth, norm, model_kwargs, trunk_seed, branch_epoch`` of a row, from a
-    job's model config, dataset and lineage (:meth:`ModelPlan.lineage`, as dicts).
+    """``arch, dataset, width, layer_widths, depth, norm, model_kwargs, trunk_seed, branch_epoch`` of a
+    row, from a job's model config, dataset and lineage (:meth:`ModelPlan.lineage`, as dicts).
 
-    Knobs a network outside the zoo is not given are null; ``model_kwargs`` is its keyword
-    arguments as canonical JSON (null when there are none); ``trunk_seed`` and ``branch_epoch``
-    are null for independent seeds.
+    An mlp with one width per layer has a null ``width`` and its widths in ``layer_widths`` (JSON,
+    ``"[300, 100]"``; null otherwise). Knobs a network outside the zoo is not given are null;
+    ``model_kwargs`` is its keyword arguments as canonical JSON (null when there are none);
+    ``trunk_seed`` and ``branch_epoch`` are null for independent seeds.
     """
     lineage = lineage or {}
     return {
@@ -21,7 +30,7 @@ def model_columns(
         "branch_epoch": lineage.get("branch_epoch"),
         "arch": model["arch"],
         "dataset": dataset["name"],
-        "width": None if model["width"] is None else float(model["width"]),
+        **_widths(model["width"]),
         "depth": model["depth"],
         "norm": model["norm"],
         "model_kwargs": model.get("kwargs") or None,

@@ -31,7 +31,7 @@ class ModelGrid(_Strict):
     """One entry of ``models``: every combination of the listed values is a model config."""
 
     arch: str
-    width: Number | list[Number] | None = None
+    width: Number | list[Number | list[int]] | None = None  # a list inside the list: per-layer widths
     depth: int | list[int] | None = None
     norm: str | list[str] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
