@@ -152,3 +152,25 @@ def test_learned_settings_are_checked(kwargs, words):
 
     with pytest.raises(SettingError, match=words):
         PairSettings(**kwargs)
+
+
+@pytest.mark.parametrize("method", ["ste", "sinkhorn"])
+@pytest.mark.parametrize("net", ["cifar_resnet", "unet"])
+def test_learned_matchings_run_on_residual_and_derived_networks(method, net):
+    """Every architecture the spec machinery supports: a BN ResNet of the zoo and a derived U-Net
+    (concatenations); valid permutations that keep B's function."""
+    torch.manual_seed(0)
+    if net == "unet":
+        a, b, shape = custom_nets.unet(width=4).eval(), custom_nets.unet(width=4).eval(), (3, 16, 16)
+    else:
+        kw = {"width": 0.25, "depth": 8, "norm": "batch", "in_shape": (3, 8, 8), "num_classes": 10}
+        a, b, shape = build_model("cifar_resnet", **kw).eval(), build_model("cifar_resnet", **kw).eval(), (3, 8, 8)
+    spec = permutation_spec(a, torch.randn(2, *shape))
+    data = prototype_data(shape, n=64)
+    run = ste_matching if method == "ste" else sinkhorn_matching
+    found = run(spec, a, b, data, seed=0, steps=3, batch_size=32)
+    assert is_permutation(found, spec)
+    aligned = copy.deepcopy(b)
+    aligned.load_state_dict(apply_permutation(spec, found, b))
+    with torch.no_grad():
+        torch.testing.assert_close(aligned(data.x[:8]), b(data.x[:8]), rtol=1e-4, atol=1e-4)

@@ -390,3 +390,35 @@ def test_a_stability_sweep_trains_each_trunk_once_and_pairs_children_of_one_bran
     run(config, again)
     assert not any("trunk(s) to train" in line for line in again)
     assert any("4 of 4 trials already done" in line for line in again)
+
+
+def test_the_repair_points_script_compares_carried_point_sets_on_a_resnet_sweep(ray_session, tmp_path):
+    config = parse_config(
+        tiny_sweep(
+            "rn",
+            str(tmp_path),
+            dataset={"name": "synthetic", "shape": [3, 8, 8], "num_classes": 4, "train_size": 256, "test_size": 128},
+            models=[{"arch": "cifar_resnet", "width": 0.5, "depth": 8, "norm": "batch"}],
+            seeds=2,
+            train={"epochs": 1, "batch_size": 64, "lr": 0.05, "checkpoint_every": 1},
+            align=["activation"],
+            correction=["reset", "repair"],
+            alphas=3,
+        )
+    )
+    run(config)
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "analysis" / "repair_points.py"
+    printed = subprocess.run([sys.executable, str(script), config.root], capture_output=True, text=True, timeout=300)
+    assert printed.returncode == 0, printed.stderr
+    rows = {line.split("|")[1].strip(): line.split("|") for line in printed.stdout.splitlines()[2:]}
+    assert list(rows) == ["norm outputs", "block outputs", "classifier input", "blocks + classifier", "junctures"]
+    pair = load_tables(config.root)["pairs"].set_index("correction")
+    # the script's "blocks + classifier" is the sweep's repair: the same number, recomputed
+    assert float(rows["blocks + classifier"][5]) == pytest.approx(
+        pair.loc["repair", "midpoint_barrier_test_loss"], abs=1e-3
+    )
+    assert float(rows["norm outputs"][4]) == pytest.approx(pair.loc["reset", "midpoint_barrier_test_loss"], abs=1e-4)
+    assert int(rows["junctures"][3]) == 2 and int(rows["blocks + classifier"][3]) == 4  # depth 8: 3 blocks + flatten

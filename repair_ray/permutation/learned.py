@@ -293,6 +293,9 @@ def sinkhorn_matching(
         mixed = soft_permute(spec, float_b, soft)
         if objective == "midpoint":
             x, y = batches.next()
+            # statistics buffers (BatchNorm's running mean and variance) are mixed but carry no
+            # gradient: batch_norm cannot differentiate through them, and they are not weights
+            mixed = {k: v.detach() if k in spec.buffers else v for k, v in mixed.items()}
             mid = interpolate_state(float_a, mixed, 0.5)
             loss = F.cross_entropy(functional_call(work, mid, (x,)).float(), y)
         else:
