@@ -421,4 +421,4 @@ def test_the_repair_points_script_compares_carried_point_sets_on_a_resnet_sweep(
         pair.loc["repair", "midpoint_barrier_test_loss"], abs=1e-3
     )
     assert float(rows["norm outputs"][4]) == pytest.approx(pair.loc["reset", "midpoint_barrier_test_loss"], abs=1e-4)
-    assert int(rows["junctures"][3]) == 2 and int(rows["blocks + classifier"][3]) == 4  # depth 8: 3 blocks + flatten
+    assert int(rows["junctures"][3]) == 1 and int(rows["blocks + classifier"][3]) == 4  # depth 8: 3 blocks + flatten
