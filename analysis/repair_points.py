@@ -85,12 +85,16 @@ def main() -> None:
             "blocks + classifier": (dict(full.carried_points), a, b),
             "junctures": (joints, ja, jb),
         }
+        reset = None  # RESET on the same samples as the variants (a --test-samples subset too)
         for name, (carried, x, y) in variants.items():
             spec = dataclasses.replace(full, carried_points=carried)
-            r = repair_ray.analyse_pair(x, y, data, settings, spec=spec).pairs[0]
+            wanted = settings if reset is not None else dataclasses.replace(settings, corrections=("reset", "repair"))
+            rows = {r["correction"]: r for r in repair_ray.analyse_pair(x, y, data, wanted, spec=spec).pairs}
+            reset = rows.get("reset", reset)
+            r = rows["repair"]
             print(
-                f"| {name} | {row.seed_a}-{row.seed_b} | {len(carried)} | {row.midpoint_barrier_test_loss:.4f} "
-                f"| {r['midpoint_barrier_test_loss']:.4f} | {row.barrier_test_error:.4f} "
+                f"| {name} | {row.seed_a}-{row.seed_b} | {len(carried)} | {reset['midpoint_barrier_test_loss']:.4f} "
+                f"| {r['midpoint_barrier_test_loss']:.4f} | {reset['barrier_test_error']:.4f} "
                 f"| {r['barrier_test_error']:.4f} |",
                 flush=True,
             )
