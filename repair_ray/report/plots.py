@@ -71,7 +71,7 @@ def _methods(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _panel_title(row: Mapping, keys: Sequence[str]) -> str:
-    names = {"width": "width ", "depth": "depth ", "norm": "norm "}
+    names = {"width": "width ", "layer_widths": "widths ", "depth": "depth ", "norm": "norm "}
     return ", ".join(f"{names.get(k, '')}{_fmt(row[k])}" for k in keys)
 
 
@@ -121,7 +121,11 @@ def plot_barrier_vs(
     """
     if x not in ("width", "depth", "branch_epoch"):
         raise ValueError(f"x must be 'width', 'depth' or 'branch_epoch', got {x!r}")
-    others = {"width": ["depth"], "depth": ["width"], "branch_epoch": ["width", "depth"]}[x]
+    others = {
+        "width": ["depth"],
+        "depth": ["width", "layer_widths"],
+        "branch_epoch": ["width", "layer_widths", "depth"],
+    }[x]
     if x == "branch_epoch":
         if "branch_epoch" not in pairs.columns or pairs["branch_epoch"].isna().all():
             raise ValueError("no pairs of branched children (this sweep has no branch section)")
@@ -132,8 +136,10 @@ def plot_barrier_vs(
     if summary.empty:
         raise ValueError(f"no ok pairs with a known {x} to plot")
     metrics = [m for m in metrics if f"{m}_mean" in summary.columns]
-    panel_keys = [
-        k for k in ("arch", "dataset", "norm", *others) if summary[k].nunique(dropna=False) > 1 or k in others
+    panel_keys = [  # a key no row sets (the width of per-layer-width mlps) names no panel
+        k
+        for k in ("arch", "dataset", "norm", *others)
+        if (summary[k].nunique(dropna=False) > 1 or k in others) and summary[k].notna().any()
     ]
     panels = _sort(summary[panel_keys].drop_duplicates(), panel_keys)
     fig, axes = _figure(len(panels), len(metrics))
