@@ -319,16 +319,20 @@ class Trainer:
 
         Raises ValueError when the checkpoint belongs to a run with other configs or seeds.
         """
-        checkpoint = load_checkpoint(uri)
         expected = _jsonable(self.checkpoint_meta({}, "running"))
-        for key in ("model_config", "train_config", "init_seed", "data_seed", "branch_epoch"):
-            if checkpoint.meta.get(key) != expected[key]:
+        keys = ("model_config", "train_config", "init_seed", "data_seed", "branch_epoch")
+        return self._load(uri, {k: expected[k] for k in keys}, "belongs to another run", "this run's", "resume")
+
+    def _load(self, uri: str | os.PathLike[str], wanted: dict[str, Any], misfit: str, ours: str, verb: str) -> dict:
+        """Load the weights and training state of the checkpoint at ``uri`` whose meta has ``wanted``."""
+        checkpoint = load_checkpoint(uri)
+        for key, value in wanted.items():
+            if checkpoint.meta.get(key) != value:
                 raise ValueError(
-                    f"checkpoint {uri} belongs to another run: its {key} is {checkpoint.meta.get(key)!r}, "
-                    f"this run's is {expected[key]!r}"
+                    f"checkpoint {uri} {misfit}: its {key} is {checkpoint.meta.get(key)!r}, {ours} is {value!r}"
                 )
         if checkpoint.training_state is None:
-            raise CheckpointError(f"checkpoint {uri} has no training state to resume from")
+            raise CheckpointError(f"checkpoint {uri} has no training state to {verb} from")
         self.model.load_state_dict(checkpoint.state_dict)
         self.load_training_state(checkpoint.training_state)
         return checkpoint.meta
@@ -342,26 +346,15 @@ class Trainer:
             ValueError: when the snapshot is of another network, training config, trunk seed or epoch.
             CheckpointError: when it cannot be read.
         """
-        checkpoint = load_checkpoint(uri)
-        meta, mine = checkpoint.meta, _jsonable(self.checkpoint_meta({}, "running"))
+        mine = _jsonable(self.checkpoint_meta({}, "running"))
         wanted = {
             "model_config": mine["model_config"],
             "train_config": mine["train_config"],
             "seed": self.init_seed,
             "epoch": self.branch_epoch,
         }
-        for key, value in wanted.items():
-            if meta.get(key) != value:
-                raise ValueError(
-                    f"trunk snapshot {uri} does not fit this branch: its {key} is {meta.get(key)!r}, "
-                    f"the branch needs {value!r}"
-                )
-        if checkpoint.training_state is None:
-            raise CheckpointError(f"trunk snapshot {uri} has no training state to branch from")
-        self.model.load_state_dict(checkpoint.state_dict)
-        state = checkpoint.training_state
         generator = self.generator.get_state()
-        self.load_training_state(state)
+        meta = self._load(uri, wanted, "does not fit this branch", "the branch needs", "branch")
         self.generator.set_state(generator)  # the child's own data order
         self.seconds = 0.0  # the child's own compute; the trunk's is the trunk's
         return meta
