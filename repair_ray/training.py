@@ -25,6 +25,7 @@ from .interpolation import evaluate
 from .io import storage
 from .io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .models import ModelConfig
+from .pruning import Mask, apply_mask, dense_mask, magnitude_prune
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -162,10 +163,18 @@ class Trainer:
         init_seed: int | None = None,
         data_seed: int | None = None,
         branch_epoch: int | None = None,
+        imp_round: int | None = None,
+        mask: Mask | Callable[[torch.nn.Module], Mask] | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         self.model_config = model_config
         self.branch_epoch = branch_epoch
+        self.imp_round = imp_round
+        # an IMP round's mask (or what computes it: only a run that starts afresh needs it; a resumed
+        # one has it in its checkpoint)
+        self._mask_source = mask
+        self.mask: Mask | None = None
+        self._masked: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.train_config = train_config
         self.seed = seed
         self.init_seed = seed if init_seed is None else init_seed
@@ -245,6 +254,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self._masked:
+                with torch.no_grad():
+                    for param, keep in self._masked:
+                        param.mul_(keep)
             self.step += 1
             loss_sum += loss.detach()
             correct += (logits.argmax(dim=1) == y).sum()
@@ -267,14 +280,26 @@ class Trainer:
         return metrics
 
     def training_state(self) -> dict[str, Any]:
-        """A snapshot of everything besides the weights that training depends on."""
-        return {
+        """A snapshot of everything besides the weights that training depends on (with the IMP mask)."""
+        state = {
             "epoch": self.epoch,
             "step": self.step,
             "seconds": self.seconds,
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "generator": self.generator.get_state(),
         }
+        if self.mask is not None:
+            state["mask"] = {name: keep.cpu() for name, keep in self.mask.items()}
+        return state
+
+    def set_mask(self, mask: Mask, *, optimizer_state: bool = True) -> None:
+        """Prune this run with ``mask`` (:mod:`repair_ray.pruning`): the removed weights (and, with
+        ``optimizer_state``, their momentum) are zeroed now, and the weights again after every
+        optimizer step. (The momentum of a removed weight never reaches a kept one.)"""
+        apply_mask(self.model, mask, self.optimizer if optimizer_state else None)
+        params = dict(self.model.named_parameters())
+        self.mask = {name: keep.detach().cpu().bool() for name, keep in mask.items()}
+        self._masked = [(params[name], keep.to(self.device, params[name].dtype)) for name, keep in self.mask.items()]
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`training_state` snapshot (load the matching weights separately)."""
@@ -291,6 +316,8 @@ class Trainer:
         self.generator.set_state(state["generator"].cpu())
         self.epoch, self.step = epoch, step
         self.seconds = float(state.get("seconds", 0.0))
+        if state.get("mask") is not None:
+            self.set_mask(state["mask"], optimizer_state=False)  # resumed as it was
 
     def checkpoint_meta(self, metrics: dict[str, float], status: str) -> dict[str, Any]:
         """What a checkpoint of this run records besides the weights."""
@@ -301,6 +328,7 @@ class Trainer:
             "init_seed": self.init_seed,
             "data_seed": self.data_seed,
             "branch_epoch": self.branch_epoch,
+            "imp_round": self.imp_round,
             "dataset": self.dataset.name,
             "num_classes": self.dataset.num_classes,
             "in_shape": list(self.dataset.in_shape),
@@ -320,8 +348,11 @@ class Trainer:
         Raises ValueError when the checkpoint belongs to a run with other configs or seeds.
         """
         expected = _jsonable(self.checkpoint_meta({}, "running"))
-        keys = ("model_config", "train_config", "init_seed", "data_seed", "branch_epoch")
-        return self._load(uri, {k: expected[k] for k in keys}, "belongs to another run", "this run's", "resume")
+        keys = ("model_config", "train_config", "init_seed", "data_seed", "branch_epoch", "imp_round")
+        meta = self._load(uri, {k: expected[k] for k in keys}, "belongs to another run", "this run's", "resume")
+        if self.imp_round and self.mask is None:
+            raise CheckpointError(f"checkpoint {uri} has no mask, but it is of IMP round {self.imp_round}")
+        return meta
 
     def _load(self, uri: str | os.PathLike[str], wanted: dict[str, Any], misfit: str, ours: str, verb: str) -> dict:
         """Load the weights and training state of the checkpoint at ``uri`` whose meta has ``wanted``."""
@@ -357,6 +388,7 @@ class Trainer:
         meta = self._load(uri, wanted, "does not fit this branch", "the branch needs", "branch")
         self.generator.set_state(generator)  # the child's own data order
         self.seconds = 0.0  # the child's own compute; the trunk's is the trunk's
+        self.mask, self._masked = None, []  # a trunk is dense; the child's own mask comes next
         return meta
 
     def run(
@@ -386,8 +418,12 @@ class Trainer:
             if self.epoch == self.train_config.epochs and all(k in stored for k in METRIC_KEYS):
                 metrics = {k: float(stored[k]) for k in METRIC_KEYS}
                 return TrainResult("ok", self.epoch, metrics, self.seconds, self._state_dict())
-        elif branch_from is not None:
-            self.start_from(branch_from)
+        else:
+            if branch_from is not None:
+                self.start_from(branch_from)
+            if self._mask_source is not None:  # IMP: the rewound weights, pruned
+                mask = self._mask_source(self.model) if callable(self._mask_source) else self._mask_source
+                self.set_mask(mask)
         final: dict[str, float] | None = None
         try:
             while self.epoch < self.train_config.epochs:
@@ -439,6 +475,8 @@ def train_model(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     branch_epoch: int | None = None,
     branch_from: str | os.PathLike[str] | None = None,
+    imp_round: int | None = None,
+    mask: Mask | Callable[[torch.nn.Module], Mask] | None = None,
 ) -> TrainResult:
     """Train (or resume and finish) one run: ``Trainer(...).run(...)``.
 
@@ -446,9 +484,16 @@ def train_model(
     ``branch_epoch`` the trunk epoch it branches at, and ``branch_from`` the trunk's snapshot at
     that epoch (see :func:`train_trunk`; none at epoch 0). The child trains the remaining epochs
     of the same schedule with its own data order (``data_seed``).
+
+    A round of IMP with rewinding (lottery tickets) is such a branch with a ``mask``
+    (:mod:`repair_ray.pruning`; or a function of the network that computes it, see
+    :func:`next_imp_mask`): the rewound weights are pruned before training, and stay pruned. The
+    mask is saved in the checkpoint, so a resumed round needs none.
     """
     if branch_epoch is not None and branch_epoch > 0 and branch_from is None:
         raise ValueError(f"a branch at epoch {branch_epoch} needs its trunk's snapshot (branch_from)")
+    if imp_round and mask is None:
+        raise ValueError(f"IMP round {imp_round} needs its mask")
     trainer = Trainer(
         model_config,
         train_config,
@@ -457,6 +502,8 @@ def train_model(
         init_seed=init_seed,
         data_seed=data_seed,
         branch_epoch=branch_epoch,
+        imp_round=imp_round,
+        mask=mask,
         device=device,
     )
     return trainer.run(
@@ -465,6 +512,25 @@ def train_model(
         on_epoch=on_epoch,
         branch_from=branch_from if branch_epoch else None,
     )
+
+
+def next_imp_mask(uri: str | os.PathLike[str], rate: float) -> Callable[[torch.nn.Module], Mask]:
+    """The mask of the next IMP round, from the trained network of this round at ``uri``: its
+    surviving prunable weights (its mask, or all of them for the dense round 0) pruned by ``rate``
+    of global magnitude. Returns a function of the network to prune (it names the prunable weights).
+
+    Raises CheckpointError when the checkpoint cannot be read (when the function is called).
+    """
+
+    def mask_for(model: torch.nn.Module) -> Mask:
+        checkpoint = load_checkpoint(uri)
+        if checkpoint.meta.get("status") != "ok":
+            raise CheckpointError(f"checkpoint {uri} is not of a finished run: nothing to prune from")
+        state = checkpoint.training_state or {}
+        previous = state.get("mask") or dense_mask(model)
+        return magnitude_prune(checkpoint.state_dict, previous, rate)
+
+    return mask_for
 
 
 def train_trunk(
