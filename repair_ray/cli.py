@@ -114,7 +114,23 @@ def validate(config_path: str | None, example: str | None, storage_uri: str | No
         knobs += [f"kwargs={m.kwargs}"] if m.kwargs else []
         click.echo(f"  {plan.model_key}: {' '.join([m.arch, *knobs])} seeds={list(plan.seeds)} pairs={len(plan.pairs)}")
     branched = [p.branch for p in config.models if p.branch is not None]
-    if branched:
+    rounds = [p for p in config.models if p.branch is not None and p.branch.imp_round is not None]
+    if rounds:
+        trunks = sorted({p.branch.trunk_seed for p in rounds})
+        pruned = next((p.branch for p in rounds if p.branch.imp_round), None)
+        sparsities = sorted({p.sparsity for p in rounds if p.sparsity is not None})
+        click.echo(
+            f"imp: rounds 0 (dense) to {max(p.branch.imp_round for p in rounds)} of trunk seed(s) {trunks}, "
+            f"rewound to epoch {rounds[0].branch.epoch}"
+            + (
+                f"; each round prunes {pruned.rate:g} of the surviving weights of the last round's seed "
+                f"{pruned.prune_seed}"
+                if pruned
+                else ""
+            )
+            + (f"; sparsity {', '.join(f'{x:.3f}' for x in sparsities)}" if sparsities else "")
+        )
+    elif branched:
         trunks = sorted({b.trunk_seed for b in branched})
         epochs = sorted({b.epoch for b in branched})
         click.echo(

@@ -107,7 +107,9 @@ def imp_sparsity(prunable: int, round_: int, rate: float) -> float:
 
 
 @torch.no_grad()
-def apply_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None) -> None:
+def apply_mask(
+    model: nn.Module, mask: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None
+) -> None:
     """Zero the weights ``mask`` removes (in place) and, with ``optimizer``, their per-weight state
     (momentum, Adam's moments), so a rewound network starts with nothing of the pruned weights."""
     params = dict(model.named_parameters())

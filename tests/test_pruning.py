@@ -106,7 +106,9 @@ def test_a_masked_round_resumes_bit_for_bit_with_its_mask_from_the_checkpoint(
     with pytest.raises(_Interrupted):
         train_model(MLP, TRAIN, synthetic, seed=1, imp_round=1, mask=mask, checkpoint_uri=uri, on_epoch=crash)
     saved = load_checkpoint(uri)
-    assert saved.meta["imp_round"] == 1 and torch.equal(saved.training_state["mask"][list(mask)[0]], list(mask.values())[0])
+    assert saved.meta["imp_round"] == 1 and torch.equal(
+        saved.training_state["mask"][list(mask)[0]], list(mask.values())[0]
+    )
 
     def no_mask_needed(model: nn.Module):
         raise AssertionError("a resumed round takes its mask from its checkpoint")
@@ -128,9 +130,16 @@ def test_imp_rounds_rewind_to_the_trunk_snapshot_and_prune_from_the_previous_rou
     masks = []
     for r in (1, 2):
         mask_of = next_imp_mask(uris[r - 1], 0.5)
-        trainer = Trainer(MLP, TRAIN, synthetic, seed=0, data_seed=0, imp_round=r, mask=mask_of, **{
-            k: v for k, v in kw.items() if k != "branch_from"
-        })
+        trainer = Trainer(
+            MLP,
+            TRAIN,
+            synthetic,
+            seed=0,
+            data_seed=0,
+            imp_round=r,
+            mask=mask_of,
+            **{k: v for k, v in kw.items() if k != "branch_from"},
+        )
         trainer.start_from(kw["branch_from"])
         mask = mask_of(trainer.model)
         trainer.set_mask(mask)

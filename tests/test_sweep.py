@@ -392,6 +392,94 @@ def test_a_stability_sweep_trains_each_trunk_once_and_pairs_children_of_one_bran
     assert any("4 of 4 trials already done" in line for line in again)
 
 
+def test_an_imp_sweep_prunes_round_by_round_rewinds_and_resumes_exactly(ray_session, tmp_path):
+    from repair_ray.pruning import imp_sparsity, mask_sparsity, prunable_count, weight_sparsity
+
+    config = parse_config(
+        tiny_sweep(
+            "imp",
+            str(tmp_path),
+            seeds=2,
+            train={"epochs": 3, "batch_size": 64, "lr": 0.05, "checkpoint_every": 1},
+            imp={"rounds": 2, "rate": 0.5, "rewind_epoch": 1},
+            align=["none"],
+            correction=["none"],
+        )
+    )
+    assert config.n_trials == 6 and config.n_pairs == 3
+    lines: list[str] = []
+    run(config, lines)
+    assert any("IMP round 2: 2 trial(s)" in line for line in lines)
+    tables = load_tables(config.root)
+    models, pairs = tables["models"], tables["pairs"]
+    assert (models["status"] == "ok").all() and len(models) == 6
+    prunable = prunable_count(config.models[0].model.skeleton(4, (1, 8, 8)))
+    expected = {r: imp_sparsity(prunable, r, 0.5) for r in range(3)}
+    assert expected[2] == pytest.approx(0.75, abs=1e-3)
+    assert dict(zip(models["imp_round"], models["sparsity"], strict=True)) == expected
+    assert (models["branch_epoch"] == 1).all() and (models["trunk_seed"] == 0).all()
+    assert dict(zip(pairs["imp_round"], pairs["sparsity"], strict=True)) == expected
+    assert (pairs["status"] == "ok").all() and len(pairs) == 3
+    # masks live in the checkpoints; each round prunes within the last, the trained weights obey them
+    plans = {p.branch.imp_round: p for p in config.models}
+    masks = {}
+    for r, plan in plans.items():
+        for seed in plan.seeds:
+            saved = load_checkpoint(str(Path(config.root, "checkpoints", plan.model_key, f"seed-{seed}.pt")))
+            mask = saved.training_state.get("mask")
+            if r == 0:
+                assert mask is None
+                continue
+            assert mask_sparsity(mask) == pytest.approx(expected[r])
+            assert weight_sparsity(saved.state_dict, list(mask)) == pytest.approx(expected[r])
+            masks.setdefault(r, mask)
+            assert all(torch.equal(mask[n], masks[r][n]) for n in mask)  # both children share the round's mask
+    assert all(not (masks[2][n] & ~masks[1][n]).any() for n in masks[1])
+    # the sparsity plot is in the report
+    from repair_ray.report import write_report
+
+    index = write_report(config.root)
+    assert (index.parent / "sparsity.png").is_file()
+    assert "not drawn" not in index.read_text().split("Lottery tickets")[1].split("<h2")[0]
+    # lose round 1's pruned network and all of round 2: the re-run retrains round 1's seed 0 first,
+    # then round 2 from it, bit for bit
+    round2 = {
+        seed: load_checkpoint(str(Path(config.root, "checkpoints", plans[2].model_key, f"seed-{seed}.pt"))).state_dict
+        for seed in (0, 1)
+    }
+    Path(config.root, "checkpoints", plans[1].model_key, "seed-0.pt").unlink()
+    for path in Path(config.root, "checkpoints", plans[2].model_key).glob("*.pt"):
+        path.unlink()
+    again: list[str] = []
+    run(config, again)
+    assert any("3 to run" in line for line in again), again
+    for seed in (0, 1):
+        rebuilt = load_checkpoint(str(Path(config.root, "checkpoints", plans[2].model_key, f"seed-{seed}.pt")))
+        assert all(torch.equal(rebuilt.state_dict[k], round2[seed][k]) for k in round2[seed])
+    final = load_tables(config.root)["models"]
+    assert len(final) == 6 and (final["status"] == "ok").all()
+
+
+def test_an_imp_round_whose_pruned_network_failed_fails_naming_it(tmp_path):
+    from repair_ray.io.tables import write_rows
+    from repair_ray.sweep.train_stage import _rounds_that_can_start, models_row, models_row_uri, trial_spec
+
+    config = parse_config(tiny_sweep("impfail", str(tmp_path), seeds=2, imp={"rounds": 1, "rate": 0.2}))
+    first, second = config.models
+    write_rows(
+        models_row_uri(config.root, first.model_key, 0),
+        "models",
+        [models_row(trial_spec(config, first, 0, 1), status="failed", error="nan_loss: boom")],
+    )
+    told = []
+    specs = [trial_spec(config, second, seed, 1) for seed in second.seeds]
+    assert _rounds_that_can_start(config, specs, lambda k, s, ok: told.append((k, s, ok))) == []
+    assert told == [(second.model_key, 0, False), (second.model_key, 1, False)]
+    rows = load_tables(config.root)["models"].set_index(["model_key", "seed"])
+    assert "the network it prunes" in rows.loc[(second.model_key, 1), "error"]
+    assert "nan_loss: boom" in rows.loc[(second.model_key, 1), "error"]
+
+
 def test_the_repair_points_script_compares_carried_point_sets_on_a_resnet_sweep(ray_session, tmp_path):
     config = parse_config(
         tiny_sweep(

@@ -43,6 +43,12 @@ BAD = [
     ({"branch": {"at_epoch": [1]}}, "branch.at_epoch: unknown key; did you mean 'at_epochs'?"),
     ({"branch": {"at_epochs": [1], "trunks": 0}}, "branch.trunks: must be a positive number of trunks"),
     ({"branch": {"at_epochs": [1], "trunks": [2, 2]}}, "branch.trunks: must list distinct non-negative"),
+    ({"imp": {"rounds": 0, "rate": 0.2}}, "imp.rounds: must be at least 1"),
+    ({"imp": {"rounds": 2, "rate": 1.5}}, "imp.rate: must be a fraction between 0 and 1"),
+    ({"imp": {"rounds": 2, "rate": 0.2, "rewind_epoch": 2}}, "imp.rewind_epoch: must be 0 .. 1"),
+    ({"imp": {"rounds": 2, "rate": 0.2, "trunks": 0}}, "imp.trunks: must be a positive number of trunks"),
+    ({"imp": {"rounds": 2}}, "imp.rate: required key is missing"),
+    ({"imp": {"rounds": 1, "rate": 0.2}, "branch": {"at_epochs": [0]}}, "branch, imp: choose one"),
     ({"seeds": [3, 3]}, "seeds: lists a seed twice"),
     ({"alphas": [0, 0.5, 1.2]}, "alphas: every alpha must lie in [0, 1]"),
     ({"alphas": 2}, "alphas: need at least 3 points"),
@@ -229,7 +235,36 @@ def test_branch_expands_to_a_model_key_per_trunk_and_epoch(tmp_path):
     assert all(p.trunk_key == plain.models[0].model_key for p in config.models)
     assert config.models[1].model_key.startswith("mlp-w16-d2-none-t3-e1-")
     assert config.n_trials == 4 * 3 and config.n_pairs == 4 * 3
-    assert plain.models[0].lineage() == {"trunk_seed": None, "branch_epoch": None}
+    assert plain.models[0].lineage() == {"trunk_seed": None, "branch_epoch": None, "imp_round": None, "sparsity": None}
+
+
+def test_imp_expands_to_a_model_key_per_trunk_and_round_keyed_by_what_makes_its_mask(tmp_path):
+    imp = {"rounds": 2, "rate": 0.2, "rewind_epoch": 1, "trunks": [4]}
+    config = parse_config(tiny_sweep("i", str(tmp_path), seeds=[5, 2], imp=imp))
+    assert [(p.branch.trunk_seed, p.branch.epoch, p.branch.imp_round) for p in config.models] == [
+        (4, 1, 0),
+        (4, 1, 1),
+        (4, 1, 2),
+    ]
+    assert config.models[2].model_key.startswith("mlp-w16-d2-none-t4-e1-r2-")
+    # round r prunes round r-1's first child (the first of seeds)
+    assert [p.prune_from for p in config.models] == [None, config.models[0].model_key, config.models[1].model_key]
+    assert all(p.branch.prune_seed == 5 for p in config.models[1:])
+    sparsity = [p.lineage()["sparsity"] for p in config.models]
+    assert (
+        sparsity[0] == 0
+        and sparsity[1] == pytest.approx(0.2, abs=1e-3)
+        and sparsity[2] == pytest.approx(0.36, abs=1e-3)
+    )
+    # the dense round does not depend on the rate; every later round does, and on the pruned child
+    other_rate = parse_config(tiny_sweep("i", str(tmp_path), seeds=[5, 2], imp={**imp, "rate": 0.5}))
+    other_seed = parse_config(tiny_sweep("i", str(tmp_path), seeds=[2, 5], imp=imp))
+    more = parse_config(tiny_sweep("i", str(tmp_path), seeds=[5, 2], imp={**imp, "rounds": 3}))
+    keys = [p.model_key for p in config.models]
+    assert [p.model_key for p in other_rate.models][0] == keys[0]
+    assert not set(keys[1:]) & {p.model_key for p in other_rate.models}
+    assert not set(keys[1:]) & {p.model_key for p in other_seed.models}
+    assert [p.model_key for p in more.models][:3] == keys  # growing the rounds keeps the rounds done
 
 
 def test_a_list_inside_the_width_grid_is_one_mlp_with_per_layer_widths(tmp_path):

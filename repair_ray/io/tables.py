@@ -49,8 +49,8 @@ _MODEL_DESC = (
 )
 _PAIR_IDS = (("seed_a", _INT), ("seed_b", _INT), ("align", _STR), ("correction", _STR))
 _WHEN = (("started_at", _TIME), ("finished_at", _TIME))
-# children of a trunk (stability studies): null for independent seeds
-_LINEAGE = (("trunk_seed", _INT), ("branch_epoch", _INT))
+# children of a trunk (stability studies) and rounds of IMP (lottery tickets): null for independent seeds
+_LINEAGE = (("trunk_seed", _INT), ("branch_epoch", _INT), ("imp_round", _INT), ("sparsity", _F64))
 
 SCHEMAS: dict[str, pa.Schema] = {
     "models": _schema(

@@ -19,7 +19,7 @@ Rules shared by every function:
 
 Public API: :func:`summarise`, :func:`relative_reduction`, :func:`summarise_models`,
 :func:`failed_pairs`, :func:`ok_tables`, :func:`plot_barrier_vs_width`,
-:func:`plot_barrier_vs_depth`, :func:`plot_barrier_vs_branch_epoch`, :func:`plot_curves`,
+:func:`plot_barrier_vs_depth`, :func:`plot_barrier_vs_branch_epoch`, :func:`plot_sparsity`, :func:`plot_curves`,
 :func:`plot_variance_collapse`,
 :func:`plot_endpoint_accuracy`, :func:`write_report`.
 
@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "plot_barrier_vs": ".plots",
     "plot_barrier_vs_depth": ".plots",
     "plot_barrier_vs_branch_epoch": ".plots",
+    "plot_sparsity": ".plots",
     "plot_barrier_vs_width": ".plots",
     "plot_curves": ".plots",
     "plot_endpoint_accuracy": ".plots",
@@ -82,6 +83,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "plot_barrier_vs",
     "plot_barrier_vs_depth",
     "plot_barrier_vs_branch_epoch",
+    "plot_sparsity",
     "plot_barrier_vs_width",
     "plot_curves",
     "plot_endpoint_accuracy",
@@ -108,6 +110,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         plot_barrier_vs_width,
         plot_curves,
         plot_endpoint_accuracy,
+        plot_sparsity,
         plot_timeline,
         plot_variance_collapse,
     )

@@ -27,6 +27,7 @@ from .plots import (
     plot_barrier_vs_width,
     plot_curves,
     plot_endpoint_accuracy,
+    plot_sparsity,
     plot_timeline,
     plot_variance_collapse,
 )
@@ -158,6 +159,14 @@ def write_report(
             "Children of one trunk, branched after k epochs of shared training: max-over-α barrier, "
             "mean over pairs (all trunks pooled) with 95% CI. Stable once the barrier is ~0 (Frankle et al.).",
         ),
+        _Plot(
+            "sparsity",
+            "Lottery tickets: accuracy and barrier vs sparsity",
+            "Rounds of IMP with rewinding: the children's test accuracy (dotted: the dense round's) and the "
+            "max-over-α barrier between two children of a round, vs the weights that remain; mean over the "
+            "children of all trunks with 95% CI. A round is a matching ticket while it reaches the dense "
+            "accuracy, and stable while its barrier is ~0 (Frankle et al.).",
+        ),
         _Plot("curves", "Loss and accuracy along the linear path", "Mean over the pairs of one model config."),
         _Plot(
             "variance_collapse",
@@ -176,6 +185,7 @@ def write_report(
         "barrier_vs_width": lambda stem: plot_barrier_vs_width(ok["pairs"], stem),
         "barrier_vs_depth": lambda stem: plot_barrier_vs_depth(ok["pairs"], stem),
         "barrier_vs_branch_epoch": lambda stem: plot_barrier_vs_branch_epoch(ok["pairs"], stem),
+        "sparsity": lambda stem: plot_sparsity(tables["models"], ok["pairs"], stem),
         "curves": lambda stem: plot_curves(ok["curves"], stem, model_key=model_key, pairs=ok["pairs"]),
         "variance_collapse": lambda stem: plot_variance_collapse(
             ok["layers"], stem, model_key=model_key, pairs=ok["pairs"]

@@ -127,10 +127,13 @@ def plot_barrier_vs(
         "branch_epoch": ["width", "layer_widths", "depth"],
     }[x]
     if x == "branch_epoch":
-        if "branch_epoch" not in pairs.columns or pairs["branch_epoch"].isna().all():
+        branched = pairs["branch_epoch"].notna() if "branch_epoch" in pairs.columns else pd.Series(False, pairs.index)
+        if "imp_round" in pairs.columns:  # the rounds of IMP are their own plot (plot_sparsity)
+            branched &= pairs["imp_round"].isna()
+        if not branched.any():
             raise ValueError("no pairs of branched children (this sweep has no branch section)")
         # pool the trunks: one point per branch epoch (each trunk and epoch has its own model key)
-        pairs = pairs[pairs["branch_epoch"].notna()].assign(trunk_seed=pd.NA, model_key="children")
+        pairs = pairs[branched].assign(trunk_seed=pd.NA, model_key="children")
     summary = summarise(pairs)
     summary = summary[(summary["pairs"] > 0) & summary[x].notna()]
     if summary.empty:
@@ -198,6 +201,112 @@ def plot_barrier_vs_depth(pairs: pd.DataFrame, stem: str | os.PathLike[str], **k
 def plot_barrier_vs_branch_epoch(pairs: pd.DataFrame, stem: str | os.PathLike[str], **kwargs) -> list[Path]:
     """:func:`plot_barrier_vs` with ``x="branch_epoch"``: Frankle et al.'s instability plot."""
     return plot_barrier_vs(pairs, "branch_epoch", stem, **kwargs)
+
+
+def plot_sparsity(
+    models: pd.DataFrame,
+    pairs: pd.DataFrame,
+    stem: str | os.PathLike[str],
+    metrics: Sequence[str] = PLOT_METRICS,
+) -> list[Path]:
+    """Lottery tickets: test accuracy and barrier vs the weights that remain after each round of IMP
+    (log scale, densest on the left, as in Frankle et al.), the children of every trunk pooled.
+
+    One row of panels per network (and rewind epoch); the first column is the children's test
+    accuracy (the dense round's mean as a dotted line: a round "matches" while it reaches it), the
+    others each barrier ``metrics``, a line per align + correction. Only ``ok`` rows. Writes
+    ``<stem>.png`` and ``<stem>.svg``.
+
+    Raises:
+        ValueError: when there is no round of IMP to plot.
+    """
+
+    def rounds(frame: pd.DataFrame) -> pd.DataFrame:
+        if frame.empty or "sparsity" not in frame.columns:
+            return frame.iloc[0:0]
+        frame = frame[_is_ok(frame) & frame["sparsity"].notna()]
+        return frame.assign(remaining=100.0 * (1.0 - frame["sparsity"].astype(float)))
+
+    nets, pairs = rounds(models), rounds(pairs)
+    if nets.empty:
+        raise ValueError("no trained rounds of IMP (this sweep has no imp section)")
+    keys = [k for k in ("arch", "dataset", "norm", "width", "layer_widths", "depth", "branch_epoch") if k in nets]
+    keys = [k for k in keys if nets[k].notna().any()]
+    accuracy = _aggregate(nets, [*keys, "remaining"], ["test_acc"]).reset_index()
+    barriers = pd.DataFrame()
+    if not pairs.empty:
+        summary = summarise(pairs.assign(trunk_seed=pd.NA, imp_round=pd.NA, model_key="rounds"))
+        summary = summary.assign(remaining=100.0 * (1.0 - summary["sparsity"].astype(float)))
+        barriers = summary[summary["pairs"] > 0]
+    metrics = [m for m in metrics if f"{m}_mean" in barriers.columns]
+    panels = _sort(accuracy[keys].drop_duplicates(), keys)
+    fig, axes = _figure(len(panels), 1 + len(metrics))
+    xs_all = np.sort(accuracy["remaining"].unique())[::-1]
+    methods = _methods(barriers) if not barriers.empty else []
+
+    def select(frame: pd.DataFrame, panel: Mapping) -> pd.DataFrame:
+        sel = np.ones(len(frame), dtype=bool)
+        for k in keys:
+            v = panel[k]
+            sel &= frame[k].isna().to_numpy() if pd.isna(v) else (frame[k] == v).to_numpy()
+        return frame[sel].sort_values("remaining", ascending=False)
+
+    for row_i, panel in enumerate(panels.to_dict("records")):
+        shown = [k for k in keys if k in ("width", "layer_widths", "depth") or panels[k].nunique(dropna=False) > 1]
+        title = _panel_title(panel, [k for k in shown if k != "branch_epoch"])
+        title += f", rewind to epoch {_fmt(panel['branch_epoch'])}" if "branch_epoch" in panel else ""
+        ax = axes[row_i][0]
+        acc = select(accuracy, panel)
+        ax.errorbar(
+            acc["remaining"],
+            acc["test_acc_mean"],
+            yerr=acc["test_acc_ci95"].fillna(0.0).to_numpy(),
+            color="tab:green",
+            marker="o",
+            markersize=4,
+            capsize=3,
+            label="test accuracy",
+        )
+        dense = acc[acc["remaining"] == acc["remaining"].max()]["test_acc_mean"]
+        if not dense.empty:
+            ax.axhline(float(dense.iloc[0]), color="0.5", linestyle=":", linewidth=1, label="dense")
+        ax.set_ylabel("test accuracy of the children")
+        ax.legend(fontsize=8)
+        for col_i, metric in enumerate(metrics, start=1):
+            ax = axes[row_i][col_i]
+            part = select(barriers, panel)
+            for align, correction in methods:
+                line = part[(part["align"] == align) & (part["correction"] == correction)]
+                if not line.empty:
+                    ax.errorbar(
+                        line["remaining"],
+                        line[f"{metric}_mean"],
+                        yerr=line[f"{metric}_ci95"].fillna(0.0).to_numpy(),
+                        capsize=3,
+                        markersize=4,
+                        **_style(align, correction),
+                    )
+            ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
+            ax.set_ylabel(_metric_label(metric))
+        for ax in axes[row_i]:
+            if len(xs_all) > 1:
+                ax.set_xscale("log")
+            ax.set_xlim(xs_all.max() * 1.15, xs_all.min() / 1.15)  # densest on the left
+            ax.set_xticks(xs_all, [f"{v:.3g}" for v in xs_all], rotation=60 if len(xs_all) > 6 else 0)
+            ax.minorticks_off()
+            ax.set_xlabel("weights remaining (%)")
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
+    if methods:
+        handles, labels = axes[0][1].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize=9)
+    context = _context(nets)
+    fig.suptitle(
+        f"Lottery tickets (IMP with rewinding){': ' + context if context else ''}: accuracy and "
+        "instability vs sparsity (mean over children of all trunks, 95% CI)",
+        fontsize=11,
+    )
+    return _save(fig, stem)
 
 
 def plot_curves(

@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-LINEAGE = ("trunk_seed", "branch_epoch")
-"""Which trunk and epoch the children of a stability study branched at (null for independent seeds)."""
+LINEAGE = ("trunk_seed", "branch_epoch", "imp_round", "sparsity")
+"""Which trunk and epoch the children of a stability study branched at, and which round of IMP
+(with its sparsity) they are (null for independent seeds)."""
 OPTIONAL_KEYS = ("layer_widths", *LINEAGE)
 """Description columns that most sweeps leave null: shown only where they have values."""
 GROUP_KEYS = (

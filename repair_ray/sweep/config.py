@@ -28,6 +28,7 @@ from ..io import storage
 from ..models import ModelConfig
 from ..pair import PairSettings, correction_applies
 from ..permutation import SpecError
+from ..pruning import imp_sparsity, prunable_count
 from ..training import TrainConfig
 from .planning import Branch, ModelPlan, model_key, pairing
 from .schema import DatasetSection, FirstPairs, ModelGrid, Resources, SweepSection, describe_validation_error
@@ -187,7 +188,7 @@ def _expand(
         return None
 
     pair_list = pairing(seeds, s.pairs)
-    branches = _branches(s, train, problems)
+    branches = _branches(s, train, seeds, problems)
     if problems:
         return None
     plans = []
@@ -200,9 +201,18 @@ def _expand(
         seen[key] = i
         if branches is None:
             plans.append(ModelPlan(key, mc, tuple(seeds), tuple(pair_list)))
+        prunable = _prunable_count(mc, dataset) if s.imp is not None else None
+        keys: dict[Branch, str] = {}
         for branch in branches or ():
-            child_key = model_key(mc, train, dataset.as_dict(), branch)
-            plans.append(ModelPlan(child_key, mc, tuple(seeds), tuple(pair_list), branch, key))
+            child_key = keys[branch] = model_key(mc, train, dataset.as_dict(), branch)
+            extra: dict[str, Any] = {}
+            if branch.imp_round is not None:
+                rate = s.imp.rate
+                extra["sparsity"] = None if prunable is None else imp_sparsity(prunable, branch.imp_round, rate)
+                if branch.imp_round > 0:
+                    before = _imp_branch(branch.trunk_seed, branch.epoch, branch.imp_round - 1, rate, seeds[0])
+                    extra["prune_from"] = keys[before]
+            plans.append(ModelPlan(child_key, mc, tuple(seeds), tuple(pair_list), branch, key, **extra))
     _warn_skipped_corrections(plans, settings, source)
     return SweepConfig(
         name=s.name,
@@ -223,8 +233,14 @@ def _expand(
     )
 
 
-def _branches(s: SweepSection, train: TrainConfig, problems: list[str]) -> list[Branch] | None:
-    """The (trunk seed, epoch) of every branch point of ``branch``; None for independent seeds."""
+def _branches(s: SweepSection, train: TrainConfig, seeds: list[int], problems: list[str]) -> list[Branch] | None:
+    """The (trunk seed, epoch) of every branch point of ``branch`` (or every (trunk seed, round) of
+    ``imp``, in round order); None for independent seeds."""
+    if s.branch is not None and s.imp is not None:
+        problems.append("branch, imp: choose one (every IMP round is itself a branch at imp.rewind_epoch)")
+        return []
+    if s.imp is not None:
+        return _imp_rounds(s, train, seeds[0], problems)
     if s.branch is None:
         return None
     epochs, found = s.branch.at_epochs, len(problems)
@@ -237,16 +253,53 @@ def _branches(s: SweepSection, train: TrainConfig, problems: list[str]) -> list[
             f"branch.at_epochs: must be 0 .. {train.epochs - 1}: the children train the rest of the "
             f"train.epochs = {train.epochs} epochs, got {epochs}"
         )
-    trunks = s.branch.trunks
-    if isinstance(trunks, int):
-        if trunks < 1:
-            problems.append(f"branch.trunks: must be a positive number of trunks, got {trunks}")
-        trunks = list(range(max(trunks, 0)))
-    elif not trunks or len(set(trunks)) != len(trunks) or any(t < 0 for t in trunks):
-        problems.append(f"branch.trunks: must list distinct non-negative trunk seeds, got {trunks}")
+    trunks = _trunk_seeds(s.branch.trunks, "branch.trunks", problems)
     if len(problems) > found:
         return []
     return [Branch(t, e) for t in trunks for e in sorted(epochs)]
+
+
+def _trunk_seeds(trunks: int | list[int], where: str, problems: list[str]) -> list[int]:
+    if isinstance(trunks, int):
+        if trunks < 1:
+            problems.append(f"{where}: must be a positive number of trunks, got {trunks}")
+        return list(range(max(trunks, 0)))
+    if not trunks or len(set(trunks)) != len(trunks) or any(t < 0 for t in trunks):
+        problems.append(f"{where}: must list distinct non-negative trunk seeds, got {trunks}")
+    return list(trunks)
+
+
+def _imp_branch(trunk: int, epoch: int, round_: int, rate: float, prune_seed: int) -> Branch:
+    """Round ``round_`` of IMP as a branch; the rate and the pruned child name rounds >= 1 only
+    (round 0 is dense whatever they are)."""
+    return Branch(trunk, epoch, round_, rate if round_ else None, prune_seed if round_ else None)
+
+
+def _imp_rounds(s: SweepSection, train: TrainConfig, first: int, problems: list[str]) -> list[Branch]:
+    """Every (trunk seed, round) of ``imp`` as a branch at the rewind epoch, rounds in order."""
+    imp, found = s.imp, len(problems)
+    if imp.rounds < 1:
+        problems.append(f"imp.rounds: must be at least 1 (rounds 0, dense, to R are trained), got {imp.rounds}")
+    if not (math.isfinite(imp.rate) and 0 < imp.rate < 1):
+        problems.append(f"imp.rate: must be a fraction between 0 and 1 of the surviving weights, got {imp.rate}")
+    if not 0 <= imp.rewind_epoch < train.epochs:
+        problems.append(
+            f"imp.rewind_epoch: must be 0 .. {train.epochs - 1} (0 rewinds to the initialisation; each round "
+            f"trains the rest of train.epochs = {train.epochs}), got {imp.rewind_epoch}"
+        )
+    trunks = _trunk_seeds(imp.trunks, "imp.trunks", problems)
+    if len(problems) > found:
+        return []
+    return [_imp_branch(t, imp.rewind_epoch, r, imp.rate, first) for t in trunks for r in range(imp.rounds + 1)]
+
+
+def _prunable_count(model: ModelConfig, dataset: DatasetSpec) -> int | None:
+    """The prunable weights of ``model`` on ``dataset`` (None when only the dataset's files tell its shape)."""
+    classes = dataset_num_classes(dataset.name, dataset.options)
+    in_shape = dataset_in_shape(dataset.name, dataset.options)
+    if classes is None or in_shape is None:
+        return None
+    return prunable_count(model.skeleton(classes, in_shape))
 
 
 def _check_sweep_settings(s: SweepSection, problems: list[str]) -> None:

@@ -26,6 +26,7 @@ from ..io.checkpoint import load_checkpoint
 from ..io.tables import new_stem, table_file, write_rows
 from ..models import ModelConfig
 from ..pair import PairSettings, analyse_pair
+from ..pruning import weight_sparsity
 from .cluster import resolve_resources
 from .config import SweepConfig
 from .planning import PairState, analysis_keys, forward_flops, method_gaps, pair_stem, read_pair_state
@@ -116,7 +117,11 @@ def pair_task(context: dict[str, Any], job: Job) -> dict[str, list[dict[str, Any
         result = analyse_pair(models[0], models[1], dataset, _job_settings(context, job), spec=spec)
     except Exception as error:  # noqa: BLE001 - every failure of a pair is data for its row
         return failed_rows(context, job, error_text(error), str(device))
-    desc = model_columns(context["models"][job[0]], context["dataset"], context["lineage"].get(job[0]))
+    lineage = dict(context["lineage"].get(job[0]) or {})
+    if lineage.get("imp_round") is not None and lineage.get("sparsity") is None:
+        # an IMP round of a dataset whose shape only its files tell: the sparsity of network A's weights
+        lineage["sparsity"] = weight_sparsity(models[0])
+    desc = model_columns(context["models"][job[0]], context["dataset"], lineage)
     when = {"started_at": started_at, "finished_at": utc_now()}
     return {
         "pairs": [

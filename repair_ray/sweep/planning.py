@@ -30,10 +30,23 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Branch:
-    """Where the children of a stability study branch: the trunk's seed and the trunk epoch."""
+    """Where the children of a stability study branch: the trunk's seed and the trunk epoch.
+
+    A round of IMP with rewinding (lottery tickets) is a branch at the rewind epoch with a mask:
+    ``imp_round`` (0 = dense), the pruning ``rate`` per round and the ``prune_seed``, the child of
+    each round whose trained weights are pruned for the next (the last two only for rounds >= 1,
+    whose mask they determine).
+    """
 
     trunk_seed: int
     epoch: int
+    imp_round: int | None = None
+    rate: float | None = None
+    prune_seed: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What names this branch in a model key (fields that are not set are left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -50,21 +63,32 @@ class ModelPlan:
     pairs: tuple[tuple[int, int], ...]
     branch: Branch | None = None
     trunk_key: str | None = None  # the model key of the unbranched config, which names the trunk's files
+    sparsity: float | None = None  # an IMP round's: the fraction of prunable weights its mask removes
+    prune_from: str | None = None  # an IMP round >= 1: the model key of the previous round
 
-    def lineage(self) -> dict[str, int | None]:
-        """The ``trunk_seed`` and ``branch_epoch`` columns of this plan's rows (null for independent seeds)."""
+    def lineage(self) -> dict[str, Any]:
+        """The ``trunk_seed``, ``branch_epoch``, ``imp_round`` and ``sparsity`` columns of this plan's
+        rows (null for independent seeds; the last two null outside IMP)."""
         b = self.branch
-        return {"trunk_seed": None if b is None else b.trunk_seed, "branch_epoch": None if b is None else b.epoch}
+        return {
+            "trunk_seed": None if b is None else b.trunk_seed,
+            "branch_epoch": None if b is None else b.epoch,
+            "imp_round": None if b is None else b.imp_round,
+            "sparsity": self.sparsity,
+        }
 
 
 def model_key(model: ModelConfig, train: TrainConfig, dataset: dict[str, Any], branch: Branch | None = None) -> str:
     """A readable, stable key: the model's shape plus a hash of model, training and dataset config
-    (and, for the children of a trunk, the trunk seed and branch epoch: ``...-t0-e2-<hash>``)."""
+    (and, for the children of a trunk, the trunk seed and branch epoch: ``...-t0-e2-<hash>``; for
+    a round of IMP also the round: ``...-t0-e1-r3-<hash>``)."""
     described = {"model": model.described(), "train": asdict(train), "dataset": dataset}
     if branch is not None:
-        described["branch"] = asdict(branch)
+        described["branch"] = branch.identity()
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:10]
     where = "" if branch is None else f"-t{branch.trunk_seed}-e{branch.epoch}"
+    if branch is not None and branch.imp_round is not None:
+        where += f"-r{branch.imp_round}"
     return f"{model.label}{where}-{digest}"
 
 

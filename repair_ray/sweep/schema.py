@@ -101,6 +101,19 @@ class BranchSection(_Strict):
     trunks: int | list[int] = 1
 
 
+class ImpSection(_Strict):
+    """``imp``: iterative magnitude pruning with rewinding (Frankle et al.'s lottery tickets). Each
+    trunk (seed in ``trunks``) trains to ``rewind_epoch``; round 0 trains the sweep's ``seeds``
+    (children, differing in data order) dense from there; round r >= 1 prunes ``rate`` of the weights
+    that survive in round r-1's first child (global magnitude, conv and linear weights), rewinds
+    the survivors to the trunk's weights at ``rewind_epoch`` and trains the children again."""
+
+    rounds: int
+    rate: float
+    rewind_epoch: int = 0
+    trunks: int | list[int] = 1
+
+
 class FirstPairs(_Strict):
     first: int
 
@@ -121,6 +134,7 @@ class SweepSection(_Strict):
     models: list[ModelGrid]
     seeds: int | list[int] = 4
     branch: BranchSection | None = None
+    imp: ImpSection | None = None
     train: TrainSection = Field(default_factory=TrainSection)
     pairs: Literal["all", "disjoint"] | FirstPairs = "all"
     align: list[str] = Field(default_factory=lambda: list(_PAIR_DEFAULTS["aligns"]))

@@ -27,7 +27,8 @@ from ..io import storage
 from ..io.checkpoint import CheckpointError, load_checkpoint
 from ..io.tables import new_stem, read_table, table_file, write_rows
 from ..models import ModelConfig
-from ..training import TrainConfig, train_model, train_trunk
+from ..pruning import prunable_names, weight_sparsity
+from ..training import TrainConfig, next_imp_mask, train_model, train_trunk
 from .cluster import resolve_resources
 from .config import SweepConfig
 from .planning import ModelPlan, model_outcomes
@@ -71,6 +72,10 @@ def trial_spec(config: SweepConfig, plan: ModelPlan, seed: int, threads: float) 
     }
     if plan.branch is not None and plan.branch.epoch > 0:
         spec["branch_from"] = trunk_snapshot_uri(config.root, plan.trunk_key, plan.branch.trunk_seed, plan.branch.epoch)
+    if plan.prune_from is not None:  # IMP round >= 1: its mask prunes the previous round's first child
+        spec["prune_from"] = checkpoint_uri(config.root, plan.prune_from, plan.branch.prune_seed)
+        spec["prune_key"] = [plan.prune_from, plan.branch.prune_seed]
+        spec["imp_rate"] = plan.branch.rate
     return spec
 
 
@@ -151,6 +156,8 @@ def train_trial(config: dict[str, Any]) -> None:
         data_seed=spec["seed"],
         branch_epoch=lineage.get("branch_epoch"),
         branch_from=spec.get("branch_from"),
+        imp_round=lineage.get("imp_round"),
+        mask=next_imp_mask(spec["prune_from"], spec["imp_rate"]) if "prune_from" in spec else None,
         device=device,
         checkpoint_uri=uri,
         checkpoint_every=spec["checkpoint_every"],
@@ -159,6 +166,11 @@ def train_trial(config: dict[str, Any]) -> None:
     status = "ok" if result.status == "ok" else "failed"
     error = None if result.status == "ok" else f"{result.status}: {result.error}"
     size = storage.size(uri) if status == "ok" else None
+    extra = {}
+    if lineage.get("imp_round") is not None and lineage.get("sparsity") is None and result.state_dict is not None:
+        # a dataset whose shape only its files tell: the sparsity of the trained weights
+        names = prunable_names(ModelConfig(**spec["model"]).build(dataset.num_classes, dataset.in_shape))
+        extra["sparsity"] = weight_sparsity(result.state_dict, names)
     write_rows(
         models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
         "models",
@@ -176,6 +188,7 @@ def train_trial(config: dict[str, Any]) -> None:
                 finished_at=utc_now(),
                 checkpoint_bytes=size,
                 **result.metrics,
+                **extra,
             )
         ],
     )
@@ -327,7 +340,12 @@ def run_train_stage(
             + (f", test accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else "")
         )
 
-    grid = _fit(config, specs, cpu, gpu, "train", finished, epoch_done) if specs else []
+    grid = []
+    for wave, wave_specs in enumerate(_imp_waves(specs)):
+        if wave > 0:  # an IMP round starts once the network it prunes is trained
+            wave_specs = _rounds_that_can_start(config, wave_specs, on_trial_done)
+            say(f"[train] IMP round {wave}: {len(wave_specs)} trial(s)")
+        grid.extend(_fit(config, wave_specs, cpu, gpu, "train", finished, epoch_done) if wave_specs else [])
     for result in grid:
         spec = result.config["trial"]
         if result.error is not None:  # a trial that raised: its row with the reason (a NaN loss writes its own)
@@ -377,6 +395,42 @@ def _fit(
     finally:
         _LISTENERS.pop(token, None)
         _EPOCH_LISTENERS.pop(token, None)
+
+
+def _imp_waves(specs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The trials in the order they can run: everything but IMP rounds >= 1 first, then round 1, 2, ..."""
+    waves: dict[int, list[dict[str, Any]]] = {}
+    for spec in specs:
+        waves.setdefault((spec.get("lineage") or {}).get("imp_round") or 0, []).append(spec)
+    return [waves.get(r, []) for r in range(max(waves, default=0) + 1)]
+
+
+def _rounds_that_can_start(
+    config: SweepConfig, specs: list[dict[str, Any]], on_trial_done: Callable[[str, int, bool], None] | None
+) -> list[dict[str, Any]]:
+    """The IMP trials of ``specs`` whose previous round's pruned network is trained; the others get
+    a ``failed`` row naming it and its error."""
+    rows = read_table(config.root, "models")
+    newest = {
+        (str(k), int(sd)): (st, e)
+        for k, sd, st, e in zip(rows["model_key"], rows["seed"], rows["status"], rows["error"], strict=True)
+    }
+    keep = []
+    for spec in specs:
+        key, seed = spec["prune_key"]
+        status, error = newest.get((key, seed), ("missing", "it was not trained"))
+        if status == "ok":
+            keep.append(spec)
+            continue
+        reason = f"the network it prunes ({key} seed {seed}) failed: {error}"
+        write_rows(
+            models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
+            "models",
+            [models_row(spec, status="failed", error=reason, **_nan_metrics())],
+        )
+        if on_trial_done is not None:
+            on_trial_done(spec["model_key"], spec["seed"], False)
+    return keep
 
 
 def _train_trunks(
