@@ -27,6 +27,8 @@ def main() -> None:
     tables, pairs = load_ok_pairs(args.sweep)
     pairs = pairs[(pairs["align"] == args.align) & (pairs["correction"] == args.correction)]
     pairs = pairs[pairs["branch_epoch"].notna()]
+    if "imp_round" in pairs.columns:  # rounds of IMP: analysis/imp_table.py
+        pairs = pairs[pairs["imp_round"].isna()]
     if pairs.empty:
         raise SystemExit(f"{args.sweep}: no finished pairs of branched children with align {args.align!r}")
     described = pairs.assign(network=pairs["layer_widths"].fillna(pairs["width"].astype(str)))

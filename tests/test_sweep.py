@@ -441,6 +441,19 @@ def test_an_imp_sweep_prunes_round_by_round_rewinds_and_resumes_exactly(ray_sess
     index = write_report(config.root)
     assert (index.parent / "sparsity.png").is_file()
     assert "not drawn" not in index.read_text().split("Lottery tickets")[1].split("<h2")[0]
+    # ... and REPRODUCTION.md's IMP table: a row per round, the children's accuracy, the pair's barrier
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "analysis" / "imp_table.py"
+    printed = subprocess.run([sys.executable, str(script), config.root], capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    rows = [line.split("|")[1:-1] for line in printed.stdout.splitlines() if line.startswith("| mlp")]
+    assert [int(r[2]) for r in rows] == [0, 1, 2] and [r[3].strip() for r in rows] == ["100.0 %", "50.0 %", "25.0 %"]
+    for r, row in enumerate(rows):
+        children = models[models["imp_round"] == r]["test_acc"]
+        barrier = pairs[pairs["imp_round"] == r]["barrier_test_error"].iloc[0]
+        assert row[5].strip().startswith(f"{children.mean():.4f} ± ") and row[8].strip() == f"{barrier:.4f} ± nan"
     # lose round 1's pruned network and all of round 2: the re-run retrains round 1's seed 0 first,
     # then round 2 from it, bit for bit
     round2 = {
