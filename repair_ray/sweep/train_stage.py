@@ -345,7 +345,8 @@ def run_train_stage(
         if wave > 0:  # an IMP round starts once the network it prunes is trained
             wave_specs = _rounds_that_can_start(config, wave_specs, on_trial_done)
             say(f"[train] IMP round {wave}: {len(wave_specs)} trial(s)")
-        grid.extend(_fit(config, wave_specs, cpu, gpu, "train", finished, epoch_done) if wave_specs else [])
+        name = f"train-imp{wave}" if wave else "train"  # one Tune experiment per round, never two of one name
+        grid.extend(_fit(config, wave_specs, cpu, gpu, name, finished, epoch_done) if wave_specs else [])
     for result in grid:
         spec = result.config["trial"]
         if result.error is not None:  # a trial that raised: its row with the reason (a NaN loss writes its own)
