@@ -7,6 +7,7 @@ a run is a pure function of (model config, train config, dataset, init seed, dat
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -29,6 +30,10 @@ from .pruning import Mask, apply_mask, dense_mask, magnitude_prune
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
+# Fields added to TrainConfig after runs were named by it: left out of a run's identity (its model key,
+# its checkpoints' meta) at these defaults, so every run made before them keeps its key and checkpoints.
+_LATER_FIELDS = {"precision": "fp32"}
 EVAL_BATCH_SIZE = 1000
 METRIC_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
@@ -41,6 +46,8 @@ class TrainConfig:
     ``linear`` decay to 0, ``cosine`` decay to 0, or ``constant``. ``augment=None`` turns on
     random crops (4-pixel padding) and horizontal flips for RGB inputs of at least 32x32.
     ``weight_decay`` is coupled L2 for both optimizers (``torch.optim.SGD`` / ``Adam``).
+    ``precision="bf16"`` runs each training step's forward pass and loss under bfloat16 autocast
+    (weights, gradients and optimizer state stay float32; evaluation is float32).
     """
 
     epochs: int = 10
@@ -54,6 +61,16 @@ class TrainConfig:
     schedule: str = "linear"
     label_smoothing: float = 0.0
     augment: bool | None = None
+    precision: str = "fp32"
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that name a run (model keys, checkpoint meta): all of them, but those added
+        later left out at their defaults (so older runs keep their keys and checkpoints)."""
+        fields = asdict(self)
+        for name, default in _LATER_FIELDS.items():
+            if fields.get(name) == default:
+                fields.pop(name)
+        return fields
 
     def __post_init__(self) -> None:
         problems = Problems("TrainConfig")
@@ -85,6 +102,7 @@ class TrainConfig:
         )
         check("label_smoothing", _is_real(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)")
         check("augment", self.augment in (None, True, False), "true, false or null (automatic)")
+        check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
         problems.raise_if_any()
 
     def uses_augmentation(self, in_shape: tuple[int, ...]) -> bool:
@@ -166,6 +184,7 @@ class Trainer:
         imp_round: int | None = None,
         mask: Mask | Callable[[torch.nn.Module], Mask] | None = None,
         device: str | torch.device = "cpu",
+        channels_last: bool | None = None,
     ) -> None:
         self.model_config = model_config
         self.branch_epoch = branch_epoch
@@ -184,7 +203,14 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.init_seed)
             model = model_config.build(dataset.num_classes, dataset.in_shape)
-        self.model = model.to(self.device)
+        if self.device.type == "cuda":
+            use_fast_cuda_kernels()
+        # channels-last memory (NHWC) for convolutional nets, where cuDNN's fastest kernels want it;
+        # None: on CUDA only. The same function either way; the weights keep their values.
+        has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        self.channels_last = has_conv and (self.device.type == "cuda" if channels_last is None else channels_last)
+        model = model.to(self.device)
+        self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         self.optimizer = self._make_optimizer()
         self.generator = torch.Generator().manual_seed(self.data_seed)
         self.augment = train_config.uses_augmentation(dataset.in_shape)
@@ -241,11 +267,14 @@ class Trainer:
             x, y = train.x[index], train.y[index]
             if self.augment:
                 x = augment_batch(x, self.generator)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             lr = self.learning_rate(self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            with self._autocast():
+                logits = self.model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"training loss is {loss.item()} at epoch {self.epoch + 1}, "
@@ -265,6 +294,12 @@ class Trainer:
         self.epoch += 1
         self.seconds += time.perf_counter() - started
         return {"train_loss": loss_sum.item() / self.steps_per_epoch, "train_acc": correct.item() / seen}
+
+    def _autocast(self) -> Any:
+        """The mixed-precision context of a training step (``train.precision``); float32: none."""
+        if self.train_config.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def evaluate(self, splits: tuple[str, ...] = ("train", "test")) -> dict[str, float]:
         """``<split>_loss`` and ``<split>_acc`` in eval mode, without augmentation, on whole splits."""
@@ -323,7 +358,7 @@ class Trainer:
         """What a checkpoint of this run records besides the weights."""
         return {
             "model_config": self.model_config.described(),
-            "train_config": asdict(self.train_config),
+            "train_config": self.train_config.identity(),
             "seed": self.seed,
             "init_seed": self.init_seed,
             "data_seed": self.data_seed,
@@ -455,6 +490,18 @@ class Trainer:
 
     def _state_dict(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().cpu().clone() for name, tensor in self.model.state_dict().items()}
+
+
+def use_fast_cuda_kernels() -> None:
+    """TF32 matmuls and convolutions, and cuDNN autotuning (the fastest kernel per shape, chosen on
+    the first batches), for training on NVIDIA GPUs (Ampere and newer run TF32 on tensor cores).
+
+    Both trade bit-exactness for speed: a run resumed on CUDA is then equal to an uninterrupted one
+    up to float rounding, not bit for bit (on the CPU it stays bit for bit).
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
 
 
 def _jsonable(value: Any) -> Any:

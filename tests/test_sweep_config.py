@@ -36,6 +36,7 @@ BAD = [
     ({"train": {"epochs": "ten"}}, "train.epochs: input should be a valid integer"),
     ({"train": {"lr": 0}}, "train.lr: must be a positive number"),
     ({"train": {"optimizer": "rmsprop"}}, "train.optimizer: must be one of sgd, adam"),
+    ({"train": {"precision": "fp16"}}, "train.precision: must be one of fp32, bf16"),
     ({"seeds": 1}, "seeds: need at least 2 seeds"),
     ({"branch": {"at_epochs": [0, 2]}}, "branch.at_epochs: must be 0 .. 1: the children train the rest"),
     ({"branch": {"at_epochs": []}}, "branch.at_epochs: must list at least one epoch"),
@@ -284,3 +285,19 @@ def test_a_list_inside_the_width_grid_is_one_mlp_with_per_layer_widths(tmp_path)
         tiny_sweep("w", str(tmp_path), models=[{"arch": "mlp", "width": [[300, 100]], "depth": 3}]), tmp_path
     )
     assert "models[0].depth: is 3 but width lists 2 hidden layers" in message
+
+
+def test_model_keys_of_existing_runs_never_change_when_settings_are_added(tmp_path):
+    """A sweep run before a TrainConfig field existed must find its rows and checkpoints again: the
+    quickstart's keys are pinned (README shows them), and a new field at its default leaves them be."""
+    import yaml
+
+    from repair_ray.cli import example_text
+
+    quickstart = yaml.safe_load(example_text("quickstart"))
+    keys = {p.model_key for p in parse_config(quickstart).models}
+    assert "mlp-w32-d4-none-44bb9847d9" in keys and "mlp-w128-d2-none-90a763ba41" in keys
+    explicit = {**quickstart, "train": {**quickstart["train"], "precision": "fp32"}}
+    assert {p.model_key for p in parse_config(explicit).models} == keys
+    bf16 = {**quickstart, "train": {**quickstart["train"], "precision": "bf16"}}
+    assert not {p.model_key for p in parse_config(bf16).models} & keys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 import torchvision
 
 from repair_ray.datasets import Dataset, TensorData, load_dataset
+from repair_ray.errors import SettingError
 from repair_ray.io import storage
 from repair_ray.io.checkpoint import load_checkpoint
 from repair_ray.models import ModelConfig
@@ -384,3 +386,54 @@ def test_a_branch_refuses_the_snapshot_of_another_trunk_or_epoch(synthetic: Data
         train_model(SMALL_MLP, BRANCHING, synthetic, seed=0, init_seed=3, branch_epoch=1, branch_from=snap)
     with pytest.raises(ValueError, match="needs its trunk's snapshot"):
         train_model(SMALL_MLP, BRANCHING, synthetic, seed=0, init_seed=7, branch_epoch=1)
+
+
+# ----------------------------------------------------------------------------- precision and memory format
+
+
+def test_bf16_autocast_trains_on_the_cpu_with_float32_weights_and_its_own_identity(synthetic: Dataset) -> None:
+    bf16 = TrainConfig(epochs=2, batch_size=128, lr=0.05, precision="bf16")
+    fp32 = TrainConfig(epochs=2, batch_size=128, lr=0.05)
+    low = train_model(SMALL_MLP, bf16, synthetic, seed=3)
+    full = train_model(SMALL_MLP, fp32, synthetic, seed=3)
+    assert low.status == "ok" and all(t.dtype == torch.float32 for t in low.state_dict.values())
+    assert not _weights_equal(low.state_dict, full.state_dict)  # autocast really ran in bfloat16
+    assert abs(low.metrics["test_acc"] - full.metrics["test_acc"]) < 0.05
+    # fp32 (the default) is left out of a run's identity, so runs named before the field keep their names
+    assert "precision" not in fp32.identity() and bf16.identity()["precision"] == "bf16"
+    with pytest.raises(SettingError, match="precision: must be one of fp32, bf16"):
+        TrainConfig(precision="fp16")
+
+
+def test_a_checkpoint_written_before_precision_existed_still_resumes(synthetic: Dataset, tmp_path: Path) -> None:
+    uri = str(tmp_path / "old.pt")
+    train_model(SMALL_MLP, FAST, synthetic, seed=1, checkpoint_uri=uri)
+    checkpoint = load_checkpoint(uri)
+    assert "precision" not in checkpoint.meta["train_config"]
+    trainer = Trainer(SMALL_MLP, FAST, synthetic, seed=1)
+    trainer.resume(uri)
+    assert trainer.epoch == 2
+    with pytest.raises(ValueError, match="train_config"):
+        Trainer(SMALL_MLP, TrainConfig(**{**asdict(FAST), "precision": "bf16"}), synthetic, seed=1).resume(uri)
+
+
+def test_channels_last_computes_the_same_training_as_contiguous_memory() -> None:
+    dataset = load_dataset("synthetic", shape=(3, 16, 16), train_size=256, test_size=64)
+    config = ModelConfig("cifar_resnet", width=0.25, depth=8, norm="batch")
+    train = TrainConfig(epochs=1, batch_size=64, lr=0.05, augment=False)
+    nhwc = Trainer(config, train, dataset, seed=0, channels_last=True)
+    nchw = Trainer(config, train, dataset, seed=0)
+    assert not nchw.channels_last  # automatic: on CUDA only
+    conv = next(m for m in nhwc.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = dataset.test.x[:32]
+    with torch.no_grad():  # the same function (up to the order of float sums)
+        assert torch.allclose(
+            nhwc.model.eval()(x.contiguous(memory_format=torch.channels_last)), nchw.model.eval()(x), atol=1e-5
+        )
+    nhwc.train_epoch()
+    nchw.train_epoch()
+    a, b = nhwc._state_dict(), nchw._state_dict()
+    for name in a:  # and the same training, but for rounding that four steps of BatchNorm amplify a little
+        assert (a[name].float() - b[name].float()).abs().max() <= 1e-3 * (1 + b[name].float().abs().max()), name
+    assert nhwc.evaluate(("test",))["test_acc"] == pytest.approx(nchw.evaluate(("test",))["test_acc"], abs=1 / 64)

@@ -82,7 +82,7 @@ def model_key(model: ModelConfig, train: TrainConfig, dataset: dict[str, Any], b
     """A readable, stable key: the model's shape plus a hash of model, training and dataset config
     (and, for the children of a trunk, the trunk seed and branch epoch: ``...-t0-e2-<hash>``; for
     a round of IMP also the round: ``...-t0-e1-r3-<hash>``)."""
-    described = {"model": model.described(), "train": asdict(train), "dataset": dataset}
+    described = {"model": model.described(), "train": train.identity(), "dataset": dataset}
     if branch is not None:
         described["branch"] = branch.identity()
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:10]
