@@ -19,7 +19,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import pair_throughput, scale, scaling, spec_derivation, training, weight_matching  # noqa: E402
+from benchmarks import (  # noqa: E402
+    pair_throughput,
+    scale,
+    scaling,
+    spec_derivation,
+    train_stage,
+    training,
+    weight_matching,
+)
 from benchmarks.common import machine  # noqa: E402
 
 SECTIONS = {
@@ -43,6 +51,11 @@ SECTIONS = {
     ),
     "scaling": ("Scaling: 1 vs 2 workers, Ray overhead per task", scaling, "Target: 2 workers at least 1.8x faster."),
     "training": ("Training throughput and thread settings", training, ""),
+    "train_stage": (
+        "Train stage: efficiency and per-trial overhead",
+        train_stage,
+        "Targets (issue 15): per-trial overhead <= 0.3 s; efficiency >= 80 % on the quickstart grid.",
+    ),
     "scale": (
         "Study scale: planning, cheap-pair throughput, files, S3 reads, first pair row",
         scale,
@@ -84,6 +97,17 @@ def verdicts(name: str, rows: list[dict]) -> list[str]:
                 )
             if r["measure"] == "matching":
                 out.append(f"{r['network']}: derived / hand-written = {r['ratio']:.2f}x")
+    elif name == "train_stage":
+        for r in rows:
+            workers = "reused workers" if r["reuse_actors"] else "a worker per trial"
+            if r["grid"].startswith("quickstart"):
+                eff = r["efficiency"]
+                out.append(
+                    f"{r['grid']}, {workers}: efficiency {100 * eff:.0f} % ({'met' if eff >= 0.8 else 'NOT met'})"
+                )
+            else:
+                cost = r["overhead_per_trial_s"]
+                out.append(f"{r['grid']}, {workers}: {cost:.2f} s per trial ({'met' if cost <= 0.3 else 'NOT met'})")
     elif name == "scaling":
         speedup = rows[1]["speedup"]
         out.append(f"2 workers: {speedup:.2f}x ({'met' if speedup >= 1.8 else 'NOT met'})")

@@ -307,7 +307,8 @@ def test_zoo_model_keys_stay_what_they_were():
     plan = config.models[0]
     old_payload = {
         "model": {"arch": "mlp", "width": 16, "depth": 2, "norm": "none"},
-        "train": asdict(config.train),
+        # the training fields keys were first made of (fields added later are left out at their defaults)
+        "train": {k: v for k, v in asdict(config.train).items() if k != "precision"},
         "dataset": config.dataset.as_dict(),
     }
     digest = hashlib.sha256(json.dumps(old_payload, sort_keys=True, default=str).encode()).hexdigest()[:10]

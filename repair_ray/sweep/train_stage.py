@@ -381,7 +381,7 @@ def _fit(
         tune.with_resources(train_trial, {"cpu": cpu, "gpu": gpu}),
         param_space={"trial": tune.grid_search(specs)},
         tune_config=tune.TuneConfig(
-            trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname, reuse_actors=False
+            trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname, reuse_actors=REUSE_ACTORS
         ),
         run_config=tune.RunConfig(
             name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
@@ -482,6 +482,7 @@ def _train_trunks(
 _LISTENERS: dict[str, Callable[[dict[str, Any], bool], None]] = {}
 _EPOCH_LISTENERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {}
 EPOCH_LINE_SECONDS = 30.0  # a running trial prints its epoch at most this often (its last epoch always)
+REUSE_ACTORS = False  # Tune's reuse of trial worker processes across trials (benchmarks/train_stage.py)
 
 
 # Ray Tune copies these from the driver's environment into every trial's runtime environment, which
