@@ -482,7 +482,11 @@ def _train_trunks(
 _LISTENERS: dict[str, Callable[[dict[str, Any], bool], None]] = {}
 _EPOCH_LISTENERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {}
 EPOCH_LINE_SECONDS = 30.0  # a running trial prints its epoch at most this often (its last epoch always)
-REUSE_ACTORS = False  # Tune's reuse of trial worker processes across trials (benchmarks/train_stage.py)
+# Tune's reuse of trial worker processes across trials (benchmarks/train_stage.py measures both: 7.5 s
+# -> 0.5 s of overhead per trial on 2 CPUs). Off: a reused worker holds its CPUs from one trial to the
+# next, so a pair task that asks for a sliver of a CPU waits for the train stage on a full cluster
+# (tests/test_healing.py's pipelining test) -- to be solved with the train stage's redesign (issue 15).
+REUSE_ACTORS = False
 
 
 # Ray Tune copies these from the driver's environment into every trial's runtime environment, which
