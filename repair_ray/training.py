@@ -130,7 +130,8 @@ class TrainResult:
     """Outcome of :meth:`Trainer.run`.
 
     ``metrics`` holds ``train_loss, train_acc, test_loss, test_acc`` of the final weights
-    (NaN when the run failed); ``seconds`` is the training time summed over resumed runs.
+    (NaN when the run failed); ``seconds`` is the training time summed over resumed runs;
+    ``history`` the metrics of every epoch of the run (kept in its checkpoints, so across resumes).
     """
 
     status: str  # "ok" | "nan_loss"
@@ -139,6 +140,7 @@ class TrainResult:
     seconds: float
     state_dict: dict[str, torch.Tensor] | None
     error: str | None = None
+    history: list[dict[str, float]] | None = None  # per-epoch metrics (what ``on_epoch`` got), resumed runs too
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4) -> torch.Tensor:
@@ -222,6 +224,7 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.seconds = 0.0
+        self.history: list[dict[str, float]] = []  # each epoch's metrics, as ``run`` reports them
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         config = self.train_config
@@ -322,6 +325,7 @@ class Trainer:
             "seconds": self.seconds,
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "generator": self.generator.get_state(),
+            "history": [dict(h) for h in self.history],
         }
         if self.mask is not None:
             state["mask"] = {name: keep.cpu() for name, keep in self.mask.items()}
@@ -351,6 +355,7 @@ class Trainer:
         self.generator.set_state(state["generator"].cpu())
         self.epoch, self.step = epoch, step
         self.seconds = float(state.get("seconds", 0.0))
+        self.history = [dict(h) for h in state.get("history") or []]  # none in checkpoints older than it
         if state.get("mask") is not None:
             self.set_mask(state["mask"], optimizer_state=False)  # resumed as it was
 
@@ -423,6 +428,7 @@ class Trainer:
         meta = self._load(uri, wanted, "does not fit this branch", "the branch needs", "branch")
         self.generator.set_state(generator)  # the child's own data order
         self.seconds = 0.0  # the child's own compute; the trunk's is the trunk's
+        self.history = []  # ... and its own curve
         self.mask, self._masked = None, []  # a trunk is dense; the child's own mask comes next
         return meta
 
@@ -452,7 +458,7 @@ class Trainer:
             stored = meta.get("metrics") or {}
             if self.epoch == self.train_config.epochs and all(k in stored for k in METRIC_KEYS):
                 metrics = {k: float(stored[k]) for k in METRIC_KEYS}
-                return TrainResult("ok", self.epoch, metrics, self.seconds, self._state_dict())
+                return TrainResult("ok", self.epoch, metrics, self.seconds, self._state_dict(), history=self.history)
         else:
             if branch_from is not None:
                 self.start_from(branch_from)
@@ -472,6 +478,7 @@ class Trainer:
                     **self.evaluate(("train", "test") if last else ("test",)),
                 }
                 self.seconds += time.perf_counter() - started
+                self.history.append({k: float(v) for k, v in metrics.items()})
                 if last:
                     final = metrics
                 due = bool(checkpoint_every) and self.epoch % checkpoint_every == 0
@@ -481,12 +488,13 @@ class Trainer:
                     on_epoch(self.epoch, metrics)
         except NonFiniteLossError as error:
             nan = {key: math.nan for key in METRIC_KEYS}
-            return TrainResult("nan_loss", self.epoch, nan, self.seconds, None, str(error))
+            return TrainResult("nan_loss", self.epoch, nan, self.seconds, None, str(error), self.history)
         if final is None:  # nothing left to train (0 epochs, or a finished checkpoint without metrics)
             final = {"epoch": self.epoch, **self.evaluate()}
             if checkpoint_uri is not None:
                 self.save(checkpoint_uri, final, status="ok")
-        return TrainResult("ok", self.epoch, {k: final[k] for k in METRIC_KEYS}, self.seconds, self._state_dict())
+        metrics = {k: final[k] for k in METRIC_KEYS}
+        return TrainResult("ok", self.epoch, metrics, self.seconds, self._state_dict(), history=self.history)
 
     def _state_dict(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().cpu().clone() for name, tensor in self.model.state_dict().items()}

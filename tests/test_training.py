@@ -437,3 +437,23 @@ def test_channels_last_computes_the_same_training_as_contiguous_memory() -> None
     for name in a:  # and the same training, but for rounding that four steps of BatchNorm amplify a little
         assert (a[name].float() - b[name].float()).abs().max() <= 1e-3 * (1 + b[name].float().abs().max()), name
     assert nhwc.evaluate(("test",))["test_acc"] == pytest.approx(nchw.evaluate(("test",))["test_acc"], abs=1 / 64)
+
+
+def test_the_per_epoch_history_survives_a_resume(tmp_path):
+    dataset = synthetic_dataset_for_history()
+    model, train = ModelConfig(arch="mlp", width=16, depth=1), TrainConfig(epochs=3, batch_size=64, lr=0.05)
+    whole = train_model(model, train, dataset, seed=4)
+    uri = tmp_path / "run.pt"
+    first = Trainer(model, train, dataset, seed=4)
+    first.train_epoch()
+    first.history.append({"epoch": 1.0, "marker": 1.0})  # what the resumed run must carry on from
+    first.save(uri, {}, status="running")
+    resumed = train_model(model, train, dataset, seed=4, checkpoint_uri=uri)
+    assert [h["epoch"] for h in whole.history] == [1.0, 2.0, 3.0]
+    assert resumed.history[0] == {"epoch": 1.0, "marker": 1.0}
+    assert resumed.history[1:] == whole.history[1:]
+    assert set(whole.history[-1]) >= {"epoch_train_loss", "test_acc", "train_acc"}
+
+
+def synthetic_dataset_for_history():
+    return load_dataset("synthetic", shape=[1, 4, 4], num_classes=3, train_size=256, test_size=64)
