@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -227,16 +227,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []  # each epoch's metrics, as ``run`` reports them
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        config = self.train_config
-        if config.optimizer == "adam":
-            return torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        return torch.optim.SGD(
-            self.model.parameters(),
-            lr=config.lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
-        )
+        return make_optimizer(self.train_config, self.model.parameters())
 
     def learning_rate(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based) of the run."""
@@ -279,10 +270,7 @@ class Trainer:
                 logits = self.model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"training loss is {loss.item()} at epoch {self.epoch + 1}, "
-                    f"step {batch + 1} of {self.steps_per_epoch} (learning rate {lr:.3g})"
-                )
+                raise self.non_finite_loss(loss.item(), batch, lr)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -297,6 +285,13 @@ class Trainer:
         self.epoch += 1
         self.seconds += time.perf_counter() - started
         return {"train_loss": loss_sum.item() / self.steps_per_epoch, "train_acc": correct.item() / seen}
+
+    def non_finite_loss(self, loss: float, batch: int, lr: float) -> NonFiniteLossError:
+        """The error of a NaN or infinite ``loss`` at batch ``batch`` (0-based) of the epoch being trained."""
+        return NonFiniteLossError(
+            f"training loss is {loss} at epoch {self.epoch + 1}, "
+            f"step {batch + 1} of {self.steps_per_epoch} (learning rate {lr:.3g})"
+        )
 
     def _autocast(self) -> Any:
         """The mixed-precision context of a training step (``train.precision``); float32: none."""
@@ -453,6 +448,31 @@ class Trainer:
         ``checkpoint_every`` epochs (never when None or 0) and after the last epoch. A NaN or
         infinite loss ends the run with status ``nan_loss`` and writes no checkpoint.
         """
+        done = self.prepare_run(checkpoint_uri, branch_from)
+        if done is not None:
+            return done
+        final: dict[str, float] | None = None
+        try:
+            while self.epoch < self.train_config.epochs:
+                final = self.finish_epoch(
+                    self.train_epoch(),
+                    checkpoint_uri=checkpoint_uri,
+                    checkpoint_every=checkpoint_every,
+                    on_epoch=on_epoch,
+                )
+        except NonFiniteLossError as error:
+            return self.failed_run(error)
+        return self.finish_run(final, checkpoint_uri)
+
+    # The steps of :meth:`run`, public so that a loop training several runs together
+    # (:mod:`repair_ray.multiseed`) does for each run exactly what ``run`` does.
+
+    def prepare_run(
+        self, checkpoint_uri: str | os.PathLike[str] | None, branch_from: str | os.PathLike[str] | None
+    ) -> TrainResult | None:
+        """Resume from ``checkpoint_uri`` when a checkpoint is there, else start afresh (from the trunk
+        snapshot ``branch_from``, then pruned by the run's mask). Returns the result of a run that the
+        checkpoint shows finished, None when there is training left."""
         if checkpoint_uri is not None and storage.exists(checkpoint_uri):
             meta = self.resume(checkpoint_uri)
             stored = meta.get("metrics") or {}
@@ -465,30 +485,43 @@ class Trainer:
             if self._mask_source is not None:  # IMP: the rewound weights, pruned
                 mask = self._mask_source(self.model) if callable(self._mask_source) else self._mask_source
                 self.set_mask(mask)
-        final: dict[str, float] | None = None
-        try:
-            while self.epoch < self.train_config.epochs:
-                running = self.train_epoch()
-                last = self.epoch == self.train_config.epochs
-                started = time.perf_counter()
-                metrics = {
-                    "epoch": self.epoch,
-                    "epoch_train_loss": running["train_loss"],
-                    "epoch_train_acc": running["train_acc"],
-                    **self.evaluate(("train", "test") if last else ("test",)),
-                }
-                self.seconds += time.perf_counter() - started
-                self.history.append({k: float(v) for k, v in metrics.items()})
-                if last:
-                    final = metrics
-                due = bool(checkpoint_every) and self.epoch % checkpoint_every == 0
-                if checkpoint_uri is not None and (last or due):
-                    self.save(checkpoint_uri, metrics, status="ok" if last else "running")
-                if on_epoch is not None:
-                    on_epoch(self.epoch, metrics)
-        except NonFiniteLossError as error:
-            nan = {key: math.nan for key in METRIC_KEYS}
-            return TrainResult("nan_loss", self.epoch, nan, self.seconds, None, str(error), self.history)
+        return None
+
+    def finish_epoch(
+        self,
+        running: dict[str, float],
+        *,
+        checkpoint_uri: str | os.PathLike[str] | None,
+        checkpoint_every: int | None,
+        on_epoch: Callable[[int, dict[str, float]], None] | None,
+    ) -> dict[str, float] | None:
+        """After an epoch whose batches averaged ``running``: evaluate, record the history, checkpoint
+        when due and call ``on_epoch``. Returns the metrics after the last epoch, None before it."""
+        last = self.epoch == self.train_config.epochs
+        started = time.perf_counter()
+        metrics = {
+            "epoch": self.epoch,
+            "epoch_train_loss": running["train_loss"],
+            "epoch_train_acc": running["train_acc"],
+            **self.evaluate(("train", "test") if last else ("test",)),
+        }
+        self.seconds += time.perf_counter() - started
+        self.history.append({k: float(v) for k, v in metrics.items()})
+        due = bool(checkpoint_every) and self.epoch % checkpoint_every == 0
+        if checkpoint_uri is not None and (last or due):
+            self.save(checkpoint_uri, metrics, status="ok" if last else "running")
+        if on_epoch is not None:
+            on_epoch(self.epoch, metrics)
+        return metrics if last else None
+
+    def failed_run(self, error: NonFiniteLossError) -> TrainResult:
+        """The result of a run stopped by a NaN or infinite loss (no weights, NaN metrics)."""
+        nan = {key: math.nan for key in METRIC_KEYS}
+        return TrainResult("nan_loss", self.epoch, nan, self.seconds, None, str(error), self.history)
+
+    def finish_run(self, final: dict[str, float] | None, checkpoint_uri: str | os.PathLike[str] | None) -> TrainResult:
+        """The result of a run whose epochs are all trained; ``final``: the last epoch's metrics (None
+        when this call trained none: the run is evaluated, and checkpointed, now)."""
         if final is None:  # nothing left to train (0 epochs, or a finished checkpoint without metrics)
             final = {"epoch": self.epoch, **self.evaluate()}
             if checkpoint_uri is not None:
@@ -498,6 +531,21 @@ class Trainer:
 
     def _state_dict(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().cpu().clone() for name, tensor in self.model.state_dict().items()}
+
+
+def make_optimizer(config: TrainConfig, params: Iterable[torch.Tensor], **options: Any) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` (SGD or Adam, coupled weight decay) over ``params``; ``options``
+    (e.g. ``foreach``) go to its constructor. Its learning rate is set before every step."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **options)
+    return torch.optim.SGD(
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+        **options,
+    )
 
 
 def use_fast_cuda_kernels() -> None:
