@@ -99,15 +99,13 @@ def verdicts(name: str, rows: list[dict]) -> list[str]:
                 out.append(f"{r['network']}: derived / hand-written = {r['ratio']:.2f}x")
     elif name == "train_stage":
         for r in rows:
-            workers = "reused workers" if r["reuse_actors"] else "a worker per trial"
             if r["grid"].startswith("quickstart"):
                 eff = r["efficiency"]
-                out.append(
-                    f"{r['grid']}, {workers}: efficiency {100 * eff:.0f} % ({'met' if eff >= 0.8 else 'NOT met'})"
-                )
+                verdict = "met" if eff >= 0.8 else "NOT met"
+                out.append(f"{r['grid']}, {r['stage']}: efficiency {100 * eff:.0f} % ({verdict})")
             else:
                 cost = r["overhead_per_trial_s"]
-                out.append(f"{r['grid']}, {workers}: {cost:.2f} s per trial ({'met' if cost <= 0.3 else 'NOT met'})")
+                out.append(f"{r['grid']}, {r['stage']}: {cost:.2f} s per trial ({'met' if cost <= 0.3 else 'NOT met'})")
     elif name == "scaling":
         speedup = rows[1]["speedup"]
         out.append(f"2 workers: {speedup:.2f}x ({'met' if speedup >= 1.8 else 'NOT met'})")

@@ -129,8 +129,10 @@ def test_a_model_configs_pairs_start_before_the_slowest_trial_ends(ray_session, 
         seeds=2,
         align=["none"],
         correction=["none"],
-        # a pair task needs a sliver of a CPU here, so it is not queued behind the slow trials
-        resources={"train": {"cpu": 1}, "pair": {"cpu": 0.1}},
+        # the two trials in flight leave a sliver of the 2 CPUs free, and a pair task needs only that:
+        # it runs while the slow trials train (on a cluster that trials fill, pairs take the CPUs
+        # that trials free as the train stage runs out of trials)
+        resources={"train": {"cpu": 0.9}, "pair": {"cpu": 0.1}},
     )
     config = parse_config(data)
     result = run(config)

@@ -410,9 +410,13 @@ def test_an_imp_sweep_prunes_round_by_round_rewinds_and_resumes_exactly(ray_sess
     assert config.n_trials == 6 and config.n_pairs == 3
     lines: list[str] = []
     run(config, lines)
-    assert any("IMP round 2: 2 trial(s)" in line for line in lines)
     tables = load_tables(config.root)
     models, pairs = tables["models"], tables["pairs"]
+    # a round starts only once the network it prunes (the last round's seed 0) is trained
+    when = models.set_index(["imp_round", "seed"])
+    for r in (1, 2):
+        assert when.loc[(r, 0), "started_at"] >= when.loc[(r - 1, 0), "finished_at"]
+        assert when.loc[(r, 1), "started_at"] >= when.loc[(r - 1, 0), "finished_at"]
     assert (models["status"] == "ok").all() and len(models) == 6
     prunable = prunable_count(config.models[0].model.skeleton(4, (1, 8, 8)))
     expected = {r: imp_sparsity(prunable, r, 0.5) for r in range(3)}
@@ -475,23 +479,54 @@ def test_an_imp_sweep_prunes_round_by_round_rewinds_and_resumes_exactly(ray_sess
 
 
 def test_an_imp_round_whose_pruned_network_failed_fails_naming_it(tmp_path):
-    from repair_ray.io.tables import write_rows
-    from repair_ray.sweep.train_stage import _rounds_that_can_start, models_row, models_row_uri, trial_spec
+    from repair_ray.sweep.train_stage import _Scheduler, trial_spec
 
-    config = parse_config(tiny_sweep("impfail", str(tmp_path), seeds=2, imp={"rounds": 1, "rate": 0.2}))
-    first, second = config.models
-    write_rows(
-        models_row_uri(config.root, first.model_key, 0),
-        "models",
-        [models_row(trial_spec(config, first, 0, 1), status="failed", error="nan_loss: boom")],
-    )
+    config = parse_config(tiny_sweep("impfail", str(tmp_path), seeds=2, imp={"rounds": 2, "rate": 0.2}))
+    first, second, third = config.models
     told = []
-    specs = [trial_spec(config, second, seed, 1) for seed in second.seeds]
-    assert _rounds_that_can_start(config, specs, lambda k, s, ok: told.append((k, s, ok))) == []
-    assert told == [(second.model_key, 0, False), (second.model_key, 1, False)]
+    specs = [trial_spec(config, plan, [seed], 1) for plan in config.models for seed in plan.seeds]
+    scheduler = _Scheduler(specs, lambda spec, seed, ok: told.append((spec["model_key"], seed, ok)))
+    # round 0 starts; rounds 1 and 2 wait for the network each prunes
+    assert [(s["model_key"], s["seeds"]) for s in scheduler.ready] == [(first.model_key, [0]), (first.model_key, [1])]
+    scheduler.ready.clear()
+    scheduler.finished(specs[1], {1: None})  # round 0's seed 1 is not what round 1 prunes
+    assert not scheduler.ready
+    scheduler.finished(specs[0], {0: "nan_loss: boom"})
+    assert not scheduler.ready  # nothing of rounds 1 and 2 can start: all of it fails, naming why
+    assert told == [
+        (first.model_key, 1, True),
+        (first.model_key, 0, False),
+        (second.model_key, 0, False),
+        (third.model_key, 0, False),
+        (third.model_key, 1, False),
+        (second.model_key, 1, False),
+    ]
     rows = load_tables(config.root)["models"].set_index(["model_key", "seed"])
+    assert len(rows) == 4 and (rows["status"] == "failed").all()
     assert "the network it prunes" in rows.loc[(second.model_key, 1), "error"]
     assert "nan_loss: boom" in rows.loc[(second.model_key, 1), "error"]
+    assert f"({second.model_key} seed 0) failed" in rows.loc[(third.model_key, 1), "error"]
+
+
+def test_children_start_when_their_trunk_is_trained_and_fail_naming_it_when_it_failed(tmp_path):
+    from repair_ray.sweep.train_stage import _Scheduler, trial_spec, trunk_specs
+
+    config = parse_config(
+        tiny_sweep("trunks", str(tmp_path), seeds=2, branch={"at_epochs": [1], "trunks": 2}, train={"epochs": 2})
+    )
+    todo = [(plan, seed) for plan in config.models for seed in plan.seeds]
+    trunks = trunk_specs(config, todo, 1)
+    children = [trial_spec(config, plan, [seed], 1) for plan, seed in todo]
+    assert len(trunks) == 2 and all("trunk" in c for c in children)
+    scheduler = _Scheduler(trunks + children, lambda spec, seed, ok: None)
+    assert list(scheduler.ready) == trunks  # every child waits for its trunk
+    scheduler.ready.clear()
+    scheduler.finished(trunks[0], {trunks[0]["seeds"][0]: None})
+    assert [c["trunk"] for c in scheduler.ready] == [[trunks[0]["model_key"], trunks[0]["seeds"][0]]] * 2
+    scheduler.failed(trunks[1], "NonFiniteLossError: training loss is nan")
+    rows = load_tables(config.root)["models"]
+    assert len(rows) == 2 and (rows["status"] == "failed").all()
+    assert rows["error"].str.startswith(f"its trunk (seed {trunks[1]['seeds'][0]}) failed: NonFiniteLossError").all()
 
 
 def test_the_repair_points_script_compares_carried_point_sets_on_a_resnet_sweep(ray_session, tmp_path):

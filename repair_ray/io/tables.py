@@ -76,6 +76,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         *_WHEN,
         ("checkpoint_bytes", _INT),
         *_LINEAGE,
+        ("seeds_in_trial", _INT),  # how many seeds the trial trained together (train.seeds_per_trial)
+        ("history_json", _STR),  # each epoch's metrics, as JSON: [{"epoch": 1, "test_acc": ...}, ...]
     ),
     "pairs": _schema(
         *_IDS,

@@ -1,4 +1,4 @@
-"""The Ray shell around the core: schema and config, planning, train stage (Ray Tune), pair stage
+"""The Ray shell around the core: schema and config, planning, train stage (Ray tasks), pair stage
 (Ray tasks), runner.
 
 Importing this package imports neither Ray nor torch; the names below load on first use and the

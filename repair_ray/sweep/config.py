@@ -61,6 +61,7 @@ class SweepConfig:
     pair_settings: PairSettings
     resources: Resources
     max_pairs_in_flight: int | None
+    max_trials_in_flight: int | None
     flush_pairs: int
     flush_seconds: float
     pair_retries: int
@@ -225,6 +226,7 @@ def _expand(
         pair_settings=settings,
         resources=s.resources,
         max_pairs_in_flight=s.max_pairs_in_flight,
+        max_trials_in_flight=s.max_trials_in_flight,
         flush_pairs=s.flush.pairs,
         flush_seconds=s.flush.seconds,
         pair_retries=s.pair_retries,
@@ -310,8 +312,9 @@ def _check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
             problems.append(f"resources.{stage}.cpu: must be a positive number, got {spec.cpu}")
         if not math.isfinite(spec.gpu) or spec.gpu < 0 or (spec.gpu > 1 and spec.gpu != int(spec.gpu)):
             problems.append(f"resources.{stage}.gpu: must be a fraction in [0, 1] or a whole number, got {spec.gpu}")
-    if s.max_pairs_in_flight is not None and s.max_pairs_in_flight < 1:
-        problems.append(f"max_pairs_in_flight: must be a positive integer, got {s.max_pairs_in_flight}")
+    for key in ("max_pairs_in_flight", "max_trials_in_flight"):
+        if getattr(s, key) is not None and getattr(s, key) < 1:
+            problems.append(f"{key}: must be a positive integer, got {getattr(s, key)}")
     for key in ("pair_retries", "train_retries"):
         if getattr(s, key) < 0:
             problems.append(f"{key}: must be 0 or more, got {getattr(s, key)}")

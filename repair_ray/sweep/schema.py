@@ -145,6 +145,7 @@ class SweepSection(_Strict):
     sinkhorn: SinkhornSection = Field(default_factory=SinkhornSection)
     resources: Resources = Field(default_factory=Resources)
     max_pairs_in_flight: int | None = None
+    max_trials_in_flight: int | None = None
     flush: FlushSection = Field(default_factory=FlushSection)
     pair_retries: int = 3
     train_retries: int = 1

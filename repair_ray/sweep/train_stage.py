@@ -1,23 +1,29 @@
-"""Train stage: one Ray Tune trial per (model config, seed), resumable from storage.
+"""Train stage: Ray tasks that train (model config, seed)s, resumable from storage.
 
-"Done" is decided from storage, never from Tune's own state: a trial is done when its row in
-the ``models`` table says ``ok`` and its checkpoint is still there, whole (the size its row
-recorded); a damaged or deleted checkpoint is retrained (training is deterministic, so the new
-network equals the old one bit for bit). A re-run therefore starts a Tuner for what is missing only;
-a trial that was interrupted resumes from its own last checkpoint (written every
-``train.checkpoint_every`` epochs and at the end), which is exact and independent of when Tune
-last snapshotted its experiment state.
+"Done" is decided from storage: a trial is done when its row in the ``models`` table says ``ok``
+and its checkpoint is still there, whole (the size its row recorded); a damaged or deleted
+checkpoint is retrained (training is deterministic, so the new network equals the old one bit for
+bit on the CPU). A re-run therefore trains what is missing only; a trial that was interrupted
+resumes from its own last checkpoint (written every ``train.checkpoint_every`` epochs and at the
+end), which is exact.
+
+Each trial is one Ray task (a streaming generator: it reports every epoch, then its outcome) on a
+reused worker process, which imports torch and loads the dataset once; the driver keeps as many
+trials in flight as the cluster has slots and releases the trials that wait for others (children
+for their trunk, an IMP round for the network it prunes) as those end. A task releases its CPUs
+when it ends, so pair tasks get them as soon as training no longer fills the cluster.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
-import os
+import queue
 import re
-import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,7 +37,7 @@ from ..pruning import prunable_names, weight_sparsity
 from ..training import TrainConfig, next_imp_mask, train_model, train_trunk
 from .cluster import resolve_resources
 from .config import SweepConfig
-from .planning import ModelPlan, model_outcomes
+from .planning import ModelPlan
 from .progress import Progress
 from .rows import model_columns
 from .worker import cached_dataset, error_text, node_id, setup_worker, utc_now
@@ -56,13 +62,14 @@ def models_row_uri(root: str, model_key: str, seed: int) -> str:
     return table_file(root, "models", new_stem(f"{model_key}__seed-{seed}"))
 
 
-def trial_spec(config: SweepConfig, plan: ModelPlan, seed: int, threads: float) -> dict[str, Any]:
-    """Everything a trial needs, as plain JSON-able data (it travels to a worker)."""
+def trial_spec(config: SweepConfig, plan: ModelPlan, seeds: list[int], threads: float) -> dict[str, Any]:
+    """Everything a trial needs, as plain JSON-able data (it travels to a worker): the ``seeds`` of
+    one model config that it trains (together, when more than one)."""
     spec = {
         "sweep": config.name,
         "root": config.root,
         "model_key": plan.model_key,
-        "seed": seed,
+        "seeds": list(seeds),
         "model": asdict(plan.model),
         "train": asdict(config.train),
         "dataset": config.dataset.as_dict(),
@@ -72,6 +79,7 @@ def trial_spec(config: SweepConfig, plan: ModelPlan, seed: int, threads: float) 
     }
     if plan.branch is not None and plan.branch.epoch > 0:
         spec["branch_from"] = trunk_snapshot_uri(config.root, plan.trunk_key, plan.branch.trunk_seed, plan.branch.epoch)
+        spec["trunk"] = [plan.trunk_key, plan.branch.trunk_seed]
     if plan.prune_from is not None:  # IMP round >= 1: its mask prunes the previous round's first child
         spec["prune_from"] = checkpoint_uri(config.root, plan.prune_from, plan.branch.prune_seed)
         spec["prune_key"] = [plan.prune_from, plan.branch.prune_seed]
@@ -96,7 +104,7 @@ def trunk_specs(config: SweepConfig, todo: list[tuple[ModelPlan, int]], threads:
             "sweep": config.name,
             "root": config.root,
             "model_key": key,
-            "seed": seed,
+            "seeds": [seed],
             "epochs": sorted(epochs[(key, seed)]),
             "model": asdict(model[key]),
             "train": asdict(config.train),
@@ -107,112 +115,195 @@ def trunk_specs(config: SweepConfig, todo: list[tuple[ModelPlan, int]], threads:
     ]
 
 
-def models_row(spec: dict[str, Any], **values: Any) -> dict[str, Any]:
-    """A ``models`` table row for the trial ``spec`` (metrics and status in ``values``)."""
+def models_row(spec: dict[str, Any], seed: int, **values: Any) -> dict[str, Any]:
+    """The ``models`` table row of ``seed`` of the trial ``spec`` (metrics and status in ``values``)."""
     model, lineage = spec["model"], spec.get("lineage") or {}
     trunk = lineage.get("trunk_seed")
     row = {
         "sweep": spec["sweep"],
         "model_key": spec["model_key"],
         **model_columns(model, spec["dataset"], lineage),
-        "seed": spec["seed"],
-        "init_seed": spec["seed"] if trunk is None else trunk,
-        "data_seed": spec["seed"],
-        "checkpoint_uri": checkpoint_path(spec["model_key"], spec["seed"]),
+        "seed": seed,
+        "init_seed": seed if trunk is None else trunk,
+        "data_seed": seed,
+        "checkpoint_uri": checkpoint_path(spec["model_key"], seed),
         "config_json": json.dumps({"model": model, "train": spec["train"], "dataset": spec["dataset"]}, sort_keys=True),
+        "seeds_in_trial": len(spec["seeds"]),
     }
     row.update(values)
     return row
 
 
-def train_trial(config: dict[str, Any]) -> None:
-    """The Tune function trainable: train (or resume, or find finished) one network, write its row."""
-    from ray import tune
+def failed_rows(spec: dict[str, Any], error: str, seeds: list[int] | None = None) -> None:
+    """Write a ``failed`` row with the reason for each of ``seeds`` (default: the trial's) of ``spec``."""
+    for seed in spec["seeds"] if seeds is None else seeds:
+        write_rows(
+            models_row_uri(spec["root"], spec["model_key"], seed),
+            "models",
+            [models_row(spec, seed, status="failed", error=error, **_nan_metrics())],
+        )
 
-    spec = config["trial"]
-    if spec.get("role") == "trunk":
-        return _train_trunk_trial(spec)
+
+Report = Callable[[dict[str, Any]], None]
+
+
+def run_trial(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
+    """Train (or resume, or find finished) the networks of one trial and write their rows; returns
+    each seed's error (None: trained). ``report`` gets ``{"seed", "epoch", <metrics>}`` after every epoch.
+
+    A NaN loss is the seed's ``failed`` row (with the reason); any other error raises (the driver
+    retries the trial, which resumes from its checkpoints)."""
     started_at = utc_now()
     device = setup_worker(spec["threads"])
     dataset = cached_dataset(spec["dataset"], device)
     lineage = spec.get("lineage") or {}
-    uri = checkpoint_uri(spec["root"], spec["model_key"], spec["seed"])
-    resumed_from = 0
-    if storage.exists(uri):
-        try:
-            resumed_from = int(load_checkpoint(uri).meta.get("epoch", 0))
-        except CheckpointError:
-            storage.remove(uri, missing_ok=True)  # a broken checkpoint cannot be resumed: start over
+    outcomes = {}
+    for seed in spec["seeds"]:
+        uri = checkpoint_uri(spec["root"], spec["model_key"], seed)
+        resumed_from = _resumable_epoch(uri)
+        result = train_model(
+            ModelConfig(**spec["model"]),
+            TrainConfig(**spec["train"]),
+            dataset,
+            seed=seed,
+            init_seed=lineage.get("trunk_seed"),
+            data_seed=seed,
+            branch_epoch=lineage.get("branch_epoch"),
+            branch_from=spec.get("branch_from"),
+            imp_round=lineage.get("imp_round"),
+            mask=next_imp_mask(spec["prune_from"], spec["imp_rate"]) if "prune_from" in spec else None,
+            device=device,
+            checkpoint_uri=uri,
+            checkpoint_every=spec["checkpoint_every"],
+            on_epoch=lambda epoch, metrics, seed=seed: report({"seed": seed, **_numbers(metrics)}),
+        )
+        outcomes[seed] = _write_result_row(spec, seed, result, dataset, device, resumed_from, started_at)
+    return outcomes
 
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
-    result = train_model(
-        ModelConfig(**spec["model"]),
-        TrainConfig(**spec["train"]),
-        dataset,
-        seed=spec["seed"],
-        init_seed=lineage.get("trunk_seed"),
-        data_seed=spec["seed"],
-        branch_epoch=lineage.get("branch_epoch"),
-        branch_from=spec.get("branch_from"),
-        imp_round=lineage.get("imp_round"),
-        mask=next_imp_mask(spec["prune_from"], spec["imp_rate"]) if "prune_from" in spec else None,
-        device=device,
-        checkpoint_uri=uri,
-        checkpoint_every=spec["checkpoint_every"],
-        on_epoch=report,
-    )
-    status = "ok" if result.status == "ok" else "failed"
-    error = None if result.status == "ok" else f"{result.status}: {result.error}"
-    size = storage.size(uri) if status == "ok" else None
+def _resumable_epoch(uri: str) -> int:
+    """The epoch a trial resumes from (0: none); a checkpoint that cannot be read is removed (the
+    trial starts over)."""
+    if not storage.exists(uri):
+        return 0
+    try:
+        return int(load_checkpoint(uri).meta.get("epoch", 0))
+    except CheckpointError:
+        storage.remove(uri, missing_ok=True)
+        return 0
+
+
+def _write_result_row(
+    spec: dict[str, Any], seed: int, result: Any, dataset: Any, device: Any, resumed_from: int, started_at: Any
+) -> str | None:
+    """Write the ``models`` row of one trained seed (a :class:`TrainResult`); returns its error (None: ok)."""
+    uri = checkpoint_uri(spec["root"], spec["model_key"], seed)
+    lineage = spec.get("lineage") or {}
+    ok = result.status == "ok"
+    error = None if ok else f"{result.status}: {result.error}"
     extra = {}
     if lineage.get("imp_round") is not None and lineage.get("sparsity") is None and result.state_dict is not None:
         # a dataset whose shape only its files tell: the sparsity of the trained weights
         names = prunable_names(ModelConfig(**spec["model"]).build(dataset.num_classes, dataset.in_shape))
         extra["sparsity"] = weight_sparsity(result.state_dict, names)
     write_rows(
-        models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
+        models_row_uri(spec["root"], spec["model_key"], seed),
         "models",
         [
             models_row(
                 spec,
+                seed,
                 epochs=result.epochs,
                 train_seconds=result.seconds,
-                status=status,
+                status="ok" if ok else "failed",
                 error=error,
                 resumed_from_epoch=resumed_from,
                 device=str(device),
                 node_id=node_id(),
                 started_at=started_at,
                 finished_at=utc_now(),
-                checkpoint_bytes=size,
+                checkpoint_bytes=storage.size(uri) if ok else None,
+                history_json=json.dumps(result.history) if result.history is not None else None,
                 **result.metrics,
                 **extra,
             )
         ],
     )
-    tune.report({"trial_ok": int(status == "ok")})  # the driver learns the outcome without reading the table
+    return error
 
 
-def _train_trunk_trial(spec: dict[str, Any]) -> None:
+def run_trunk(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
     """A trunk trial: train (or resume, or check) the trunk's snapshots; it writes no row (a NaN
     loss raises, and its children then fail with the reason)."""
-    from ray import tune
-
     device = setup_worker(spec["threads"])
     dataset = cached_dataset(spec["dataset"], device)
+    (seed,) = spec["seeds"]
     train_trunk(
         ModelConfig(**spec["model"]),
         TrainConfig(**spec["train"]),
         dataset,
-        seed=spec["seed"],
+        seed=seed,
         epochs=spec["epochs"],
-        snapshot_uri=lambda epoch: trunk_snapshot_uri(spec["root"], spec["model_key"], spec["seed"], epoch),
+        snapshot_uri=lambda epoch: trunk_snapshot_uri(spec["root"], spec["model_key"], seed, epoch),
         device=device,
-        on_epoch=lambda epoch, metrics: tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))}),
+        on_epoch=lambda epoch, metrics: report({"seed": seed, **_numbers(metrics)}),
     )
-    tune.report({"trial_ok": 1})
+    return {seed: None}
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+_END = object()
+
+
+class TrialStopped(Exception):
+    """The task of a trial stopped listening (it was cancelled): its training thread stops too."""
+
+
+def trial_task(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A trial as a Ray streaming generator: yields each epoch's report as it happens, then
+    ``{"outcomes": {seed: error or None}}``. Training runs in a thread of the task (its epoch
+    callback cannot yield); an error there is raised here, so the driver sees the task fail. When
+    the generator is closed early, the thread stops at its next epoch (after that epoch's checkpoint)."""
+    reports: queue.Queue = queue.Queue()
+    result: dict[str, Any] = {}
+    stopped = threading.Event()
+
+    def report(item: dict[str, Any]) -> None:
+        if stopped.is_set():
+            raise TrialStopped(f"{_name(spec)} was stopped")
+        reports.put(item)
+
+    def work() -> None:
+        try:
+            result["outcomes"] = (run_trunk if spec.get("role") == "trunk" else run_trial)(spec, report)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the task below
+            result["error"] = error
+        finally:
+            reports.put(_END)
+
+    thread = threading.Thread(target=work, name="trial", daemon=True)
+    thread.start()
+    try:
+        while (item := reports.get()) is not _END:
+            yield item
+    finally:
+        stopped.set()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    yield {"outcomes": result["outcomes"]}
+
+
+def make_remote_trial_task(cpu: float, gpu: float) -> Any:
+    """The trial task as a Ray remote function: reused worker processes (torch imported and the
+    dataset loaded once per worker, not once per trial); the driver does the retries (a retried
+    trial resumes from its checkpoints)."""
+    import ray
+
+    return ray.remote(num_cpus=cpu, num_gpus=gpu, max_calls=0, max_retries=0, num_returns="streaming")(trial_task)
 
 
 @dataclass
@@ -294,15 +385,16 @@ def run_train_stage(
     *,
     say: Callable[[str], None] = print,
     on_trial_done: Callable[[str, int, bool], None] | None = None,
+    remote_task: Any = None,
 ) -> TrainStageSummary:
     """Train every (model config, seed) of the sweep that is not done yet; returns counts.
 
-    ``on_trial_done(model_key, seed, ok)`` is called as each trial ends (the pair stage starts
-    that trial's pairs at once).
+    ``on_trial_done(model_key, seed, ok)`` is called as each network ends (the pair stage starts
+    that network's pairs at once). ``remote_task`` replaces the Ray remote function (tests inject
+    failures with it).
     """
-    # Only Tune's JSON log per trial (what ResultGrid reads back); no TensorBoard or CSV files.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    _keep_credentials_out_of_trial_runtime_envs()
+    import ray
+
     started = time.time()
     plan = plan or plan_trials(config)
     todo = plan.todo
@@ -314,247 +406,175 @@ def run_train_stage(
         return TrainStageSummary(total, total, 0, 0, time.time() - started)
 
     cpu, gpu = resolve_resources(config.resources.train, "resources.train", say)
-    specs = [trial_spec(config, model_plan, seed, cpu) for model_plan, seed in todo]
+    specs = [trial_spec(config, model_plan, seeds, cpu) for model_plan, seeds in _groups(todo, 1)]
     trunks = trunk_specs(config, todo, cpu)
     if trunks:
-        specs = _train_trunks(config, trunks, specs, cpu, gpu, say, on_trial_done)
-    progress = Progress("train", len(specs), say, unit="trials")
-
-    def finished(spec: dict[str, Any], ok: bool) -> None:
-        progress.advance(ok=ok, note=f"{spec['model_key']} seed {spec['seed']}" + ("" if ok else " FAILED"))
-        if on_trial_done is not None:
-            on_trial_done(spec["model_key"], spec["seed"], ok)
-
-    last_line: dict[tuple[str, int], float] = {}
+        say(f"[train] {len(trunks)} trunk(s) to train or check before their children branch")
+    progress = Progress("train", len(todo), say, unit="trials")
+    trunk_progress = Progress("trunks", len(trunks), say, unit="trunks")
     epochs = config.train.epochs
+    last_line: dict[tuple[str, int], float] = {}
 
-    def epoch_done(spec: dict[str, Any], result: dict[str, Any]) -> None:
-        trial, now = (spec["model_key"], spec["seed"]), time.monotonic()
+    def epoch_done(spec: dict[str, Any], report: dict[str, Any]) -> None:
+        trial, now = (spec["model_key"], report["seed"]), time.monotonic()
         # the clock starts at a trial's first epoch: short trials print only their last one
-        if now - last_line.setdefault(trial, now) < EPOCH_LINE_SECONDS and result["epoch"] < epochs:
+        if now - last_line.setdefault(trial, now) < EPOCH_LINE_SECONDS and report["epoch"] < epochs:
             return
         last_line[trial] = now
-        accuracy = result.get("test_acc")
+        accuracy = report.get("test_acc")
+        what = "trunk" if spec.get("role") == "trunk" else "seed"
         say(
-            f"[train] {spec['model_key']} seed {spec['seed']}: epoch {result['epoch']}/{epochs}"
+            f"[train] {spec['model_key']} {what} {report['seed']}: epoch {int(report['epoch'])}/{epochs}"
             + (f", test accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else "")
         )
 
-    grid = []
-    for wave, wave_specs in enumerate(_imp_waves(specs)):
-        if wave > 0:  # an IMP round starts once the network it prunes is trained
-            wave_specs = _rounds_that_can_start(config, wave_specs, on_trial_done)
-            say(f"[train] IMP round {wave}: {len(wave_specs)} trial(s)")
-        name = f"train-imp{wave}" if wave else "train"  # one Tune experiment per round, never two of one name
-        grid.extend(_fit(config, wave_specs, cpu, gpu, name, finished, epoch_done) if wave_specs else [])
-    for result in grid:
-        spec = result.config["trial"]
-        if result.error is not None:  # a trial that raised: its row with the reason (a NaN loss writes its own)
-            write_rows(
-                models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
-                "models",
-                [models_row(spec, status="failed", error=error_text(result.error), **_nan_metrics())],
-            )
-    outcomes = model_outcomes(read_table(config.root, "models"))
-    failed = sum(outcomes.get((p.model_key, seed)) == "failed" for p in config.models for seed in p.seeds)
+    def seed_done(spec: dict[str, Any], seed: int, ok: bool) -> None:
+        if spec.get("role") == "trunk":
+            trunk_progress.advance(ok=ok, note=f"{spec['model_key']} trunk {seed}" + ("" if ok else " FAILED"))
+            return
+        progress.advance(ok=ok, note=f"{spec['model_key']} seed {seed}" + ("" if ok else " FAILED"))
+        if on_trial_done is not None:
+            on_trial_done(spec["model_key"], seed, ok)
+
+    scheduler = _Scheduler(trunks + specs, seed_done)
+    task = remote_task or make_remote_trial_task(cpu, gpu)
+    limit = config.max_trials_in_flight or _slots(cpu, gpu)
+    running: dict[Any, _Running] = {}
+    try:
+        while scheduler.ready or running:
+            while scheduler.ready and len(running) < limit:
+                spec = scheduler.ready.popleft()
+                running[task.remote(spec)] = _Running(spec)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for gen in ready:
+                trial = running.pop(gen)
+                try:
+                    item = ray.get(next(gen))
+                except StopIteration:  # ended without its outcome: cannot happen unless the task is replaced
+                    item = {"outcomes": {}}
+                except Exception as error:  # noqa: BLE001 - the trial raised, or its worker died
+                    if trial.attempts < config.train_retries:
+                        trial.attempts += 1
+                        say(f"[train] {_name(trial.spec)} failed ({error_text(error)}): retrying from its checkpoint")
+                        running[task.remote(trial.spec)] = trial
+                    else:
+                        scheduler.failed(trial.spec, error_text(error))
+                    continue
+                if "outcomes" in item:
+                    scheduler.finished(trial.spec, {int(k): v for k, v in item["outcomes"].items()})
+                else:
+                    epoch_done(trial.spec, item)
+                    running[gen] = trial  # more to come
+    finally:
+        for gen in running:  # interrupted: the trials in flight stop; they resume from their checkpoints
+            ray.cancel(gen, force=True)
+    failed = progress.failed
     say(f"[train] done in {time.time() - started:.0f}s: {total - failed} ok, {failed} failed")
     return TrainStageSummary(total, total - len(todo), len(todo), failed, time.time() - started)
 
 
-def _fit(
-    config: SweepConfig,
-    specs: list[dict[str, Any]],
-    cpu: float,
-    gpu: float,
-    name: str,
-    finished: Callable[[dict[str, Any], bool], None],
-    epoch_done: Callable[[dict[str, Any], dict[str, Any]], None],
-) -> Any:
-    """One Tune run of ``specs`` (a trial each); returns its ResultGrid."""
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
-    token = secrets.token_hex(8)
-    _LISTENERS[token] = finished
-    _EPOCH_LISTENERS[token] = epoch_done
-    tuner = tune.Tuner(
-        tune.with_resources(train_trial, {"cpu": cpu, "gpu": gpu}),
-        param_space={"trial": tune.grid_search(specs)},
-        tune_config=tune.TuneConfig(
-            trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname, reuse_actors=REUSE_ACTORS
-        ),
-        run_config=tune.RunConfig(
-            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-            storage_path=storage.join(config.root, "tune"),
-            failure_config=tune.FailureConfig(max_failures=config.train_retries),
-            verbose=0,
-            callbacks=[_trial_callback(token), JsonLoggerCallback()],
-        ),
-    )
-    try:
-        return tuner.fit()
-    finally:
-        _LISTENERS.pop(token, None)
-        _EPOCH_LISTENERS.pop(token, None)
+@dataclass
+class _Running:
+    spec: dict[str, Any]
+    attempts: int = 0
 
 
-def _imp_waves(specs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The trials in the order they can run: everything but IMP rounds >= 1 first, then round 1, 2, ..."""
-    waves: dict[int, list[dict[str, Any]]] = {}
-    for spec in specs:
-        waves.setdefault((spec.get("lineage") or {}).get("imp_round") or 0, []).append(spec)
-    return [waves.get(r, []) for r in range(max(waves, default=0) + 1)]
+def _name(spec: dict[str, Any]) -> str:
+    what = "trunk" if spec.get("role") == "trunk" else "seed"
+    return f"{spec['model_key']} {what} {', '.join(str(s) for s in spec['seeds'])}"
 
 
-def _rounds_that_can_start(
-    config: SweepConfig, specs: list[dict[str, Any]], on_trial_done: Callable[[str, int, bool], None] | None
-) -> list[dict[str, Any]]:
-    """The IMP trials of ``specs`` whose previous round's pruned network is trained; the others get
-    a ``failed`` row naming it and its error."""
-    rows = read_table(config.root, "models")
-    newest = {
-        (str(k), int(sd)): (st, e)
-        for k, sd, st, e in zip(rows["model_key"], rows["seed"], rows["status"], rows["error"], strict=True)
-    }
-    keep = []
-    for spec in specs:
-        key, seed = spec["prune_key"]
-        status, error = newest.get((key, seed), ("missing", "it was not trained"))
-        if status == "ok":
-            keep.append(spec)
-            continue
-        reason = f"the network it prunes ({key} seed {seed}) failed: {error}"
-        write_rows(
-            models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
-            "models",
-            [models_row(spec, status="failed", error=reason, **_nan_metrics())],
-        )
-        if on_trial_done is not None:
-            on_trial_done(spec["model_key"], spec["seed"], False)
-    return keep
+def _groups(todo: list[tuple[ModelPlan, int]], size: int) -> list[tuple[ModelPlan, list[int]]]:
+    """The trials to run: the seeds to train of each model config, ``size`` to a trial, in plan order."""
+    seeds: dict[str, list[int]] = {}
+    plans: dict[str, ModelPlan] = {}
+    for plan, seed in todo:
+        seeds.setdefault(plan.model_key, []).append(seed)
+        plans[plan.model_key] = plan
+    return [(plans[key], group[i : i + size]) for key, group in seeds.items() for i in range(0, len(group), size)]
 
 
-def _train_trunks(
-    config: SweepConfig,
-    trunks: list[dict[str, Any]],
-    specs: list[dict[str, Any]],
-    cpu: float,
-    gpu: float,
-    say: Callable[[str], None],
-    on_trial_done: Callable[[str, int, bool], None] | None,
-) -> list[dict[str, Any]]:
-    """Train (or check) the trunks the children in ``specs`` branch from; returns the children that
-    can start. A child of a failed trunk gets a ``failed`` row naming the trunk and its error."""
-    say(f"[train] {len(trunks)} trunk(s) to train or check before their children branch")
-    progress = Progress("trunks", len(trunks), say, unit="trunks")
+class _Scheduler:
+    """Which trials can start: a trial waits for what it needs (a child for its trunk, an IMP round
+    for the network it prunes) and starts when that ends well; when that fails, the trial's seeds
+    get ``failed`` rows naming it (and what waits for them fails in turn)."""
 
-    def finished(spec: dict[str, Any], ok: bool) -> None:
-        progress.advance(ok=ok, note=f"{spec['model_key']} trunk {spec['seed']}" + ("" if ok else " FAILED"))
+    def __init__(
+        self,
+        specs: list[dict[str, Any]],
+        seed_done: Callable[[dict[str, Any], int, bool], None],
+    ) -> None:
+        self.ready: collections.deque[dict[str, Any]] = collections.deque()
+        self.seed_done = seed_done
+        self.waiting: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        self.missing: dict[int, int] = {}  # id(spec) -> how many of its needs have not ended yet
+        pending = {need for spec in specs for need in _provides(spec)}
+        for spec in specs:
+            needs = [n for n in _needs(spec) if n in pending]  # a network trained before is there already
+            for need in needs:
+                self.waiting.setdefault(need, []).append(spec)
+            self.missing[id(spec)] = len(needs)
+            if not needs:
+                self.ready.append(spec)
+        self.ready = collections.deque(sorted(self.ready, key=lambda s: s.get("role") != "trunk"))  # trunks first
 
-    grid = _fit(config, trunks, cpu, gpu, "trunks", finished, lambda spec, result: None)
-    failed = {}
-    for result in grid:
-        spec = result.config["trial"]
-        if result.error is not None:
-            failed[(spec["model_key"], spec["seed"])] = error_text(result.error)
-    if not failed:
-        return specs
-    keep = []
-    trunk_of = {p.model_key: p.trunk_key for p in config.models}
-    for spec in specs:
-        seed = (spec.get("lineage") or {}).get("trunk_seed")
-        error = failed.get((trunk_of.get(spec["model_key"]), seed)) if "branch_from" in spec else None
-        if error is None:
-            keep.append(spec)
-            continue
-        write_rows(
-            models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
-            "models",
-            [models_row(spec, status="failed", error=f"its trunk (seed {seed}) failed: {error}", **_nan_metrics())],
-        )
-        if on_trial_done is not None:
-            on_trial_done(spec["model_key"], spec["seed"], False)
-    return keep
+    def finished(self, spec: dict[str, Any], errors: dict[int, str | None]) -> None:
+        """The trial ``spec`` ended: each seed's error (None: trained); what waits for it goes on."""
+        for need, seed in zip(_provides(spec), spec["seeds"], strict=True):
+            error = errors.get(seed, "the trial ended without its outcome")
+            self.seed_done(spec, seed, error is None)
+            if error is not None:
+                what = "its trunk (seed" if need[0] == "trunk" else f"the network it prunes ({need[1]} seed"
+                error = f"{what} {seed}) failed: {error}"
+            self._resolve(need, error)
+
+    def failed(self, spec: dict[str, Any], error: str) -> None:
+        """The trial raised more often than retries allow: its seeds fail with the reason."""
+        if spec.get("role") != "trunk":  # a trunk has no row; its children fail naming it
+            failed_rows(spec, error)
+        self.finished(spec, {seed: error for seed in spec["seeds"]})
+
+    def _resolve(self, need: tuple[str, str, int], error: str | None) -> None:
+        for spec in self.waiting.pop(need, []):
+            if id(spec) not in self.missing:
+                continue  # failed already, through another of its needs
+            if error is not None:
+                del self.missing[id(spec)]
+                failed_rows(spec, error)
+                self.finished(spec, {seed: error for seed in spec["seeds"]})
+                continue
+            self.missing[id(spec)] -= 1
+            if self.missing[id(spec)] == 0:
+                del self.missing[id(spec)]
+                self.ready.appendleft(spec) if spec.get("role") == "trunk" else self.ready.append(spec)
 
 
-# Live listeners of running train stages, by token: Tune pickles its callbacks into the experiment
-# state, so a callback holds only the token, never the listener (progress, the pair stage's queue).
-_LISTENERS: dict[str, Callable[[dict[str, Any], bool], None]] = {}
-_EPOCH_LISTENERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {}
+def _provides(spec: dict[str, Any]) -> list[tuple[str, str, int]]:
+    kind = "trunk" if spec.get("role") == "trunk" else "model"
+    return [(kind, spec["model_key"], seed) for seed in spec["seeds"]]
+
+
+def _needs(spec: dict[str, Any]) -> list[tuple[str, str, int]]:
+    needs = []
+    if "trunk" in spec:
+        needs.append(("trunk", spec["trunk"][0], int(spec["trunk"][1])))
+    if "prune_key" in spec:
+        needs.append(("model", spec["prune_key"][0], int(spec["prune_key"][1])))
+    return needs
+
+
+def _slots(cpu: float, gpu: float) -> int:
+    """How many trials the cluster can run at once (at least 1)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if gpu > 0:
+        return max(1, int(resources.get("GPU", 0) / gpu))
+    return max(1, int(resources.get("CPU", 1) / cpu))
+
+
 EPOCH_LINE_SECONDS = 30.0  # a running trial prints its epoch at most this often (its last epoch always)
-# Tune's reuse of trial worker processes across trials (benchmarks/train_stage.py measures both: 7.5 s
-# -> 0.5 s of overhead per trial on 2 CPUs). Off: a reused worker holds its CPUs from one trial to the
-# next, so a pair task that asks for a sliver of a CPU waits for the train stage on a full cluster
-# (tests/test_healing.py's pipelining test) -- to be solved with the train stage's redesign (issue 15).
-REUSE_ACTORS = False
-
-
-# Ray Tune copies these from the driver's environment into every trial's runtime environment, which
-# Ray writes in plain text to runtime_env_agent.log on every node (found by tests/test_operations.py).
-CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
-
-
-def _keep_credentials_out_of_trial_runtime_envs() -> None:
-    """Take the credentials off Tune's list of variables to propagate to trials.
-
-    Trials get credentials as every other worker does, from their node (a local cluster inherits
-    the driver's environment). The list is Ray's internal ``class_cache.ENV_VARS_TO_PROPAGATE``
-    (Ray 2.60); if a later Ray moves it, this fails loudly rather than leaking silently.
-    """
-    from ray.tune.execution import class_cache
-
-    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(CREDENTIAL_ENV)
-
-
-def _notify_epoch(token: str, spec: dict[str, Any], result: dict[str, Any]) -> None:
-    listener = _EPOCH_LISTENERS.get(token)
-    if listener is not None:
-        listener(spec, result)
-
-
-def _notify(token: str, spec: dict[str, Any], ok: bool) -> None:
-    listener = _LISTENERS.get(token)
-    if listener is not None:
-        listener(spec, ok)
-
-
-def _trial_callback(token: str) -> Any:
-    """A Tune callback that tells the listener registered under ``token`` each trial's outcome."""
-    from ray import tune
-
-    class TrialOutcome(tune.Callback):
-        def __init__(self, token: str) -> None:
-            self.token = token
-
-        def _tell(self, spec: dict[str, Any], ok: bool) -> None:
-            _notify(self.token, spec, ok)  # a module-level function: pickled by reference, with no state
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if "epoch" in result:  # per-epoch progress of long trials (throttled by the listener)
-                _notify_epoch(self.token, trial.config["trial"], result)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._tell(trial.config["trial"], bool((trial.last_result or {}).get("trial_ok", 0)))
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            spec = trial.config["trial"]  # its row is written now, before the pair stage acts on it
-            if spec.get("role") == "trunk":  # a trunk has no row; its children fail naming it
-                self._tell(spec, False)
-                return
-            write_rows(
-                models_row_uri(spec["root"], spec["model_key"], spec["seed"]),
-                "models",
-                [models_row(spec, status="failed", error="the trial raised; see Tune's error.txt", **_nan_metrics())],
-            )
-            self._tell(spec, False)
-
-    return TrialOutcome(token)
 
 
 def _nan_metrics() -> dict[str, float]:
     return {k: math.nan for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
-
-
-def _trial_dirname(trial: Any) -> str:
-    spec = trial.config["trial"]
-    return f"{spec['model_key']}_{'trunk' if spec.get('role') == 'trunk' else 'seed'}{spec['seed']}"
