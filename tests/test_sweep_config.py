@@ -37,6 +37,9 @@ BAD = [
     ({"train": {"lr": 0}}, "train.lr: must be a positive number"),
     ({"train": {"optimizer": "rmsprop"}}, "train.optimizer: must be one of sgd, adam"),
     ({"train": {"precision": "fp16"}}, "train.precision: must be one of fp32, bf16"),
+    ({"train": {"seeds_per_trial": 0}}, "train.seeds_per_trial: must be a positive integer, got 0"),
+    ({"train": {"seed_per_trial": 4}}, "train.seed_per_trial: unknown key; did you mean 'seeds_per_trial'?"),
+    ({"max_trials_in_flight": 0}, "max_trials_in_flight: must be a positive integer, got 0"),
     ({"seeds": 1}, "seeds: need at least 2 seeds"),
     ({"branch": {"at_epochs": [0, 2]}}, "branch.at_epochs: must be 0 .. 1: the children train the rest"),
     ({"branch": {"at_epochs": []}}, "branch.at_epochs: must list at least one epoch"),
@@ -301,3 +304,13 @@ def test_model_keys_of_existing_runs_never_change_when_settings_are_added(tmp_pa
     assert {p.model_key for p in parse_config(explicit).models} == keys
     bf16 = {**quickstart, "train": {**quickstart["train"], "precision": "bf16"}}
     assert not {p.model_key for p in parse_config(bf16).models} & keys
+
+
+def test_seeds_per_trial_changes_how_seeds_train_not_which_networks_the_sweep_names(tmp_path):
+    alone = parse_config(tiny_sweep("spt", str(tmp_path)))
+    data = tiny_sweep("spt", str(tmp_path))
+    data["train"] = {**data["train"], "seeds_per_trial": 4}
+    together = parse_config(data)
+    assert (alone.seeds_per_trial, together.seeds_per_trial) == (1, 4)
+    assert [p.model_key for p in together.models] == [p.model_key for p in alone.models]
+    assert together.train == alone.train

@@ -57,6 +57,7 @@ class SweepConfig:
     dataset: DatasetSpec
     train: TrainConfig
     checkpoint_every: int
+    seeds_per_trial: int
     models: tuple[ModelPlan, ...]
     pair_settings: PairSettings
     resources: Resources
@@ -222,6 +223,7 @@ def _expand(
         dataset=dataset,
         train=train,
         checkpoint_every=s.train.checkpoint_every,
+        seeds_per_trial=s.train.seeds_per_trial,
         models=tuple(plans),
         pair_settings=settings,
         resources=s.resources,
@@ -389,9 +391,10 @@ def _dataset(value: str | DatasetSection, problems: list[str]) -> DatasetSpec | 
 
 def _train(s: SweepSection, problems: list[str]) -> TrainConfig | None:
     fields = s.train.model_dump()
-    checkpoint_every = fields.pop("checkpoint_every")
-    if checkpoint_every < 1:
-        problems.append(f"train.checkpoint_every: must be a positive integer, got {checkpoint_every}")
+    for key in ("checkpoint_every", "seeds_per_trial"):  # the sweep's, not the core's
+        value = fields.pop(key)
+        if value < 1:
+            problems.append(f"train.{key}: must be a positive integer, got {value}")
     if isinstance(fields["epochs"], int) and fields["epochs"] < 1:  # a sweep trains; the core allows 0 epochs
         problems.append(f"train.epochs: must be a positive integer, got {fields['epochs']}")
         return None

@@ -38,11 +38,12 @@ class ModelGrid(_Strict):
 
 
 # ``train``: the core's TrainConfig fields (derived from it, so the two never drift apart) plus
-# how often a trial checkpoints.
+# how often a trial checkpoints and how many seeds of a model config one trial trains together.
 TrainSection = create_model(
     "TrainSection",
     __base__=_Strict,
     checkpoint_every=(int, 5),
+    seeds_per_trial=(int, 1),
     **{f.name: (typing.get_type_hints(TrainConfig)[f.name], f.default) for f in dataclasses.fields(TrainConfig)},
 )
 
