@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from torch.overrides import TorchFunctionMode
 
+from .datasets import TensorData
 from .training import NonFiniteLossError, Trainer, TrainResult, augment_batch, make_optimizer
 
 Uri = str | os.PathLike[str]
@@ -193,7 +194,7 @@ class _Stack:
             if states[0]:
                 self.optimizer.state[param] = {key: _stacked([s[key] for s in states], key) for key in states[0]}
         self.masks = self._stacked_masks()
-        self.forward = vmap(self._loss_and_logits)
+        self.forward = vmap(self._logits)
 
     def _stacked_masks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(stacked parameter, stacked keep) for every parameter some trainer masks; a seed without
@@ -213,13 +214,22 @@ class _Stack:
             out.append((param, torch.stack(keeps).to(param.device, param.dtype)))
         return out
 
-    def _loss_and_logits(
-        self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One seed's loss and logits (vmapped over the seeds)."""
-        logits = functional_call(self.skeleton, (params, buffers), (x,))
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
-        return loss, logits
+    def _logits(
+        self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
+        """One seed's logits (vmapped over the seeds)."""
+        return functional_call(self.skeleton, (params, buffers), (x,))
+
+    def _losses_and_logits(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every seed's mean loss on its batch (``[seeds]``) and its logits (``[seeds, batch, classes]``).
+
+        The loss is computed outside vmap, on all seeds' samples at once: under vmap, cross-entropy
+        runs as a Python decomposition, which costs more than the step of a small network."""
+        logits = self.forward(dict(zip(self.names, self.params, strict=True)), self.buffers, x)
+        per_sample = F.cross_entropy(
+            logits.float().flatten(0, 1), y.flatten(), reduction="none", label_smoothing=self.config.label_smoothing
+        )
+        return per_sample.view(y.shape).mean(dim=1), logits
 
     def train_epoch(self) -> list[dict[str, float] | NonFiniteLossError]:
         """Train one epoch of every seed; per trainer, its running metrics (as
@@ -235,13 +245,12 @@ class _Stack:
         shares = [0.0] * len(trainers)  # each seed's part of the wall time
         seen = 0
         for batch in range(steps):
-            index = order[:, batch * batch_size : (batch + 1) * batch_size]
-            x, y = train.x[index], train.y[index]
+            x, y = _gather(train, order[:, batch * batch_size : (batch + 1) * batch_size])
             if first.augment:
                 x = torch.stack([augment_batch(x[k], trainers[i].generator) for k, i in enumerate(alive)])
             lr = first.learning_rate(first.step + batch)
             with self._precision():
-                losses, logits = self.forward(dict(zip(self.names, self.params, strict=True)), self.buffers, x, y)
+                losses, logits = self._losses_and_logits(x, y)
             failed = [] if torch.isfinite(losses).all() else (~torch.isfinite(losses)).nonzero()[:, 0].tolist()
             for k in failed:  # left as a lone run leaves it: before this step
                 trainer = trainers[alive[k]]
@@ -336,6 +345,14 @@ class _Stack:
         for group in groups:
             group["lr"] = lr
         trainer.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _gather(data: TensorData, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples ``index`` (seeds x batch) of ``data``, as ``[seeds, batch, ...]`` (``index_select``
+    of the flat index: several times faster on the CPU than indexing with a 2-d index)."""
+    flat = index.reshape(-1)
+    x = data.x.index_select(0, flat).view(*index.shape, *data.x.shape[1:])
+    return x, data.y.index_select(0, flat).view(index.shape)
 
 
 def _stacked(values: list[Any], key: str) -> Any:
