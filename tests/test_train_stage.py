@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from repair_ray import load_tables
 from repair_ray.sweep.config import parse_config
@@ -24,22 +25,23 @@ def flaky_trial(spec, marker_dir):
     seed = spec["seeds"][0]
     if seed == 2:
         raise OSError("the bucket is unreachable")
-    marker, train_model = Path(marker_dir, f"seed-{seed}"), train_stage.train_model
+    marker, trainer = Path(marker_dir, f"seed-{seed}"), train_stage.Trainer
 
-    def failing_once(*args, on_epoch, **kwargs):
-        def hook(epoch, metrics):
-            on_epoch(epoch, metrics)
-            if seed == 1 and not marker.exists():
-                marker.write_text(str(os.getpid()))
-                raise RuntimeError("the node went away")
+    class FailingOnce(trainer):
+        def run(self, *, on_epoch, **kwargs):
+            def hook(epoch, metrics):
+                on_epoch(epoch, metrics)
+                if seed == 1 and not marker.exists():
+                    marker.write_text(str(os.getpid()))
+                    raise RuntimeError("the node went away")
 
-        return train_model(*args, on_epoch=hook, **kwargs)
+            return super().run(on_epoch=hook, **kwargs)
 
-    train_stage.train_model = failing_once  # in this worker process, for this trial only
+    train_stage.Trainer = FailingOnce  # in this worker process, for this trial only
     try:
         yield from trial_task(spec)
     finally:
-        train_stage.train_model = train_model
+        train_stage.Trainer = trainer
 
 
 @pytest.fixture
@@ -101,3 +103,36 @@ def test_trials_run_on_reused_worker_processes(ray_session, tmp_path):
     assert run_train_stage(config, say=lambda m: None, remote_task=Task).failed == 0
     pids = {Path(tmp_path, f"pid-{seed}").read_text() for seed in range(6)}
     assert len(pids) <= 2  # two slots: six trials, at most two worker processes (torch and data loaded once each)
+
+
+def test_seeds_per_trial_trains_seeds_together_each_with_its_own_row_checkpoint_and_pairs(ray_session, tmp_path):
+    from repair_ray.io.checkpoint import load_checkpoint
+    from repair_ray.sweep.runner import run_sweep
+
+    data = tiny_sweep("together", str(tmp_path), seeds=4, align=["weight"], correction=["none"])
+    data["train"] = {**data["train"], "epochs": 3, "seeds_per_trial": 3}
+    config = parse_config(data)
+    lines: list[str] = []
+    result = run_sweep(config, say=lines.append)
+    assert result.train.failed == 0 and result.pairs.ran == 6 and result.pairs.failed == 0
+    models = load_tables(config.root)["models"].set_index("seed")
+    assert models["seeds_in_trial"].to_dict() == {0: 3, 1: 3, 2: 3, 3: 1}
+    assert (models["test_acc"] > 0.5).all()
+    assert models["test_acc"].nunique() > 1  # four networks, not one copied
+    assert all(len(json.loads(h)) == 3 for h in models["history_json"])
+    assert (models["train_seconds"] > 0).all()
+    key = config.models[0].model_key
+    weights = {s: load_checkpoint(str(Path(config.root, "checkpoints", key, f"seed-{s}.pt"))) for s in range(4)}
+    assert all(weights[s].meta["seed"] == s and weights[s].meta["epoch"] == 3 for s in range(4))
+    # lose two checkpoints of the stacked trial: the re-run retrains just those two, together
+    for seed in (0, 2):
+        Path(config.root, "checkpoints", key, f"seed-{seed}.pt").unlink()
+    again: list[str] = []
+    run_sweep(config, say=again.append)
+    assert any("2 to run" in line for line in again), again
+    models = load_tables(config.root)["models"].set_index("seed")
+    assert models.loc[0, "seeds_in_trial"] == 2 and models.loc[1, "seeds_in_trial"] == 3
+    for seed in (0, 2):  # the same networks up to float rounding (the stack was of 3 seeds, now 2)
+        retrained = load_checkpoint(str(Path(config.root, "checkpoints", key, f"seed-{seed}.pt"))).state_dict
+        for name, tensor in weights[seed].state_dict.items():
+            assert torch.allclose(retrained[name], tensor, rtol=1e-3, atol=1e-4), name

@@ -33,8 +33,9 @@ from ..io import storage
 from ..io.checkpoint import CheckpointError, load_checkpoint
 from ..io.tables import new_stem, read_table, table_file, write_rows
 from ..models import ModelConfig
+from ..multiseed import train_together
 from ..pruning import prunable_names, weight_sparsity
-from ..training import TrainConfig, next_imp_mask, train_model, train_trunk
+from ..training import TrainConfig, Trainer, next_imp_mask, train_trunk
 from .cluster import resolve_resources
 from .config import SweepConfig
 from .planning import ModelPlan
@@ -149,7 +150,9 @@ Report = Callable[[dict[str, Any]], None]
 
 def run_trial(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
     """Train (or resume, or find finished) the networks of one trial and write their rows; returns
-    each seed's error (None: trained). ``report`` gets ``{"seed", "epoch", <metrics>}`` after every epoch.
+    each seed's error (None: trained). ``report`` gets ``{"seed", "epoch", <metrics>}`` after every
+    epoch. Several seeds train together, vectorised (:func:`repair_ray.multiseed.train_together`),
+    each with its own checkpoint and row.
 
     A NaN loss is the seed's ``failed`` row (with the reason); any other error raises (the driver
     retries the trial, which resumes from its checkpoints)."""
@@ -157,11 +160,12 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
     device = setup_worker(spec["threads"])
     dataset = cached_dataset(spec["dataset"], device)
     lineage = spec.get("lineage") or {}
-    outcomes = {}
-    for seed in spec["seeds"]:
-        uri = checkpoint_uri(spec["root"], spec["model_key"], seed)
-        resumed_from = _resumable_epoch(uri)
-        result = train_model(
+    seeds = spec["seeds"]
+    uris = [checkpoint_uri(spec["root"], spec["model_key"], seed) for seed in seeds]
+    resumed_from = [_resumable_epoch(uri) for uri in uris]
+    mask = next_imp_mask(spec["prune_from"], spec["imp_rate"]) if "prune_from" in spec else None
+    trainers = [
+        Trainer(
             ModelConfig(**spec["model"]),
             TrainConfig(**spec["train"]),
             dataset,
@@ -169,16 +173,35 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
             init_seed=lineage.get("trunk_seed"),
             data_seed=seed,
             branch_epoch=lineage.get("branch_epoch"),
-            branch_from=spec.get("branch_from"),
             imp_round=lineage.get("imp_round"),
-            mask=next_imp_mask(spec["prune_from"], spec["imp_rate"]) if "prune_from" in spec else None,
+            mask=mask,
             device=device,
-            checkpoint_uri=uri,
-            checkpoint_every=spec["checkpoint_every"],
-            on_epoch=lambda epoch, metrics, seed=seed: report({"seed": seed, **_numbers(metrics)}),
         )
-        outcomes[seed] = _write_result_row(spec, seed, result, dataset, device, resumed_from, started_at)
-    return outcomes
+        for seed in seeds
+    ]
+    reporters = [lambda epoch, metrics, seed=seed: report({"seed": seed, **_numbers(metrics)}) for seed in seeds]
+    branch_from = spec.get("branch_from")
+    if len(trainers) == 1:
+        results = [
+            trainers[0].run(
+                checkpoint_uri=uris[0],
+                checkpoint_every=spec["checkpoint_every"],
+                on_epoch=reporters[0],
+                branch_from=branch_from,
+            )
+        ]
+    else:
+        results = train_together(
+            trainers,
+            checkpoint_uris=uris,
+            checkpoint_every=spec["checkpoint_every"],
+            on_epoch=reporters,
+            branch_from=[branch_from] * len(trainers),
+        )
+    return {
+        seed: _write_result_row(spec, seed, result, dataset, device, resumed, started_at)
+        for seed, result, resumed in zip(seeds, results, resumed_from, strict=True)
+    }
 
 
 def _resumable_epoch(uri: str) -> int:
@@ -406,7 +429,8 @@ def run_train_stage(
         return TrainStageSummary(total, total, 0, 0, time.time() - started)
 
     cpu, gpu = resolve_resources(config.resources.train, "resources.train", say)
-    specs = [trial_spec(config, model_plan, seeds, cpu) for model_plan, seeds in _groups(todo, 1)]
+    groups = _groups(todo, config.seeds_per_trial)
+    specs = [trial_spec(config, model_plan, seeds, cpu) for model_plan, seeds in groups]
     trunks = trunk_specs(config, todo, cpu)
     if trunks:
         say(f"[train] {len(trunks)} trunk(s) to train or check before their children branch")
