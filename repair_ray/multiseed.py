@@ -17,8 +17,18 @@ are the trainer's own. The stack is built from the trainers again at the next ep
 ``on_epoch`` callback does to a trainer's weights is trained on.
 
 The numbers agree with a lone run up to float rounding (batched matrix products sum in another
-order), not bit for bit; a run resumed inside this loop is bit-for-bit the uninterrupted one on the
-CPU.
+order; relative differences ~1e-7 per step), not bit for bit; a run resumed inside this loop is the
+uninterrupted one. Two things differ from a lone run by design: a stack computes in NCHW memory
+even for ``channels_last`` trainers (vmap turns the seeds' convolutions into one grouped
+convolution; the trainers' weights keep their format), and ``bf16`` casts the matmuls and
+convolutions to bfloat16 by hand (CPU autocast does not reach them under vmap), which rounds like
+autocast but not at exactly the same places.
+
+Speed (``benchmarks/seeds_per_trial.py``): vmap, ``functional_call`` and batched autograd cost about
+1 ms per step more than a lone step, so one seed alone is slower this way; 16 narrow MLPs train
+about twice as fast per seed as one at a time on a CPU core. Networks whose lone steps are
+compute-bound (CNNs on the CPU, where a grouped convolution is no faster than its groups) gain
+nothing.
 """
 
 from __future__ import annotations
@@ -184,8 +194,11 @@ class _Stack:
         first = trainers[0]
         self.config = first.train_config
         self.names = [name for name, _ in first.model.named_parameters()]
-        params, self.buffers = stack_module_state([t.model for t in trainers])
-        self.params = [params[name] for name in self.names]
+        params, buffers = stack_module_state([t.model for t in trainers])
+        # contiguous: vmap's fallback for channels-last (NHWC) tensors computes wrong results, so a
+        # stack computes in NCHW whatever the trainers' memory format (their weights keep theirs)
+        self.params = [params[name].detach().contiguous().requires_grad_() for name in self.names]
+        self.buffers = {name: buffer.contiguous() for name, buffer in buffers.items()}
         # a skeleton of the network: functional_call runs its code on the stacked tensors
         self.skeleton = copy.deepcopy(first.model).to("meta").train()
         self.optimizer = make_optimizer(self.config, self.params, foreach=True)

@@ -370,3 +370,19 @@ def test_runs_that_cannot_share_a_stack_are_refused(data: Dataset) -> None:
         train_together([a], checkpoint_uris=["x.pt", "y.pt"])
     with pytest.raises(ValueError, match="at least one trainer"):
         train_together([])
+
+
+def test_channels_last_trainers_train_together_and_keep_their_memory_format(data: Dataset) -> None:
+    """A stack computes in NCHW whatever the trainers' format (vmap folds the seeds into grouped
+    convolutions): it trains as the lone NCHW run does; NHWC's own rounding (test_training) is not
+    reproduced, and ten steps of BatchNorm amplify that well past 1e-5."""
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.05, momentum=0.9)
+    trainers = [Trainer(BATCHNORM_CNN, config, data, seed=seed, channels_last=True) for seed in (0, 1)]
+    results = train_together(trainers)
+    alone = _alone(BATCHNORM_CNN, config, data, (0, 1))
+    for trainer, mine, theirs in zip(trainers, results, alone, strict=True):
+        assert _relative_difference(mine.state_dict, theirs.state_dict) <= 1e-5
+        conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="channels_last"):
+        train_together([Trainer(BATCHNORM_CNN, config, data, seed=0), trainers[0]])
