@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "repair": ".correction",
     "reset_batchnorm": ".correction",
     "SettingError": ".errors",
+    "train_together": ".multiseed",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .io.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
     from .io.tables import load_tables
     from .models import ModelConfig, build_model, permutation_spec
+    from .multiseed import train_together
     from .pair import PairSettings, analyse_pair
     from .permutation import (
         Permutation,
