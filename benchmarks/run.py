@@ -23,6 +23,7 @@ from benchmarks import (  # noqa: E402
     pair_throughput,
     scale,
     scaling,
+    seeds_per_trial,
     spec_derivation,
     train_stage,
     training,
@@ -55,6 +56,12 @@ SECTIONS = {
         "Train stage: efficiency and per-trial overhead",
         train_stage,
         "Targets (issue 15): per-trial overhead <= 0.3 s; efficiency >= 80 % on the quickstart grid.",
+    ),
+    "seeds_per_trial": (
+        "Seeds trained together (train.seeds_per_trial)",
+        seeds_per_trial,
+        "Target (issue 15): at least 2x faster per seed at width 32-128 (narrow MLPs), N seeds together vs one "
+        "at a time.",
     ),
     "scale": (
         "Study scale: planning, cheap-pair throughput, files, S3 reads, first pair row",
@@ -106,6 +113,11 @@ def verdicts(name: str, rows: list[dict]) -> list[str]:
             else:
                 cost = r["overhead_per_trial_s"]
                 out.append(f"{r['grid']}, {r['stage']}: {cost:.2f} s per trial ({'met' if cost <= 0.3 else 'NOT met'})")
+    elif name == "seeds_per_trial":
+        for r in rows:
+            if r["seeds"] > 1 and r["model"].startswith("mlp"):
+                met = "met" if r["speedup"] >= 2 else "NOT met"
+                out.append(f"{r['model']}, {r['threads']} thread(s), N={r['seeds']}: {r['speedup']:.2f}x ({met})")
     elif name == "scaling":
         speedup = rows[1]["speedup"]
         out.append(f"2 workers: {speedup:.2f}x ({'met' if speedup >= 1.8 else 'NOT met'})")
