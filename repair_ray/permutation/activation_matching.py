@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from ..datasets import TensorData
 from ..hooks import channels_last_2d, output_hooks
-from .ops import Permutation
+from .ops import Permutation, linear_sum_assignment
 from .spec import PermutationSpec, SpecError
 from .weight_matching import _matched_states
 

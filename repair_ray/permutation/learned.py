@@ -27,13 +27,12 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.func import functional_call
 
 from ..datasets import TensorData
 from ..interpolation import interpolate_state
-from .ops import Permutation, apply_permutation
+from .ops import Permutation, apply_permutation, linear_sum_assignment
 from .spec import PermutationSpec
 from .weight_matching import _matched_states, weight_matching
 

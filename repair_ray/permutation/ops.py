@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,3 +81,11 @@ def apply_permutation(
     if hasattr(state, "_metadata"):  # module versions: some modules load older layouts by them
         out._metadata = state._metadata
     return out
+
+
+def linear_sum_assignment(cost: Any, *, maximize: bool = False) -> tuple[Any, Any]:
+    """``scipy.optimize.linear_sum_assignment``, imported on first use: scipy.optimize takes longer
+    to import than a small trial takes to train, and a worker that only trains never needs it."""
+    from scipy.optimize import linear_sum_assignment as solve
+
+    return solve(cost, maximize=maximize)

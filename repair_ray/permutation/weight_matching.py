@@ -20,10 +20,9 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .ops import Permutation, _check_perm, as_state, identity_permutation, permute_tensor
+from .ops import Permutation, _check_perm, as_state, identity_permutation, linear_sum_assignment, permute_tensor
 from .spec import AxisEntry, PermutationSpec, SpecError, axis_index, entry_groups, unit_positions
 
 log = logging.getLogger(__name__)
