@@ -286,6 +286,71 @@ def test_every_plot_is_a_valid_png_and_svg(sweep, tmp_path):
         report.plot_barrier_vs_width(ok["pairs"].iloc[0:0], tmp_path / "nothing")
 
 
+def test_learning_curves_draw_each_configs_mean_over_seeds_and_need_a_history(tmp_path):
+    import json
+
+    def models_row(key, width, seed, accs, status="ok"):
+        history = [
+            {"epoch": e + 1, "test_acc": a, "epoch_train_loss": 1.0 / (e + 1 + seed)} for e, a in enumerate(accs)
+        ]
+        return {
+            "model_key": key, "arch": "mlp", "dataset": "mnist", "width": width, "depth": 2, "norm": "none",
+            "seed": seed, "status": status, "history_json": json.dumps(history), "imp_round": None,
+            "branch_epoch": None, "layer_widths": None,
+        }  # fmt: skip
+
+    models = pd.DataFrame(
+        [
+            models_row("a", 32, 0, [0.5, 0.7]),
+            models_row("a", 32, 1, [0.6, 0.9]),
+            models_row("b", 128, 0, [0.8, 0.95]),
+            models_row("b", 128, 1, [0.1, 0.1], status="failed"),  # failed networks are left out
+        ]
+    )
+    svg = next(p for p in report.plot_training_curves(models, tmp_path / "lc") if p.suffix == ".svg")
+    assert_svg(svg)
+    text = svg.read_text()
+    assert "mlp, width 32, depth 2 (2 seeds)" in text and "mlp, width 128, depth 2 (1 seeds)" in text
+    assert_png(svg.with_suffix(".png"))
+    # the mean curve of config a passes through (1, 0.55) and (2, 0.8): check it on the figure's data
+    import matplotlib.figure
+
+    drawn = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def keep_lines(fig, *args, **kwargs):
+        drawn.update({ln.get_label(): ln.get_ydata().tolist() for ln in fig.axes[0].get_lines()})
+        return original(fig, *args, **kwargs)
+
+    matplotlib.figure.Figure.savefig = keep_lines
+    try:
+        report.plot_training_curves(models, tmp_path / "again")
+    finally:
+        matplotlib.figure.Figure.savefig = original
+    assert drawn["mlp, width 32, depth 2 (2 seeds)"] == pytest.approx([0.55, 0.8])
+    assert drawn["mlp, width 128, depth 2 (1 seeds)"] == pytest.approx([0.8, 0.95])
+    with pytest.raises(ValueError, match="no trained network has a learning curve"):
+        report.plot_training_curves(models.assign(history_json=None), tmp_path / "none")
+
+
+def test_the_timeline_draws_seeds_trained_together_as_one_task(tmp_path):
+    start, end = pd.Timestamp("2026-11-30 08:00", tz="UTC"), pd.Timestamp("2026-11-30 08:01", tz="UTC")
+    models = pd.DataFrame(
+        [{"model_key": "a", "seed": s, "started_at": start, "finished_at": end, "node_id": "n1"} for s in range(4)]
+        + [
+            {
+                "model_key": "a",
+                "seed": 4,
+                "started_at": end,
+                "finished_at": end + pd.Timedelta(30, "s"),
+                "node_id": "n1",
+            }
+        ]
+    )
+    svg = next(p for p in report.plot_timeline(models, pd.DataFrame(), tmp_path / "t") if p.suffix == ".svg")
+    assert "Timeline: 2 trials and 0 pair tasks" in svg.read_text()
+
+
 # ----------------------------------------------------------------------------- report
 
 

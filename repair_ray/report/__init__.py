@@ -21,7 +21,7 @@ Public API: :func:`summarise`, :func:`relative_reduction`, :func:`summarise_mode
 :func:`failed_pairs`, :func:`ok_tables`, :func:`plot_barrier_vs_width`,
 :func:`plot_barrier_vs_depth`, :func:`plot_barrier_vs_branch_epoch`, :func:`plot_sparsity`, :func:`plot_curves`,
 :func:`plot_variance_collapse`,
-:func:`plot_endpoint_accuracy`, :func:`write_report`.
+:func:`plot_endpoint_accuracy`, :func:`plot_training_curves`, :func:`write_report`.
 
 The names are loaded on first use (PEP 562): ``from repair_ray.report.statistics import ci95``
 imports neither matplotlib nor the page code.
@@ -59,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "plot_barrier_vs_width": ".plots",
     "plot_curves": ".plots",
     "plot_endpoint_accuracy": ".plots",
+    "plot_training_curves": ".plots",
     "plot_variance_collapse": ".plots",
     "plot_timeline": ".plots",
     "to_markdown": ".page",
@@ -87,6 +88,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "plot_barrier_vs_width",
     "plot_curves",
     "plot_endpoint_accuracy",
+    "plot_training_curves",
     "plot_variance_collapse",
     "plot_timeline",
     "relative_reduction",
@@ -112,6 +114,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         plot_endpoint_accuracy,
         plot_sparsity,
         plot_timeline,
+        plot_training_curves,
         plot_variance_collapse,
     )
     from .statistics import (

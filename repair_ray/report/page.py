@@ -29,6 +29,7 @@ from .plots import (
     plot_endpoint_accuracy,
     plot_sparsity,
     plot_timeline,
+    plot_training_curves,
     plot_variance_collapse,
 )
 from .statistics import (
@@ -176,6 +177,12 @@ def write_report(
         ),
         _Plot("endpoint_accuracy", "Endpoint accuracy vs width", "Accuracy of the trained networks (test and train)."),
         _Plot(
+            "training_curves",
+            "Learning curves",
+            "Test accuracy and training loss per epoch (the models table's history_json), mean over the seeds "
+            "of each model config with a band of ±1 standard deviation.",
+        ),
+        _Plot(
             "timeline",
             "Timeline of the cluster's work",
             "Every trial and pair task over time, a band per node and a lane per task running at once.",
@@ -191,6 +198,7 @@ def write_report(
             ok["layers"], stem, model_key=model_key, pairs=ok["pairs"]
         ),
         "endpoint_accuracy": lambda stem: plot_endpoint_accuracy(tables["models"], stem),
+        "training_curves": lambda stem: plot_training_curves(tables["models"], stem),
         "timeline": lambda stem: plot_timeline(tables["models"], tables["pairs"], stem),
     }
     for plot in plots:

@@ -456,6 +456,63 @@ def plot_endpoint_accuracy(models: pd.DataFrame, stem: str | os.PathLike[str]) -
     return _save(fig, stem)
 
 
+def plot_training_curves(models: pd.DataFrame, stem: str | os.PathLike[str], *, max_lines: int = 12) -> list[Path]:
+    """Learning curves of the trained networks, from each ``models`` row's ``history_json``: test
+    accuracy and the epoch's mean training loss vs epoch, a line per model config (mean over its
+    seeds, a band of ±1 standard deviation when it has several). The ``max_lines`` configs with the
+    most seeds are drawn (the title says when some are left out). Children of trunks count their
+    epochs from the branch epoch, IMP rounds are separate configs.
+
+    Raises ``ValueError`` when no ``ok`` row has a history (tables written before it was recorded).
+    """
+    import json
+
+    ok = models[_is_ok(models)] if not models.empty else models
+    if ok.empty or "history_json" not in ok.columns or ok["history_json"].isna().all():
+        raise ValueError("no trained network has a learning curve (rows written before history_json)")
+    points = []
+    for row in ok.dropna(subset=["history_json"]).itertuples(index=False):
+        for epoch in json.loads(row.history_json):
+            points.append({"model_key": row.model_key, "seed": row.seed, **epoch})
+    frame = pd.DataFrame(points)
+    seeds = ok.dropna(subset=["history_json"]).groupby("model_key")["seed"].nunique().sort_values(ascending=False)
+    keys = list(seeds.index[:max_lines])
+    described = ok.drop_duplicates("model_key").set_index("model_key")
+    panels = [
+        (m, label) for m, label in (("test_acc", "test accuracy"), ("epoch_train_loss", "training loss (epoch mean)"))
+    ]
+    panels = [(m, label) for m, label in panels if m in frame.columns]
+    fig, axes = _figure(1, len(panels), width=5.2, height=3.8)
+    for ax, (metric, label) in zip(axes[0], panels, strict=True):
+        for i, key in enumerate(keys):
+            curve = frame[frame["model_key"] == key].groupby("epoch")[metric].agg(["mean", "std", "count"])
+            color = f"C{i % 10}"
+            row = described.loc[key]
+            name = _describe(described.reset_index(), key) if len(keys) > 1 else key
+            name = name.split(", norm")[0] if isinstance(name, str) else key
+            for column, what in (("branch_epoch", "branched at epoch"), ("imp_round", "IMP round")):
+                if column in row and not pd.isna(row[column]):
+                    name += f", {what} {int(row[column])}"
+            ax.plot(curve.index, curve["mean"], color=color, marker=".", label=f"{name} ({int(seeds[key])} seeds)")
+            if (curve["count"] > 1).any():
+                spread = curve["std"].fillna(0.0)
+                ax.fill_between(curve.index, curve["mean"] - spread, curve["mean"] + spread, color=color, alpha=0.15)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if metric == "epoch_train_loss" and (frame[metric] > 0).all():
+            ax.set_yscale("log")
+    axes[0][0].legend(fontsize=8)
+    left_out = len(seeds) - len(keys)
+    context = _context(ok)
+    fig.suptitle(
+        f"Learning curves{': ' + context if context else ''} (mean over seeds, ±1 sd)"
+        + (f"; {left_out} more configs not drawn" if left_out else ""),
+        fontsize=10,
+    )
+    return _save(fig, stem)
+
+
 def plot_timeline(models: pd.DataFrame, pairs: pd.DataFrame, stem: str | os.PathLike[str]) -> list[Path]:
     """Where the cluster's time went: every trial and pair task as a bar over time, a lane per slot.
 
@@ -466,13 +523,13 @@ def plot_timeline(models: pd.DataFrame, pairs: pd.DataFrame, stem: str | os.Path
     """
     tasks = []
     for kind, frame, ids in (
-        ("train", models, ["model_key", "seed"]),
+        ("train", models, ["model_key"]),  # seeds trained together in one trial share a start: one bar
         ("pairs", pairs, ["model_key", "analysis_key", "seed_a", "seed_b"]),
     ):
         if frame.empty or "started_at" not in frame.columns:
             continue
         timed = frame.dropna(subset=["started_at", "finished_at"])
-        # a pair's rows (one per method) share one task: one bar each
+        # a pair's rows (one per method) share one task, and so do the seeds of one trial: one bar each
         timed = timed.drop_duplicates([c for c in ids if c in timed.columns] + ["started_at"])
         for row in timed.itertuples(index=False):
             tasks.append((kind, str(getattr(row, "node_id", "") or "?"), row.started_at, row.finished_at))
