@@ -346,7 +346,8 @@ def test_a_stability_sweep_trains_each_trunk_once_and_pairs_children_of_one_bran
             "branches",
             str(tmp_path),
             seeds=2,
-            train={"epochs": 3, "batch_size": 64, "lr": 0.05, "checkpoint_every": 1},
+            # the two children of each branch train together (the IMP test below trains them alone)
+            train={"epochs": 3, "batch_size": 64, "lr": 0.05, "checkpoint_every": 1, "seeds_per_trial": 2},
             branch={"at_epochs": [0, 2], "trunks": 1},
             align=["none", "weight"],
             correction=["none"],
@@ -361,7 +362,7 @@ def test_a_stability_sweep_trains_each_trunk_once_and_pairs_children_of_one_bran
     assert (models["status"] == "ok").all() and len(models) == 4
     assert set(zip(models["branch_epoch"], models["seed"], strict=True)) == {(0, 0), (0, 1), (2, 0), (2, 1)}
     assert (models["trunk_seed"] == 0).all() and (models["init_seed"] == 0).all()
-    assert (models["data_seed"] == models["seed"]).all()
+    assert (models["data_seed"] == models["seed"]).all() and (models["seeds_in_trial"] == 2).all()
     trunk = sorted(p.name for p in Path(config.root, "checkpoints").glob("*/trunk-0/*.pt"))
     assert trunk == ["epoch-2.pt"]  # epoch 0 needs no snapshot: the init seed is the trunk's
     assert sorted(pairs["branch_epoch"].unique()) == [0, 2] and (pairs["trunk_seed"] == 0).all()
