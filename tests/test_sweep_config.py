@@ -142,7 +142,9 @@ def test_reset_on_nets_without_batchnorm_warns_once(tmp_path):
 
 
 def test_validate_cli_prints_the_plan_without_starting_ray(tmp_path):
-    good = write_yaml(tmp_path / "good.yaml", tiny_sweep("plan", str(tmp_path), seeds=4))
+    data = tiny_sweep("plan", str(tmp_path), seeds=4)
+    data["train"] = {**data["train"], "seeds_per_trial": 3}
+    good = write_yaml(tmp_path / "good.yaml", data)
     code = (
         "import sys; from repair_ray.cli import main\n"
         "try:\n    main(['validate', sys.argv[1]])\nexcept SystemExit as e:\n    code = e.code\n"
@@ -151,6 +153,7 @@ def test_validate_cli_prints_the_plan_without_starting_ray(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, good], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "models to train: 4" in out.stdout
+    assert "in 2 trials: up to 3 seeds of a model config trained together" in out.stdout
     assert "pairs: 6" in out.stdout
     assert "forward passes" in out.stdout
     assert "NO_RAY" in out.stdout
