@@ -94,8 +94,8 @@ def test_trials_run_on_reused_worker_processes(ray_session, tmp_path):
 
     @ray.remote(num_cpus=1, max_calls=0, max_retries=0, num_returns="streaming")
     def recording_trial(spec):
-        yield from trial_task(spec)
         Path(tmp_path, f"pid-{spec['seeds'][0]}").write_text(str(os.getpid()))
+        yield from trial_task(spec)
 
     class Task:
         remote = recording_trial.remote
@@ -117,22 +117,37 @@ def test_seeds_per_trial_trains_seeds_together_each_with_its_own_row_checkpoint_
     assert result.train.failed == 0 and result.pairs.ran == 6 and result.pairs.failed == 0
     models = load_tables(config.root)["models"].set_index("seed")
     assert models["seeds_in_trial"].to_dict() == {0: 3, 1: 3, 2: 3, 3: 1}
+    assert models["trained_together"].all()  # the remainder seed too: every network of the sweep computed alike
     assert (models["test_acc"] > 0.5).all()
     assert models["test_acc"].nunique() > 1  # four networks, not one copied
     assert all(len(json.loads(h)) == 3 for h in models["history_json"])
     assert (models["train_seconds"] > 0).all()
     key = config.models[0].model_key
-    weights = {s: load_checkpoint(str(Path(config.root, "checkpoints", key, f"seed-{s}.pt"))) for s in range(4)}
-    assert all(weights[s].meta["seed"] == s and weights[s].meta["epoch"] == 3 for s in range(4))
-    # lose two checkpoints of the stacked trial: the re-run retrains just those two, together
+
+    def weights(seed):
+        return load_checkpoint(str(Path(config.root, "checkpoints", key, f"seed-{seed}.pt")))
+
+    before = {s: weights(s) for s in range(4)}
+    assert all(before[s].meta["seed"] == s and before[s].meta["epoch"] == 3 for s in range(4))
+    # the sweep grows by a seed trained alone (seeds_per_trial back to 1), and loses two checkpoints of
+    # networks trained together: those are retrained together (a stack of 2, not 3), the same bits
+    data["train"]["seeds_per_trial"], data["seeds"] = 1, 5
+    grown = parse_config(data)
     for seed in (0, 2):
         Path(config.root, "checkpoints", key, f"seed-{seed}.pt").unlink()
     again: list[str] = []
-    run_sweep(config, say=again.append)
-    assert any("2 to run" in line for line in again), again
+    run_sweep(grown, say=again.append)
+    assert any("3 to run" in line for line in again), again
     models = load_tables(config.root)["models"].set_index("seed")
-    assert models.loc[0, "seeds_in_trial"] == 2 and models.loc[1, "seeds_in_trial"] == 3
-    for seed in (0, 2):  # the same networks up to float rounding (the stack was of 3 seeds, now 2)
-        retrained = load_checkpoint(str(Path(config.root, "checkpoints", key, f"seed-{seed}.pt"))).state_dict
-        for name, tensor in weights[seed].state_dict.items():
-            assert torch.allclose(retrained[name], tensor, rtol=1e-3, atol=1e-4), name
+    assert models["trained_together"].to_dict() == {0: True, 1: True, 2: True, 3: True, 4: False}
+    assert models.loc[0, "seeds_in_trial"] == 2 and models.loc[4, "seeds_in_trial"] == 1
+    for seed in (0, 2):
+        healed = weights(seed).state_dict
+        assert all(torch.equal(healed[n], t) for n, t in before[seed].state_dict.items()), seed
+    # ... and the lone one, lost, is retrained alone, the same bits too
+    alone = weights(4).state_dict
+    Path(config.root, "checkpoints", key, "seed-4.pt").unlink()
+    data["train"]["seeds_per_trial"] = 4
+    run_sweep(parse_config(data), say=lambda m: None)
+    assert all(torch.equal(weights(4).state_dict[n], t) for n, t in alone.items())
+    assert load_tables(config.root)["models"].set_index("seed").loc[4, "trained_together"] == False  # noqa: E712

@@ -77,6 +77,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("checkpoint_bytes", _INT),
         *_LINEAGE,
         ("seeds_in_trial", _INT),  # how many seeds the trial trained together (train.seeds_per_trial)
+        # trained in the vectorised loop of several seeds (seeds_per_trial > 1): its rounding differs from a
+        # lone trial's, so a lost checkpoint is retrained the same way (then bit for bit, on the CPU)
+        ("trained_together", pa.bool_()),
         ("history_json", _STR),  # each epoch's metrics, as JSON: [{"epoch": 1, "test_acc": ...}, ...]
     ),
     "pairs": _schema(

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -63,14 +63,18 @@ def models_row_uri(root: str, model_key: str, seed: int) -> str:
     return table_file(root, "models", new_stem(f"{model_key}__seed-{seed}"))
 
 
-def trial_spec(config: SweepConfig, plan: ModelPlan, seeds: list[int], threads: float) -> dict[str, Any]:
+def trial_spec(
+    config: SweepConfig, plan: ModelPlan, seeds: list[int], threads: float, together: bool | None = None
+) -> dict[str, Any]:
     """Everything a trial needs, as plain JSON-able data (it travels to a worker): the ``seeds`` of
-    one model config that it trains (together, when more than one)."""
+    one model config that it trains, ``together`` in the vectorised loop (default: when the sweep's
+    ``train.seeds_per_trial`` > 1) or one by one."""
     spec = {
         "sweep": config.name,
         "root": config.root,
         "model_key": plan.model_key,
         "seeds": list(seeds),
+        "together": config.seeds_per_trial > 1 if together is None else bool(together),
         "model": asdict(plan.model),
         "train": asdict(config.train),
         "dataset": config.dataset.as_dict(),
@@ -130,6 +134,7 @@ def models_row(spec: dict[str, Any], seed: int, **values: Any) -> dict[str, Any]
         "checkpoint_uri": checkpoint_path(spec["model_key"], seed),
         "config_json": json.dumps({"model": model, "train": spec["train"], "dataset": spec["dataset"]}, sort_keys=True),
         "seeds_in_trial": len(spec["seeds"]),
+        "trained_together": bool(spec.get("together")),
     }
     row.update(values)
     return row
@@ -151,8 +156,9 @@ Report = Callable[[dict[str, Any]], None]
 def run_trial(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
     """Train (or resume, or find finished) the networks of one trial and write their rows; returns
     each seed's error (None: trained). ``report`` gets ``{"seed", "epoch", <metrics>}`` after every
-    epoch. Several seeds train together, vectorised (:func:`repair_ray.multiseed.train_together`),
-    each with its own checkpoint and row.
+    epoch. With ``together``, the seeds train together, vectorised
+    (:func:`repair_ray.multiseed.train_together`), each with its own checkpoint and row; each seed's
+    numbers do not depend on which or how many seeds share its stack.
 
     A NaN loss is the seed's ``failed`` row (with the reason); any other error raises (the driver
     retries the trial, which resumes from its checkpoints)."""
@@ -181,16 +187,17 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
     ]
     reporters = [lambda epoch, metrics, seed=seed: report({"seed": seed, **_numbers(metrics)}) for seed in seeds]
     branch_from = spec.get("branch_from")
-    if len(trainers) == 1:
+    if not spec.get("together"):
         results = [
-            trainers[0].run(
-                checkpoint_uri=uris[0],
+            trainer.run(
+                checkpoint_uri=uri,
                 checkpoint_every=spec["checkpoint_every"],
-                on_epoch=reporters[0],
+                on_epoch=reporter,
                 branch_from=branch_from,
             )
+            for trainer, uri, reporter in zip(trainers, uris, reporters, strict=True)
         ]
-    else:
+    else:  # even a single seed: a network trained together is always computed the same way
         results = train_together(
             trainers,
             checkpoint_uris=uris,
@@ -336,6 +343,8 @@ class TrialPlan:
     done: dict[tuple[str, int], str]  # (model_key, seed) -> checkpoint URI
     todo: list[tuple[ModelPlan, int]]
     damaged: list[str]  # checkpoints of finished trials that are gone or not whole: retrained
+    # how each damaged network was trained, (model_key, seed) -> trained together: it is retrained so
+    together: dict[tuple[str, int], bool] = field(default_factory=dict)
 
 
 def plan_trials(config: SweepConfig) -> TrialPlan:
@@ -353,7 +362,7 @@ def plan_trials(config: SweepConfig) -> TrialPlan:
         if r.status == "ok" and r.model_key in keys
     }
     unloadable = _unloadable_checkpoints(config.root)
-    done, todo, damaged = {}, [], []
+    done, todo, damaged, together = {}, [], [], {}
     for plan in config.models:
         seeds = [seed for seed in plan.seeds if (plan.model_key, seed) in ok]
         sizes = storage.file_sizes(storage.join(config.root, "checkpoints", plan.model_key)) if seeds else {}
@@ -372,9 +381,10 @@ def plan_trials(config: SweepConfig) -> TrialPlan:
             ):
                 damaged.append(uri)
                 todo.append((plan, seed))
+                together[(plan.model_key, seed)] = getattr(row, "trained_together", None) is True
             else:
                 done[(plan.model_key, seed)] = uri
-    return TrialPlan(done, todo, damaged)
+    return TrialPlan(done, todo, damaged, together)
 
 
 def _unloadable_checkpoints(root: str) -> dict[str, Any]:
@@ -429,8 +439,8 @@ def run_train_stage(
         return TrainStageSummary(total, total, 0, 0, time.time() - started)
 
     cpu, gpu = resolve_resources(config.resources.train, "resources.train", say)
-    groups = _groups(todo, config.seeds_per_trial)
-    specs = [trial_spec(config, model_plan, seeds, cpu) for model_plan, seeds in groups]
+    groups = _groups(todo, config.seeds_per_trial, plan.together)
+    specs = [trial_spec(config, model_plan, seeds, cpu, together) for model_plan, seeds, together in groups]
     trunks = trunk_specs(config, todo, cpu)
     if trunks:
         say(f"[train] {len(trunks)} trunk(s) to train or check before their children branch")
@@ -508,14 +518,27 @@ def _name(spec: dict[str, Any]) -> str:
     return f"{spec['model_key']} {what} {', '.join(str(s) for s in spec['seeds'])}"
 
 
-def _groups(todo: list[tuple[ModelPlan, int]], size: int) -> list[tuple[ModelPlan, list[int]]]:
-    """The trials to run: the seeds to train of each model config, ``size`` to a trial, in plan order."""
-    seeds: dict[str, list[int]] = {}
+def _groups(
+    todo: list[tuple[ModelPlan, int]], size: int, healed: dict[tuple[str, int], bool]
+) -> list[tuple[ModelPlan, list[int], bool]]:
+    """The trials to run, in plan order: the seeds to train of each model config, ``size`` to a trial
+    trained together (``size`` > 1) or one to a trial trained alone; a damaged network is retrained
+    the way it was trained (``healed``), whatever ``size`` is now (a stack of any size computes each
+    seed the same way). Each trial: (model config, seeds, trained together)."""
+    seeds: dict[tuple[str, bool], list[int]] = {}
     plans: dict[str, ModelPlan] = {}
     for plan, seed in todo:
-        seeds.setdefault(plan.model_key, []).append(seed)
+        together = healed.get((plan.model_key, seed), size > 1)
+        seeds.setdefault((plan.model_key, together), []).append(seed)
         plans[plan.model_key] = plan
-    return [(plans[key], group[i : i + size]) for key, group in seeds.items() for i in range(0, len(group), size)]
+    out = []
+    for (key, together), group in seeds.items():
+        step = (size if size > 1 else DEFAULT_STACK) if together else 1
+        out += [(plans[key], group[i : i + step], together) for i in range(0, len(group), step)]
+    return out
+
+
+DEFAULT_STACK = 16  # seeds to a trial when networks trained together are retrained under seeds_per_trial: 1
 
 
 class _Scheduler:
