@@ -151,3 +151,13 @@ def test_seeds_per_trial_trains_seeds_together_each_with_its_own_row_checkpoint_
     run_sweep(parse_config(data), say=lambda m: None)
     assert all(torch.equal(weights(4).state_dict[n], t) for n, t in alone.items())
     assert load_tables(config.root)["models"].set_index("seed").loc[4, "trained_together"] == False  # noqa: E712
+    # analysis/compare_runs.py: a sweep against itself differs nowhere
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "analysis" / "compare_runs.py"
+    out = subprocess.run([sys.executable, str(script), config.root, config.root], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith(f"| {key} |")]
+    assert len(rows) == 5 and all(r[3].strip() == "0.00e+00" for r in rows)
+    assert "| weight | none | 10 |" in out.stdout  # the 10 pairs of 5 seeds
