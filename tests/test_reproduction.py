@@ -30,11 +30,13 @@ def _run_example(name: str, tmp_path: Path) -> dict[str, pd.DataFrame]:
         text=True,
         timeout=3 * 3600,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # exit code 1: some network failed; only a diverged deep plain mlp may (a NaN loss, recorded as
+    # such, and trained again, to the same NaN, by every re-run); nothing else may fail
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
     tables = load_tables(str(Path(storage, name)))
     failed = tables["models"][tables["models"]["status"] != "ok"]
-    # a deep plain mlp may diverge (a NaN loss, recorded as such); nothing else may fail
     assert failed["error"].str.startswith("nan_loss").all(), failed["error"].tolist()
+    assert (done.returncode == 1) == (not failed.empty), done.stdout[-3000:]
     assert (tables["pairs"]["status"] == "ok").all()
     return tables
 
