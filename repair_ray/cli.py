@@ -104,7 +104,7 @@ def validate(config_path: str | None, example: str | None, storage_uri: str | No
     click.echo(f"sweep {config.name} -> {config.root}")
     click.echo(f"dataset: {config.dataset.name} {config.dataset.options or ''}".rstrip())
     click.echo(f"models to train: {config.n_trials} ({len(config.models)} model configs x seeds)")
-    if config.seeds_per_trial > 1:
+    if config.trains_together:
         trials = sum(-(-len(plan.seeds) // config.seeds_per_trial) for plan in config.models)
         click.echo(f"  in {trials} trials: up to {config.seeds_per_trial} seeds of a model config trained together")
     for plan in config.models:

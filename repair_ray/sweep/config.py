@@ -75,6 +75,11 @@ class SweepConfig:
         return storage.join(self.storage, self.name)
 
     @property
+    def trains_together(self) -> bool:
+        """Whether new networks train several seeds to a trial, vectorised (``train.seeds_per_trial`` > 1)."""
+        return self.seeds_per_trial > 1
+
+    @property
     def n_trials(self) -> int:
         return sum(len(m.seeds) for m in self.models)
 

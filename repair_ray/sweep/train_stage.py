@@ -74,7 +74,7 @@ def trial_spec(
         "root": config.root,
         "model_key": plan.model_key,
         "seeds": list(seeds),
-        "together": config.seeds_per_trial > 1 if together is None else bool(together),
+        "together": config.trains_together if together is None else bool(together),
         "model": asdict(plan.model),
         "train": asdict(config.train),
         "dataset": config.dataset.as_dict(),
@@ -439,7 +439,7 @@ def run_train_stage(
         return TrainStageSummary(total, total, 0, 0, time.time() - started)
 
     cpu, gpu = resolve_resources(config.resources.train, "resources.train", say)
-    groups = _groups(todo, config.seeds_per_trial, plan.together)
+    groups = _groups(todo, config, plan.together)
     specs = [trial_spec(config, model_plan, seeds, cpu, together) for model_plan, seeds, together in groups]
     trunks = trunk_specs(config, todo, cpu)
     if trunks:
@@ -519,21 +519,22 @@ def _name(spec: dict[str, Any]) -> str:
 
 
 def _groups(
-    todo: list[tuple[ModelPlan, int]], size: int, healed: dict[tuple[str, int], bool]
+    todo: list[tuple[ModelPlan, int]], config: SweepConfig, healed: dict[tuple[str, int], bool]
 ) -> list[tuple[ModelPlan, list[int], bool]]:
-    """The trials to run, in plan order: the seeds to train of each model config, ``size`` to a trial
-    trained together (``size`` > 1) or one to a trial trained alone; a damaged network is retrained
-    the way it was trained (``healed``), whatever ``size`` is now (a stack of any size computes each
-    seed the same way). Each trial: (model config, seeds, trained together)."""
+    """The trials to run, in plan order: the seeds to train of each model config, ``seeds_per_trial``
+    to a trial trained together (:attr:`SweepConfig.trains_together`) or one to a trial trained alone;
+    a damaged network is retrained the way it was trained (``healed``), whatever the config says now
+    (a stack of any size computes each seed the same way). Each trial: (model config, seeds, together)."""
+    size = config.seeds_per_trial
     seeds: dict[tuple[str, bool], list[int]] = {}
     plans: dict[str, ModelPlan] = {}
     for plan, seed in todo:
-        together = healed.get((plan.model_key, seed), size > 1)
+        together = healed.get((plan.model_key, seed), config.trains_together)
         seeds.setdefault((plan.model_key, together), []).append(seed)
         plans[plan.model_key] = plan
     out = []
     for (key, together), group in seeds.items():
-        step = (size if size > 1 else DEFAULT_STACK) if together else 1
+        step = (size if config.trains_together else DEFAULT_STACK) if together else 1
         out += [(plans[key], group[i : i + step], together) for i in range(0, len(group), step)]
     return out
 
