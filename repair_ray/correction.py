@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .datasets import TensorData
-from .hooks import ChannelMoments, Moments, channel_moments, channels_last_2d, output_hooks
+from .hooks import ChannelMoments, Moments, channel_moments, channel_view, channels_last_2d, output_hooks
 from .permutation.spec import PermutationSpec
 
 # REPAIR divides by sqrt(raw variance + EPS), as BatchNorm does: a near-dead channel (raw std ~0)
@@ -37,6 +37,11 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BATCHNORMS) and m.track_running_stats]
+
+
+def batchnorm_names(model: nn.Module) -> list[str]:
+    """The names of the BatchNorms whose running statistics RESET replaces (those of :func:`batchnorms`)."""
+    return [n for n, m in model.named_modules() if isinstance(m, _BATCHNORMS) and m.track_running_stats]
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -62,13 +67,8 @@ def _batch_moments(y: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tens
     return flat.mean(0), flat.std(0, unbiased=False)
 
 
-def _channel_view(v: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
-    shape = [1] * like.dim()
-    shape[axis] = -1
-    return v.view(shape).to(like.dtype)
-
-
-def _safe_scale(target_std: torch.Tensor, raw_std: torch.Tensor) -> torch.Tensor:
+def safe_scale(target_std: torch.Tensor, raw_std: torch.Tensor) -> torch.Tensor:
+    """REPAIR's gain ``σ / sqrt(σ_raw² + ε)``: a near-dead channel is not amplified without bound."""
     return target_std / (raw_std * raw_std + EPS).sqrt()
 
 
@@ -106,9 +106,9 @@ def _corrective_pass(
         point_acc[name].update(y, axis)
         mean, std = _batch_moments(y, axis)
         tgt = targets[name]
-        scale = _safe_scale(tgt.std.to(y.device), std.double()).to(y.dtype)
+        scale = safe_scale(tgt.std.to(y.device), std.double()).to(y.dtype)
         shift = tgt.mean.to(y.device).to(y.dtype) - scale * mean
-        return y * _channel_view(scale, y, axis) + _channel_view(shift, y, axis)
+        return y * channel_view(scale, y, axis) + channel_view(shift, y, axis)
 
     model.eval()
     for m in bns:
@@ -130,7 +130,7 @@ def _corrective_pass(
         modules = dict(model.named_modules())
         for name, tgt in targets.items():
             raw = point_acc[name]
-            scale = _safe_scale(tgt.std.to(raw.std.device), raw.std)
+            scale = safe_scale(tgt.std.to(raw.std.device), raw.std)
             shift = tgt.mean.to(raw.mean.device) - scale * raw.mean
             if name in carried:
                 _carry_affine(modules[name], scale, shift, axes.get(name, 1))
@@ -142,7 +142,7 @@ def _carry_affine(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor, a
     """Make ``module``'s output ``scale·y + shift`` per channel with a forward hook that stays on it."""
 
     def affine(_module: nn.Module, _inputs: tuple, out: torch.Tensor) -> torch.Tensor:
-        return out * _channel_view(scale.to(out.device), out, axis) + _channel_view(shift.to(out.device), out, axis)
+        return out * channel_view(scale.to(out.device), out, axis) + channel_view(shift.to(out.device), out, axis)
 
     affine._repair_ray_carried = True  # type: ignore[attr-defined]
     module.register_forward_hook(affine)

@@ -19,8 +19,18 @@ def channels_last_2d(x: torch.Tensor, axis: int = 1) -> torch.Tensor:
     return x.movedim(axis, -1).reshape(-1, x.shape[axis])
 
 
+def channel_view(v: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
+    """Per-channel values ``v`` shaped to broadcast over ``like`` along ``axis``, in ``like``'s dtype."""
+    shape = [1] * like.dim()
+    shape[axis] = -1
+    return v.view(shape).to(like.dtype)
+
+
 class ChannelMoments:
-    """Running per-channel mean and (population) std in float64 over any number of batches."""
+    """Running per-channel mean and (population) std in float64 over any number of batches.
+
+    The sums may also carry leading dimensions (one row per network of a stack: [K, C]).
+    """
 
     def __init__(self) -> None:
         self.count = 0
@@ -29,13 +39,16 @@ class ChannelMoments:
 
     def update(self, x: torch.Tensor, axis: int = 1) -> None:
         flat = channels_last_2d(x.detach(), axis).double()
+        self.add(flat.sum(0), (flat * flat).sum(0), flat.shape[0])
+
+    def add(self, total: torch.Tensor, total_sq: torch.Tensor, count: int) -> None:
+        """Add the per-channel sum and sum of squares (float64) of ``count`` more samples."""
         if self.total is None:
-            self.total = flat.sum(0)
-            self.total_sq = (flat * flat).sum(0)
+            self.total, self.total_sq = total, total_sq
         else:
-            self.total += flat.sum(0)
-            self.total_sq += (flat * flat).sum(0)
-        self.count += flat.shape[0]
+            self.total += total
+            self.total_sq += total_sq
+        self.count += count
 
     @property
     def mean(self) -> torch.Tensor:

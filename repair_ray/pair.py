@@ -29,6 +29,7 @@ from .permutation import (
 )
 from .permutation.learned import SINKHORN_OBJECTIVES, sinkhorn_matching, ste_matching
 from .permutation.spec import axis_index
+from .stacked import AlphaStack, auto_alphas_per_pass, chunks, interpolated_tensors
 
 ALIGNS = ("none", "weight", "activation", "ste", "sinkhorn")
 DEFAULT_ALIGNS = ("none", "weight", "activation")
@@ -264,6 +265,8 @@ def analyse_pair(
     *,
     spec: PermutationSpec | None = None,
     progress: Callable[[str], None] | None = None,
+    alphas_per_pass: int | None = None,
+    memory_share: float = 1.0,
 ) -> PairResult:
     """Align B to A by each method, evaluate each correction along the α grid, compute barriers.
 
@@ -272,6 +275,12 @@ def analyse_pair(
     trained BatchNorm network's statistics, so the barrier compares corrected with corrected);
     the uncorrected curve's endpoints are the trained networks, evaluated once per pair, and so
     are the ``endpoint_*`` columns. A ``reset`` on a network without BatchNorm is skipped (no rows).
+
+    ``alphas_per_pass``: how many α one forward pass evaluates (several run as one vmapped program,
+    :mod:`repair_ray.stacked`; the rows are the same up to float rounding). None chooses: 1 on the
+    CPU, on a GPU as many as keep it busy and fit in ``memory_share`` of its free memory (the part
+    of the GPU this pair has). Each ``pairs`` row says it (``alphas_per_pass``). It is not an
+    analysis setting: it changes how fast the rows come, not what they say.
     """
     spec = spec if spec is not None else model_a.permutation_spec()
     train_eval = dataset.train.subset(settings.train_samples, seed=settings.subset_seed)
@@ -289,6 +298,8 @@ def analyse_pair(
     held_out = (len(stat_data), min(2 * len(stat_data), len(train_eval)))
     if held_out[0] >= held_out[1]:
         held_out = (0, len(stat_data))
+    if alphas_per_pass is not None and not (_is_int(alphas_per_pass) and alphas_per_pass >= 1):
+        raise ValueError(f"alphas_per_pass must be a positive integer or None (automatic), got {alphas_per_pass!r}")
     endpoint: dict[str, tuple[dict[str, float], ...]] = {"train": (), "test": ()}
     moments: list[dict[str, Moments]] = []
     layer_moments: list[dict[str, Moments]] = []
@@ -312,6 +323,16 @@ def analyse_pair(
     state_a = {k: v.detach() for k, v in model_a.state_dict().items()}
     work = copy.deepcopy(model_a)
     methods = settings.methods(batchnorm=has_batchnorm(work))
+    per_pass = alphas_per_pass or auto_alphas_per_pass(
+        model_a,
+        train_eval.x,
+        batch_size=max(settings.eval_batch_size, settings.stat_batch_size),
+        points=len(alphas),
+        memory_share=memory_share,
+    )
+    curve_points = _CurvePoints(
+        work, spec, splits, stat_data, settings, clock, (points, *held_out), moments_a, endpoint, per_pass
+    )
     for align in settings.aligns:
         with clock("align"):
             perm = _align(align, spec, model_a, model_b, stat_data, settings)
@@ -321,47 +342,22 @@ def analyse_pair(
         layer_target = target_moments(layer_moments[0], permute_moments(spec, layer_moments[1], perm), 0.5)
         for correction in (c for a, c in methods if a == align):
             say(f"{align}/{correction}")
+            measured = curve_points(correction, state_a, state_b, moments_b_aligned, alphas)
             curve = {split: {"alpha": [], "loss": [], "acc": []} for split in splits}
             for alpha in alphas:
-                at_endpoint = alpha in (0.0, 1.0) and correction == "none"
-                if not at_endpoint:
-                    work.load_state_dict(interpolate_state(state_a, state_b, alpha))
-                    remove_carried(work)  # the previous point's carried affines
-                    with clock("stat"):
-                        _correct(work, correction, moments_a, moments_b_aligned, stat_data, alpha, spec, settings)
-                # at alpha = 0.5 the train evaluation also measures the variance collapse (``layers``)
-                recorder = (
-                    MomentRecorder(points, held_out[1], held_out[0], axes=spec.channel_axes) if alpha == 0.5 else None
-                )
-                for split, data in splits.items():
-                    if at_endpoint:
-                        metrics = endpoint[split][0 if alpha == 0.0 else 1]
-                    else:
-                        with clock("eval"):
-                            metrics = evaluate(
-                                work,
-                                data,
-                                batch_size=settings.eval_batch_size,
-                                record=recorder if split == "train" else None,
-                            )
+                for split in splits:
+                    metrics = measured[alpha][split]
                     curve[split]["alpha"].append(alpha)
                     curve[split]["loss"].append(metrics["loss"])
                     curve[split]["acc"].append(metrics["acc"])
                     result.curves.append(
                         {"align": align, "correction": correction, "split": split, "alpha": alpha, **metrics}
                     )
-                if recorder is not None:
-                    ratios = std_ratio(recorder.result(), layer_target)
-                    result.layers += [
-                        {
-                            "align": align,
-                            "correction": correction,
-                            "layer": p,
-                            "layer_index": i,
-                            "std_ratio": ratios[p],
-                        }
-                        for i, p in enumerate(points)
-                    ]
+            ratios = std_ratio(measured[0.5]["layers"], layer_target)
+            result.layers += [
+                {"align": align, "correction": correction, "layer": p, "layer_index": i, "std_ratio": ratios[p]}
+                for i, p in enumerate(points)
+            ]
             spent = clock.take()
             row = {"align": align, "correction": correction}
             for split in splits:
@@ -376,8 +372,122 @@ def analyse_pair(
             share = shared["eval"] / max(len(methods), 1)
             row["eval_seconds"] = spent["eval"] + share
             row["stat_seconds"] = spent["stat"]
+            row["alphas_per_pass"] = per_pass
             result.pairs.append(row)
     return result
+
+
+class _CurvePoints:
+    """The metrics of one correction's curve at every α: ``{α: {split: metrics, "layers": moments at 0.5}}``.
+
+    ``per_pass`` α at a time: one (today's reference path: the interpolated network loaded,
+    corrected and evaluated α by α) or several as one vmapped program (:mod:`repair_ray.stacked`),
+    which gives the same numbers up to float rounding. The uncorrected curve's endpoints are the
+    trained networks' evaluations (``endpoint``), not evaluated again.
+    """
+
+    def __init__(
+        self,
+        work: nn.Module,
+        spec: PermutationSpec,
+        splits: Mapping[str, TensorData],
+        stat_data: TensorData,
+        settings: PairSettings,
+        clock: _Clock,
+        record: tuple[Sequence[str], int, int],
+        moments_a: Mapping[str, Moments],
+        endpoint: Mapping[str, tuple[dict[str, float], ...]],
+        per_pass: int,
+    ) -> None:
+        self.work, self.spec, self.splits, self.stat_data = work, spec, splits, stat_data
+        self.settings, self.clock, self.record = settings, clock, record
+        self.moments_a, self.endpoint, self.per_pass = moments_a, endpoint, per_pass
+
+    def __call__(
+        self,
+        correction: str,
+        state_a: Mapping[str, torch.Tensor],
+        state_b: Mapping[str, torch.Tensor],
+        moments_b: Mapping[str, Moments],
+        alphas: Sequence[float],
+    ) -> dict[float, dict]:
+        out: dict[float, dict] = {}
+        todo = []
+        for alpha in alphas:
+            if alpha in (0.0, 1.0) and correction == "none":
+                out[alpha] = {split: self.endpoint[split][0 if alpha == 0.0 else 1] for split in self.splits}
+            else:
+                todo.append(alpha)
+        if self.per_pass <= 1:
+            for alpha in todo:
+                out[alpha] = self._one(correction, state_a, state_b, moments_b, alpha)
+        else:
+            for chunk in chunks(todo, self.per_pass):
+                out.update(self._stacked(correction, state_a, state_b, moments_b, chunk))
+        return out
+
+    def _one(
+        self,
+        correction: str,
+        state_a: Mapping[str, torch.Tensor],
+        state_b: Mapping[str, torch.Tensor],
+        moments_b: Mapping[str, Moments],
+        alpha: float,
+    ) -> dict:
+        work, settings = self.work, self.settings
+        work.load_state_dict(interpolate_state(state_a, state_b, alpha))
+        remove_carried(work)  # the previous point's carried affines
+        with self.clock("stat"):
+            _correct(work, correction, self.moments_a, moments_b, self.stat_data, alpha, self.spec, settings)
+        points, start, stop = self.record
+        # at alpha = 0.5 the train evaluation also measures the variance collapse (``layers``)
+        recorder = MomentRecorder(points, stop, start, axes=self.spec.channel_axes) if alpha == 0.5 else None
+        measured: dict = {}
+        with self.clock("eval"):
+            for split, data in self.splits.items():
+                record = recorder if split == "train" else None
+                measured[split] = evaluate(work, data, batch_size=settings.eval_batch_size, record=record)
+        if recorder is not None:
+            measured["layers"] = recorder.result()
+        return measured
+
+    def _stacked(
+        self,
+        correction: str,
+        state_a: Mapping[str, torch.Tensor],
+        state_b: Mapping[str, torch.Tensor],
+        moments_b: Mapping[str, Moments],
+        alphas: Sequence[float],
+    ) -> dict[float, dict]:
+        spec, settings = self.spec, self.settings
+        stack = AlphaStack(self.work, interpolated_tensors(self.work, state_a, state_b, alphas))
+        carried: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        with self.clock("stat"):
+            if correction in ("reset", "repair"):
+                targets = None
+                if correction == "repair":
+                    per_alpha = [target_moments(self.moments_a, moments_b, alpha) for alpha in alphas]
+                    targets = {point: [t[point] for t in per_alpha] for point in per_alpha[0]}
+                carried = stack.correct(
+                    self.stat_data,
+                    reset=has_batchnorm(self.work),
+                    targets=targets,
+                    batch_size=settings.stat_batch_size,
+                    axes=spec.channel_axes,
+                    carried=frozenset(spec.carried_points),
+                )
+        out: dict[float, dict] = {alpha: {} for alpha in alphas}
+        with self.clock("eval"):
+            for split, data in self.splits.items():
+                record = self.record if split == "train" and 0.5 in alphas else None
+                metrics, moments = stack.evaluate(
+                    data, batch_size=settings.eval_batch_size, carried=carried, axes=spec.channel_axes, record=record
+                )
+                for k, alpha in enumerate(alphas):
+                    out[alpha][split] = metrics[k]
+                    if alpha == 0.5 and record is not None:
+                        out[alpha]["layers"] = {point: moments[point][k] for point in moments}
+        return out
 
 
 class _Clock:

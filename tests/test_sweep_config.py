@@ -38,6 +38,8 @@ BAD = [
     ({"train": {"optimizer": "rmsprop"}}, "train.optimizer: must be one of sgd, adam"),
     ({"train": {"precision": "fp16"}}, "train.precision: must be one of fp32, bf16"),
     ({"train": {"seeds_per_trial": 0}}, "train.seeds_per_trial: must be a positive integer, got 0"),
+    ({"eval": {"alphas_per_pass": 0}}, "eval.alphas_per_pass: must be a positive integer or auto, got 0"),
+    ({"eval": {"alphas_per_pass": "many"}}, "eval.alphas_per_pass"),
     ({"train": {"seed_per_trial": 4}}, "train.seed_per_trial: unknown key; did you mean 'seeds_per_trial'?"),
     ({"max_trials_in_flight": 0}, "max_trials_in_flight: must be a positive integer, got 0"),
     ({"seeds": 1}, "seeds: need at least 2 seeds"),
@@ -317,3 +319,16 @@ def test_seeds_per_trial_changes_how_seeds_train_not_which_networks_the_sweep_na
     assert (alone.seeds_per_trial, together.seeds_per_trial) == (1, 4)
     assert [p.model_key for p in together.models] == [p.model_key for p in alone.models]
     assert together.train == alone.train
+
+
+def test_alphas_per_pass_is_a_speed_setting_outside_the_analysis_key(tmp_path):
+    """eval.alphas_per_pass changes how fast rows come, not what they say: the analysis keys stay."""
+    from repair_ray.sweep.planning import analysis_keys
+
+    auto = parse_config(tiny_sweep("a", str(tmp_path)))
+    forced = parse_config(
+        tiny_sweep("a", str(tmp_path), eval={"train_samples": 256, "stat_samples": 128, "alphas_per_pass": 5})
+    )
+    assert auto.alphas_per_pass is None and forced.alphas_per_pass == 5
+    keys = analysis_keys(auto.pair_settings, auto.dataset.as_dict())
+    assert keys == analysis_keys(forced.pair_settings, forced.dataset.as_dict())

@@ -117,6 +117,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("max_barrier_test_loss", _F64),
         ("max_barrier_test_error", _F64),
         *_LINEAGE,
+        # how many α one forward pass evaluated (several: one vmapped program, the same rows up to rounding)
+        ("alphas_per_pass", _INT),
     ),
     "curves": _schema(
         *_IDS,

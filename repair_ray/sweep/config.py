@@ -60,6 +60,7 @@ class SweepConfig:
     seeds_per_trial: int
     models: tuple[ModelPlan, ...]
     pair_settings: PairSettings
+    alphas_per_pass: int | None  # eval.alphas_per_pass; None: automatic (see repair_ray.analyse_pair)
     resources: Resources
     max_pairs_in_flight: int | None
     max_trials_in_flight: int | None
@@ -231,6 +232,7 @@ def _expand(
         seeds_per_trial=s.train.seeds_per_trial,
         models=tuple(plans),
         pair_settings=settings,
+        alphas_per_pass=None if s.eval.alphas_per_pass == "auto" else s.eval.alphas_per_pass,
         resources=s.resources,
         max_pairs_in_flight=s.max_pairs_in_flight,
         max_trials_in_flight=s.max_trials_in_flight,
@@ -319,6 +321,8 @@ def _check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
             problems.append(f"resources.{stage}.cpu: must be a positive number, got {spec.cpu}")
         if not math.isfinite(spec.gpu) or spec.gpu < 0 or (spec.gpu > 1 and spec.gpu != int(spec.gpu)):
             problems.append(f"resources.{stage}.gpu: must be a fraction in [0, 1] or a whole number, got {spec.gpu}")
+    if s.eval.alphas_per_pass != "auto" and s.eval.alphas_per_pass < 1:
+        problems.append(f"eval.alphas_per_pass: must be a positive integer or auto, got {s.eval.alphas_per_pass}")
     for key in ("max_pairs_in_flight", "max_trials_in_flight"):
         if getattr(s, key) is not None and getattr(s, key) < 1:
             problems.append(f"{key}: must be a positive integer, got {getattr(s, key)}")

@@ -49,12 +49,16 @@ FLUSH_SECONDS = 30.0  # ... and at most this long between flushes (flush.seconds
 Job = tuple[str, int, int, str, str, tuple[str, ...], tuple[str, ...]]
 
 
-def stage_context(config: SweepConfig, threads: float) -> dict[str, Any]:
-    """What every pair task of the stage shares, sent to the object store once (not once per task)."""
+def stage_context(config: SweepConfig, threads: float, gpu: float = 0.0) -> dict[str, Any]:
+    """What every pair task of the stage shares, sent to the object store once (not once per task).
+
+    ``gpu``: the share of a GPU each task gets (its α per pass are sized to that share of the memory)."""
     return {
         "sweep": config.name,
         "dataset": config.dataset.as_dict(),
         "settings": asdict(config.pair_settings),
+        "alphas_per_pass": config.alphas_per_pass,
+        "memory_share": min(gpu, 1.0) or 1.0,
         "analysis_keys": analysis_keys(config.pair_settings, config.dataset.as_dict()),
         "threads": threads,
         "models": {plan.model_key: asdict(plan.model) for plan in config.models},
@@ -114,7 +118,15 @@ def pair_task(context: dict[str, Any], job: Job) -> dict[str, list[dict[str, Any
             model.load_state_dict(load_checkpoint(uri, map_location=device).state_dict)
             models.append(model.eval())
         spec = model_config.permutation_spec(dataset.num_classes, dataset.in_shape)
-        result = analyse_pair(models[0], models[1], dataset, _job_settings(context, job), spec=spec)
+        result = analyse_pair(
+            models[0],
+            models[1],
+            dataset,
+            _job_settings(context, job),
+            spec=spec,
+            alphas_per_pass=context.get("alphas_per_pass"),
+            memory_share=context.get("memory_share", 1.0),
+        )
     except Exception as error:  # noqa: BLE001 - every failure of a pair is data for its row
         return failed_rows(context, job, error_text(error), str(device))
     lineage = dict(context["lineage"].get(job[0]) or {})
@@ -286,7 +298,7 @@ def run_pair_stage(
 
         trained = plan_trials(config).done
     cpu, gpu = resolve_resources(config.resources.pair, "resources.pair", say)
-    context = stage_context(config, cpu)
+    context = stage_context(config, cpu, gpu)
     state = read_pair_state(config.root, context["analysis_keys"])
     pairs = PairQueue(config, state)
     # longest first among the pairs ready now: the end of the stage is not one big pair alone

@@ -55,6 +55,8 @@ class EvalSection(_Strict):
     stat_samples: int = 5000
     stat_batch_size: int = 1000
     eval_batch_size: int = 1000
+    # how many α one forward pass evaluates: speed only, not an analysis setting (see analyse_pair)
+    alphas_per_pass: int | Literal["auto"] = "auto"
 
 
 # The defaults of the analysis settings are PairSettings' own (one home).
