@@ -26,6 +26,7 @@ a GPU machine. Every time is wall time around synchronised CUDA work, median of 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import statistics
@@ -298,12 +299,14 @@ def pair_resnet(device: torch.device, quick: bool) -> list[dict[str, Any]]:
             PairSettings(aligns, corrections, alphas=21, train_samples=big // 2, stat_samples=big // 2),
         ),
     ]
+    # (name, analyse_pair keywords, cuDNN autotuning, channels-last, eval.precision)
     variants = [
-        ("one α per pass", {"alphas_per_pass": 1}, False, False),
-        ("one α per pass, cuDNN autotuned", {"alphas_per_pass": 1}, True, False),
-        ("one α per pass, cuDNN autotuned, channels-last", {"alphas_per_pass": 1}, True, True),
-        ("alphas_per_pass automatic", {}, False, False),
-        ("all α in one pass", {"alphas_per_pass": 11}, False, False),
+        ("one α per pass", {"alphas_per_pass": 1}, False, False, "fp32"),
+        ("one α per pass, cuDNN autotuned", {"alphas_per_pass": 1}, True, False, "fp32"),
+        ("one α per pass, cuDNN autotuned, channels-last", {"alphas_per_pass": 1}, True, True, "fp32"),
+        ("one α per pass, cuDNN autotuned, channels-last, TF32", {"alphas_per_pass": 1}, True, True, "tf32"),
+        ("alphas_per_pass automatic", {}, False, False, "fp32"),
+        ("all α in one pass", {"alphas_per_pass": 11}, False, False, "fp32"),
     ]
     rows: list[dict[str, Any]] = []
     for case, (label, data, settings) in enumerate(cases):
@@ -312,12 +315,13 @@ def pair_resnet(device: torch.device, quick: bool) -> list[dict[str, Any]]:
             timed = [r for r in rows if "seconds" in r]
             fastest = min(timed, key=lambda r: r["seconds"])["variant"] if timed else variants[0][0]
             variants = [v for v in variants if v[0] == fastest]
-        for name, kwargs, autotune, channels_last in variants:
+        for name, kwargs, autotune, channels_last, precision in variants:
             torch.backends.cudnn.benchmark = autotune
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             x, y = a.to(memory_format=fmt), b.to(memory_format=fmt)
             try:
-                run = functools.partial(analyse_pair, x, y, data, settings, **kwargs)
+                how = dataclasses.replace(settings, precision=precision)
+                run = functools.partial(analyse_pair, x, y, data, how, **kwargs)
                 seconds, result = _timed(run, device, 1)
             except Exception as error:  # noqa: BLE001 - recorded, the other variants go on
                 rows.append({"case": label, "variant": name, "error": _short(error)})

@@ -36,10 +36,16 @@ DEFAULT_ALIGNS = ("none", "weight", "activation")
 # the settings of the aligns that learn on data; each belongs to its align's rows only
 METHOD_FIELDS = {"ste": ("ste_steps", "ste_lr"), "sinkhorn": ("sinkhorn_steps", "sinkhorn_lr", "sinkhorn_objective")}
 CORRECTIONS = ("none", "reset", "repair")
+# the arithmetic of a pair's forward passes on a GPU: fp32 (as on the CPU), or TF32 matrix products and
+# convolutions (NVIDIA tensor cores since Ampere; ~10 bits of mantissa, several times faster)
+PRECISIONS = ("fp32", "tf32")
 # Bumped whenever the same settings give different rows, so older rows stop being current (they
 # stay readable with load_tables(keys="all")). 2: corrections at the endpoints too, REPAIR's ε,
 # weight matching's forward start.
 ANALYSIS_VERSION = 2
+# PairSettings fields added after rows were keyed by the others: out of the analysis key at these
+# defaults, so the rows computed before them stay current
+LATER_FIELDS = {"precision": "fp32"}
 MAX_ALPHAS = 1001  # a finer grid costs a forward pass per point and pair without changing a barrier
 
 
@@ -100,6 +106,7 @@ class PairSettings:
     sinkhorn_steps: int = 200
     sinkhorn_lr: float = 0.1
     sinkhorn_objective: str = "midpoint"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         problems = Problems("PairSettings")
@@ -126,6 +133,8 @@ class PairSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 problems.add(name, f"must be a positive number, got {value!r}")
+        if self.precision not in PRECISIONS:
+            problems.add("precision", unknown_choice("precision", self.precision, PRECISIONS))
         if self.sinkhorn_objective not in SINKHORN_OBJECTIVES:
             problems.add(
                 "sinkhorn_objective", unknown_choice("objective", self.sinkhorn_objective, SINKHORN_OBJECTIVES)
@@ -276,12 +285,43 @@ def analyse_pair(
     the uncorrected curve's endpoints are the trained networks, evaluated once per pair, and so
     are the ``endpoint_*`` columns. A ``reset`` on a network without BatchNorm is skipped (no rows).
 
+    ``settings.precision`` holds for every forward pass of the analysis, whatever the process did
+    before (a worker that trained a network has TF32 switched on for training): ``fp32`` computes in
+    full float32 (on a GPU as on the CPU, up to summation order), ``tf32`` lets CUDA matrix products
+    and convolutions use TF32.
+
     ``alphas_per_pass``: how many α one forward pass evaluates (several run as one vmapped program,
     :mod:`repair_ray.stacked`; the rows are the same up to float rounding). None chooses: 1 on the
     CPU, on a GPU as many as keep it busy and fit in ``memory_share`` of its free memory (the part
     of the GPU this pair has). Each ``pairs`` row says it (``alphas_per_pass``). It is not an
     analysis setting: it changes how fast the rows come, not what they say.
     """
+    with float_precision(settings.precision):
+        return _analyse_pair(model_a, model_b, dataset, settings, spec, progress, alphas_per_pass, memory_share)
+
+
+@contextmanager
+def float_precision(precision: str):
+    """CUDA's TF32 switches for matrix products and convolutions as ``precision`` says, restored afterwards."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32, tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def _analyse_pair(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    dataset: Dataset,
+    settings: PairSettings,
+    spec: PermutationSpec | None,
+    progress: Callable[[str], None] | None,
+    alphas_per_pass: int | None,
+    memory_share: float,
+) -> PairResult:
     spec = spec if spec is not None else model_a.permutation_spec()
     train_eval = dataset.train.subset(settings.train_samples, seed=settings.subset_seed)
     stat_data = train_eval.head(settings.stat_samples)

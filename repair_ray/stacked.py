@@ -51,7 +51,8 @@ def interpolated_tensors(
     from .interpolation import interpolate_state
 
     states = [interpolate_state(state_a, state_b, alpha) for alpha in alphas]
-    stacked = {name: torch.stack([s[name] for s in states]) for name in states[0]}
+    # contiguous: a channels-last weight stacked is a strided 5-d tensor, which vmap must not see
+    stacked = {name: torch.stack([s[name] for s in states]).contiguous() for name in states[0]}
     for name, tensor in (*model.named_parameters(), *model.named_buffers()):
         if name not in stacked:
             stacked[name] = tensor.detach().unsqueeze(0).expand(len(alphas), *tensor.shape).clone()

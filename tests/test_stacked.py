@@ -145,3 +145,41 @@ def test_alphas_per_pass_is_one_on_the_cpu_and_checked():
     assert analyse_pair(a, b, data, settings).pairs[0]["alphas_per_pass"] == 1
     with pytest.raises(ValueError, match="alphas_per_pass"):
         analyse_pair(a, b, data, settings, alphas_per_pass=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("arch,kwargs,shape", [NETS[0], NETS[3]], ids=["mlp", "resnet20"])
+def test_several_alphas_per_pass_on_cuda_give_the_rows_of_the_cpu(arch, kwargs, shape):
+    a, b, data = _pair(arch, kwargs, shape)
+    corrections = ("none", "reset", "repair") if kwargs["norm"] == "batch" else ("none", "repair")
+    settings = PairSettings(
+        aligns=("none", "activation"), corrections=corrections, alphas=7, train_samples=160, stat_samples=64
+    )
+    cpu = analyse_pair(a, b, data, settings, alphas_per_pass=1)
+    gpu = copy.deepcopy(a).cuda(), copy.deepcopy(b).cuda()
+    many = analyse_pair(*gpu, data.to("cuda"), settings, alphas_per_pass=7)
+    assert many.pairs[0]["alphas_per_pass"] == 7
+    for x, y in zip(cpu.curves, many.curves, strict=True):
+        what = f"{x['align']}/{x['correction']} {x['split']} α={x['alpha']}"
+        _close(x["loss"], y["loss"], f"loss {what}", rel=1e-4, abs_=1e-5)
+        assert abs(x["acc"] - y["acc"]) <= 1.0 / 80 + 1e-12, f"acc {what}"
+    for x, y in zip(cpu.layers, many.layers, strict=True):
+        _close(x["std_ratio"], y["std_ratio"], f"std_ratio {x['layer']}", rel=1e-3, abs_=1e-4)
+
+
+def test_the_analysis_sets_its_own_float_precision_and_restores_the_process_s():
+    from repair_ray.pair import float_precision
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True  # as a worker that trained a network leaves it
+        with float_precision("fp32"):
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32
+        with float_precision("tf32"):
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        with pytest.raises(Exception, match="precision"):
+            PairSettings(precision="fp16")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

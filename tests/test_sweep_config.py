@@ -40,6 +40,7 @@ BAD = [
     ({"train": {"seeds_per_trial": 0}}, "train.seeds_per_trial: must be a positive integer, got 0"),
     ({"eval": {"alphas_per_pass": 0}}, "eval.alphas_per_pass: must be a positive integer or auto, got 0"),
     ({"eval": {"alphas_per_pass": "many"}}, "eval.alphas_per_pass"),
+    ({"eval": {"precision": "fp16"}}, "eval.precision: unknown precision 'fp16'"),
     ({"train": {"seed_per_trial": 4}}, "train.seed_per_trial: unknown key; did you mean 'seeds_per_trial'?"),
     ({"max_trials_in_flight": 0}, "max_trials_in_flight: must be a positive integer, got 0"),
     ({"seeds": 1}, "seeds: need at least 2 seeds"),
@@ -332,3 +333,17 @@ def test_alphas_per_pass_is_a_speed_setting_outside_the_analysis_key(tmp_path):
     assert auto.alphas_per_pass is None and forced.alphas_per_pass == 5
     keys = analysis_keys(auto.pair_settings, auto.dataset.as_dict())
     assert keys == analysis_keys(forced.pair_settings, forced.dataset.as_dict())
+
+
+def test_eval_precision_tf32_makes_new_analysis_keys_and_fp32_keeps_the_keys_rows_had(tmp_path):
+    from repair_ray.sweep.planning import analysis_keys
+
+    def keys(**eval_section):
+        config = parse_config(
+            tiny_sweep("a", str(tmp_path), eval={"train_samples": 256, "stat_samples": 128, **eval_section})
+        )
+        return set(analysis_keys(config.pair_settings, config.dataset.as_dict()).values())
+
+    # the key tiny_sweep's rows had before eval.precision existed (computed at commit 73fdac8)
+    assert keys() == keys(precision="fp32") == {"a5-s128-60459affa7"}
+    assert keys(precision="tf32").isdisjoint(keys())

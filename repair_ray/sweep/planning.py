@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from ..datasets import dataset_in_shape, split_sizes
 from ..io.tables import read_arrow
 from ..models import ModelConfig
-from ..pair import ANALYSIS_VERSION, METHOD_FIELDS, PairSettings, sample_forwards
+from ..pair import ANALYSIS_VERSION, LATER_FIELDS, METHOD_FIELDS, PairSettings, sample_forwards
 from ..training import TrainConfig
 
 if TYPE_CHECKING:
@@ -123,6 +123,9 @@ def analysis_key(settings: PairSettings, dataset: dict[str, Any], align: str | N
         for k, v in asdict(settings).items()
         if k not in ("aligns", "corrections") and (k not in every_method or k in method)
     }
+    for name, default in LATER_FIELDS.items():  # added later: out of the key at their default
+        if fields.get(name) == default:
+            fields.pop(name)
     payload = {"settings": fields, "dataset": dataset}
     if ANALYSIS_VERSION > 1:
         payload["version"] = ANALYSIS_VERSION

@@ -48,6 +48,10 @@ TrainSection = create_model(
 )
 
 
+# The defaults of the analysis settings are PairSettings' own (one home).
+_PAIR_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PairSettings)}
+
+
 class EvalSection(_Strict):
     """``eval``: how many training samples the train curve and the statistics use."""
 
@@ -57,10 +61,7 @@ class EvalSection(_Strict):
     eval_batch_size: int = 1000
     # how many α one forward pass evaluates: speed only, not an analysis setting (see analyse_pair)
     alphas_per_pass: int | Literal["auto"] = "auto"
-
-
-# The defaults of the analysis settings are PairSettings' own (one home).
-_PAIR_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PairSettings)}
+    precision: str = _PAIR_DEFAULTS["precision"]
 
 
 class SteSection(_Strict):
