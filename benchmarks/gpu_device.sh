@@ -17,7 +17,12 @@ python3 -m pytest -m cuda tests/test_cuda.py tests/test_stacked.py -q -rs -p no:
   | tee "$out/cuda_tests.log"
 tests=${PIPESTATUS[0]}
 echo "cuda tests: exit $tests after $(( $(date +%s) - started )) s"
-python3 benchmarks/gpu.py --out "$out" "$@" 2>&1 | tee "$out/gpu_bench.log"
-bench=${PIPESTATUS[0]}
+if [ -f benchmarks/gpu.py ]; then
+  python3 benchmarks/gpu.py --out "$out" "$@" 2>&1 | tee "$out/gpu_bench.log"
+  bench=${PIPESTATUS[0]}
+else
+  echo "no benchmarks/gpu.py: benchmark skipped" | tee "$out/gpu_bench.log"
+  bench=0
+fi
 echo "gpu.py: exit $bench after $(( $(date +%s) - started )) s"
 [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]

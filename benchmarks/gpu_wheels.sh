@@ -39,5 +39,10 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as wheel:
         with open(name, "rb") as f:
             wheel.writestr(info, f.read(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=6)
 PY
-du -sh .whl
-ls -1 .whl
+# pip installs them for Python 3.12 (as the machine will, --target) and Ray's servers are still there
+python3 -m pip install -q --no-deps --target "$work/check" "${platform[@]}" .whl/*.whl
+for f in ray/_raylet.so ray/core/src/ray/gcs/gcs_server ray/core/src/ray/raylet/raylet ray/dashboard/__init__.py; do
+  [ -e "$work/check/$f" ] || { echo "slimmed ray lacks $f" >&2; exit 1; }
+done
+ls -l .whl
+echo "total: $(du -cb .whl/*.whl | tail -1 | cut -f1) bytes ($(du -ch .whl/*.whl | tail -1 | cut -f1)) in $(ls .whl | wc -l) wheels"
