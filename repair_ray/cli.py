@@ -104,9 +104,13 @@ def validate(config_path: str | None, example: str | None, storage_uri: str | No
     click.echo(f"sweep {config.name} -> {config.root}")
     click.echo(f"dataset: {config.dataset.name} {config.dataset.options or ''}".rstrip())
     click.echo(f"models to train: {config.n_trials} ({len(config.models)} model configs x seeds)")
-    if config.trains_together:
-        trials = sum(-(-len(plan.seeds) // config.seeds_per_trial) for plan in config.models)
-        click.echo(f"  in {trials} trials: up to {config.seeds_per_trial} seeds of a model config trained together")
+    gpu = config.resources.train.gpu
+    sizes = {plan.model_key: config.stack_size(plan, gpu) for plan in config.models}
+    if any(size > 1 for size in sizes.values()):
+        trials = sum(-(-len(plan.seeds) // sizes[plan.model_key]) for plan in config.models)
+        how = "auto, on the GPU" if config.seeds_per_trial is None else "train.seeds_per_trial"
+        most = max(sizes.values())
+        click.echo(f"  in {trials} trials: up to {most} seeds of a model config trained together ({how})")
     for plan in config.models:
         m = plan.model
         knobs = [

@@ -167,10 +167,15 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, padding: int =
 class Trainer:
     """Trains one network on one dataset, an epoch at a time, with exact resumption.
 
+    ``compile=True`` trains through ``torch.compile`` of the model (inductor fuses the step's
+    kernels): the same network up to float rounding. Measured on an H200 (BENCHMARKS.md), a ResNet20 x4
+    step in bf16 ran 1.28x faster compiled, after about 14 s of compiling: it pays for long runs.
+
     Attributes:
         model: the network, on ``device``.
         epoch: completed epochs.
         step: completed optimizer steps.
+        compiled: whether training steps run compiled.
     """
 
     def __init__(
@@ -187,6 +192,7 @@ class Trainer:
         mask: Mask | Callable[[torch.nn.Module], Mask] | None = None,
         device: str | torch.device = "cpu",
         channels_last: bool | None = None,
+        compile: bool = False,
     ) -> None:
         self.model_config = model_config
         self.branch_epoch = branch_epoch
@@ -214,6 +220,10 @@ class Trainer:
         model = model.to(self.device)
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         self.optimizer = self._make_optimizer()
+        # torch.compile of the training step's forward (and so its backward): the same function and
+        # parameters, fused kernels; evaluation and checkpoints use the module itself
+        self.compiled = bool(compile)
+        self._forward = torch.compile(self.model) if compile else self.model
         self.generator = torch.Generator().manual_seed(self.data_seed)
         self.augment = train_config.uses_augmentation(dataset.in_shape)
         # The last partial batch is dropped (a new shuffle every epoch uses it next time); a
@@ -267,7 +277,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             with self._autocast():
-                logits = self.model(x)
+                logits = self._forward(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             if not torch.isfinite(loss):
                 raise self.non_finite_loss(loss.item(), batch, lr)

@@ -37,7 +37,9 @@ BAD = [
     ({"train": {"lr": 0}}, "train.lr: must be a positive number"),
     ({"train": {"optimizer": "rmsprop"}}, "train.optimizer: must be one of sgd, adam"),
     ({"train": {"precision": "fp16"}}, "train.precision: must be one of fp32, bf16"),
-    ({"train": {"seeds_per_trial": 0}}, "train.seeds_per_trial: must be a positive integer, got 0"),
+    ({"train": {"seeds_per_trial": 0}}, "train.seeds_per_trial: must be a positive integer or auto, got 0"),
+    ({"train": {"seeds_per_trial": "all"}}, "train.seeds_per_trial"),
+    ({"resources": {"train": {"gpu_memory": 0}}}, "resources.train.gpu_memory: must be a positive number of GiB"),
     ({"eval": {"alphas_per_pass": 0}}, "eval.alphas_per_pass: must be a positive integer or auto, got 0"),
     ({"eval": {"alphas_per_pass": "many"}}, "eval.alphas_per_pass"),
     ({"eval": {"precision": "fp16"}}, "eval.precision: unknown precision 'fp16'"),
@@ -317,7 +319,9 @@ def test_seeds_per_trial_changes_how_seeds_train_not_which_networks_the_sweep_na
     data = tiny_sweep("spt", str(tmp_path))
     data["train"] = {**data["train"], "seeds_per_trial": 4}
     together = parse_config(data)
-    assert (alone.seeds_per_trial, together.seeds_per_trial) == (1, 4)
+    assert (alone.seeds_per_trial, together.seeds_per_trial) == (None, 4)  # None: auto
+    plan = alone.models[0]
+    assert (alone.stack_size(plan, 0.0), together.stack_size(plan, 0.0)) == (1, 4)  # auto on a CPU: alone
     assert [p.model_key for p in together.models] == [p.model_key for p in alone.models]
     assert together.train == alone.train
 

@@ -15,7 +15,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from ..pair import PairSettings, correction_applies
 from ..permutation import SpecError
 from ..pruning import imp_sparsity, prunable_count
 from ..training import TrainConfig
-from .planning import Branch, ModelPlan, model_key, pairing
+from .planning import Branch, ModelPlan, model_key, pairing, stack_size
 from .schema import DatasetSection, FirstPairs, ModelGrid, Resources, SweepSection, describe_validation_error
 
 
@@ -57,7 +57,8 @@ class SweepConfig:
     dataset: DatasetSpec
     train: TrainConfig
     checkpoint_every: int
-    seeds_per_trial: int
+    seeds_per_trial: int | None  # None: auto (see stack_size)
+    compile: bool  # train.compile: lone trials train through torch.compile (not part of a model key)
     models: tuple[ModelPlan, ...]
     pair_settings: PairSettings
     alphas_per_pass: int | None  # eval.alphas_per_pass; None: automatic (see repair_ray.analyse_pair)
@@ -69,16 +70,28 @@ class SweepConfig:
     pair_retries: int
     train_retries: int
     raw: dict[str, Any]
+    _stack_sizes: dict[tuple[str, float], int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def root(self) -> str:
         """``<storage>/<name>``: where everything of this sweep lives."""
         return storage.join(self.storage, self.name)
 
-    @property
-    def trains_together(self) -> bool:
-        """Whether new networks train several seeds to a trial, vectorised (``train.seeds_per_trial`` > 1)."""
-        return self.seeds_per_trial > 1
+    def stack_size(self, plan: ModelPlan, gpu: float) -> int:
+        """How many seeds of ``plan`` a trial trains together, vectorised, when trials get ``gpu``
+        GPUs (``train.seeds_per_trial``; ``auto``: :func:`~repair_ray.sweep.planning.stack_size`).
+        New networks of ``plan`` train together exactly when it is more than 1."""
+        key = (plan.model_key, gpu)
+        if key not in self._stack_sizes:  # estimated on the meta device: once per model config
+            self._stack_sizes[key] = stack_size(
+                plan,
+                self.train,
+                self.dataset.as_dict(),
+                seeds_per_trial=self.seeds_per_trial,
+                gpu=gpu,
+                gpu_memory_gib=self.resources.train.gpu_memory,
+            )
+        return self._stack_sizes[key]
 
     @property
     def n_trials(self) -> int:
@@ -231,7 +244,8 @@ def _expand(
         dataset=dataset,
         train=train,
         checkpoint_every=s.train.checkpoint_every,
-        seeds_per_trial=s.train.seeds_per_trial,
+        seeds_per_trial=None if s.train.seeds_per_trial == "auto" else s.train.seeds_per_trial,
+        compile=s.train.compile,
         models=tuple(plans),
         pair_settings=settings,
         alphas_per_pass=None if s.eval.alphas_per_pass == "auto" else s.eval.alphas_per_pass,
@@ -325,6 +339,9 @@ def _check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
             problems.append(f"resources.{stage}.gpu: must be a fraction in [0, 1] or a whole number, got {spec.gpu}")
     if s.eval.alphas_per_pass != "auto" and s.eval.alphas_per_pass < 1:
         problems.append(f"eval.alphas_per_pass: must be a positive integer or auto, got {s.eval.alphas_per_pass}")
+    memory = s.resources.train.gpu_memory
+    if memory is not None and not (math.isfinite(memory) and memory > 0):
+        problems.append(f"resources.train.gpu_memory: must be a positive number of GiB, got {memory}")
     for key in ("max_pairs_in_flight", "max_trials_in_flight"):
         if getattr(s, key) is not None and getattr(s, key) < 1:
             problems.append(f"{key}: must be a positive integer, got {getattr(s, key)}")
@@ -402,10 +419,12 @@ def _dataset(value: str | DatasetSection, problems: list[str]) -> DatasetSpec | 
 
 def _train(s: SweepSection, problems: list[str]) -> TrainConfig | None:
     fields = s.train.model_dump()
+    fields.pop("compile")  # the sweep's: how trials run, not what they train
     for key in ("checkpoint_every", "seeds_per_trial"):  # the sweep's, not the core's
         value = fields.pop(key)
-        if value < 1:
-            problems.append(f"train.{key}: must be a positive integer, got {value}")
+        if value != "auto" and value < 1:
+            expected = "a positive integer" + (" or auto" if key == "seeds_per_trial" else "")
+            problems.append(f"train.{key}: must be {expected}, got {value}")
     if isinstance(fields["epochs"], int) and fields["epochs"] < 1:  # a sweep trains; the core allows 0 epochs
         problems.append(f"train.epochs: must be a positive integer, got {fields['epochs']}")
         return None

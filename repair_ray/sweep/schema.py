@@ -43,7 +43,8 @@ TrainSection = create_model(
     "TrainSection",
     __base__=_Strict,
     checkpoint_every=(int, 5),
-    seeds_per_trial=(int, 1),
+    seeds_per_trial=(int | Literal["auto"], "auto"),
+    compile=(bool, False),
     **{f.name: (typing.get_type_hints(TrainConfig)[f.name], f.default) for f in dataclasses.fields(TrainConfig)},
 )
 
@@ -82,6 +83,8 @@ class SinkhornSection(_Strict):
 class ResourceSpec(_Strict):
     cpu: float = 1.0
     gpu: float = 0.0
+    # GiB of one GPU, for train.seeds_per_trial: auto (the driver may see no GPU); None: 16
+    gpu_memory: float | None = None
 
 
 class Resources(_Strict):

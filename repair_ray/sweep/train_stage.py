@@ -67,18 +67,19 @@ def trial_spec(
     config: SweepConfig, plan: ModelPlan, seeds: list[int], threads: float, together: bool | None = None
 ) -> dict[str, Any]:
     """Everything a trial needs, as plain JSON-able data (it travels to a worker): the ``seeds`` of
-    one model config that it trains, ``together`` in the vectorised loop (default: when the sweep's
-    ``train.seeds_per_trial`` > 1) or one by one."""
+    one model config that it trains, ``together`` in the vectorised loop (default: when there are
+    several) or one by one."""
     spec = {
         "sweep": config.name,
         "root": config.root,
         "model_key": plan.model_key,
         "seeds": list(seeds),
-        "together": config.trains_together if together is None else bool(together),
+        "together": len(seeds) > 1 if together is None else bool(together),
         "model": asdict(plan.model),
         "train": asdict(config.train),
         "dataset": config.dataset.as_dict(),
         "checkpoint_every": config.checkpoint_every,
+        "compile": config.compile,
         "threads": threads,
         "lineage": plan.lineage(),
     }
@@ -135,9 +136,15 @@ def models_row(spec: dict[str, Any], seed: int, **values: Any) -> dict[str, Any]
         "config_json": json.dumps({"model": model, "train": spec["train"], "dataset": spec["dataset"]}, sort_keys=True),
         "seeds_in_trial": len(spec["seeds"]),
         "trained_together": bool(spec.get("together")),
+        "compiled": _compiled(spec),
     }
     row.update(values)
     return row
+
+
+def _compiled(spec: dict[str, Any]) -> bool:
+    """Whether the trial trains through torch.compile: ``train.compile``, for lone seeds (a stack runs vmap)."""
+    return bool(spec.get("compile")) and not spec.get("together")
 
 
 def failed_rows(spec: dict[str, Any], error: str, seeds: list[int] | None = None) -> None:
@@ -170,6 +177,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
     uris = [checkpoint_uri(spec["root"], spec["model_key"], seed) for seed in seeds]
     resumed_from = [_resumable_epoch(uri) for uri in uris]
     mask = next_imp_mask(spec["prune_from"], spec["imp_rate"]) if "prune_from" in spec else None
+    compiled = _compiled(spec)
     trainers = [
         Trainer(
             ModelConfig(**spec["model"]),
@@ -182,6 +190,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
             imp_round=lineage.get("imp_round"),
             mask=mask,
             device=device,
+            compile=compiled,
         )
         for seed in seeds
     ]
@@ -439,7 +448,7 @@ def run_train_stage(
         return TrainStageSummary(total, total, 0, 0, time.time() - started)
 
     cpu, gpu = resolve_resources(config.resources.train, "resources.train", say)
-    groups = _groups(todo, config, plan.together)
+    groups = _groups(todo, config, plan.together, gpu)
     specs = [trial_spec(config, model_plan, seeds, cpu, together) for model_plan, seeds, together in groups]
     trunks = trunk_specs(config, todo, cpu)
     if trunks:
@@ -519,22 +528,24 @@ def _name(spec: dict[str, Any]) -> str:
 
 
 def _groups(
-    todo: list[tuple[ModelPlan, int]], config: SweepConfig, healed: dict[tuple[str, int], bool]
+    todo: list[tuple[ModelPlan, int]], config: SweepConfig, healed: dict[tuple[str, int], bool], gpu: float = 0.0
 ) -> list[tuple[ModelPlan, list[int], bool]]:
-    """The trials to run, in plan order: the seeds to train of each model config, ``seeds_per_trial``
-    to a trial trained together (:attr:`SweepConfig.trains_together`) or one to a trial trained alone;
-    a damaged network is retrained the way it was trained (``healed``), whatever the config says now
-    (a stack of any size computes each seed the same way). Each trial: (model config, seeds, together)."""
-    size = config.seeds_per_trial
+    """The trials to run, in plan order: the seeds to train of each model config,
+    :meth:`SweepConfig.stack_size` of them to a trial trained together when that is more than 1
+    (``train.seeds_per_trial``; ``auto`` fills a GPU when trials get ``gpu``), else one to a trial
+    trained alone; a damaged network is retrained the way it was trained (``healed``), whatever the
+    config says now (a stack of any size computes each seed the same way). Each trial: (model
+    config, seeds, together)."""
     seeds: dict[tuple[str, bool], list[int]] = {}
     plans: dict[str, ModelPlan] = {}
     for plan, seed in todo:
-        together = healed.get((plan.model_key, seed), config.trains_together)
+        together = healed.get((plan.model_key, seed), config.stack_size(plan, gpu) > 1)
         seeds.setdefault((plan.model_key, together), []).append(seed)
         plans[plan.model_key] = plan
     out = []
     for (key, together), group in seeds.items():
-        step = (size if config.trains_together else DEFAULT_STACK) if together else 1
+        size = config.stack_size(plans[key], gpu)
+        step = (size if size > 1 else DEFAULT_STACK) if together else 1
         out += [(plans[key], group[i : i + step], together) for i in range(0, len(group), step)]
     return out
 
