@@ -13,8 +13,10 @@ one that fails is recorded with its error and the rest go on; results are writte
 - ``ray_sweep``: a Ray sweep on this GPU with ``resources: {train: {gpu: 0.25}, pair: {gpu: 0.25}}``:
   the device its rows name and how many pairs (and trials) ran at once, read from the rows' times.
 - ``train_resnet``: ResNet20 x4 (BatchNorm) training throughput on CIFAR-shaped data, batch 500:
-  fp32, bf16 NCHW, bf16 channels-last, compiled, and 4 seeds stacked.
+  fp32, bf16 NCHW, bf16 channels-last (with and without CIFAR's crops and flips), ``train.compile``,
+  and 4 seeds stacked.
 - ``seeds_mlp``: ``seeds_per_trial`` on MLPs of width 32-512: N seeds together vs one at a time.
+- ``stack_probe``: which networks train stacked (``seeds_per_trial``, vmap) on this device.
 - ``pair_resnet``: a ResNet20 x4 BN pair, 3 aligns x 3 corrections: at 2,000 samples and 11 α (the
   size measured before) per variant, then at 10,000 test / 5,000 statistics and train-curve samples
   and 21 α, with the arithmetic it needs at least (``sample_forwards`` x FLOPs per sample).
@@ -198,21 +200,21 @@ def train_resnet(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     data = make_synthetic(shape=shape, num_classes=10, train_size=batch * steps, test_size=batch, seed=0)
     data = Dataset(data.name, data.train, data.test, 10, shape).to(device)
     model = ModelConfig("resnet20", width, None, "batch", {})
+    bf16, augmented = {"precision": "bf16", "augment": False}, {"precision": "bf16", "augment": True}
     variants: list[tuple[str, dict[str, Any], dict[str, Any], int]] = [
-        ("fp32, NCHW", {"precision": "fp32"}, {"channels_last": False}, 1),
-        ("bf16, NCHW", {"precision": "bf16"}, {"channels_last": False}, 1),
-        ("bf16, channels-last", {"precision": "bf16"}, {"channels_last": True}, 1),
-        ("bf16, 4 seeds stacked", {"precision": "bf16"}, {}, 4),
+        ("fp32, NCHW", {"precision": "fp32", "augment": False}, {"channels_last": False}, 1),
+        ("bf16, NCHW", bf16, {"channels_last": False}, 1),
+        ("bf16, channels-last", bf16, {"channels_last": True}, 1),
+        ("bf16, channels-last, crops and flips (CIFAR's recipe)", augmented, {"channels_last": True}, 1),
+        ("bf16, 4 seeds stacked", bf16, {}, 4),
+        # compiled last: its first epoch compiles (tens of seconds)
+        ("bf16, channels-last, train.compile", bf16, {"channels_last": True, "compile": True}, 1),
     ]
-    # compiled last: its first epoch compiles (tens of seconds)
-    variants.append(("bf16, channels-last, torch.compile", {"precision": "bf16"}, {"channels_last": True}, 1))
     rows = []
     for label, train_kw, trainer_kw, seeds in variants:
-        config = TrainConfig(epochs=3, batch_size=batch, lr=0.05, augment=False, **train_kw)
+        config = TrainConfig(epochs=3, batch_size=batch, lr=0.05, **train_kw)
         try:
             trainers = [Trainer(model, config, data, seed=s, device=device, **trainer_kw) for s in range(seeds)]
-            if "compile" in label:  # the step's forward and backward through inductor (same parameters)
-                trainers[0].model = torch.compile(trainers[0].model)
             warm_started = time.perf_counter()
             _epoch(trainers)  # warm-up epoch: cuDNN autotuning, compilation
             _sync(device)
@@ -359,15 +361,49 @@ def pair_resnet(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def stack_probe(device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    """Which networks train stacked (vmap) on this device: 4 seeds, one epoch of 5 steps each."""
+    from repair_ray.datasets import Dataset, make_synthetic
+    from repair_ray.models import ModelConfig
+    from repair_ray.multiseed import _Stack
+    from repair_ray.training import TrainConfig, Trainer
+
+    cases = [
+        ("mlp 128x2, BatchNorm", ModelConfig("mlp", 128, 2, "batch", {}), (1, 28, 28), True),
+        ("vgg11 x0.25, no norm", ModelConfig("vgg", 0.25, 11, "none", {}), (3, 32, 32), True),
+        ("resnet20 x1, LayerNorm", ModelConfig("resnet20", 1, None, "layer", {}), (3, 32, 32), True),
+        ("resnet20 x1, BatchNorm", ModelConfig("resnet20", 1, None, "batch", {}), (3, 32, 32), True),
+        ("resnet20 x1, BatchNorm, cuDNN off", ModelConfig("resnet20", 1, None, "batch", {}), (3, 32, 32), False),
+        ("resnet20 x1, BatchNorm, NCHW trainers", ModelConfig("resnet20", 1, None, "batch", {}), (3, 32, 32), None),
+    ]
+    rows = []
+    for label, model, shape, cudnn in cases:
+        data = make_synthetic(shape=shape, num_classes=10, train_size=128 * 5, test_size=128, seed=0)
+        data = Dataset(data.name, data.train, data.test, 10, shape).to(device)
+        config = TrainConfig(epochs=2, batch_size=128, lr=0.05, augment=False)
+        layout = {"channels_last": False} if cudnn is None else {}
+        try:
+            trainers = [Trainer(model, config, data, seed=s, device=device, **layout) for s in range(4)]
+            with torch.backends.cudnn.flags(enabled=cudnn is not False):
+                _Stack(trainers).train_epoch()  # warm-up
+                seconds, _ = _timed(lambda t=trainers: _Stack(t).train_epoch(), device, 1)
+            rows.append({"network": label, "ok": True, "ms_per_step": 1000 * seconds / 5})
+        except Exception as error:  # noqa: BLE001 - which networks fail is the finding
+            rows.append({"network": label, "ok": False, "error": _short(error)})
+    return rows
+
+
 SECTIONS: dict[str, Callable[[torch.device, bool], list[dict[str, Any]]]] = {
     "pair_quickstart": pair_quickstart,
     "ray_sweep": ray_sweep,
     "train_resnet": train_resnet,
     "seeds_mlp": seeds_mlp,
     "pair_resnet": pair_resnet,
+    "stack_probe": stack_probe,
 }
 
 COLUMNS = {
+    "stack_probe": [("network", "network"), ("ok", "trains stacked"), ("ms_per_step", "ms/step"), ("error", "error")],
     "pair_quickstart": [
         ("variant", "variant"),
         ("alphas_per_pass", "α per pass"),
@@ -446,9 +482,16 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render(results_path: Path, benchmarks: Path) -> None:
-    """Put the GPU section of ``results_path`` into ``benchmarks`` (replacing an older one)."""
-    section = markdown(json.loads(results_path.read_text()))
+def render(results_paths: list[Path], benchmarks: Path) -> None:
+    """Put the GPU section of ``results_paths`` into ``benchmarks`` (replacing an older one); the
+    sections of a later file (a second run on the same machine) replace the earlier ones'."""
+    results = json.loads(results_paths[0].read_text())
+    for path in results_paths[1:]:
+        later = json.loads(path.read_text())
+        results["sections"].update(later["sections"])
+        results["date"] += f"; {', '.join(later['sections'])} again on {later['date']}"
+        results["seconds"] += later["seconds"]
+    section = markdown(results)
     text = benchmarks.read_text() if benchmarks.exists() else "# Benchmarks\n"
     start = text.find(f"\n## {SECTION}")
     if start >= 0:
@@ -464,10 +507,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every section")
     parser.add_argument("--budget", type=float, default=330.0, help="start no section after this many seconds")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
-    parser.add_argument("--render", help="a gpu_results.json: write its section into BENCHMARKS.md")
+    parser.add_argument("--render", nargs="+", help="gpu_results.json file(s): write the section into BENCHMARKS.md")
     args = parser.parse_args()
     if args.render:
-        render(Path(args.render), REPO / "BENCHMARKS.md")
+        render([Path(p) for p in args.render], REPO / "BENCHMARKS.md")
         return
     out = Path(args.out or REPO / ".bench")
     out.mkdir(parents=True, exist_ok=True)
