@@ -566,17 +566,21 @@ def test_the_repair_points_script_compares_carried_point_sets_on_a_resnet_sweep(
 def test_forcing_several_alphas_per_pass_gives_the_same_rows_and_says_so(finished_sweep, tmp_path):
     """eval.alphas_per_pass reaches the pair tasks; the rows are the automatic (one-α, CPU) ones up to rounding."""
     config, _, _ = finished_sweep
-    before = load_tables(config.root)["pairs"].sort_values(["seed_a", "seed_b", "align", "correction"])
-    assert (before["alphas_per_pass"] == 1).all()  # automatic on the CPU: one α per pass
-    copy_root = tmp_path / "e2e"
+    copy_root = tmp_path / config.name
     shutil.copytree(config.root, copy_root)
     forget_pairs(str(copy_root))
-    section = {"train_samples": 256, "stat_samples": 128, "alphas_per_pass": 3}
-    forced = parse_config(tiny_sweep("e2e", str(tmp_path), eval=section))
+    forced = parse_config(
+        {**config.raw, "eval": {**config.raw["eval"], "alphas_per_pass": 3}}, storage_override=str(tmp_path)
+    )
     assert forced.root == str(copy_root) and forced.alphas_per_pass == 3
     assert run_pair_stage(forced, say=lambda m: None).failed == 0
-    after = load_tables(forced.root)["pairs"].sort_values(["seed_a", "seed_b", "align", "correction"])
-    assert (after["alphas_per_pass"] == 3).all() and len(after) == len(before)
+    key = ["seed_a", "seed_b", "align", "correction"]
+    after = load_tables(forced.root)["pairs"]
+    before = load_tables(config.root)["pairs"].merge(after[key], on=key)  # the same pairs (other tests grow it)
+    assert len(after) == len(before) == forced.n_pairs * 6
+    assert (before["alphas_per_pass"] == 1).all()  # automatic on the CPU: one α per pass
+    assert (after["alphas_per_pass"] == 3).all()
+    after, before = after.sort_values(key), before.sort_values(key)
     assert list(after["analysis_key"]) == list(before["analysis_key"])  # a speed setting: the same facts
     for column in ("barrier_test_loss", "barrier_train_loss", "midpoint_test_acc"):
         assert after[column].to_numpy() == pytest.approx(before[column].to_numpy(), rel=1e-4, abs=1e-5), column
