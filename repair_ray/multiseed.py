@@ -200,7 +200,9 @@ class _Stack:
         self.params = [params[name].detach().contiguous().requires_grad_() for name in self.names]
         self.buffers = {name: buffer.contiguous() for name, buffer in buffers.items()}
         # a skeleton of the network: functional_call runs its code on the stacked tensors
-        self.skeleton = copy.deepcopy(first.model).to("meta").train()
+        # ... in NCHW too: with a channels-last skeleton, BatchNorm under vmap on CUDA asks a batched
+        # tensor for its channels-last contiguity, which vmap does not implement (measured on an H200)
+        self.skeleton = copy.deepcopy(first.model).to(memory_format=torch.contiguous_format).to("meta").train()
         self.optimizer = make_optimizer(self.config, self.params, foreach=True)
         for param, seeds in zip(self.params, zip(*(t.model.parameters() for t in trainers), strict=True), strict=True):
             states = [t.optimizer.state.get(p) for t, p in zip(trainers, seeds, strict=True)]
@@ -372,7 +374,7 @@ def _stacked(values: list[Any], key: str) -> Any:
     """One optimizer-state entry of a stack from the seeds' entries (shared ones: the first's)."""
     if key in SHARED_STATE or not isinstance(values[0], torch.Tensor):
         return values[0].clone() if isinstance(values[0], torch.Tensor) else values[0]
-    return torch.stack(values)
+    return torch.stack(values).contiguous()  # NCHW, as the stack's weights (a channels-last state stacks strided)
 
 
 def _slice(value: Any, key: str, k: int) -> Any:

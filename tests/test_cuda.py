@@ -109,8 +109,9 @@ def test_seeds_trained_together_on_cuda_are_the_seeds_trained_alone():
     together = train_together([Trainer(model, config, data, seed=s, device="cuda") for s in range(3)])
     for lone, stacked in zip(alone, together, strict=True):
         # TF32 products summed in another order (batched vs one at a time): on an H200, 1 % of the
-        # weights differed by more than 2e-4 after one epoch, the largest by 1.5e-3
-        assert _weight_gap(stacked.state_dict, lone.state_dict) < 0.02
+        # weights differed by more than 2e-4 after one epoch, the largest by 1.5e-3 (2.7 % of a
+        # tensor's largest weight in another run)
+        assert _weight_gap(stacked.state_dict, lone.state_dict) < 0.05
         assert stacked.metrics["test_acc"] == pytest.approx(lone.metrics["test_acc"], abs=0.02)
     # and the CPU trains the same seeds together to the same networks, up to CUDA's TF32 rounding
     on_cpu = train_together([Trainer(model, config, _data("cpu"), seed=s, device="cpu") for s in range(3)])

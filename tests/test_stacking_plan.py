@@ -21,9 +21,9 @@ def _config(tmp_path, seeds: int, gpu: float, gpu_memory: float | None = None, *
     return parse_config(data)
 
 
-def _trials(config, gpu: float) -> list[tuple[int, bool]]:
+def _trials(config, gpu: float, slots: int = 1) -> list[tuple[int, bool]]:
     todo = [(plan, seed) for plan in config.models for seed in plan.seeds]
-    return [(len(seeds), together) for _, seeds, together in _groups(todo, config, {}, gpu)]
+    return [(len(seeds), together) for _, seeds, together in _groups(todo, config, {}, gpu, slots)]
 
 
 def test_auto_trains_every_seed_alone_on_a_cpu(tmp_path):
@@ -37,6 +37,16 @@ def test_auto_puts_a_hundred_narrow_networks_in_one_trial_on_a_gpu(tmp_path):
     assert _trials(config, 0.5) == [(100, True)]
     # ... but where the trial got no GPU after all, alone
     assert _trials(config, 0.0) == [(1, False)] * 100
+
+
+def test_auto_shares_the_seeds_over_the_trials_the_cluster_runs_at_once(tmp_path):
+    """A stack must not leave GPU slots idle: on an H200, 6 seeds in one trial on a quarter of the GPU
+    took twice as long as 4 parallel trials."""
+    few = _config(tmp_path, seeds=6, gpu=0.25)
+    assert _trials(few, 0.25, slots=4) == [(2, True)] * 3
+    many = _config(tmp_path, seeds=100, gpu=0.25)
+    assert _trials(many, 0.25, slots=4) == [(25, True)] * 4
+    assert _trials(many, 0.25, slots=200) == [(1, False)] * 100  # more slots than seeds: all alone
 
 
 def test_auto_splits_seeds_that_do_not_fit_into_even_trials(tmp_path):

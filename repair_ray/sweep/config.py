@@ -70,18 +70,19 @@ class SweepConfig:
     pair_retries: int
     train_retries: int
     raw: dict[str, Any]
-    _stack_sizes: dict[tuple[str, float], int] = field(default_factory=dict, compare=False, repr=False)
+    _stack_sizes: dict[tuple[str, float, int | None], int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def root(self) -> str:
         """``<storage>/<name>``: where everything of this sweep lives."""
         return storage.join(self.storage, self.name)
 
-    def stack_size(self, plan: ModelPlan, gpu: float) -> int:
+    def stack_size(self, plan: ModelPlan, gpu: float, per_slot: int | None = None) -> int:
         """How many seeds of ``plan`` a trial trains together, vectorised, when trials get ``gpu``
-        GPUs (``train.seeds_per_trial``; ``auto``: :func:`~repair_ray.sweep.planning.stack_size`).
-        New networks of ``plan`` train together exactly when it is more than 1."""
-        key = (plan.model_key, gpu)
+        GPUs and each slot of the cluster has ``per_slot`` seeds to train (``train.seeds_per_trial``;
+        ``auto``: :func:`~repair_ray.sweep.planning.stack_size`). New networks of ``plan`` train
+        together exactly when it is more than 1."""
+        key = (plan.model_key, gpu, per_slot)
         if key not in self._stack_sizes:  # estimated on the meta device: once per model config
             self._stack_sizes[key] = stack_size(
                 plan,
@@ -90,6 +91,7 @@ class SweepConfig:
                 seeds_per_trial=self.seeds_per_trial,
                 gpu=gpu,
                 gpu_memory_gib=self.resources.train.gpu_memory,
+                per_slot=per_slot,
             )
         return self._stack_sizes[key]
 

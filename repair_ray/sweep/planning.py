@@ -295,6 +295,7 @@ def stack_size(
     seeds_per_trial: int | None,
     gpu: float,
     gpu_memory_gib: float | None = None,
+    per_slot: int | None = None,
 ) -> int:
     """How many seeds of ``plan`` one trial trains together.
 
@@ -303,9 +304,11 @@ def stack_size(
     lone ResNet20 x4 already keeps an H200 busy, 45,000 images/s in bf16, and vmap's stacked
     convolutions are slower there); otherwise as many seeds as fit in the trial's share of GPU
     memory (``gpu`` x ``gpu_memory_gib``, default :data:`DEFAULT_GPU_MEMORY_GIB`, of which
-    :data:`STACK_MEMORY_SHARE`), spread evenly over as few trials as that allows (100 seeds that
-    fit 40 to a trial: 34 + 33 + 33). Measured on an H200, 64 narrow MLPs train 13-21x faster per
-    seed together than one at a time (BENCHMARKS.md).
+    :data:`STACK_MEMORY_SHARE`), and no more than ``per_slot`` (the seeds to train over the trials
+    the cluster runs at once: a stack must not leave the other slots idle), spread evenly over as
+    few trials as that allows (100 seeds that fit 40 to a trial: 34 + 33 + 33). Measured on an
+    H200, 64 narrow MLPs train 13-21x faster per seed together than one at a time, but 6 seeds in
+    one trial on a quarter of the GPU took twice as long as 4 parallel trials (BENCHMARKS.md).
     """
     if seeds_per_trial is not None:
         return seeds_per_trial
@@ -318,5 +321,6 @@ def stack_size(
         return 1
     budget = STACK_MEMORY_SHARE * min(gpu, 1.0) * (gpu_memory_gib or DEFAULT_GPU_MEMORY_GIB) * 2**30
     fit = max(1, int(budget // training_bytes_per_seed(plan.model, train, in_shape, classes)))
+    fit = min(fit, per_slot or fit)
     trials = math.ceil(seeds / fit)
     return math.ceil(seeds / trials)

@@ -448,7 +448,8 @@ def run_train_stage(
         return TrainStageSummary(total, total, 0, 0, time.time() - started)
 
     cpu, gpu = resolve_resources(config.resources.train, "resources.train", say)
-    groups = _groups(todo, config, plan.together, gpu)
+    limit = config.max_trials_in_flight or _slots(cpu, gpu)
+    groups = _groups(todo, config, plan.together, gpu, limit)
     specs = [trial_spec(config, model_plan, seeds, cpu, together) for model_plan, seeds, together in groups]
     trunks = trunk_specs(config, todo, cpu)
     if trunks:
@@ -481,7 +482,6 @@ def run_train_stage(
 
     scheduler = _Scheduler(trunks + specs, seed_done)
     task = remote_task or make_remote_trial_task(cpu, gpu)
-    limit = config.max_trials_in_flight or _slots(cpu, gpu)
     running: dict[Any, _Running] = {}
     try:
         while scheduler.ready or running:
@@ -528,23 +528,28 @@ def _name(spec: dict[str, Any]) -> str:
 
 
 def _groups(
-    todo: list[tuple[ModelPlan, int]], config: SweepConfig, healed: dict[tuple[str, int], bool], gpu: float = 0.0
+    todo: list[tuple[ModelPlan, int]],
+    config: SweepConfig,
+    healed: dict[tuple[str, int], bool],
+    gpu: float = 0.0,
+    slots: int = 1,
 ) -> list[tuple[ModelPlan, list[int], bool]]:
     """The trials to run, in plan order: the seeds to train of each model config,
     :meth:`SweepConfig.stack_size` of them to a trial trained together when that is more than 1
-    (``train.seeds_per_trial``; ``auto`` fills a GPU when trials get ``gpu``), else one to a trial
-    trained alone; a damaged network is retrained the way it was trained (``healed``), whatever the
-    config says now (a stack of any size computes each seed the same way). Each trial: (model
-    config, seeds, together)."""
+    (``train.seeds_per_trial``; ``auto`` fills a GPU when trials get ``gpu``, sharing the seeds
+    over the ``slots`` trials that run at once), else one to a trial trained alone; a damaged
+    network is retrained the way it was trained (``healed``), whatever the config says now (a
+    stack of any size computes each seed the same way). Each trial: (model config, seeds, together)."""
+    per_slot = -(-len(todo) // max(slots, 1))
     seeds: dict[tuple[str, bool], list[int]] = {}
     plans: dict[str, ModelPlan] = {}
     for plan, seed in todo:
-        together = healed.get((plan.model_key, seed), config.stack_size(plan, gpu) > 1)
+        together = healed.get((plan.model_key, seed), config.stack_size(plan, gpu, per_slot) > 1)
         seeds.setdefault((plan.model_key, together), []).append(seed)
         plans[plan.model_key] = plan
     out = []
     for (key, together), group in seeds.items():
-        size = config.stack_size(plans[key], gpu)
+        size = config.stack_size(plans[key], gpu, per_slot)
         step = (size if size > 1 else DEFAULT_STACK) if together else 1
         out += [(plans[key], group[i : i + step], together) for i in range(0, len(group), step)]
     return out
