@@ -137,11 +137,22 @@ def _check_together(trainers: list[Trainer]) -> None:
                     f"trainers[{i}].{field} is {mine!r} but trainers[0]'s is {theirs!r}: "
                     "only runs of one network, training config and device train together"
                 )
+        if trainer.device.type == "cuda" and trainer.channels_last and _has_batchnorm(trainer.model):
+            raise ValueError(
+                f"trainers[{i}] is a channels-last network with BatchNorm on CUDA: stacked, it fails inside "
+                "PyTorch's vmap (NYI: querying is_contiguous inside of vmap for memory_format other than "
+                "torch.contiguous_format; seen on an H200, torch 2.11); build its trainers with channels_last=False "
+                "(a stack computes in NCHW anyway)"
+            )
         if not _same_data(trainer, first):
             raise ValueError(
                 f"trainers[{i}] trains on other data ({trainer.dataset.name}) than trainers[0] "
                 f"({first.dataset.name}): only runs on one dataset train together"
             )
+
+
+def _has_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _same_data(a: Trainer, b: Trainer) -> bool:
@@ -200,9 +211,7 @@ class _Stack:
         self.params = [params[name].detach().contiguous().requires_grad_() for name in self.names]
         self.buffers = {name: buffer.contiguous() for name, buffer in buffers.items()}
         # a skeleton of the network: functional_call runs its code on the stacked tensors
-        # ... in NCHW too: with a channels-last skeleton, BatchNorm under vmap on CUDA asks a batched
-        # tensor for its channels-last contiguity, which vmap does not implement (measured on an H200)
-        self.skeleton = copy.deepcopy(first.model).to(memory_format=torch.contiguous_format).to("meta").train()
+        self.skeleton = copy.deepcopy(first.model).to("meta").train()
         self.optimizer = make_optimizer(self.config, self.params, foreach=True)
         for param, seeds in zip(self.params, zip(*(t.model.parameters() for t in trainers), strict=True), strict=True):
             states = [t.optimizer.state.get(p) for t, p in zip(trainers, seeds, strict=True)]
@@ -374,7 +383,7 @@ def _stacked(values: list[Any], key: str) -> Any:
     """One optimizer-state entry of a stack from the seeds' entries (shared ones: the first's)."""
     if key in SHARED_STATE or not isinstance(values[0], torch.Tensor):
         return values[0].clone() if isinstance(values[0], torch.Tensor) else values[0]
-    return torch.stack(values).contiguous()  # NCHW, as the stack's weights (a channels-last state stacks strided)
+    return torch.stack(values)
 
 
 def _slice(value: Any, key: str, k: int) -> Any:

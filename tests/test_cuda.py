@@ -150,3 +150,14 @@ def test_a_ray_sweep_shares_one_gpu_between_tasks(ray_session, tmp_path):
     assert len(pairs) == 3 * 6 and (pairs["status"] == "ok").all()
     assert pairs["device"].str.startswith("cuda").all()
     assert not any("has no GPU" in line for line in lines)
+
+
+def test_batchnorm_conv_nets_stack_on_cuda_in_nchw_and_refuse_channels_last_with_the_fix_named():
+    """On an H200 (torch 2.11) vmap failed on channels-last BatchNorm nets and ran NCHW ones."""
+    model = ModelConfig("resnet20", 1, None, "batch", {})
+    data = make_synthetic(shape=(3, 16, 16), num_classes=10, train_size=256, test_size=64, seed=0).to("cuda")
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.05, augment=False)
+    with pytest.raises(ValueError, match="channels_last=False"):
+        train_together([Trainer(model, config, data, seed=s, device="cuda") for s in range(2)])
+    nchw = train_together([Trainer(model, config, data, seed=s, device="cuda", channels_last=False) for s in range(2)])
+    assert [r.status for r in nchw] == ["ok", "ok"]

@@ -43,7 +43,8 @@ def test_auto_shares_the_seeds_over_the_trials_the_cluster_runs_at_once(tmp_path
     """A stack must not leave GPU slots idle: on an H200, 6 seeds in one trial on a quarter of the GPU
     took twice as long as 4 parallel trials."""
     few = _config(tmp_path, seeds=6, gpu=0.25)
-    assert _trials(few, 0.25, slots=4) == [(2, True)] * 3
+    assert _trials(few, 0.25, slots=4) == [(1, False)] * 6  # stacks of 2: not worth it (MIN_STACK)
+    assert _trials(_config(tmp_path, seeds=16, gpu=0.25), 0.25, slots=4) == [(4, True)] * 4
     many = _config(tmp_path, seeds=100, gpu=0.25)
     assert _trials(many, 0.25, slots=4) == [(25, True)] * 4
     assert _trials(many, 0.25, slots=200) == [(1, False)] * 100  # more slots than seeds: all alone
@@ -51,10 +52,10 @@ def test_auto_shares_the_seeds_over_the_trials_the_cluster_runs_at_once(tmp_path
 
 def test_auto_splits_seeds_that_do_not_fit_into_even_trials(tmp_path):
     wide = {"models": [{"arch": "mlp", "width": 2048, "depth": 4}], "train": {"epochs": 1, "batch_size": 256}}
-    config = _config(tmp_path, seeds=100, gpu=1.0, gpu_memory=1.0, **wide)  # a 1 GiB GPU
+    config = _config(tmp_path, seeds=100, gpu=1.0, gpu_memory=4.0, **wide)  # a 4 GiB GPU
     per_seed = training_bytes_per_seed(config.models[0].model, config.train, (1, 28, 28), 10)
-    fit = int(0.5 * 2**30 // per_seed)
-    assert 2 <= fit < 100  # the case this test is about
+    fit = int(0.5 * 4 * 2**30 // per_seed)
+    assert 4 <= fit < 100  # the case this test is about
     trials = _trials(config, 1.0)
     sizes = [n for n, _ in trials]
     assert sum(sizes) == 100 and all(together for _, together in trials)

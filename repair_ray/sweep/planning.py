@@ -247,6 +247,9 @@ def sample_forward_passes(config: SweepConfig) -> int | None:
 # allocator's slack share the rest).
 DEFAULT_GPU_MEMORY_GIB = 16.0
 STACK_MEMORY_SHARE = 0.5
+# Fewer seeds to a trial than this train alone: on an H200 one seed in the stacked loop runs at 0.62x
+# of a lone run, 16 at 6-8.5x per seed, and 6 seeds in 3 trials of 2 (27 s) lost to 6 lone trials (20 s)
+MIN_STACK = 4
 
 
 def training_bytes_per_seed(model: ModelConfig, train: TrainConfig, in_shape: tuple[int, ...], classes: int) -> int:
@@ -308,7 +311,8 @@ def stack_size(
     the cluster runs at once: a stack must not leave the other slots idle), spread evenly over as
     few trials as that allows (100 seeds that fit 40 to a trial: 34 + 33 + 33). Measured on an
     H200, 64 narrow MLPs train 13-21x faster per seed together than one at a time, but 6 seeds in
-    one trial on a quarter of the GPU took twice as long as 4 parallel trials (BENCHMARKS.md).
+    one trial on a quarter of the GPU took twice as long as 4 parallel trials (BENCHMARKS.md); stacks
+    smaller than :data:`MIN_STACK` are not worth it, so those seeds train alone.
     """
     if seeds_per_trial is not None:
         return seeds_per_trial
@@ -322,5 +326,7 @@ def stack_size(
     budget = STACK_MEMORY_SHARE * min(gpu, 1.0) * (gpu_memory_gib or DEFAULT_GPU_MEMORY_GIB) * 2**30
     fit = max(1, int(budget // training_bytes_per_seed(plan.model, train, in_shape, classes)))
     fit = min(fit, per_slot or fit)
+    if fit < MIN_STACK:
+        return 1
     trials = math.ceil(seeds / fit)
     return math.ceil(seeds / trials)
