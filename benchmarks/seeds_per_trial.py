@@ -1,6 +1,6 @@
 """Seeds trained together (``repair_ray.multiseed.train_together``) vs one at a time, on the CPU.
 
-    python benchmarks/seeds_per_trial.py [--quick]
+    python benchmarks/seeds_per_trial.py [--quick] [--compile] [--device cuda]
 
 Time per seed per epoch of N seeds of one network on MNIST (a 40-batch slice of the train split,
 batch 128, SGD with momentum; 1,000 test samples evaluated after each epoch, the train slice after
@@ -8,6 +8,11 @@ the last): N lone ``Trainer.run`` calls in a row vs one ``train_together`` of th
 per seed = (time of the N lone runs) / (time of the N-seed stacked run); both include the
 evaluations, which are the same work either way. Narrow MLPs (width 32 and 128, depth 2 and 4) and a
 small CNN (vgg11 at width 0.125: 8 to 64 channels; 10 batches, one epoch), with 1 and 2 torch threads.
+
+``--compile`` measures ``train.compile`` instead: the same runs eager and under ``torch.compile``
+(``Trainer(compile=True)``), lone and together; each compiled configuration is run once untimed first,
+so the times are of compiled steps, not of compiling (which a trial pays once per worker and shape).
+``--device cuda`` runs on the GPU (data on the device, one thread).
 """
 
 from __future__ import annotations
@@ -42,27 +47,33 @@ def _data(batches: int):
     return Dataset("mnist", mnist.train.head(BATCH * batches), mnist.test.head(1000), 10, mnist.in_shape)
 
 
-def _trainers(knobs: dict[str, Any], epochs: int, data, seeds: int) -> list:
+def _trainers(knobs: dict[str, Any], epochs: int, data, seeds: int, compile: bool = False, device: str = "cpu") -> list:
     from repair_ray.models import ModelConfig
     from repair_ray.training import TrainConfig, Trainer
 
     config = TrainConfig(epochs=epochs, batch_size=BATCH, lr=0.05, momentum=0.9)
-    return [Trainer(ModelConfig(**knobs), config, data, seed=seed) for seed in range(seeds)]
+    return [
+        Trainer(ModelConfig(**knobs), config, data, seed=seed, compile=compile, device=device) for seed in range(seeds)
+    ]
 
 
 def _seconds(train: Any, trainers: list) -> float:
     started = time.perf_counter()
     train(trainers)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
-def measure(knobs: dict[str, Any], batches: int, epochs: int, seeds: int) -> dict[str, float]:
+def measure(
+    knobs: dict[str, Any], batches: int, epochs: int, seeds: int, compile: bool = False, device: str = "cpu"
+) -> dict[str, float]:
     """Seconds per seed per epoch, lone and together, for ``seeds`` seeds (trainers built untimed)."""
     from repair_ray.multiseed import train_together
 
     data = _data(batches)
-    lone = _seconds(lambda ts: [t.run() for t in ts], _trainers(knobs, epochs, data, seeds))
-    together = _seconds(train_together, _trainers(knobs, epochs, data, seeds))
+    lone = _seconds(lambda ts: [t.run() for t in ts], _trainers(knobs, epochs, data, seeds, compile, device))
+    together = _seconds(train_together, _trainers(knobs, epochs, data, seeds, compile, device))
     per = seeds * epochs
     return {"lone_ms": 1000 * lone / per, "together_ms": 1000 * together / per, "speedup": lone / together}
 
@@ -74,12 +85,33 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict[str, Any]]:
     for threads in (1,) if quick else (1, 2):
         torch.set_num_threads(threads)
         for name, knobs, batches, epochs in models:
-            measure(knobs, batches, 1, 1)  # warm-up: first calls of each kernel and of vmap
+            measure(knobs, batches, 1, 1, device=device)  # warm-up: first calls of each kernel and of vmap
             for seeds in counts:
                 row = {"threads": threads, "model": name, "seeds": seeds, "batches": batches * epochs}
-                row.update(measure(knobs, batches, epochs, seeds))
+                row.update(measure(knobs, batches, epochs, seeds, device=device))
                 rows.append(row)
                 print(row, flush=True)
+    return rows
+
+
+def run_compile(quick: bool = False, device: str = "cpu") -> list[dict[str, Any]]:
+    """Eager vs compiled, lone and together (one torch thread); compiling itself is left out."""
+    models = MODELS[:1] + MODELS[3:4] if quick else MODELS
+    counts = (1, 16)
+    torch.set_num_threads(1)
+    rows = []
+    for name, knobs, batches, epochs in models:
+        for seeds in counts:
+            row = {"model": name, "seeds": seeds, "batches": batches * epochs}
+            for compile in (False, True):
+                measure(knobs, batches, 1, seeds, compile, device)  # warm-up: compiles for these shapes
+                times = measure(knobs, batches, epochs, seeds, compile, device)
+                tag = "compiled" if compile else "eager"
+                row[f"lone_{tag}_ms"], row[f"together_{tag}_ms"] = times["lone_ms"], times["together_ms"]
+            row["lone_gain"] = row["lone_eager_ms"] / row["lone_compiled_ms"]
+            row["together_gain"] = row["together_eager_ms"] / row["together_compiled_ms"]
+            rows.append(row)
+            print(row, flush=True)
     return rows
 
 
@@ -101,8 +133,32 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def markdown_compile(rows: list[dict[str, Any]]) -> str:
+    return (
+        table(
+            rows,
+            [
+                ("model", "network"),
+                ("seeds", "seeds N"),
+                ("lone_eager_ms", "lone eager: ms / seed / epoch"),
+                ("lone_compiled_ms", "lone compiled"),
+                ("lone_gain", "compile gain, lone"),
+                ("together_eager_ms", "together eager"),
+                ("together_compiled_ms", "together compiled"),
+                ("together_gain", "compile gain, together"),
+            ],
+        )
+        + f"\n\nMNIST, batch {BATCH}, SGD, 1 torch thread; compiling is left out (warm-up run per shape)."
+    )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="eager vs torch.compile instead of lone vs together")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print(markdown(run(quick=args.quick)))
+    if args.compile:
+        print(markdown_compile(run_compile(quick=args.quick, device=args.device)))
+    else:
+        print(markdown(run(quick=args.quick, device=args.device)))

@@ -21,8 +21,9 @@ order; relative differences ~1e-7 per step), not bit for bit; a run resumed insi
 uninterrupted one. Two things differ from a lone run by design: a stack computes in NCHW memory
 even for ``channels_last`` trainers (vmap turns the seeds' convolutions into one grouped
 convolution; the trainers' weights keep their format), and ``bf16`` casts the matmuls and
-convolutions to bfloat16 by hand (CPU autocast does not reach them under vmap), which rounds like
-autocast but not at exactly the same places.
+convolutions to bfloat16 by hand (autocast does not reach them under vmap; the casts do, on the CPU
+and on CUDA alike), which rounds like autocast but not at exactly the same places. Trainers made with
+``compile=True`` run the vmapped forward pass under ``torch.compile`` (compiled once per call).
 
 Speed (``benchmarks/seeds_per_trial.py``): vmap, ``functional_call`` and batched autograd cost about
 1 ms per step more than a lone step, so one seed alone is slower this way; 16 narrow MLPs train
@@ -46,12 +47,15 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.overrides import TorchFunctionMode
 
 from .datasets import TensorData
-from .training import NonFiniteLossError, Trainer, TrainResult, augment_batch, make_optimizer
+from .training import NonFiniteLossError, Trainer, TrainResult, augment_batch, compiled, make_optimizer
 
 Uri = str | os.PathLike[str]
 OnEpoch = Callable[[int, dict[str, float]], None]
 # optimizer-state entries shared by all seeds of a stack (the rest are tensors shaped like the parameter)
 SHARED_STATE = ("step",)
+# steps between checks for a non-finite loss, per device type (1 where not listed: every step). Reading
+# the losses back makes the host wait for the device every step, which on a GPU idles it between steps.
+NAN_CHECK_EVERY = {"cuda": 16}
 
 
 def train_together(
@@ -103,10 +107,11 @@ def train_together(
     def unfinished() -> list[int]:
         return [i for i, t in enumerate(trainers) if i not in results and t.epoch < epochs]
 
+    forward = _StackedForward(trainers[0])  # one program for every stack of this call (compiled once)
     while active := unfinished():
         behind = min(trainers[i].epoch for i in active)
         for cohort in _cohorts([i for i in active if trainers[i].epoch == behind], trainers):
-            outcomes = _Stack([trainers[i] for i in cohort]).train_epoch()
+            outcomes = _Stack([trainers[i] for i in cohort], forward).train_epoch()
             for i, outcome in zip(cohort, outcomes, strict=True):
                 if isinstance(outcome, NonFiniteLossError):
                     results[i] = trainers[i].failed_run(outcome)
@@ -130,12 +135,12 @@ def _check_together(trainers: list[Trainer]) -> None:
         if id(trainer) in seen:
             raise ValueError(f"trainers[{i}] is trainers[{seen[id(trainer)]}] again: each run can train only once")
         seen[id(trainer)] = i
-        for field in ("model_config", "train_config", "device", "channels_last"):
+        for field in ("model_config", "train_config", "device", "channels_last", "compile"):
             mine, theirs = getattr(trainer, field), getattr(first, field)
             if mine != theirs:
                 raise ValueError(
                     f"trainers[{i}].{field} is {mine!r} but trainers[0]'s is {theirs!r}: "
-                    "only runs of one network, training config and device train together"
+                    "only runs of one network, training config, device and compile setting train together"
                 )
         if trainer.device.type == "cuda" and trainer.channels_last and _has_batchnorm(trainer.model):
             raise ValueError(
@@ -195,11 +200,36 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, torch.Tensor) else value
 
 
+class _StackedForward:
+    """Every seed's logits from stacked weights, buffers and batches: ``vmap`` of ``functional_call``
+    on a skeleton of the network (on the meta device: ``functional_call`` runs its code on the stacked
+    tensors), compiled with ``torch.compile`` when the trainers ask for it. Built once per
+    :func:`train_together` call, so the compiled program serves every epoch's stack."""
+
+    def __init__(self, first: Trainer) -> None:
+        self.skeleton = copy.deepcopy(first.model).to("meta").train()
+        forward = vmap(self._logits)
+        self.forward = (
+            compiled(forward, f"the stacked {first.model_config.label} networks") if first.compile else forward
+        )
+
+    def _logits(
+        self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
+        """One seed's logits (vmapped over the seeds)."""
+        return functional_call(self.skeleton, (params, buffers), (x,))
+
+    def __call__(
+        self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
+        return self.forward(params, buffers, x)
+
+
 class _Stack:
     """The weights, buffers, optimizer state and masks of trainers at the same point of training,
     stacked along a new first dimension (seed ``k`` of the stack is slice ``k``)."""
 
-    def __init__(self, trainers: list[Trainer]) -> None:
+    def __init__(self, trainers: list[Trainer], forward: _StackedForward | None = None) -> None:
         self.started = time.perf_counter()  # the stack's own cost is shared compute too
         self.trainers = trainers
         first = trainers[0]
@@ -210,15 +240,13 @@ class _Stack:
         # stack computes in NCHW whatever the trainers' memory format (their weights keep theirs)
         self.params = [params[name].detach().contiguous().requires_grad_() for name in self.names]
         self.buffers = {name: buffer.contiguous() for name, buffer in buffers.items()}
-        # a skeleton of the network: functional_call runs its code on the stacked tensors
-        self.skeleton = copy.deepcopy(first.model).to("meta").train()
         self.optimizer = make_optimizer(self.config, self.params, foreach=True)
         for param, seeds in zip(self.params, zip(*(t.model.parameters() for t in trainers), strict=True), strict=True):
             states = [t.optimizer.state.get(p) for t, p in zip(trainers, seeds, strict=True)]
             if states[0]:
                 self.optimizer.state[param] = {key: _stacked([s[key] for s in states], key) for key in states[0]}
         self.masks = self._stacked_masks()
-        self.forward = vmap(self._logits)
+        self.forward = forward or _StackedForward(first)
 
     def _stacked_masks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(stacked parameter, stacked keep) for every parameter some trainer masks; a seed without
@@ -238,12 +266,6 @@ class _Stack:
             out.append((param, torch.stack(keeps).to(param.device, param.dtype)))
         return out
 
-    def _logits(
-        self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor
-    ) -> torch.Tensor:
-        """One seed's logits (vmapped over the seeds)."""
-        return functional_call(self.skeleton, (params, buffers), (x,))
-
     def _losses_and_logits(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every seed's mean loss on its batch (``[seeds]``) and its logits (``[seeds, batch, classes]``).
 
@@ -257,7 +279,13 @@ class _Stack:
 
     def train_epoch(self) -> list[dict[str, float] | NonFiniteLossError]:
         """Train one epoch of every seed; per trainer, its running metrics (as
-        :meth:`Trainer.train_epoch` returns them) or the error that stopped it."""
+        :meth:`Trainer.train_epoch` returns them) or the error that stopped it.
+
+        On the CPU every step's losses are checked before the update. On a device where reading them
+        back stalls the queue (:data:`NAN_CHECK_EVERY`), a window of steps runs unchecked from a
+        snapshot of the stack and is checked once at its end; when a loss was not finite, the stack goes
+        back to the snapshot and replays the window step by step, so a failing seed is still left
+        exactly before its failing step, with the same error, and the others go on."""
         trainers, first = list(self.trainers), self.trainers[0]
         train, batch_size, steps = first.dataset.train, self.config.batch_size, first.steps_per_epoch
         device = train.x.device
@@ -268,14 +296,22 @@ class _Stack:
         outcomes: dict[int, dict[str, float] | NonFiniteLossError] = {}
         shares = [0.0] * len(trainers)  # each seed's part of the wall time
         seen = 0
-        for batch in range(steps):
+        start = first.step  # the epoch's first step (read once: a failing trainer's own step moves on)
+        lr = first.learning_rate(start)
+
+        def step(batch: int, check: bool) -> torch.Tensor:
+            """One optimizer step of the stack; with ``check``, the seeds whose loss is not finite fail
+            first (left before this step) and leave the stack. Returns the step's losses."""
+            nonlocal order, loss_sum, correct, alive, seen, lr
             x, y = _gather(train, order[:, batch * batch_size : (batch + 1) * batch_size])
             if first.augment:
                 x = torch.stack([augment_batch(x[k], trainers[i].generator) for k, i in enumerate(alive)])
-            lr = first.learning_rate(first.step + batch)
+            lr = first.learning_rate(start + batch)
             with self._precision():
                 losses, logits = self._losses_and_logits(x, y)
-            failed = [] if torch.isfinite(losses).all() else (~torch.isfinite(losses)).nonzero()[:, 0].tolist()
+            failed = []
+            if check and not torch.isfinite(losses).all():
+                failed = (~torch.isfinite(losses)).nonzero()[:, 0].tolist()
             for k in failed:  # left as a lone run leaves it: before this step
                 trainer = trainers[alive[k]]
                 self.write_back(k, trainer, lr)
@@ -291,8 +327,26 @@ class _Stack:
                 self._select(keep)
                 order, loss_sum, correct = order[keep], loss_sum[keep], correct[keep]
                 alive = [alive[k] for k in keep]
+            return losses
+
+        every = NAN_CHECK_EVERY.get(device.type, 1)
+        batch = 0
+        while batch < steps and alive:
+            window = range(batch, min(steps, batch + every))
+            if len(window) > 1:
+                snapshot = self._snapshot([trainers[i] for i in alive], loss_sum, correct, seen)
+                finite = torch.ones(len(alive), dtype=torch.bool, device=device)
+                for b in window:
+                    finite &= torch.isfinite(step(b, check=False).detach())
+                if bool(finite.all()):  # the window's one wait for the device
+                    batch = window.stop
+                    continue
+                loss_sum, correct, seen = self._restore(snapshot)
+            for b in window:
+                step(b, check=True)
                 if not alive:
                     break
+            batch = window.stop
         for k, i in enumerate(alive):
             self.write_back(k, trainers[i], lr)
             trainers[i].epoch += 1
@@ -303,9 +357,44 @@ class _Stack:
             trainers[i].seconds += shares[i]
         return [outcomes[i] for i in range(len(trainers))]
 
+    @torch.no_grad()
+    def _snapshot(self, trainers: list[Trainer], loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> dict:
+        """What a window of unchecked steps changes: the stack's weights, buffers and optimizer state,
+        the random state of each seed's augmentation, and the epoch's running sums."""
+        return {
+            "params": [p.detach().clone() for p in self.params],
+            "buffers": {name: b.clone() for name, b in self.buffers.items()},
+            "optimizer": [
+                {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.optimizer.state[p].items()}
+                if p in self.optimizer.state
+                else None
+                for p in self.params
+            ],
+            "generators": [(t.generator, t.generator.get_state()) for t in trainers],
+            "sums": (loss_sum.clone(), correct.clone(), seen),
+        }
+
+    @torch.no_grad()
+    def _restore(self, snapshot: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Back to ``snapshot`` (see :meth:`_snapshot`); returns its running sums."""
+        for param, saved in zip(self.params, snapshot["params"], strict=True):
+            param.copy_(saved)
+        for name, buffer in self.buffers.items():
+            buffer.copy_(snapshot["buffers"][name])
+        for param, state in zip(self.params, snapshot["optimizer"], strict=True):
+            if state is None:
+                self.optimizer.state.pop(param, None)
+            else:
+                self.optimizer.state[param] = state
+        for generator, state in snapshot["generators"]:
+            generator.set_state(state)
+        return snapshot["sums"]
+
     def _precision(self) -> Any:
         """bfloat16 autocast for ``precision: bf16``, with the matmuls and convolutions cast by hand:
-        under vmap, CPU autocast misses them (vmap decomposes them below autocast)."""
+        under vmap, autocast misses them (vmap decomposes them below autocast). The casts are a torch
+        function mode, which sees every call above the dispatcher, so they reach the stacked ops on
+        every device (CUDA as the CPU); autocast of the device type covers the rest as for a lone run."""
         if self.config.precision != "bf16":
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()

@@ -147,11 +147,12 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, padding: int =
     """Random crops (zero padding of ``padding`` pixels) and horizontal flips, per sample, in one gather.
 
     The random offsets and flips are drawn on the CPU from ``generator`` whatever the device of
-    ``x``, so the augmentation is the same on every device.
+    ``x``, so the augmentation is the same on every device. On CUDA they travel through pinned memory
+    without blocking (a copy from pageable memory would wait for the GPU's queue to drain every step).
     """
     n, channels, height, width = x.shape
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
-    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    offsets = _to_device(torch.randint(0, 2 * padding + 1, (2, n), generator=generator), x.device)
+    flips = _to_device(torch.rand(n, generator=generator) < 0.5, x.device)
     padded = F.pad(x, (padding, padding, padding, padding))
     rows = offsets[0, :, None] + torch.arange(height, device=x.device)
     columns = torch.arange(width, device=x.device)
@@ -164,18 +165,58 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, padding: int =
     ]
 
 
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device``: on CUDA an asynchronous copy from pinned memory (the pinned buffer is
+    kept alive by the copy's stream), elsewhere a plain ``to``."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+# dynamo's switch (and error) for "raise instead of running eager once the recompile limit is hit", by torch version
+_FAIL_ON_LIMIT = ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit")
+_LIMIT_ERRORS = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
+
+
+class CompileError(RuntimeError):
+    """``torch.compile`` could not compile the training step's network (``compile=True``)."""
+
+
+def compiled(forward: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """``torch.compile(forward)`` whose compilation errors raise :class:`CompileError` naming ``what``
+    (compilation happens at the first calls): a run asked to compile never falls back to eager silently,
+    neither when it cannot compile nor when dynamo's recompile limit is hit (a worker that compiled the
+    same code for many shapes)."""
+    import torch._dynamo
+
+    program = torch.compile(forward)
+    config = torch._dynamo.config
+    strict = next((k for k in _FAIL_ON_LIMIT if hasattr(config, k)), None)
+    failures: tuple[type[BaseException], ...] = (torch._dynamo.exc.TorchDynamoException,) + tuple(
+        getattr(torch._dynamo.exc, name) for name in _LIMIT_ERRORS if hasattr(torch._dynamo.exc, name)
+    )
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with config.patch(**{strict: True}) if strict else contextlib.nullcontext():
+                return program(*args, **kwargs)
+        except failures as error:
+            reason = (str(error).strip().splitlines() or [""])[0]
+            raise CompileError(
+                f"torch.compile of {what} failed ({type(error).__name__}: {reason}); "
+                "train it without compile (train.compile: false)"
+            ) from error
+
+    return call
+
+
 class Trainer:
     """Trains one network on one dataset, an epoch at a time, with exact resumption.
-
-    ``compile=True`` trains through ``torch.compile`` of the model (inductor fuses the step's
-    kernels): the same network up to float rounding. Measured on an H200 (BENCHMARKS.md), a ResNet20 x4
-    step in bf16 ran 1.28x faster compiled, after about 14 s of compiling: it pays for long runs.
 
     Attributes:
         model: the network, on ``device``.
         epoch: completed epochs.
         step: completed optimizer steps.
-        compiled: whether training steps run compiled.
     """
 
     def __init__(
@@ -195,6 +236,10 @@ class Trainer:
         compile: bool = False,
     ) -> None:
         self.model_config = model_config
+        # torch.compile the training steps' forward pass (evaluation stays eager): the same network up
+        # to float rounding, faster where per-op overhead dominates; not part of the run's identity.
+        # Measured on an H200: a ResNet20 x4 bf16 step 1.08-1.28x faster, after 14-21 s of compiling
+        self.compile = bool(compile)
         self.branch_epoch = branch_epoch
         self.imp_round = imp_round
         # an IMP round's mask (or what computes it: only a run that starts afresh needs it; a resumed
@@ -220,10 +265,7 @@ class Trainer:
         model = model.to(self.device)
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         self.optimizer = self._make_optimizer()
-        # torch.compile of the training step's forward (and so its backward): the same function and
-        # parameters, fused kernels; evaluation and checkpoints use the module itself
-        self.compiled = bool(compile)
-        self._forward = torch.compile(self.model) if compile else self.model
+        self.forward = compiled(self.model, f"the {model_config.label} network") if self.compile else self.model
         self.generator = torch.Generator().manual_seed(self.data_seed)
         self.augment = train_config.uses_augmentation(dataset.in_shape)
         # The last partial batch is dropped (a new shuffle every epoch uses it next time); a
@@ -277,7 +319,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             with self._autocast():
-                logits = self._forward(x)
+                logits = self.forward(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             if not torch.isfinite(loss):
                 raise self.non_finite_loss(loss.item(), batch, lr)

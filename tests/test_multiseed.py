@@ -218,6 +218,45 @@ def test_a_nan_in_one_seed_fails_only_that_seed(data: Dataset, tmp_path: Path) -
         assert _relative_difference(mine.state_dict, theirs.state_dict) <= 1e-5
 
 
+def test_when_the_first_seed_fails_mid_epoch_the_others_keep_their_learning_rates(data: Dataset) -> None:
+    trainers = [_poison(Trainer(MLP, SHORT, data, seed=0), "huge"), Trainer(MLP, SHORT, data, seed=1)]
+    results = train_together(trainers)
+    assert results[0].status == "nan_loss" and "step 1 of" not in results[0].error
+    (alone,) = _alone(MLP, SHORT, data, (1,))
+    assert _relative_difference(results[1].state_dict, alone.state_dict) <= 1e-5
+
+
+@pytest.mark.parametrize("every", [3, 16])
+def test_checking_losses_once_a_window_fails_the_same_seeds_at_the_same_steps_with_the_same_state(
+    data: Dataset, every: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a GPU does (multiseed.NAN_CHECK_EVERY): steps unchecked, then back to the window's start
+    and step by step when a loss was not finite. On the CPU it must give the bits of checking every step."""
+    from repair_ray import multiseed
+
+    def poisoned() -> list[Trainer]:
+        trainers = [Trainer(MLP, SHORT, data, seed=seed) for seed in range(4)]
+        _poison(trainers[0], "huge")
+        _poison(trainers[2], "inf")
+        return trainers
+
+    checked = poisoned()
+    expected = train_together(checked)
+    monkeypatch.setattr(multiseed, "NAN_CHECK_EVERY", {"cpu": every})
+    replays = []
+    restore = multiseed._Stack._restore
+    monkeypatch.setattr(multiseed._Stack, "_restore", lambda self, snap: replays.append(1) or restore(self, snap))
+    windowed = poisoned()
+    results = train_together(windowed)
+    assert replays  # a failure sent its window back (once per window that held one)
+    assert [r.status for r in results] == [r.status for r in expected] == ["nan_loss", "ok", "nan_loss", "ok"]
+    for mine, theirs, a, b in zip(results, expected, windowed, checked, strict=True):
+        assert mine.error == theirs.error and mine.history == theirs.history
+        assert (a.epoch, a.step) == (b.epoch, b.step)
+        assert all(torch.equal(t, b._state_dict()[n]) for n, t in a._state_dict().items())
+        assert _optimizer_difference(a, b) == 0.0
+
+
 def test_weights_broken_mid_run_fail_that_seed_with_the_lone_runs_error(data: Dataset, tmp_path: Path) -> None:
     def breaker(trainer: Trainer):
         def break_weights(epoch: int, metrics: dict[str, float]) -> None:
@@ -386,3 +425,71 @@ def test_channels_last_trainers_train_together_and_keep_their_memory_format(data
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="channels_last"):
         train_together([Trainer(BATCHNORM_CNN, config, data, seed=0), trainers[0]])
+
+
+def _compiled_trainers(model: ModelConfig, train: TrainConfig, data: Dataset, seeds) -> list[Trainer]:
+    return [Trainer(model, train, data, seed=seed, compile=True) for seed in seeds]
+
+
+def test_a_compiled_lone_run_computes_the_eager_network(data: Dataset) -> None:
+    eager = Trainer(MLP, SHORT, data, seed=0).run()
+    trainer = Trainer(MLP, SHORT, data, seed=0, compile=True)
+    result = trainer.run()
+    assert result.status == "ok" and result.state_dict.keys() == eager.state_dict.keys()  # no "_orig_mod." names
+    assert _relative_difference(result.state_dict, eager.state_dict) <= 1e-5  # 30 steps, up to float rounding
+    assert result.metrics["test_acc"] == pytest.approx(eager.metrics["test_acc"], abs=1e-3)
+
+
+def test_compiled_seeds_trained_together_compute_the_eager_stack(data: Dataset) -> None:
+    eager = _together(MLP, SGD, data, (0, 1, 2))
+    results = train_together(_compiled_trainers(MLP, SGD, data, (0, 1, 2)))
+    for mine, theirs in zip(results, eager, strict=True):
+        assert mine.status == "ok"
+        assert _relative_difference(mine.state_dict, theirs.state_dict) <= 1e-5
+
+
+def test_a_compiled_bf16_stack_rounds_like_the_eager_one(data: Dataset) -> None:
+    bf16 = TrainConfig(epochs=1, batch_size=64, lr=0.05, precision="bf16")
+    eager = _together(MLP, bf16, data, (0, 1))
+    results = train_together(_compiled_trainers(MLP, bf16, data, (0, 1)))
+    for mine, theirs in zip(results, eager, strict=True):
+        assert mine.status == "ok" and _relative_difference(mine.state_dict, theirs.state_dict) <= 1e-2
+
+
+@pytest.mark.slow  # compiling a vmapped ResNet's forward and backward takes ~30 s on a CPU core
+def test_a_compiled_batchnorm_stack_keeps_each_seeds_statistics() -> None:
+    # two steps: over more, BatchNorm nets amplify float rounding (10 steps: 4e-2 in a bias) whatever compiles
+    two_steps = load_dataset("synthetic", shape=[1, 8, 8], num_classes=4, train_size=128, test_size=64)
+    eager = _together(BATCHNORM_CNN, SGD, two_steps, (0, 1))
+    results = train_together(_compiled_trainers(BATCHNORM_CNN, SGD, two_steps, (0, 1)))
+    for mine, theirs in zip(results, eager, strict=True):
+        assert mine.status == "ok" and _relative_difference(mine.state_dict, theirs.state_dict) <= 1e-5
+    assert _relative_difference(results[0].state_dict, results[1].state_dict) > 1e-2  # each seed its own
+
+
+def test_a_network_that_does_not_compile_fails_with_an_error_naming_the_setting(
+    data: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from repair_ray.training import CompileError
+
+    def no_compiler(graph, inputs):
+        raise RuntimeError("no C compiler on this machine")
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda forward, **options: real(forward, backend=no_compiler))
+    torch._dynamo.reset()  # nothing compiled by other tests is reused
+    try:
+        with pytest.raises(
+            CompileError, match=r"torch.compile of the mlp-w32-d2-none network failed .*train.compile: false"
+        ):
+            Trainer(MLP, SGD, data, seed=0, compile=True).run()
+        with pytest.raises(CompileError, match="the stacked mlp-w32-d2-none networks"):
+            train_together(_compiled_trainers(MLP, SGD, data, (0, 1)))
+    finally:
+        torch._dynamo.reset()
+
+
+def test_compiled_and_eager_runs_do_not_share_a_stack(data: Dataset) -> None:
+    mixed = [Trainer(MLP, SGD, data, seed=0), Trainer(MLP, SGD, data, seed=1, compile=True)]
+    with pytest.raises(ValueError, match="trainers\\[1\\].compile is True"):
+        train_together(mixed)

@@ -99,5 +99,5 @@ def test_train_compile_is_how_trials_run_not_which_networks_the_sweep_names(tmp_
     plan = compiled.models[0]
     alone, together = trial_spec(compiled, plan, [0], 1), trial_spec(compiled, plan, [0, 1], 1)
     assert models_row(alone, 0)["compiled"] is True
-    assert models_row(together, 0)["compiled"] is False  # a stack runs vmap, uncompiled: the row says so
+    assert models_row(together, 0)["compiled"] is True  # a stack compiles its vmapped forward
     assert models_row(trial_spec(plain, plan, [0], 1), 0)["compiled"] is False

@@ -81,7 +81,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         # lone trial's, so a lost checkpoint is retrained the same way (then bit for bit, on the CPU)
         ("trained_together", pa.bool_()),
         ("history_json", _STR),  # each epoch's metrics, as JSON: [{"epoch": 1, "test_acc": ...}, ...]
-        ("compiled", pa.bool_()),  # trained through torch.compile (train.compile; lone trials only)
+        ("compiled", pa.bool_()),  # trained through torch.compile (train.compile)
     ),
     "pairs": _schema(
         *_IDS,

@@ -58,7 +58,7 @@ class SweepConfig:
     train: TrainConfig
     checkpoint_every: int
     seeds_per_trial: int | None  # None: auto (see stack_size)
-    compile: bool  # train.compile: lone trials train through torch.compile (not part of a model key)
+    compile: bool  # train.compile: trials train through torch.compile (not part of a model key)
     models: tuple[ModelPlan, ...]
     pair_settings: PairSettings
     alphas_per_pass: int | None  # eval.alphas_per_pass; None: automatic (see repair_ray.analyse_pair)

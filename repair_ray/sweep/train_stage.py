@@ -136,15 +136,10 @@ def models_row(spec: dict[str, Any], seed: int, **values: Any) -> dict[str, Any]
         "config_json": json.dumps({"model": model, "train": spec["train"], "dataset": spec["dataset"]}, sort_keys=True),
         "seeds_in_trial": len(spec["seeds"]),
         "trained_together": bool(spec.get("together")),
-        "compiled": _compiled(spec),
+        "compiled": bool(spec.get("compile")),
     }
     row.update(values)
     return row
-
-
-def _compiled(spec: dict[str, Any]) -> bool:
-    """Whether the trial trains through torch.compile: ``train.compile``, for lone seeds (a stack runs vmap)."""
-    return bool(spec.get("compile")) and not spec.get("together")
 
 
 def failed_rows(spec: dict[str, Any], error: str, seeds: list[int] | None = None) -> None:
@@ -177,7 +172,6 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
     uris = [checkpoint_uri(spec["root"], spec["model_key"], seed) for seed in seeds]
     resumed_from = [_resumable_epoch(uri) for uri in uris]
     mask = next_imp_mask(spec["prune_from"], spec["imp_rate"]) if "prune_from" in spec else None
-    compiled = _compiled(spec)
     trainers = [
         Trainer(
             ModelConfig(**spec["model"]),
@@ -190,7 +184,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
             imp_round=lineage.get("imp_round"),
             mask=mask,
             device=device,
-            compile=compiled,
+            compile=bool(spec.get("compile")),
             # a stack computes in NCHW, and channels-last BatchNorm nets fail under vmap on CUDA
             channels_last=False if spec.get("together") else None,
         )
