@@ -456,8 +456,8 @@ def _short(error: BaseException) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())[:300]
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """BENCHMARKS.md's GPU section from a results file."""
+def markdown(results: dict[str, Any], numbered: bool = False) -> str:
+    """BENCHMARKS.md's GPU section from a results file (``numbered``: rows say which run made them)."""
     lines = [
         f"## {SECTION}",
         "",
@@ -478,20 +478,26 @@ def markdown(results: dict[str, Any]) -> str:
         if "skipped" in section:
             lines += [f"Skipped: {section['skipped']}", ""]
             continue
-        lines += [table(section["rows"], COLUMNS[name]), "", f"_({section['seconds']:.0f} s)_", ""]
+        columns = [("run", "run"), *COLUMNS[name]] if numbered else COLUMNS[name]
+        lines += [table(section["rows"], columns), "", f"_({section['seconds']:.0f} s)_", ""]
     return "\n".join(lines)
 
 
 def render(results_paths: list[Path], benchmarks: Path) -> None:
-    """Put the GPU section of ``results_paths`` into ``benchmarks`` (replacing an older one); the
-    sections of a later file (a second run on the same machine) replace the earlier ones'."""
-    results = json.loads(results_paths[0].read_text())
-    for path in results_paths[1:]:
-        later = json.loads(path.read_text())
-        results["sections"].update(later["sections"])
-        results["date"] += f"; {', '.join(later['sections'])} again on {later['date']}"
-        results["seconds"] += later["seconds"]
-    section = markdown(results)
+    """Put the GPU section of ``results_paths`` into ``benchmarks`` (replacing an older one). Several
+    files (runs on the same machine, each lease its own) are shown together, each row with its run."""
+    runs = [json.loads(path.read_text()) for path in results_paths]
+    results = {**runs[0], "sections": {}, "seconds": sum(r["seconds"] for r in runs)}
+    results["date"] = "; ".join(f"run {i}: {r['date']}" for i, r in enumerate(runs, 1))
+    for i, run in enumerate(runs, 1):
+        for name, section in run["sections"].items():
+            merged = results["sections"].setdefault(name, {"rows": [], "seconds": 0.0})
+            if "rows" in section:
+                merged["rows"] += [{"run": i, **row} for row in section["rows"]]
+                merged["seconds"] += section["seconds"]
+            elif not merged["rows"]:
+                merged.update(section)
+    section = markdown(results, numbered=len(runs) > 1)
     text = benchmarks.read_text() if benchmarks.exists() else "# Benchmarks\n"
     start = text.find(f"\n## {SECTION}")
     if start >= 0:
