@@ -16,6 +16,9 @@ import yaml
 
 from repair_ray import load_tables
 from repair_ray.io import storage
+from repair_ray.sweep.cluster import MAX_IN_FLIGHT, ClusterShape, cluster_shape, resolve_resources, tasks_in_flight
+from repair_ray.sweep.config import ConfigError
+from repair_ray.sweep.schema import ResourceSpec
 
 from .conftest import free_port, wait_for_port
 from .helpers import list_names, tiny_sweep, write_yaml
@@ -299,3 +302,82 @@ def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_toke
     tables = load_tables(str(tmp_path / "runs" / "submitted"))
     assert len(tables["pairs"]) == 2 * 3 * 6 and (tables["pairs"]["status"] == "ok").all()
     assert set(tables["models"].arch) == {"mlp", "my_nets.models:make"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Clusters that grow: requests judged against what the cluster can ever have, not what is up now
+# ---------------------------------------------------------------------------------------------
+
+CPU_HEAD = {"CPU": 1.0}
+GPU_NODE = {"CPU": 2.0, "GPU": 1.0}
+
+
+def shape(
+    current: dict, maximum: dict | None, largest: dict | None, *, autoscaling: bool, started_here: bool = False
+) -> ClusterShape:
+    return ClusterShape(current, maximum, largest, autoscaling, started_here)
+
+
+# a CPU-only head now; up to two GPU nodes once the autoscaler adds them
+GROWING = shape(CPU_HEAD, {"CPU": 5.0, "GPU": 2.0}, {"CPU": 2.0, "GPU": 1.0}, autoscaling=True)
+
+
+def resolve(cpu: float, gpu: float, cluster: ClusterShape, lines: list[str] | None = None) -> tuple[float, float]:
+    say = lines.append if lines is not None else print
+    return resolve_resources(ResourceSpec(cpu=cpu, gpu=gpu), "resources.train", say, cluster)
+
+
+def test_gpu_request_is_kept_when_the_autoscaler_can_add_gpu_nodes_that_are_not_up_yet():
+    assert resolve(1, 0.5, GROWING) == (1, 0.5)
+
+
+def test_trials_in_flight_follow_the_maximum_size_of_the_cluster_not_the_nodes_up_now():
+    assert tasks_in_flight(None, 1, 0.5, GROWING) == 4  # two GPU nodes, two half-GPU trials each
+    assert tasks_in_flight(None, 1, 0, GROWING) == 5
+    assert tasks_in_flight(None, 1, 0.5, GROWING, per_slot=2) == 8  # the pair stage keeps twice as many
+    assert tasks_in_flight(3, 1, 0.5, GROWING) == 3  # max_trials_in_flight / max_pairs_in_flight win
+
+
+def test_an_autoscaler_that_does_not_say_its_size_gets_every_ready_task_as_demand():
+    unknown = shape(CPU_HEAD, None, None, autoscaling=True)
+    lines: list[str] = []
+    assert resolve(1, 1, unknown, lines) == (1, 1)
+    assert any("resources.train.gpu is 1: no GPU is up yet" in line for line in lines)
+    assert tasks_in_flight(None, 1, 1, unknown) == MAX_IN_FLIGHT
+
+
+def test_gpu_request_that_no_node_type_can_hold_is_a_config_error_naming_the_key():
+    cpu_only = shape(CPU_HEAD, {"CPU": 9.0}, {"CPU": 4.0}, autoscaling=True)
+    with pytest.raises(ConfigError, match=r"^resources\.train\.gpu is 0\.5 but no node type of this cluster has a GPU"):
+        resolve(1, 0.5, cpu_only)
+    with pytest.raises(
+        ConfigError, match=r"resources\.train\.gpu is 2 but no node type of this cluster has more than 1"
+    ):
+        resolve(1, 2, GROWING)
+
+
+def test_cpu_request_is_judged_against_the_largest_node_type_not_the_whole_cluster():
+    with pytest.raises(
+        ConfigError, match=r"resources\.train\.cpu is 3 but no node type of this cluster has more than 2"
+    ):
+        resolve(3, 0, GROWING)  # the whole cluster can have 5 CPUs, but no one node 3
+
+
+def test_a_joined_fixed_cluster_without_gpus_is_a_config_error():
+    fixed = shape({"CPU": 4.0}, {"CPU": 4.0}, {"CPU": 2.0}, autoscaling=False)
+    with pytest.raises(ConfigError, match=r"gpu is 1 but no node of this cluster \(it does not autoscale\) has a GPU"):
+        resolve(1, 1, fixed)
+
+
+def test_a_local_cluster_started_here_falls_back_to_the_cpu_and_cuts_the_cpu_request():
+    laptop = shape({"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 2.0}, autoscaling=False, started_here=True)
+    lines: list[str] = []
+    assert resolve(4, 0.5, laptop, lines) == (2, 0)
+    assert any("resources.train.gpu is 0.5 but the cluster has no GPU: running on CPU" in line for line in lines)
+    assert any("resources.train.cpu is 4 but the cluster has 2 CPUs" in line for line in lines)
+
+
+def test_the_shape_of_the_session_cluster_is_fixed_and_started_here(ray_session):
+    here = cluster_shape()
+    assert not here.autoscaling and here.started_here
+    assert here.maximum == here.current and here.largest_node["CPU"] == here.current["CPU"]

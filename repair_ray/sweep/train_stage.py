@@ -36,7 +36,7 @@ from ..models import ModelConfig
 from ..multiseed import train_together
 from ..pruning import prunable_names, weight_sparsity
 from ..training import TrainConfig, Trainer, next_imp_mask, train_trunk
-from .cluster import resolve_resources
+from .cluster import cluster_shape, resolve_resources, tasks_in_flight
 from .config import SweepConfig
 from .planning import ModelPlan
 from .progress import Progress
@@ -438,7 +438,8 @@ def run_train_stage(
     if not todo:
         return TrainStageSummary(total, total, 0, 0, time.time() - started)
 
-    cpu, gpu = resolve_resources(config.resources.train, "resources.train", say)
+    shape = cluster_shape()
+    cpu, gpu = resolve_resources(config.resources.train, "resources.train", say, shape)
     groups = _groups(todo, config, plan.together)
     specs = [trial_spec(config, model_plan, seeds, cpu, together) for model_plan, seeds, together in groups]
     trunks = trunk_specs(config, todo, cpu)
@@ -472,7 +473,7 @@ def run_train_stage(
 
     scheduler = _Scheduler(trunks + specs, seed_done)
     task = remote_task or make_remote_trial_task(cpu, gpu)
-    limit = config.max_trials_in_flight or _slots(cpu, gpu)
+    limit = tasks_in_flight(config.max_trials_in_flight, cpu, gpu, shape)
     running: dict[Any, _Running] = {}
     try:
         while scheduler.ready or running:
@@ -609,16 +610,6 @@ def _needs(spec: dict[str, Any]) -> list[tuple[str, str, int]]:
     if "prune_key" in spec:
         needs.append(("model", spec["prune_key"][0], int(spec["prune_key"][1])))
     return needs
-
-
-def _slots(cpu: float, gpu: float) -> int:
-    """How many trials the cluster can run at once (at least 1)."""
-    import ray
-
-    resources = ray.cluster_resources()
-    if gpu > 0:
-        return max(1, int(resources.get("GPU", 0) / gpu))
-    return max(1, int(resources.get("CPU", 1) / cpu))
 
 
 EPOCH_LINE_SECONDS = 30.0  # a running trial prints its epoch at most this often (its last epoch always)
