@@ -177,6 +177,7 @@ def run(
     from .io import storage
     from .io.tables import load_tables
     from .report import compact_summary, summarise
+    from .sweep.config import ConfigError
     from .sweep.runner import run_sweep
 
     config = _load(config_path, example, storage_uri)
@@ -184,7 +185,10 @@ def run(
         storage.check_writable(config.root)  # before Ray starts: a wrong bucket fails here, in one line
     except OSError as error:
         _fail(str(error))
-    result = run_sweep(config, address=address, num_cpus=num_cpus, say=lambda m: click.echo(m, err=False))
+    try:
+        result = run_sweep(config, address=address, num_cpus=num_cpus, say=lambda m: click.echo(m, err=False))
+    except ConfigError as error:  # a resource request that no node of the cluster can ever hold
+        _fail(str(error))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rows of other settings: the summary is of this config's only
         tables = load_tables(config.root)

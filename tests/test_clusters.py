@@ -3,12 +3,18 @@ several nodes, remote (S3) storage with kill and resume, and the cluster files' 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +22,9 @@ import yaml
 
 from repair_ray import load_tables
 from repair_ray.io import storage
+from repair_ray.sweep.cluster import MAX_IN_FLIGHT, ClusterShape, cluster_shape, resolve_resources, tasks_in_flight
+from repair_ray.sweep.config import ConfigError
+from repair_ray.sweep.schema import ResourceSpec
 
 from .conftest import free_port, wait_for_port
 from .helpers import list_names, tiny_sweep, write_yaml
@@ -299,3 +308,251 @@ def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_toke
     tables = load_tables(str(tmp_path / "runs" / "submitted"))
     assert len(tables["pairs"]) == 2 * 3 * 6 and (tables["pairs"]["status"] == "ok").all()
     assert set(tables["models"].arch) == {"mlp", "my_nets.models:make"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Clusters that grow: requests judged against what the cluster can ever have, not what is up now
+# ---------------------------------------------------------------------------------------------
+
+CPU_HEAD = {"CPU": 1.0}
+GPU_NODE = {"CPU": 2.0, "GPU": 1.0}
+
+
+def shape(
+    current: dict, maximum: dict | None, largest: dict | None, *, autoscaling: bool, started_here: bool = False
+) -> ClusterShape:
+    return ClusterShape(current, maximum, largest, autoscaling, started_here)
+
+
+# a CPU-only head now; up to two GPU nodes once the autoscaler adds them
+GROWING = shape(CPU_HEAD, {"CPU": 5.0, "GPU": 2.0}, {"CPU": 2.0, "GPU": 1.0}, autoscaling=True)
+
+
+def resolve(cpu: float, gpu: float, cluster: ClusterShape, lines: list[str] | None = None) -> tuple[float, float]:
+    say = lines.append if lines is not None else print
+    return resolve_resources(ResourceSpec(cpu=cpu, gpu=gpu), "resources.train", say, cluster)
+
+
+def test_gpu_request_is_kept_when_the_autoscaler_can_add_gpu_nodes_that_are_not_up_yet():
+    assert resolve(1, 0.5, GROWING) == (1, 0.5)
+
+
+def test_trials_in_flight_follow_the_maximum_size_of_the_cluster_not_the_nodes_up_now():
+    assert tasks_in_flight(None, 1, 0.5, GROWING) == 4  # two GPU nodes, two half-GPU trials each
+    assert tasks_in_flight(None, 1, 0, GROWING) == 5
+    assert tasks_in_flight(None, 1, 0.5, GROWING, per_slot=2) == 8  # the pair stage keeps twice as many
+    assert tasks_in_flight(3, 1, 0.5, GROWING) == 3  # max_trials_in_flight / max_pairs_in_flight win
+
+
+def test_an_autoscaler_that_does_not_say_its_size_gets_every_ready_task_as_demand():
+    unknown = shape(CPU_HEAD, None, None, autoscaling=True)
+    lines: list[str] = []
+    assert resolve(1, 1, unknown, lines) == (1, 1)
+    assert any("resources.train.gpu is 1: no GPU is up yet" in line for line in lines)
+    assert tasks_in_flight(None, 1, 1, unknown) == MAX_IN_FLIGHT
+
+
+def test_gpu_request_that_no_node_type_can_hold_is_a_config_error_naming_the_key():
+    cpu_only = shape(CPU_HEAD, {"CPU": 9.0}, {"CPU": 4.0}, autoscaling=True)
+    with pytest.raises(ConfigError, match=r"^resources\.train\.gpu is 0\.5 but no node type of this cluster has a GPU"):
+        resolve(1, 0.5, cpu_only)
+    with pytest.raises(
+        ConfigError, match=r"resources\.train\.gpu is 2 but no node type of this cluster has more than 1"
+    ):
+        resolve(1, 2, GROWING)
+
+
+def test_cpu_request_is_judged_against_the_largest_node_type_not_the_whole_cluster():
+    with pytest.raises(
+        ConfigError, match=r"resources\.train\.cpu is 3 but no node type of this cluster has more than 2"
+    ):
+        resolve(3, 0, GROWING)  # the whole cluster can have 5 CPUs, but no one node 3
+
+
+def test_a_joined_fixed_cluster_without_gpus_is_a_config_error():
+    fixed = shape({"CPU": 4.0}, {"CPU": 4.0}, {"CPU": 2.0}, autoscaling=False)
+    with pytest.raises(ConfigError, match=r"gpu is 1 but no node of this cluster \(it does not autoscale\) has a GPU"):
+        resolve(1, 1, fixed)
+
+
+def test_a_local_cluster_started_here_falls_back_to_the_cpu_and_cuts_the_cpu_request():
+    laptop = shape({"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 2.0}, autoscaling=False, started_here=True)
+    lines: list[str] = []
+    assert resolve(4, 0.5, laptop, lines) == (2, 0)
+    assert any("resources.train.gpu is 0.5 but the cluster has no GPU: running on CPU" in line for line in lines)
+    assert any("resources.train.cpu is 4 but the cluster has 2 CPUs" in line for line in lines)
+
+
+def test_the_shape_of_the_session_cluster_is_fixed_and_started_here(ray_session):
+    # a fixed cluster's monitor reports too, a few seconds after the start (its node types named after
+    # its nodes): judged once that report is there, or a GPU request would wait for no autoscaler
+    import json
+    import time
+
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        if status and "autoscaler_report" in json.loads(status):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the session cluster's monitor never reported")
+    here = cluster_shape()
+    assert not here.autoscaling and here.started_here
+    assert here.maximum == here.current and here.largest_node["CPU"] == here.current["CPU"]
+
+
+# A real Ray head with Ray's fake multi-node autoscaler (v1, the launcher's default in 2.60): it
+# starts worker "nodes" as local processes when tasks ask for them. ray.cluster_utils.
+# AutoscalingCluster would run `ray stop --force` (every Ray cluster of the machine) and reads an
+# example.yaml that the 2.60 wheel lacks, so the head is started here the way it does, on free ports.
+FAKE_WORKER_ID = re.compile(r"^f{51}0000[1-9]$")  # the fake provider's ids of the nodes it launches
+GPU_NODE_TYPE = {
+    "gpu_node": {
+        "resources": {"CPU": 2, "GPU": 1, "object_store_memory": 100_000_000},
+        "node_config": {},
+        "min_workers": 0,
+        "max_workers": 2,
+    }
+}
+
+
+def fake_autoscaling_config(gcs_address: str, worker_types: dict) -> dict:
+    head = {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0}
+    return {
+        "cluster_name": "fake_multinode",
+        "max_workers": 8,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": gcs_address,  # else the fake nodes look for a head on port 6379
+        },
+        "available_node_types": {**worker_types, "ray.head.default": head},
+        "head_node_type": "ray.head.default",
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 0.1,
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
+@contextlib.contextmanager
+def fake_autoscaling_head(worker_types: dict) -> Iterator[tuple[str, dict]]:
+    """(GCS address, environment for drivers) of a head with 1 CPU, no GPU and no worker node yet;
+    every process it started, the autoscaled nodes included, is killed at the end."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ras", dir="/tmp")  # short: Ray's socket paths have a length limit
+    address = f"{ray.util.get_node_ip_address()}:{free_port()}"
+    config_file = Path(temp_dir, "autoscaling.json")
+    config_file.write_text(json.dumps(fake_autoscaling_config(address, worker_types)))
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "RAY_FAKE_CLUSTER": "1",
+        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("RAY_ADDRESS", None)
+    start = [
+        str(BIN / "ray"), "start", "--head", "--port", address.rsplit(":", 1)[1],
+        "--autoscaling-config", str(config_file), "--num-cpus", "1", "--temp-dir", temp_dir,
+        "--include-dashboard", "false", "--disable-usage-stats",
+        "--ray-client-server-port", str(free_port()),
+        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+        "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+    ]  # fmt: skip
+    try:
+        out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        wait_for_autoscaler(address)
+        yield address, env
+    finally:
+        kill_processes_mentioning(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for_autoscaler(address: str, timeout: float = 60) -> None:
+    """Until the autoscaler's first status report is in the GCS (how the sweep recognises it)."""
+    from ray._raylet import GcsClient
+
+    gcs = GcsClient(address=address)
+    deadline = time.time() + timeout
+    while b"autoscaler_report" not in (gcs.internal_kv_get(b"__autoscaling_status", None) or b""):
+        assert time.time() < deadline, "the autoscaler never reported"
+        time.sleep(0.5)
+
+
+def overlapping(intervals: list[tuple[str, str]]) -> bool:
+    """Whether any two of the (start, end) intervals overlap in time."""
+    ordered = sorted(intervals)
+    return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(ordered))
+
+
+@pytest.mark.slow
+def test_gpu_sweep_on_an_autoscaling_cluster_without_gpu_nodes_yet_brings_them_and_trains_on_them(tmp_path):
+    root = str(tmp_path / "runs")
+    config = tiny_sweep(
+        "grow",
+        root,
+        seeds=4,
+        resources={"train": {"cpu": 1, "gpu": 0.5}},
+        dataset={"name": "synthetic", "shape": [1, 8, 8], "num_classes": 4, "train_size": 2048, "test_size": 256},
+    )
+    path = write_yaml(tmp_path / "sweep.yaml", config)
+    with fake_autoscaling_head(GPU_NODE_TYPE) as (address, env):
+        started = time.time()
+        out = subprocess.run(
+            [sys.executable, "-m", "repair_ray.cli", "run", path, "--address", address],
+            env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path,
+        )  # fmt: skip
+        seconds = time.time() - started
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "no GPU is up yet" in out.stdout and "running on CPU" not in out.stdout
+    tables = load_tables(f"{root}/grow")
+    models, pairs = tables["models"], tables["pairs"]
+    assert sorted(models["seed"]) == [0, 1, 2, 3] and (models["status"] == "ok").all()
+    assert len(pairs) == 6 * 6 and not pairs.duplicated(KEY).any() and (pairs["status"] == "ok").all()
+    assert all(FAKE_WORKER_ID.match(node) for node in models["node_id"]), "a trial ran on the CPU-only head"
+    intervals = list(zip(models["started_at"].astype(str), models["finished_at"].astype(str), strict=True))
+    assert overlapping(intervals), "the trials ran one at a time"
+    print(f"autoscaled sweep: {seconds:.0f}s on {models['node_id'].nunique()} GPU node(s)")
+
+
+def test_gpu_request_on_an_autoscaling_cluster_whose_node_types_have_no_gpu_fails_at_once(tmp_path):
+    """Ray 2.60's autoscalers do not report their node types to the GCS (later ones do); one that
+    does, reported here as Ray's own tests do, makes an impossible request a config error (exit 2)."""
+    from ray._raylet import GcsClient
+    from ray.core.generated import autoscaler_pb2
+
+    path = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("never", str(tmp_path / "runs"), seeds=2,
+                                                          resources={"pair": {"gpu": 0.5}}))  # fmt: skip
+    cpu_nodes = {"cpu_node": {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_workers": 2}}
+    with fake_autoscaling_head(cpu_nodes) as (address, env):
+        reported = autoscaler_pb2.ClusterConfig()
+        for name, count, resources in (("ray.head.default", 1, {"CPU": 1}), ("cpu_node", 2, {"CPU": 2})):
+            group = reported.node_group_configs.add(name=name, max_count=count)
+            group.resources.update(resources)
+        GcsClient(address=address).report_cluster_config(reported.SerializeToString())
+        out = subprocess.run(
+            [sys.executable, "-m", "repair_ray.cli", "run", path, "--address", address],
+            env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "error: resources.pair.gpu is 0.5 but no node type of this cluster has a GPU: " in out.stderr
+    assert "[train]" not in out.stdout  # nothing ran

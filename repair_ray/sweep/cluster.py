@@ -2,32 +2,168 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from .config import ConfigError
 
 if TYPE_CHECKING:
     from .schema import ResourceSpec
 
 
-def resolve_resources(spec: ResourceSpec, key: str, say: Callable[[str], None]) -> tuple[float, float]:
-    """(cpu, gpu) to request; a GPU request on a cluster without GPUs falls back to 0 with a warning.
+@dataclass(frozen=True)
+class ClusterShape:
+    """What a Ray cluster has now and what it can ever have: the facts a resource request is judged by.
 
-    Ray would otherwise keep such a task or trial pending forever, silently.
+    ``maximum`` is every node type at its largest count, ``largest_node`` the most of each resource
+    that one node can have; both are None when an autoscaler runs but does not say its node types.
+    ``started_here`` is a fresh local cluster that this process started (a laptop run), where a GPU
+    request falls back to the CPU instead of failing.
+    """
+
+    current: dict[str, float]
+    maximum: dict[str, float] | None
+    largest_node: dict[str, float] | None
+    autoscaling: bool
+    started_here: bool
+
+
+def cluster_shape() -> ClusterShape:
+    """The :class:`ClusterShape` of the cluster this process is connected to.
+
+    Ray 2.60 keeps an autoscaler's node types in the GCS only when the autoscaler reports them
+    (``state.get_cluster_config()``, which ``get_max_resources_from_cluster_config`` sums); neither
+    open-source autoscaler of 2.60 does (checked on a fake v1 cluster: None), so an autoscaler is
+    also recognised by its status report, and then the maximum is unknown. Without an autoscaler the
+    cluster is fixed: what it has now is all it will ever have.
     """
     import ray
+    from ray._private.state import state
 
-    resources = ray.cluster_resources()
-    gpu = spec.gpu
-    if gpu > 0 and resources.get("GPU", 0) == 0:
-        say(f"[warning] {key}.gpu is {gpu} but the cluster has no GPU: running on CPU instead")
-        gpu = 0.0
-    cpu = spec.cpu
-    available = resources.get("CPU", 0)
-    if cpu > available > 0:
-        say(f"[warning] {key}.cpu is {cpu} but the cluster has {available:g} CPUs: asking for {available:g}")
-        cpu = available
+    current = dict(ray.cluster_resources())
+    config = state.get_cluster_config()
+    groups = [g for g in (config.node_group_configs if config else []) if g.max_count != 0]
+    if groups:
+        maximum = state.get_max_resources_from_cluster_config() or {}
+        largest = _largest([{k: float(v) for k, v in g.resources.items()} for g in groups])
+        return ClusterShape(current, {k: float(v) for k, v in maximum.items()}, largest, True, _started_here())
+    if _autoscaler_runs():
+        return ClusterShape(current, None, None, True, _started_here())
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    return ClusterShape(current, current, _largest(nodes), False, _started_here())
+
+
+def _largest(nodes: list[dict[str, float]]) -> dict[str, float]:
+    """Per resource, the most that one of ``nodes`` has."""
+    largest: dict[str, float] = {}
+    for resources in nodes:
+        for name, amount in resources.items():
+            largest[name] = max(largest.get(name, 0.0), float(amount))
+    return largest
+
+
+def _autoscaler_runs() -> bool:
+    """Whether an autoscaler manages this cluster: a v2 one marks the cluster as v2; a v1 monitor
+    reports its node types in its status in the GCS. Every cluster has a v1 monitor, also a fixed one
+    (``ray.init``, ``ray start``), whose read-only provider names each node's type after the node's
+    own id (``node_<id>``; checked on a local cluster, whose report appears a few seconds after the
+    start), so only a report naming another node type means an autoscaler with node types."""
+    from ray._private import ray_constants
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    report = (json.loads(status) if status else {}).get("autoscaler_report") or {}
+    mapping = report.get("node_type_mapping") or {}
+    if any(node_type not in (node, f"node_{node}") for node, node_type in mapping.items()):
+        return True
+    return is_autoscaler_v2(fetch_from_server=True)
+
+
+def _started_here() -> bool:
+    """Whether this process started the cluster it is connected to (``ray.init`` without an address)
+    rather than joined one: Ray makes the node of a started cluster a head node of this process."""
+    import ray
+
+    node = ray._private.worker._global_node
+    return bool(node is not None and node.head)
+
+
+def resolve_resources(
+    spec: ResourceSpec, key: str, say: Callable[[str], None], shape: ClusterShape
+) -> tuple[float, float]:
+    """(cpu, gpu) to request per task, judged against what the cluster can ever have, not what is up now.
+
+    A request that no node can ever hold would stay pending forever, silently: it is a
+    :class:`ConfigError` naming ``key``, except on a fresh local cluster started here, where a GPU
+    request runs on the CPU and a CPU request is cut to the largest node, with a warning. On an
+    autoscaling cluster a GPU that is not up yet is kept: the pending tasks bring its nodes.
+    """
+    cpu, gpu = spec.cpu, spec.gpu
+    largest = shape.largest_node
+    if largest is None:  # an autoscaler that does not say its node types: keep the request as asked
+        if gpu > 0 and shape.current.get("GPU", 0) == 0:
+            say(f"[cluster] {key}.gpu is {gpu:g}: no GPU is up yet; waiting for the autoscaler to add GPU nodes")
+        return cpu, gpu
+    kind = "node type of this cluster" if shape.autoscaling else "node of this cluster (it does not autoscale)"
+    if gpu > largest.get("GPU", 0):
+        if shape.started_here and largest.get("GPU", 0) == 0:
+            say(f"[warning] {key}.gpu is {gpu:g} but the cluster has no GPU: running on CPU instead")
+            gpu = 0.0
+        elif largest.get("GPU", 0) == 0:
+            raise ConfigError(f"{key}.gpu is {gpu:g} but no {kind} has a GPU: {_describe(shape)}")
+        else:
+            raise ConfigError(
+                f"{key}.gpu is {gpu:g} but no {kind} has more than {largest['GPU']:g}: {_describe(shape)}"
+            )
+    if cpu > largest.get("CPU", 0) > 0:
+        if not shape.started_here:
+            raise ConfigError(
+                f"{key}.cpu is {cpu:g} but no {kind} has more than {largest['CPU']:g}: {_describe(shape)}"
+            )
+        say(
+            f"[warning] {key}.cpu is {cpu:g} but the cluster has {largest['CPU']:g} CPUs: asking for {largest['CPU']:g}"
+        )
+        cpu = largest["CPU"]
     return cpu, gpu
+
+
+def _describe(shape: ClusterShape) -> str:
+    """The largest node and the cluster's maximum, in one phrase for an error message."""
+
+    def pick(resources: dict[str, float] | None) -> str:
+        return ", ".join(f"{k} {(resources or {}).get(k, 0):g}" for k in ("CPU", "GPU"))
+
+    return f"the largest node has {pick(shape.largest_node)}; the whole cluster at most {pick(shape.maximum)}"
+
+
+MAX_IN_FLIGHT = 1000  # the most tasks one stage keeps in flight when the cluster's size does not bound them
+
+
+def tasks_in_flight(configured: int | None, cpu: float, gpu: float, shape: ClusterShape, per_slot: int = 1) -> int:
+    """How many tasks of one stage the driver keeps submitted: ``configured`` when set, else
+    ``per_slot`` for each task that the cluster at its *maximum* size runs at once.
+
+    On an autoscaling cluster pending tasks are the demand its autoscaler sees, so the count follows
+    the size the cluster can grow to, not the nodes up at the start; with an autoscaler that does not
+    say its size, every ready task (up to :data:`MAX_IN_FLIGHT`) is submitted and the autoscaler
+    grows as far as its own limits allow.
+
+    ``ray.autoscaler.sdk.request_resources`` is not used: pending tasks already are demand, while its
+    request is a floor for the whole cluster that persists until overridden, so a driver killed
+    before it clears it keeps GPU nodes up (and paid for), and two sweeps on one cluster override
+    each other's floors.
+    """
+    if configured:
+        return configured
+    if shape.maximum is None:
+        return MAX_IN_FLIGHT
+    name, each = ("GPU", gpu) if gpu > 0 else ("CPU", max(cpu, 1e-9))
+    slots = shape.maximum.get(name, 0) / each
+    return max(per_slot, min(MAX_IN_FLIGHT, per_slot * int(slots)))
 
 
 # Settings that say WHERE storage and data are, never credentials: the driver's values travel to

@@ -27,7 +27,7 @@ from ..io.tables import new_stem, table_file, write_rows
 from ..models import ModelConfig
 from ..pair import PairSettings, analyse_pair
 from ..pruning import weight_sparsity
-from .cluster import resolve_resources
+from .cluster import cluster_shape, resolve_resources, tasks_in_flight
 from .config import SweepConfig
 from .planning import PairState, analysis_keys, forward_flops, method_gaps, pair_stem, read_pair_state
 from .progress import Progress
@@ -297,7 +297,8 @@ def run_pair_stage(
         from .train_stage import plan_trials
 
         trained = plan_trials(config).done
-    cpu, gpu = resolve_resources(config.resources.pair, "resources.pair", say)
+    shape = cluster_shape()
+    cpu, gpu = resolve_resources(config.resources.pair, "resources.pair", say, shape)
     context = stage_context(config, cpu, gpu)
     state = read_pair_state(config.root, context["analysis_keys"])
     pairs = PairQueue(config, state)
@@ -307,7 +308,7 @@ def run_pair_stage(
     say(f"[pairs] {pairs.done} of {config.n_pairs} pairs already done; {pairs.todo} to run")
     task = remote_task or make_remote_pair_task(cpu, gpu, config.pair_retries)
     context_ref = ray.put(context)
-    limit = config.max_pairs_in_flight or max(2, 2 * _slots(cpu, gpu))
+    limit = tasks_in_flight(config.max_pairs_in_flight, cpu, gpu, shape, per_slot=2)
     progress = Progress("pairs", pairs.todo, say, unit="pairs")
     writer = PartWriter(config.root, config.flush_pairs, config.flush_seconds)
     pending: dict[Any, Job] = {}
@@ -361,12 +362,3 @@ def run_pair_stage(
     if ran:
         say(f"[pairs] done in {seconds:.0f}s: {ran - failed} ok, {failed} failed")
     return PairStageSummary(config.n_pairs, pairs.done, ran, failed, len(left_out), seconds, first_row)
-
-
-def _slots(cpu: float, gpu: float) -> int:
-    import ray
-
-    resources = ray.cluster_resources()
-    if gpu > 0:
-        return max(1, int(resources.get("GPU", 0) / gpu))
-    return max(1, int(resources.get("CPU", 1) / cpu))

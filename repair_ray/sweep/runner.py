@@ -12,7 +12,7 @@ import yaml
 
 from ..io import storage
 from ..io.tables import compact_tables, read_table, write_current_keys
-from .cluster import connect
+from .cluster import cluster_shape, connect, resolve_resources
 from .config import SweepConfig, parse_config
 from .pair_stage import PairQueue, PairStageSummary, run_pair_stage
 from .planning import analysis_keys, model_outcomes, read_pair_state
@@ -55,6 +55,7 @@ def run_sweep(
     keys = analysis_keys(config.pair_settings, config.dataset.as_dict())
     write_current_keys(config.root, [p.model_key for p in config.models], sorted(set(keys.values())))
     try:
+        check_resources(config)
         train, pairs = _run_stages(config, say)
         compacted = compact_tables(config.root)
         if compacted:
@@ -63,6 +64,14 @@ def run_sweep(
         if owns_ray:
             ray.shutdown()
     return SweepResult(config.root, train, pairs, time.time() - started)
+
+
+def check_resources(config: SweepConfig) -> None:
+    """Raise the ConfigError of a resource request that no node of the cluster can ever hold, before
+    either stage starts (the pair stage runs in a thread and would report it only at the end)."""
+    shape = cluster_shape()
+    for key, spec in (("resources.train", config.resources.train), ("resources.pair", config.resources.pair)):
+        resolve_resources(spec, key, lambda _: None, shape)
 
 
 def _run_stages(config: SweepConfig, say: Callable[[str], None]) -> tuple[TrainStageSummary, PairStageSummary]:

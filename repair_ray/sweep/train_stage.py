@@ -17,6 +17,7 @@ when it ends, so pair tasks get them as soon as training no longer fills the clu
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import queue
@@ -36,7 +37,7 @@ from ..models import ModelConfig
 from ..multiseed import train_together
 from ..pruning import prunable_names, weight_sparsity
 from ..training import TrainConfig, Trainer, next_imp_mask, train_trunk
-from .cluster import resolve_resources
+from .cluster import ClusterShape, cluster_shape, resolve_resources, tasks_in_flight
 from .config import SweepConfig
 from .planning import ModelPlan
 from .progress import Progress
@@ -443,9 +444,10 @@ def run_train_stage(
     if not todo:
         return TrainStageSummary(total, total, 0, 0, time.time() - started)
 
-    cpu, gpu = resolve_resources(config.resources.train, "resources.train", say)
-    limit = config.max_trials_in_flight or _slots(cpu, gpu)
-    groups = _groups(todo, config, plan.together, gpu, limit)
+    shape = cluster_shape()
+    cpu, gpu = resolve_resources(config.resources.train, "resources.train", say, shape)
+    limit = tasks_in_flight(config.max_trials_in_flight, cpu, gpu, shape)
+    groups = _groups(todo, config, plan.together, gpu, _stack_slots(config, cpu, gpu, shape))
     specs = [trial_spec(config, model_plan, seeds, cpu, together) for model_plan, seeds, together in groups]
     trunks = trunk_specs(config, todo, cpu)
     if trunks:
@@ -551,6 +553,15 @@ def _groups(
     return out
 
 
+def _stack_slots(config: SweepConfig, cpu: float, gpu: float, shape: ClusterShape) -> int:
+    """Over how many trials at once ``seeds_per_trial: auto`` shares the seeds: ``max_trials_in_flight``,
+    else what the cluster runs at once at its maximum size, or, where an autoscaler does not say its
+    size, what is up now (at least 1: one stack is no slower to start than nodes are to come)."""
+    if config.max_trials_in_flight is None and shape.maximum is None:
+        shape = dataclasses.replace(shape, maximum=shape.current)
+    return tasks_in_flight(config.max_trials_in_flight, cpu, gpu, shape)
+
+
 DEFAULT_STACK = 16  # seeds to a trial when networks trained together are retrained under seeds_per_trial: 1
 
 
@@ -621,16 +632,6 @@ def _needs(spec: dict[str, Any]) -> list[tuple[str, str, int]]:
     if "prune_key" in spec:
         needs.append(("model", spec["prune_key"][0], int(spec["prune_key"][1])))
     return needs
-
-
-def _slots(cpu: float, gpu: float) -> int:
-    """How many trials the cluster can run at once (at least 1)."""
-    import ray
-
-    resources = ray.cluster_resources()
-    if gpu > 0:
-        return max(1, int(resources.get("GPU", 0) / gpu))
-    return max(1, int(resources.get("CPU", 1) / cpu))
 
 
 EPOCH_LINE_SECONDS = 30.0  # a running trial prints its epoch at most this often (its last epoch always)
