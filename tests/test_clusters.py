@@ -434,15 +434,16 @@ def fake_autoscaling_config(gcs_address: str, worker_types: dict) -> dict:
 
 
 @contextlib.contextmanager
-def fake_autoscaling_head(worker_types: dict) -> Iterator[tuple[str, dict]]:
-    """(GCS address, environment for drivers) of a head with 1 CPU, no GPU and no worker node yet;
-    every process it started, the autoscaled nodes included, is killed at the end."""
+def fake_autoscaling_head(worker_types: dict | None) -> Iterator[tuple[str, dict]]:
+    """(GCS address, environment for drivers) of a head with 1 CPU, no GPU and no worker node yet,
+    autoscaling to ``worker_types`` (None: a fixed one-node cluster); every process it started, the
+    autoscaled nodes included, is killed at the end."""
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="ras", dir="/tmp")  # short: Ray's socket paths have a length limit
     address = f"{ray.util.get_node_ip_address()}:{free_port()}"
     config_file = Path(temp_dir, "autoscaling.json")
-    config_file.write_text(json.dumps(fake_autoscaling_config(address, worker_types)))
+    config_file.write_text(json.dumps(fake_autoscaling_config(address, worker_types or {})))
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -455,7 +456,8 @@ def fake_autoscaling_head(worker_types: dict) -> Iterator[tuple[str, dict]]:
     env.pop("RAY_ADDRESS", None)
     start = [
         str(BIN / "ray"), "start", "--head", "--port", address.rsplit(":", 1)[1],
-        "--autoscaling-config", str(config_file), "--num-cpus", "1", "--temp-dir", temp_dir,
+        *(["--autoscaling-config", str(config_file)] if worker_types is not None else []),
+        "--num-cpus", "1", "--temp-dir", temp_dir,
         "--include-dashboard", "false", "--disable-usage-stats",
         "--ray-client-server-port", str(free_port()),
         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
@@ -540,3 +542,16 @@ def test_gpu_request_on_an_autoscaling_cluster_whose_node_types_have_no_gpu_fail
     assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
     assert "error: resources.pair.gpu is 0.5 but no node type of this cluster has a GPU: " in out.stderr
     assert "[train]" not in out.stdout  # nothing ran
+
+
+def test_gpu_request_on_a_joined_cluster_without_autoscaler_and_without_gpus_fails_at_once(tmp_path):
+    """Its head's monitor is the read-only one that every Ray head runs: not an autoscaler."""
+    path = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("fixed", str(tmp_path / "runs"), seeds=2,
+                                                          resources={"train": {"gpu": 1}}))  # fmt: skip
+    with fake_autoscaling_head(None) as (address, env):
+        out = subprocess.run(
+            [sys.executable, "-m", "repair_ray.cli", "run", path, "--address", address],
+            env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "error: resources.train.gpu is 1 but no node of this cluster (it does not autoscale) has a GPU" in out.stderr

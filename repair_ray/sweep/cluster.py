@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -49,11 +50,12 @@ def cluster_shape() -> ClusterShape:
     if groups:
         maximum = state.get_max_resources_from_cluster_config() or {}
         largest = _largest([{k: float(v) for k, v in g.resources.items()} for g in groups])
-        return ClusterShape(current, {k: float(v) for k, v in maximum.items()}, largest, True, _started_here())
-    if _autoscaler_runs():
-        return ClusterShape(current, None, None, True, _started_here())
+        return ClusterShape(current, {k: float(v) for k, v in maximum.items()}, largest, True, False)
+    started_here = _started_here()
+    if not started_here and _autoscaler_runs():
+        return ClusterShape(current, None, None, True, started_here)
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    return ClusterShape(current, current, _largest(nodes), False, _started_here())
+    return ClusterShape(current, current, _largest(nodes), False, started_here)
 
 
 def _largest(nodes: list[dict[str, float]]) -> dict[str, float]:
@@ -66,16 +68,32 @@ def _largest(nodes: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _autoscaler_runs() -> bool:
-    """Whether an autoscaler manages this cluster: a v1 monitor with an autoscaling config adds an
-    ``autoscaler_report`` to its status in the GCS; a v2 one marks the cluster as v2."""
+    """Whether an autoscaler with node types of its own manages this cluster.
+
+    Every Ray head runs a v1 monitor that reports an ``autoscaler_report`` to the GCS within seconds
+    of its start; without an autoscaling config it is a read-only one that names each node's type
+    ``node_<node id>``; with one, the types are the config's (``ray.head.default``, ``gpu_node``). A
+    v2 autoscaler marks the cluster as v2 instead.
+    """
     from ray._private import ray_constants
+    from ray.autoscaler._private.util import format_readonly_node_type
     from ray.autoscaler.v2.utils import is_autoscaler_v2
     from ray.experimental.internal_kv import _internal_kv_get
 
-    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    if status and "autoscaler_report" in json.loads(status):
+    if is_autoscaler_v2(fetch_from_server=True):
         return True
-    return is_autoscaler_v2(fetch_from_server=True)
+    deadline = time.monotonic() + AUTOSCALER_REPORT_WAIT_S
+    report = None
+    while report is None and time.monotonic() < deadline:  # a head started just now has not reported yet
+        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        report = json.loads(status).get("autoscaler_report") if status else None
+        if report is None:
+            time.sleep(0.5)
+    mapping = (report or {}).get("node_type_mapping") or {}
+    return any(kind != format_readonly_node_type(node) for node, kind in mapping.items())
+
+
+AUTOSCALER_REPORT_WAIT_S = 20.0  # the longest a stage waits for a new head's first autoscaler report
 
 
 def _started_here() -> bool:
