@@ -37,9 +37,10 @@ def cluster_shape() -> ClusterShape:
 
     Ray 2.60 keeps an autoscaler's node types in the GCS only when the autoscaler reports them
     (``state.get_cluster_config()``, which ``get_max_resources_from_cluster_config`` sums); neither
-    open-source autoscaler of 2.60 does (checked on a fake v1 cluster: None), so an autoscaler is
-    also recognised by its status report, and then the maximum is unknown. Without an autoscaler the
-    cluster is fixed: what it has now is all it will ever have.
+    open-source autoscaler of 2.60 does (no caller of ``report_cluster_config`` in the wheel; None on
+    a fake v1 cluster), so an autoscaler is also recognised by its status report, and then the
+    maximum is unknown. Without an autoscaler the cluster is fixed: what it has now is all it will
+    ever have. A cluster started here is fixed without asking (its monitor is a read-only one).
     """
     import ray
     from ray._private.state import state
