@@ -334,7 +334,11 @@ def resolve(cpu: float, gpu: float, cluster: ClusterShape, lines: list[str] | No
 
 
 def test_gpu_request_is_kept_when_the_autoscaler_can_add_gpu_nodes_that_are_not_up_yet():
-    assert resolve(1, 0.5, GROWING) == (1, 0.5)
+    lines: list[str] = []
+    assert resolve(1, 0.5, GROWING, lines) == (1, 0.5)
+    assert lines == [
+        "[cluster] resources.train.gpu is 0.5: no GPU is up yet; waiting for the autoscaler to add GPU nodes"
+    ]
 
 
 def test_trials_in_flight_follow_the_maximum_size_of_the_cluster_not_the_nodes_up_now():

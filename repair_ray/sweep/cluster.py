@@ -119,8 +119,7 @@ def resolve_resources(
     cpu, gpu = spec.cpu, spec.gpu
     largest = shape.largest_node
     if largest is None:  # an autoscaler that does not say its node types: keep the request as asked
-        if gpu > 0 and shape.current.get("GPU", 0) == 0:
-            say(f"[cluster] {key}.gpu is {gpu:g}: no GPU is up yet; waiting for the autoscaler to add GPU nodes")
+        _say_waiting(key, gpu, shape, say)
         return cpu, gpu
     kind = "node type of this cluster" if shape.autoscaling else "node of this cluster (it does not autoscale)"
     if gpu > largest.get("GPU", 0):
@@ -142,7 +141,14 @@ def resolve_resources(
             f"[warning] {key}.cpu is {cpu:g} but the cluster has {largest['CPU']:g} CPUs: asking for {largest['CPU']:g}"
         )
         cpu = largest["CPU"]
+    _say_waiting(key, gpu, shape, say)
     return cpu, gpu
+
+
+def _say_waiting(key: str, gpu: float, shape: ClusterShape, say: Callable[[str], None]) -> None:
+    """A line for the log when a kept GPU request waits for nodes that the autoscaler has yet to add."""
+    if gpu > 0 and shape.current.get("GPU", 0) == 0:
+        say(f"[cluster] {key}.gpu is {gpu:g}: no GPU is up yet; waiting for the autoscaler to add GPU nodes")
 
 
 def _describe(shape: ClusterShape) -> str:
