@@ -334,7 +334,11 @@ def resolve(cpu: float, gpu: float, cluster: ClusterShape, lines: list[str] | No
 
 
 def test_gpu_request_is_kept_when_the_autoscaler_can_add_gpu_nodes_that_are_not_up_yet():
-    assert resolve(1, 0.5, GROWING) == (1, 0.5)
+    lines: list[str] = []
+    assert resolve(1, 0.5, GROWING, lines) == (1, 0.5)
+    assert lines == [
+        "[cluster] resources.train.gpu is 0.5: no GPU is up yet; waiting for the autoscaler to add GPU nodes"
+    ]
 
 
 def test_trials_in_flight_follow_the_maximum_size_of_the_cluster_not_the_nodes_up_now():
@@ -450,15 +454,16 @@ def fake_autoscaling_config(gcs_address: str, worker_types: dict) -> dict:
 
 
 @contextlib.contextmanager
-def fake_autoscaling_head(worker_types: dict) -> Iterator[tuple[str, dict]]:
-    """(GCS address, environment for drivers) of a head with 1 CPU, no GPU and no worker node yet;
-    every process it started, the autoscaled nodes included, is killed at the end."""
+def fake_autoscaling_head(worker_types: dict | None) -> Iterator[tuple[str, dict]]:
+    """(GCS address, environment for drivers) of a head with 1 CPU, no GPU and no worker node yet,
+    autoscaling to ``worker_types`` (None: a fixed one-node cluster); every process it started, the
+    autoscaled nodes included, is killed at the end."""
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="ras", dir="/tmp")  # short: Ray's socket paths have a length limit
     address = f"{ray.util.get_node_ip_address()}:{free_port()}"
     config_file = Path(temp_dir, "autoscaling.json")
-    config_file.write_text(json.dumps(fake_autoscaling_config(address, worker_types)))
+    config_file.write_text(json.dumps(fake_autoscaling_config(address, worker_types or {})))
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -471,7 +476,8 @@ def fake_autoscaling_head(worker_types: dict) -> Iterator[tuple[str, dict]]:
     env.pop("RAY_ADDRESS", None)
     start = [
         str(BIN / "ray"), "start", "--head", "--port", address.rsplit(":", 1)[1],
-        "--autoscaling-config", str(config_file), "--num-cpus", "1", "--temp-dir", temp_dir,
+        *(["--autoscaling-config", str(config_file)] if worker_types is not None else []),
+        "--num-cpus", "1", "--temp-dir", temp_dir,
         "--include-dashboard", "false", "--disable-usage-stats",
         "--ray-client-server-port", str(free_port()),
         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
@@ -556,3 +562,16 @@ def test_gpu_request_on_an_autoscaling_cluster_whose_node_types_have_no_gpu_fail
     assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
     assert "error: resources.pair.gpu is 0.5 but no node type of this cluster has a GPU: " in out.stderr
     assert "[train]" not in out.stdout  # nothing ran
+
+
+def test_gpu_request_on_a_joined_cluster_without_autoscaler_and_without_gpus_fails_at_once(tmp_path):
+    """Its head's monitor is the read-only one that every Ray head runs: not an autoscaler."""
+    path = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("fixed", str(tmp_path / "runs"), seeds=2,
+                                                          resources={"train": {"gpu": 1}}))  # fmt: skip
+    with fake_autoscaling_head(None) as (address, env):
+        out = subprocess.run(
+            [sys.executable, "-m", "repair_ray.cli", "run", path, "--address", address],
+            env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "error: resources.train.gpu is 1 but no node of this cluster (it does not autoscale) has a GPU" in out.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,9 +37,10 @@ def cluster_shape() -> ClusterShape:
 
     Ray 2.60 keeps an autoscaler's node types in the GCS only when the autoscaler reports them
     (``state.get_cluster_config()``, which ``get_max_resources_from_cluster_config`` sums); neither
-    open-source autoscaler of 2.60 does (checked on a fake v1 cluster: None), so an autoscaler is
-    also recognised by its status report, and then the maximum is unknown. Without an autoscaler the
-    cluster is fixed: what it has now is all it will ever have.
+    open-source autoscaler of 2.60 does (no caller of ``report_cluster_config`` in the wheel; None on
+    a fake v1 cluster), so an autoscaler is also recognised by its status report, and then the
+    maximum is unknown. Without an autoscaler the cluster is fixed: what it has now is all it will
+    ever have. A cluster started here is fixed without asking (its monitor is a read-only one).
     """
     import ray
     from ray._private.state import state
@@ -49,11 +51,12 @@ def cluster_shape() -> ClusterShape:
     if groups:
         maximum = state.get_max_resources_from_cluster_config() or {}
         largest = _largest([{k: float(v) for k, v in g.resources.items()} for g in groups])
-        return ClusterShape(current, {k: float(v) for k, v in maximum.items()}, largest, True, _started_here())
-    if _autoscaler_runs():
-        return ClusterShape(current, None, None, True, _started_here())
+        return ClusterShape(current, {k: float(v) for k, v in maximum.items()}, largest, True, False)
+    started_here = _started_here()
+    if not started_here and _autoscaler_runs():
+        return ClusterShape(current, None, None, True, started_here)
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    return ClusterShape(current, current, _largest(nodes), False, _started_here())
+    return ClusterShape(current, current, _largest(nodes), False, started_here)
 
 
 def _largest(nodes: list[dict[str, float]]) -> dict[str, float]:
@@ -66,21 +69,32 @@ def _largest(nodes: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _autoscaler_runs() -> bool:
-    """Whether an autoscaler manages this cluster: a v2 one marks the cluster as v2; a v1 monitor
-    reports its node types in its status in the GCS. Every cluster has a v1 monitor, also a fixed one
-    (``ray.init``, ``ray start``), whose read-only provider names each node's type after the node's
-    own id (``node_<id>``; checked on a local cluster, whose report appears a few seconds after the
-    start), so only a report naming another node type means an autoscaler with node types."""
+    """Whether an autoscaler with node types of its own manages this cluster.
+
+    Every Ray head runs a v1 monitor that reports an ``autoscaler_report`` to the GCS within seconds
+    of its start; without an autoscaling config it is a read-only one that names each node's type
+    ``node_<node id>``; with one, the types are the config's (``ray.head.default``, ``gpu_node``). A
+    v2 autoscaler marks the cluster as v2 instead.
+    """
     from ray._private import ray_constants
+    from ray.autoscaler._private.util import format_readonly_node_type
     from ray.autoscaler.v2.utils import is_autoscaler_v2
     from ray.experimental.internal_kv import _internal_kv_get
 
-    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    report = (json.loads(status) if status else {}).get("autoscaler_report") or {}
-    mapping = report.get("node_type_mapping") or {}
-    if any(node_type not in (node, f"node_{node}") for node, node_type in mapping.items()):
+    if is_autoscaler_v2(fetch_from_server=True):
         return True
-    return is_autoscaler_v2(fetch_from_server=True)
+    deadline = time.monotonic() + AUTOSCALER_REPORT_WAIT_S
+    report = None
+    while report is None and time.monotonic() < deadline:  # a head started just now has not reported yet
+        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        report = json.loads(status).get("autoscaler_report") if status else None
+        if report is None:
+            time.sleep(0.5)
+    mapping = (report or {}).get("node_type_mapping") or {}
+    return any(kind != format_readonly_node_type(node) for node, kind in mapping.items())
+
+
+AUTOSCALER_REPORT_WAIT_S = 20.0  # the longest a stage waits for a new head's first autoscaler report
 
 
 def _started_here() -> bool:
@@ -105,8 +119,7 @@ def resolve_resources(
     cpu, gpu = spec.cpu, spec.gpu
     largest = shape.largest_node
     if largest is None:  # an autoscaler that does not say its node types: keep the request as asked
-        if gpu > 0 and shape.current.get("GPU", 0) == 0:
-            say(f"[cluster] {key}.gpu is {gpu:g}: no GPU is up yet; waiting for the autoscaler to add GPU nodes")
+        _say_waiting(key, gpu, shape, say)
         return cpu, gpu
     kind = "node type of this cluster" if shape.autoscaling else "node of this cluster (it does not autoscale)"
     if gpu > largest.get("GPU", 0):
@@ -128,7 +141,14 @@ def resolve_resources(
             f"[warning] {key}.cpu is {cpu:g} but the cluster has {largest['CPU']:g} CPUs: asking for {largest['CPU']:g}"
         )
         cpu = largest["CPU"]
+    _say_waiting(key, gpu, shape, say)
     return cpu, gpu
+
+
+def _say_waiting(key: str, gpu: float, shape: ClusterShape, say: Callable[[str], None]) -> None:
+    """A line for the log when a kept GPU request waits for nodes that the autoscaler has yet to add."""
+    if gpu > 0 and shape.current.get("GPU", 0) == 0:
+        say(f"[cluster] {key}.gpu is {gpu:g}: no GPU is up yet; waiting for the autoscaler to add GPU nodes")
 
 
 def _describe(shape: ClusterShape) -> str:
