@@ -70,7 +70,10 @@ class SweepConfig:
     pair_retries: int
     train_retries: int
     raw: dict[str, Any]
-    _stack_sizes: dict[tuple[str, float, int | None], int] = field(default_factory=dict, compare=False, repr=False)
+    # stack_size's estimates, once per model config (init=False: a copy made by dataclasses.replace starts empty)
+    _stack_sizes: dict[tuple[str, float, int | None], int] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     @property
     def root(self) -> str:
