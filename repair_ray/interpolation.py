@@ -20,18 +20,29 @@ def interpolate_state(
 
     Integer buffers (BatchNorm's ``num_batches_tracked``) are interpolated and rounded.
     """
+    return {name: tensor[0] for name, tensor in interpolate_states(state_a, state_b, [alpha]).items()}
+
+
+def interpolate_states(
+    state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], alphas: Sequence[float]
+) -> dict[str, torch.Tensor]:
+    """:func:`interpolate_state` at every α of ``alphas``, stacked along a new first dimension: one
+    ``torch.lerp`` per entry (a tensor weight computes as a number does: slice k is bit for bit the
+    state at ``alphas[k]``)."""
     if set(state_a) != set(state_b):
         diff = sorted(set(state_a) ^ set(state_b))
         raise KeyError(f"state dicts differ: {diff[0]!r} is only in one of them")
     out = {}
     for k, ta in state_a.items():
-        tb = state_b[k]
+        tb = state_b[k].to(ta.device)
         if ta.shape != tb.shape:
             raise ValueError(f"{k!r} has shape {tuple(ta.shape)} in A but {tuple(tb.shape)} in B")
+        dtype = ta.dtype if ta.is_floating_point() else torch.float64
+        weight = torch.tensor(list(alphas), dtype=dtype, device=ta.device).view(-1, *([1] * ta.dim()))
         if ta.is_floating_point():
-            out[k] = torch.lerp(ta, tb.to(ta.device, ta.dtype), alpha)
+            out[k] = torch.lerp(ta.contiguous().unsqueeze(0), tb.to(ta.dtype).contiguous().unsqueeze(0), weight)
         else:
-            out[k] = torch.round((1 - alpha) * ta.double() + alpha * tb.double().to(ta.device)).to(ta.dtype)
+            out[k] = torch.round((1 - weight) * ta.double() + weight * tb.double()).to(ta.dtype)
     return out
 
 

@@ -442,6 +442,7 @@ class _CurvePoints:
         self.work, self.spec, self.splits, self.stat_data = work, spec, splits, stat_data
         self.settings, self.clock, self.record = settings, clock, record
         self.moments_a, self.endpoint, self.per_pass = moments_a, endpoint, per_pass
+        self.skeleton = copy.deepcopy(work).to("meta") if per_pass > 1 else None  # the stacks' architecture
 
     def __call__(
         self,
@@ -500,7 +501,7 @@ class _CurvePoints:
         alphas: Sequence[float],
     ) -> dict[float, dict]:
         spec, settings = self.spec, self.settings
-        stack = AlphaStack(self.work, interpolated_tensors(self.work, state_a, state_b, alphas))
+        stack = AlphaStack(self.skeleton, interpolated_tensors(self.work, state_a, state_b, alphas))
         carried: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with self.clock("stat"):
             if correction in ("reset", "repair"):

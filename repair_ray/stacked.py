@@ -43,25 +43,12 @@ Sums = tuple[torch.Tensor, torch.Tensor]  # per-channel sum and sum of squares (
 def interpolated_tensors(
     model: nn.Module, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], alphas: Sequence[float]
 ) -> dict[str, torch.Tensor]:
-    """The parameters and buffers of θ(α) for each α, stacked along a new first dimension.
+    """The parameters and buffers of θ(α) for each α, stacked along a new first dimension
+    (:func:`~repair_ray.interpolation.interpolate_states`); buffers outside the state dict
+    (non-persistent ones) are ``model``'s own."""
+    from .interpolation import interpolate_states
 
-    Slice k is :func:`~repair_ray.interpolation.interpolate_state` at ``alphas[k]``, bit for bit
-    (``torch.lerp`` computes a tensor weight as it does a number), made in one operation per entry.
-    Buffers outside the state dict (non-persistent ones) are ``model``'s own.
-    """
-    if set(state_a) != set(state_b):
-        raise KeyError(f"state dicts differ: {sorted(set(state_a) ^ set(state_b))[0]!r} is only in one of them")
-    stacked = {}
-    for name, a in state_a.items():
-        b = state_b[name].to(a.device)
-        if a.shape != b.shape:
-            raise ValueError(f"{name!r} has shape {tuple(a.shape)} in A but {tuple(b.shape)} in B")
-        if a.is_floating_point():
-            weight = torch.tensor(alphas, dtype=a.dtype, device=a.device).view(-1, *([1] * a.dim()))
-            stacked[name] = torch.lerp(a.contiguous().unsqueeze(0), b.to(a.dtype).contiguous().unsqueeze(0), weight)
-        else:
-            weight = torch.tensor(alphas, dtype=torch.float64, device=a.device).view(-1, *([1] * a.dim()))
-            stacked[name] = torch.round((1 - weight) * a.double() + weight * b.double()).to(a.dtype)
+    stacked = interpolate_states(state_a, state_b, alphas)
     for name, tensor in (*model.named_parameters(), *model.named_buffers()):
         if name not in stacked:
             stacked[name] = tensor.detach().unsqueeze(0).expand(len(alphas), *tensor.shape).clone()

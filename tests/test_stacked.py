@@ -120,14 +120,22 @@ def test_a_stack_resets_each_network_as_reset_alone_does():
         torch.testing.assert_close(running, alone.stem.norm.running_var, rtol=1e-5, atol=1e-7)
 
 
-def test_interpolated_tensors_are_the_interpolated_states_bit_for_bit():
+def test_interpolated_tensors_are_each_alphas_lerp_bit_for_bit():
+    """One lerp with a tensor of weights gives each α's own lerp (the one-α path's numbers before)."""
     a, b, _ = _pair("mlp", {"width": 8, "depth": 2, "norm": "batch"}, (1, 4, 4), n=64)
-    alphas = [0.0, 0.1, 0.5, 0.9, 1.0]
+    b.layers[0].norm.num_batches_tracked.fill_(7)  # an integer buffer that differs between A and B
+    alphas = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
     stacked = interpolated_tensors(a, a.state_dict(), b.state_dict(), alphas)
     for k, alpha in enumerate(alphas):
-        state = interpolate_state(a.state_dict(), b.state_dict(), alpha)
-        for name, tensor in state.items():
-            assert torch.equal(stacked[name][k], tensor), name
+        single = interpolate_state(a.state_dict(), b.state_dict(), alpha)
+        for name, ta in a.state_dict().items():
+            tb = b.state_dict()[name]
+            if ta.is_floating_point():
+                expected = torch.lerp(ta, tb, alpha)
+            else:
+                expected = torch.round((1 - alpha) * ta.double() + alpha * tb.double()).to(ta.dtype)
+            assert torch.equal(stacked[name][k], expected), (name, alpha)
+            assert torch.equal(single[name], expected), (name, alpha)
 
 
 def test_chunks_are_even_and_keep_order():
