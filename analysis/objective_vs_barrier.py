@@ -44,7 +44,7 @@ def main() -> None:
         print(f"{name:32s} objective {objective:9.2f}   midpoint test-loss barrier {barrier:.4f}")
 
     report("weight (forward start)", rr.weight_matching(spec, a, b))
-    report("weight (identity start)", rr.weight_matching(spec, a, b, first_sweep="random"))
+    report("weight (identity start)", rr.weight_matching(spec, a, b, start="identity"))
     act = rr.activation_matching(spec, a, b, stat)
     report("activation", act)
     report("weight from activation's", rr.weight_matching(spec, a, b, init_perm=act))

@@ -15,11 +15,25 @@ Both work in ONE forward pass over the statistics data:
 
 With all statistics samples in one batch both are exact; with smaller batches they carry the
 usual batch-statistics noise of the REPAIR reference code.
+
+Which points a correction renormalises (:func:`correction_plan`, one rule for every path):
+
+* ``reset``: none; every BatchNorm's statistics are recomputed.
+* ``repair``, the paper's procedure for the network's family: without BatchNorm, every REPAIR
+  point (each conv/linear output before its nonlinearity, or a LayerNorm's output) and, in a
+  residual net, each block's output and the classifier's input; with BatchNorm, RESET plus each
+  residual block's output (after the add and its ReLU) and nothing else (the REPAIR notebooks'
+  ResNet-50 procedure, ``Merge-ResNet50-ImageNet.ipynb``; a BatchNorm net without residual
+  blocks gets RESET alone, as the paper prescribes for BatchNorm nets).
+* ``repair_bn`` (BatchNorm nets only): this tool's earlier variant: RESET, and every BatchNorm
+  output renormalised to the interpolated endpoints' statistics, plus the block outputs and the
+  classifier's input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -46,6 +60,43 @@ def batchnorm_names(model: nn.Module) -> list[str]:
 
 def has_batchnorm(model: nn.Module) -> bool:
     return bool(batchnorms(model))
+
+
+CORRECTIONS = ("none", "reset", "repair", "repair_bn")
+# the corrections that need BatchNorm layers: elsewhere they are skipped (no rows)
+BATCHNORM_ONLY = ("reset", "repair_bn")
+
+
+@dataclass(frozen=True)
+class CorrectionPlan:
+    """What one correction does: recompute BatchNorm statistics (``reset``), renormalise the
+    ``points`` (folded into their weights), and renormalise the ``carried`` points (an affine
+    the network carries, see :attr:`PermutationSpec.carried_points`)."""
+
+    reset: bool
+    points: tuple[str, ...]
+    carried: tuple[str, ...]
+
+    @property
+    def renormalised(self) -> tuple[str, ...]:
+        return (*self.points, *self.carried)
+
+
+def correction_plan(correction: str, spec: PermutationSpec, *, batchnorm: bool) -> CorrectionPlan:
+    """The :class:`CorrectionPlan` of ``correction`` on a network with ``spec`` (see the module's docstring)."""
+    if correction == "none":
+        return CorrectionPlan(False, (), ())
+    if correction == "reset" or (correction == "repair_bn" and not batchnorm):
+        if not batchnorm:
+            raise ValueError(f"{correction} needs a network with BatchNorm layers; this one has none")
+        return CorrectionPlan(True, (), ())
+    if correction == "repair_bn":
+        return CorrectionPlan(True, spec.repair_points, tuple(spec.carried_points))
+    if correction == "repair":
+        if batchnorm:
+            return CorrectionPlan(True, (), tuple(p for p in spec.carried_points if p != spec.classifier_input))
+        return CorrectionPlan(False, spec.repair_points, tuple(spec.carried_points))
+    raise ValueError(f"unknown correction {correction!r}; expected one of {', '.join(CORRECTIONS)}")
 
 
 def repair_moments(
@@ -180,6 +231,7 @@ def repair(
     alpha: float,
     spec: PermutationSpec,
     batch_size: int = 1000,
+    correction: str = "repair",
 ) -> nn.Module:
     """REPAIR the interpolated network ``model`` in place (and return it).
 
@@ -188,11 +240,14 @@ def repair(
         a, b: the endpoint networks, or their :func:`repair_moments` computed once beforehand.
         data: training samples for the statistics (on the model's device).
         alpha: the interpolation coefficient of ``model``.
-        spec: the permutation spec; its ``repair_points`` say where to correct.
+        spec: the permutation spec; its ``repair_points`` and ``carried_points`` say where to correct.
         batch_size: samples per forward pass; all of ``data`` in one batch makes REPAIR exact.
+        correction: ``repair`` (the paper's procedure for the network's family) or ``repair_bn``
+            (BatchNorm nets: the BatchNorm outputs too); see :func:`correction_plan`.
 
     On a BatchNorm network REPAIR includes RESET, done in the same pass.
     """
+    plan = correction_plan(correction, spec, batchnorm=has_batchnorm(model))
     moments_a = repair_moments(a, data, spec, batch_size=batch_size) if isinstance(a, nn.Module) else a
     moments_b = repair_moments(b, data, spec, batch_size=batch_size) if isinstance(b, nn.Module) else b
     targets = target_moments(moments_a, moments_b, alpha)
@@ -200,10 +255,10 @@ def repair(
     _corrective_pass(
         model,
         data,
-        reset=has_batchnorm(model),
-        targets=targets,
+        reset=plan.reset,
+        targets={p: targets[p] for p in plan.renormalised},
         batch_size=batch_size,
         axes=spec.channel_axes,
-        carried=frozenset(spec.carried_points),
+        carried=frozenset(plan.carried),
     )
     return model

@@ -173,3 +173,22 @@ def std_ratio(
             continue
         out[name] = float((measured[name].std[alive] / tgt.std[alive]).mean())
     return out
+
+
+def variance_ratio(
+    measured: Mapping[str, Moments], a: Mapping[str, Moments], b: Mapping[str, Moments]
+) -> dict[str, float]:
+    """The REPAIR paper's variance ratio at every point (the ``layers`` table's ``mean_var_ratio``).
+
+    The interpolated network's variance averaged over channels, over the mean of the two
+    endpoints' channel-averaged variances: ``mean_c σ²_mid / ((mean_c σ²_A + mean_c σ²_B) / 2)``,
+    as ``get_layerwise_var`` and ``rrb = vvb / vv01`` in the REPAIR notebooks
+    (``Train-and-Permute-MNIST-MLP-BatchNorm.ipynb``) compute it. A ratio of means, not the mean
+    of per-channel ratios: wide channels weigh more. NaN where the endpoints have no variance.
+    """
+    out = {}
+    for name, mid in measured.items():
+        target = 0.5 * (float((a[name].std.double() ** 2).mean()) + float((b[name].std.double() ** 2).mean()))
+        value = float((mid.std.double() ** 2).mean())
+        out[name] = value / target if target > 0 else float("nan")
+    return out

@@ -15,10 +15,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .correction import has_batchnorm, remove_carried, repair, reset_batchnorm, target_moments
+from .correction import (
+    BATCHNORM_ONLY,
+    CORRECTIONS,
+    correction_plan,
+    has_batchnorm,
+    remove_carried,
+    repair,
+    reset_batchnorm,
+    target_moments,
+)
 from .datasets import Dataset, TensorData
 from .errors import Problems, unknown_choice
-from .hooks import MomentRecorder, Moments, Recorders, std_ratio
+from .hooks import MomentRecorder, Moments, Recorders, std_ratio, variance_ratio
 from .interpolation import barrier_metrics, evaluate, interpolate_state
 from .permutation import (
     PermutationSpec,
@@ -27,22 +36,73 @@ from .permutation import (
     identity_permutation,
     weight_matching,
 )
-from .permutation.learned import SINKHORN_OBJECTIVES, sinkhorn_matching, ste_matching
+from .permutation.learned import (
+    BATCHNORM_MODES,
+    LEARNED_INITS,
+    OPTIMIZERS,
+    SINKHORN_OBJECTIVES,
+    SINKHORN_SELECTS,
+    STE_SELECTS,
+    sinkhorn_matching,
+    ste_matching,
+)
 from .permutation.spec import axis_index
+from .permutation.weight_matching import WEIGHT_STARTS
 from .stacked import AlphaStack, auto_alphas_per_pass, chunks, interpolated_tensors
 
 ALIGNS = ("none", "weight", "activation", "ste", "sinkhorn")
 DEFAULT_ALIGNS = ("none", "weight", "activation")
 # the settings of the aligns that learn on data; each belongs to its align's rows only
-METHOD_FIELDS = {"ste": ("ste_steps", "ste_lr"), "sinkhorn": ("sinkhorn_steps", "sinkhorn_lr", "sinkhorn_objective")}
-CORRECTIONS = ("none", "reset", "repair")
+_LEARNED = ("steps", "epochs", "lr", "optimizer", "batch_size", "samples", "init", "select", "batchnorm")
+METHOD_FIELDS = {
+    "ste": tuple(f"ste_{f}" for f in (*_LEARNED, "momentum")),
+    "sinkhorn": tuple(f"sinkhorn_{f}" for f in (*_LEARNED, "objective", "temperatures")),
+}
+# The published methods by name (``ste: {preset: git-rebasin}``): every setting each paper's code
+# uses; settings given beside a preset override it. Sources: samuela/git-re-basin
+# ``src/mnist_mlp_ste2.py`` (250 epochs of the 60k MNIST training images, batch 1000, SGD lr 1e-2
+# momentum 0.9, from the identity, the best projection by minibatch loss); fagp/sinkhorn-rebasin's
+# MLP example (20 epochs of 9,000 training images, batch 1000, AdamW lr 0.1, temperature 1, 20
+# Sinkhorn iterations, from the identity plus noise, the final permutation; BatchNorm with batch
+# statistics).
+PRESETS: dict[str, dict[str, dict[str, object]]] = {
+    "ste": {
+        "git-rebasin": {
+            "epochs": 250,
+            "samples": "all",
+            "batch_size": 1000,
+            "optimizer": "sgd",
+            "lr": 1e-2,
+            "momentum": 0.9,
+            "init": "identity",
+            "select": "batch",
+            "batchnorm": "batch",
+        },
+    },
+    "sinkhorn": {
+        "pena2023": {
+            "epochs": 20,
+            "samples": 9000,
+            "batch_size": 1000,
+            "optimizer": "adamw",
+            "lr": 0.1,
+            "temperatures": (1.0, 1.0),
+            "objective": "midpoint",
+            "init": "identity",
+            "select": "last",
+            "batchnorm": "batch",
+        },
+    },
+}
 # the arithmetic of a pair's forward passes on a GPU: fp32 (as on the CPU), or TF32 matrix products and
 # convolutions (NVIDIA tensor cores since Ampere; ~10 bits of mantissa, several times faster)
 PRECISIONS = ("fp32", "tf32")
 # Bumped whenever the same settings give different rows, so older rows stop being current (they
 # stay readable with load_tables(keys="all")). 2: corrections at the endpoints too, REPAIR's ε,
-# weight matching's forward start.
-ANALYSIS_VERSION = 2
+# weight matching's forward start. 3: ``repair`` on BatchNorm nets is the paper's (RESET + block
+# outputs; the earlier one is ``repair_bn``), learned matchings normalise BatchNorm by batch
+# statistics, and ``layers`` rows carry ``mean_var_ratio``.
+ANALYSIS_VERSION = 3
 # PairSettings fields added after rows were keyed by the others: out of the analysis key at these
 # defaults, so the rows computed before them stay current
 LATER_FIELDS = {"precision": "fp32"}
@@ -50,8 +110,8 @@ MAX_ALPHAS = 1001  # a finer grid costs a forward pass per point and pair withou
 
 
 def correction_applies(correction: str, *, batchnorm: bool) -> bool:
-    """``reset`` recomputes BatchNorm statistics, so it needs BatchNorm; ``none`` and ``repair`` apply to every net."""
-    return correction != "reset" or batchnorm
+    """``reset`` and ``repair_bn`` need BatchNorm; ``none`` and ``repair`` apply to every net."""
+    return correction not in BATCHNORM_ONLY or batchnorm
 
 
 def alpha_grid(alphas: int | Sequence[float]) -> tuple[float, ...]:
@@ -101,11 +161,32 @@ class PairSettings:
     subset_seed: int = 0
     weight_matching_seed: int = 0
     weight_matching_max_iter: int = 100
+    weight_matching_start: str = "forward"  # "identity": Git Re-Basin's algorithm exactly
+    weight_matching_restarts: int = 1
+    # the learned matchings: steps (or epochs over their samples), optimiser, minibatch (None: the
+    # statistics batch size), samples (None: the statistics samples; "all": the training split),
+    # start, which permutation is returned, and BatchNorm's statistics in the midpoint
     ste_steps: int = 200
+    ste_epochs: int | None = None
     ste_lr: float = 3e-3
+    ste_optimizer: str = "adam"
+    ste_momentum: float = 0.9
+    ste_batch_size: int | None = None
+    ste_samples: int | str | None = None
+    ste_init: str = "weight"
+    ste_select: str = "data"
+    ste_batchnorm: str = "batch"
     sinkhorn_steps: int = 200
+    sinkhorn_epochs: int | None = None
     sinkhorn_lr: float = 0.1
+    sinkhorn_optimizer: str = "adam"
+    sinkhorn_batch_size: int | None = None
+    sinkhorn_samples: int | str | None = None
+    sinkhorn_init: str = "weight"
+    sinkhorn_select: str = "best"
+    sinkhorn_batchnorm: str = "batch"
     sinkhorn_objective: str = "midpoint"
+    sinkhorn_temperatures: tuple[float, float] = (1.0, 0.05)
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
@@ -135,15 +216,47 @@ class PairSettings:
                 problems.add(name, f"must be a positive number, got {value!r}")
         if self.precision not in PRECISIONS:
             problems.add("precision", unknown_choice("precision", self.precision, PRECISIONS))
-        if self.sinkhorn_objective not in SINKHORN_OBJECTIVES:
-            problems.add(
-                "sinkhorn_objective", unknown_choice("objective", self.sinkhorn_objective, SINKHORN_OBJECTIVES)
-            )
+        for name, known in (
+            ("sinkhorn_objective", SINKHORN_OBJECTIVES),
+            ("weight_matching_start", WEIGHT_STARTS),
+            ("ste_optimizer", OPTIMIZERS),
+            ("ste_init", LEARNED_INITS),
+            ("ste_select", STE_SELECTS),
+            ("ste_batchnorm", BATCHNORM_MODES),
+            ("sinkhorn_optimizer", OPTIMIZERS),
+            ("sinkhorn_init", LEARNED_INITS),
+            ("sinkhorn_select", SINKHORN_SELECTS),
+            ("sinkhorn_batchnorm", BATCHNORM_MODES),
+        ):
+            if getattr(self, name) not in known:
+                problems.add(name, unknown_choice(name.split("_", 1)[1], getattr(self, name), known))
+        for name in ("ste_epochs", "ste_batch_size", "sinkhorn_epochs", "sinkhorn_batch_size"):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value >= 1):
+                problems.add(name, f"must be a positive integer or unset, got {value!r}")
+        for name in ("ste_samples", "sinkhorn_samples"):
+            value = getattr(self, name)
+            if value is not None and value != "all" and not (_is_int(value) and value >= 1):
+                problems.add(name, f"must be a positive integer, 'all' or unset, got {value!r}")
+        value = self.ste_momentum
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            problems.add("ste_momentum", f"must be a number in [0, 1), got {value!r}")
+        temps = self.sinkhorn_temperatures
+        try:
+            temps = tuple(float(t) for t in temps)
+            ok = len(temps) == 2 and all(0 < t < float("inf") for t in temps)
+        except (TypeError, ValueError):
+            ok = False
+        if ok:
+            object.__setattr__(self, "sinkhorn_temperatures", temps)
+        else:
+            problems.add("sinkhorn_temperatures", f"must be two positive numbers [first, last], got {temps!r}")
         for name in (
             "stat_samples",
             "stat_batch_size",
             "eval_batch_size",
             "weight_matching_max_iter",
+            "weight_matching_restarts",
             "ste_steps",
             "sinkhorn_steps",
         ):
@@ -183,7 +296,9 @@ class PairResult:
     layers: list[dict] = field(default_factory=list)
 
 
-def sample_forwards(settings: PairSettings, n_train_eval: int, n_test: int, *, batchnorm: bool) -> int:
+def sample_forwards(
+    settings: PairSettings, n_train_eval: int, n_test: int, *, batchnorm: bool, n_train: int | None = None
+) -> int:
     """Samples :func:`analyse_pair` pushes through a network for one pair: the forward floor.
 
     Every endpoint evaluated once on the train-curve and test samples and measured once on the
@@ -198,8 +313,13 @@ def sample_forwards(settings: PairSettings, n_train_eval: int, n_test: int, *, b
     total = 2 * (n_train_eval + n_test) + 2 * stat
     total += sum(2 * stat for a in settings.aligns if a == "activation")
     # a learned matching: a minibatch per step (backward passes not counted) and two full scorings
-    learned = {"ste": settings.ste_steps, "sinkhorn": settings.sinkhorn_steps}
-    total += sum(learned[a] * min(settings.stat_batch_size, stat) + 2 * stat for a in settings.aligns if a in learned)
+    for method in ("ste", "sinkhorn"):
+        if method in settings.aligns:
+            samples = getattr(settings, f"{method}_samples")
+            whole = n_train or n_train_eval  # the training split (learned matchings with samples: all)
+            n = stat if samples is None else (whole if samples == "all" else min(whole, samples))
+            steps, batch = learned_steps(settings, method, n)
+            total += steps * batch + 2 * n
     for _align, correction in settings.methods(batchnorm=batchnorm):
         if correction == "none":
             total += interior * (n_train_eval + n_test)
@@ -219,6 +339,26 @@ def permute_moments(
     return out
 
 
+def learned_data(settings: PairSettings, method: str, train: TensorData, stat_data: TensorData) -> TensorData:
+    """The training samples a learned matching (``ste``, ``sinkhorn``) learns on: the statistics
+    samples by default, else the first ``samples`` of the training split in the subset seed's
+    order (the statistics samples are the first of those), or all of it."""
+    samples = getattr(settings, f"{method}_samples")
+    if samples is None:
+        return stat_data
+    return train if samples == "all" else train.subset(samples, seed=settings.subset_seed)
+
+
+def learned_steps(settings: PairSettings, method: str, n_samples: int) -> tuple[int, int]:
+    """(steps, batch size) of a learned matching: ``epochs`` over its samples (whole minibatches,
+    as it draws them) when set, else ``steps``."""
+    batch = min(getattr(settings, f"{method}_batch_size") or settings.stat_batch_size, max(n_samples, 1))
+    epochs = getattr(settings, f"{method}_epochs")
+    if epochs is None:
+        return getattr(settings, f"{method}_steps"), batch
+    return epochs * max(n_samples // batch, 1), batch
+
+
 def _align(
     align: str,
     spec: PermutationSpec,
@@ -226,8 +366,10 @@ def _align(
     model_b: nn.Module,
     stat_data: TensorData,
     settings: PairSettings,
+    train: TensorData | None = None,
 ) -> dict[str, torch.Tensor]:
     device = next(model_a.parameters()).device
+    weight_options = {"start": settings.weight_matching_start, "restarts": settings.weight_matching_restarts}
     if align == "none":
         return identity_permutation(spec, device)
     if align == "weight":
@@ -237,31 +379,34 @@ def _align(
             model_b,
             seed=settings.weight_matching_seed,
             max_iter=settings.weight_matching_max_iter,
+            **weight_options,
         )
     if align == "activation":
         return activation_matching(spec, model_a, model_b, stat_data, batch_size=settings.stat_batch_size)
-    if align == "ste":
-        return ste_matching(
-            spec,
-            model_a,
-            model_b,
-            stat_data,
-            steps=settings.ste_steps,
-            lr=settings.ste_lr,
-            batch_size=settings.stat_batch_size,
-            seed=settings.weight_matching_seed,
-        )
-    if align == "sinkhorn":
+    if align in ("ste", "sinkhorn"):
+        data = learned_data(settings, align, train if train is not None else stat_data, stat_data)
+        steps, batch_size = learned_steps(settings, align, len(data))
+        common = {
+            "steps": steps,
+            "lr": getattr(settings, f"{align}_lr"),
+            "batch_size": batch_size,
+            "seed": settings.weight_matching_seed,
+            "init": getattr(settings, f"{align}_init"),
+            "optimizer": getattr(settings, f"{align}_optimizer"),
+            "select": getattr(settings, f"{align}_select"),
+            "batchnorm": getattr(settings, f"{align}_batchnorm"),
+            "weight_options": weight_options,
+        }
+        if align == "ste":
+            return ste_matching(spec, model_a, model_b, data, momentum=settings.ste_momentum, **common)
         return sinkhorn_matching(
             spec,
             model_a,
             model_b,
-            stat_data,
+            data,
             objective=settings.sinkhorn_objective,
-            steps=settings.sinkhorn_steps,
-            lr=settings.sinkhorn_lr,
-            batch_size=settings.stat_batch_size,
-            seed=settings.weight_matching_seed,
+            temperatures=settings.sinkhorn_temperatures,
+            **common,
         )
     raise ValueError(f"unknown align {align!r}")
 
@@ -375,7 +520,7 @@ def _analyse_pair(
     )
     for align in settings.aligns:
         with clock("align"):
-            perm = _align(align, spec, model_a, model_b, stat_data, settings)
+            perm = _align(align, spec, model_a, model_b, stat_data, settings, dataset.train)
             state_b = apply_permutation(spec, perm, model_b)
         align_seconds = clock.take()["align"]
         moments_b_aligned = permute_moments(spec, moments_b, perm)
@@ -394,8 +539,16 @@ def _analyse_pair(
                         {"align": align, "correction": correction, "split": split, "alpha": alpha, **metrics}
                     )
             ratios = std_ratio(measured[0.5]["layers"], layer_target)
+            var_ratios = variance_ratio(measured[0.5]["layers"], *layer_moments)
             result.layers += [
-                {"align": align, "correction": correction, "layer": p, "layer_index": i, "std_ratio": ratios[p]}
+                {
+                    "align": align,
+                    "correction": correction,
+                    "layer": p,
+                    "layer_index": i,
+                    "std_ratio": ratios[p],
+                    "mean_var_ratio": var_ratios[p],
+                }
                 for i, p in enumerate(points)
             ]
             spent = clock.take()
@@ -504,18 +657,19 @@ class _CurvePoints:
         stack = AlphaStack(self.skeleton, interpolated_tensors(self.work, state_a, state_b, alphas))
         carried: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with self.clock("stat"):
-            if correction in ("reset", "repair"):
+            if correction != "none":
+                plan = correction_plan(correction, spec, batchnorm=has_batchnorm(self.work))
                 targets = None
-                if correction == "repair":
+                if plan.renormalised:
                     per_alpha = [target_moments(self.moments_a, moments_b, alpha) for alpha in alphas]
-                    targets = {point: [t[point] for t in per_alpha] for point in per_alpha[0]}
+                    targets = {point: [t[point] for t in per_alpha] for point in plan.renormalised}
                 carried = stack.correct(
                     self.stat_data,
-                    reset=has_batchnorm(self.work),
+                    reset=plan.reset,
                     targets=targets,
                     batch_size=settings.stat_batch_size,
                     axes=spec.channel_axes,
-                    carried=frozenset(spec.carried_points),
+                    carried=frozenset(plan.carried),
                 )
         out: dict[float, dict] = {alpha: {} for alpha in alphas}
         with self.clock("eval"):
@@ -568,7 +722,7 @@ def _correct(
 ) -> None:
     if correction == "reset":
         reset_batchnorm(model, stat_data, batch_size=settings.stat_batch_size)
-    elif correction == "repair":
+    elif correction != "none":
         repair(
             model,
             moments_a,
@@ -577,4 +731,5 @@ def _correct(
             alpha=alpha,
             spec=spec,
             batch_size=settings.stat_batch_size,
+            correction=correction,
         )

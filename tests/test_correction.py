@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from repair_ray import build_model, interpolate_state, permutation_spec, repair, reset_batchnorm
-from repair_ray.correction import batchnorms, repair_moments, target_moments
+from repair_ray.correction import batchnorms, correction_plan, repair_moments, target_moments
 from repair_ray.hooks import ChannelMoments, channel_moments, output_hooks
 
 from .helpers import briefly_trained, prototype_data
@@ -47,34 +47,82 @@ def relative_errors(measured, target):
 
 @pytest.mark.parametrize(("arch", "kwargs", "shape"), NETS, ids=lambda v: str(v))
 def test_repaired_statistics_equal_the_targets(arch, kwargs, shape):
+    """Every point a correction renormalises ends with the target statistics: all REPAIR points
+    for ``repair`` on nets without BatchNorm and for ``repair_bn``; the block outputs for the
+    paper's ``repair`` of BatchNorm nets."""
     alpha = 0.4
     a, b, mid, data = endpoints_and_midpoint(arch, kwargs, shape, alpha)
     spec = permutation_spec(a)
+    batchnorm = kwargs["norm"] == "batch"
+    for correction in ("repair", "repair_bn") if batchnorm else ("repair",):
+        plan = correction_plan(correction, spec, batchnorm=batchnorm)
+        if not plan.renormalised:
+            continue
+        target = target_moments(repair_moments(a, data, spec), repair_moments(b, data, spec), alpha)
+        target = {p: target[p] for p in plan.renormalised}
+        net = copy.deepcopy(mid)
+        before = relative_errors(channel_moments(net, data, list(target), axes=spec.channel_axes), target)
+        repair(net, a, b, data, alpha=alpha, spec=spec, batch_size=len(data), correction=correction)
+        after = relative_errors(channel_moments(net, data, list(target), axes=spec.channel_axes), target)
+        assert after < 1e-2, (correction, after)
+        assert before > 5 * after, correction  # the interpolation really was off before
+
+
+def test_the_papers_repair_of_a_batchnorm_resnet_is_reset_plus_block_outputs():
+    """REPAIR's ResNet procedure (Merge-ResNet50-ImageNet.ipynb): every BatchNorm's statistics
+    recomputed (RESET), every residual block's output renormalised to the interpolated endpoints'
+    statistics, the BatchNorm outputs left as RESET makes them and the classifier's input not
+    touched; ``repair_bn`` renormalises the BatchNorm outputs and the classifier's input too."""
+    alpha = 0.5
+    a, b, mid, data = endpoints_and_midpoint("resnet20", {"width": 0.5, "norm": "batch"}, (3, 16, 16), alpha)
+    spec = permutation_spec(a)
+    plan = correction_plan("repair", spec, batchnorm=True)
+    blocks = [p for p in spec.carried_points if p != spec.classifier_input]
+    assert plan.reset and plan.points == () and list(plan.carried) == blocks and len(blocks) == 9
     target = target_moments(repair_moments(a, data, spec), repair_moments(b, data, spec), alpha)
-    before = relative_errors(channel_moments(mid, data, spec.corrected_points, axes=spec.channel_axes), target)
-    repair(mid, a, b, data, alpha=alpha, spec=spec, batch_size=len(data))
-    after = relative_errors(channel_moments(mid, data, spec.corrected_points, axes=spec.channel_axes), target)
-    assert after < 1e-2, after
-    assert before > 5 * after  # the interpolation really was off before
+
+    reset = reset_batchnorm(copy.deepcopy(mid), data, batch_size=len(data))
+    paper = repair(copy.deepcopy(mid), a, b, data, alpha=alpha, spec=spec, batch_size=len(data))
+    ours = repair(copy.deepcopy(mid), a, b, data, alpha=alpha, spec=spec, batch_size=len(data), correction="repair_bn")
+    points = list(spec.corrected_points)
+    measured = {name: channel_moments(net, data, points, axes=spec.channel_axes) for name, net in
+                (("reset", reset), ("paper", paper), ("ours", ours))}  # fmt: skip
+    # the first BatchNorm sees the same input in all three: RESET's output statistics (β, |γ|) there
+    first = spec.repair_points[0]
+    assert torch.allclose(measured["paper"][first].std, measured["reset"][first].std, rtol=1e-3, atol=1e-5)
+    assert relative_errors({first: measured["ours"][first]}, {first: target[first]}) < 1e-2
+    assert relative_errors({first: measured["paper"][first]}, {first: target[first]}) > 0.05
+    # block outputs at the target for both; the classifier's input only for repair_bn
+    assert relative_errors({p: measured["paper"][p] for p in blocks}, {p: target[p] for p in blocks}) < 1e-2
+    head = spec.classifier_input
+    assert relative_errors({head: measured["ours"][head]}, {head: target[head]}) < 1e-2
+    assert relative_errors({head: measured["paper"][head]}, {head: target[head]}) > 1e-2
 
 
 def test_repair_with_minibatches_is_close():
     a, b, mid, data = endpoints_and_midpoint("resnet20", {"width": 0.5, "norm": "batch"}, (3, 16, 16))
     spec = permutation_spec(a)
     target = target_moments(repair_moments(a, data, spec), repair_moments(b, data, spec), 0.4)
-    repair(mid, a, b, data, alpha=0.4, spec=spec, batch_size=100)
+    repair(mid, a, b, data, alpha=0.4, spec=spec, batch_size=100, correction="repair_bn")
     assert relative_errors(channel_moments(mid, data, spec.corrected_points, axes=spec.channel_axes), target) < 5e-2
 
 
-@pytest.mark.parametrize(("arch", "kwargs", "shape"), NETS[:2] + NETS[5:6], ids=lambda v: str(v))
-def test_folded_model_computes_what_the_unfolded_correction_computes(arch, kwargs, shape):
-    """The folded weights (and the carried affines) reproduce the corrections applied as explicit affine layers."""
+FOLDED = [(*NETS[0], "repair"), (*NETS[1], "repair"), (*NETS[1], "repair_bn"), (*NETS[5], "repair")]
+FOLDED.append((*NETS[5], "repair_bn"))
+
+
+@pytest.mark.parametrize(("arch", "kwargs", "shape", "correction"), FOLDED, ids=lambda v: str(v))
+def test_folded_model_computes_what_the_unfolded_correction_computes(arch, kwargs, shape, correction):
+    """The folded weights (and the carried affines) reproduce the corrections applied as explicit
+    affine layers at the points the correction renormalises (a hand-written REPAIR: RESET, then
+    each point's affine computed layer by layer on the whole data)."""
     alpha = 0.4
     a, b, mid, data = endpoints_and_midpoint(arch, kwargs, shape, alpha)
     spec = permutation_spec(a)
+    points = correction_plan(correction, spec, batchnorm=kwargs["norm"] == "batch").renormalised
     target = target_moments(repair_moments(a, data, spec), repair_moments(b, data, spec), alpha)
     folded = copy.deepcopy(mid)
-    repair(folded, a, b, data, alpha=alpha, spec=spec, batch_size=len(data))
+    repair(folded, a, b, data, alpha=alpha, spec=spec, batch_size=len(data), correction=correction)
 
     # Unfolded: the same interpolated net (BN reset the same way), with each point's output
     # renormalised by an explicit affine computed layer by layer on the whole data.
@@ -83,7 +131,7 @@ def test_folded_model_computes_what_the_unfolded_correction_computes(arch, kwarg
         reset_batchnorm(unfolded, data, batch_size=len(data))
     affines: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     forward_order: list[str] = []  # the carried points interleave with the REPAIR points
-    with torch.no_grad(), output_hooks(unfolded, spec.corrected_points, lambda name, _y: forward_order.append(name)):
+    with torch.no_grad(), output_hooks(unfolded, points, lambda name, _y: forward_order.append(name)):
         unfolded(data.x[:2])
     for point in forward_order:
         raw = ChannelMoments()
@@ -96,7 +144,10 @@ def test_folded_model_computes_what_the_unfolded_correction_computes(arch, kwarg
                 return y * s.view(1, -1, *([1] * (y.dim() - 2))) + t.view(1, -1, *([1] * (y.dim() - 2)))
             return None
 
-        with output_hooks(unfolded, spec.corrected_points, apply):
+        with output_hooks(unfolded, points, apply):
+            if batchnorms(unfolded):  # the BatchNorms see the corrected earlier points, as in one pass
+                reset_batchnorm(unfolded, data, batch_size=len(data))
+                raw.__init__()
             unfolded(data.x)
         scale = (target[point].std / raw.std).float()
         affines[point] = (scale, (target[point].mean - scale.double() * raw.mean).float())
@@ -106,7 +157,9 @@ def test_folded_model_computes_what_the_unfolded_correction_computes(arch, kwarg
         return y * s.view(1, -1, *([1] * (y.dim() - 2))) + t.view(1, -1, *([1] * (y.dim() - 2)))
 
     x = data.x[:64]
-    with torch.no_grad(), output_hooks(unfolded, spec.corrected_points, apply_all):
+    with torch.no_grad(), output_hooks(unfolded, points, apply_all):
+        if batchnorms(unfolded):
+            reset_batchnorm(unfolded, data, batch_size=len(data))
         expected = unfolded.eval()(x)
     with torch.no_grad():
         got = folded.eval()(x)

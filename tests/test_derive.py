@@ -28,7 +28,7 @@ from repair_ray import (
     repair,
     weight_matching,
 )
-from repair_ray.correction import repair_moments, target_moments
+from repair_ray.correction import correction_plan, has_batchnorm, repair_moments, target_moments
 from repair_ray.datasets import TensorData
 from repair_ray.hooks import channel_moments
 
@@ -70,7 +70,7 @@ def check_symmetry(model: nn.Module, x: torch.Tensor, spec=None, *, matching: bo
     if not matching:
         return
     # weight matching undoes the planted permutation: B aligned to A is A again
-    found = weight_matching(spec, model, permuted, first_sweep="forward")
+    found = weight_matching(spec, model, permuted, start="forward")
     aligned = apply_permutation(spec, found, permuted)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(aligned[name], value, rtol=0, atol=0, msg=f"weight matching: {name}")
@@ -172,14 +172,21 @@ def test_repair_on_derived_points_sets_the_statistics_to_their_targets(name):
     mid = copy.deepcopy(a)
     mid.load_state_dict(interpolate_state(a.state_dict(), b.state_dict(), 0.4))
     target = target_moments(repair_moments(a, data, spec), repair_moments(b, data, spec), 0.4)
+    batchnorm = has_batchnorm(a)
+    for correction in ("repair", "repair_bn") if batchnorm else ("repair",):
+        points = correction_plan(correction, spec, batchnorm=batchnorm).renormalised
+        if not points:
+            continue
+        net = copy.deepcopy(mid)
 
-    def measured():
-        return channel_moments(mid, data, spec.corrected_points, axes=spec.channel_axes)
+        def measured(net=net, points=points):
+            return channel_moments(net, data, points, axes=spec.channel_axes)
 
-    before = relative_errors(measured(), target)
-    repair(mid, a, b, data, alpha=0.4, spec=spec, batch_size=len(data))
-    after = relative_errors(measured(), target)
-    assert after < 1e-2 < before, (before, after)
+        goal = {p: target[p] for p in points}
+        before = relative_errors(measured(), goal)
+        repair(net, a, b, data, alpha=0.4, spec=spec, batch_size=len(data), correction=correction)
+        after = relative_errors(measured(), goal)
+        assert after < 1e-2 < before, (correction, before, after)
 
 
 ZOO = [

@@ -141,10 +141,10 @@ def test_the_forward_start_reaches_a_higher_objective_than_the_identity_start():
     torch.manual_seed(1)
     b = build_model("mlp", width=64, depth=4, norm="none", in_shape=(1, 8, 8))
     spec = permutation_spec(a)
-    forward = matching_objective(spec, a, b, weight_matching(spec, a, b, first_sweep="forward"))
+    forward = matching_objective(spec, a, b, weight_matching(spec, a, b, start="forward"))
     random_starts = [
-        matching_objective(spec, a, b, weight_matching(spec, a, b, seed=s, first_sweep="random")) for s in range(3)
+        matching_objective(spec, a, b, weight_matching(spec, a, b, seed=s, start="identity")) for s in range(3)
     ]
     assert forward > max(random_starts)
-    with pytest.raises(ValueError, match="first_sweep must be"):
-        weight_matching(spec, a, b, first_sweep="backward")
+    with pytest.raises(ValueError, match="start must be"):
+        weight_matching(spec, a, b, start="backward")

@@ -136,6 +136,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("layer", _STR),
         ("layer_index", _INT),
         ("std_ratio", _F64),
+        ("mean_var_ratio", _F64),
         ("analysis_key", _STR),
     ),
 }

@@ -183,7 +183,7 @@ class ResNet(nn.Module):
                 p_out = stream if blk.shortcut is None else f"stages.{s}" if i == 0 else f"stages.{s}.{i}"
                 blk.spec(b, f"stages.{s}.{i}", stream, p_out)
                 stream = p_out
-        b.carry("flatten", stream)  # the classifier's input
+        b.carry("flatten", stream, classifier_input=True)
         b.linear("head", stream, None)
         return b.build(self)
 

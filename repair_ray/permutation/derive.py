@@ -890,7 +890,7 @@ class _Derivation:
         sizes = {g: sizes[g] for g in sorted(sizes, key=order.index)}
         buffers = frozenset(n for n, _ in self.model.named_buffers() if n in axes)
         activations, repair_points, channel_axes = self._points(names)
-        carried = self._carried_points()
+        carried, classifier_input = self._carried_points()
         for target, (axis, _) in carried.items():
             if axis != 1:
                 channel_axes[target] = axis
@@ -902,6 +902,7 @@ class _Derivation:
             repair_points=repair_points,
             channel_axes=channel_axes,
             carried_points={t: self._entry(lay, t, axis, group_name, sizes) for t, (axis, lay) in carried.items()},
+            classifier_input=classifier_input,
         )
         spec.validate(self.model.state_dict())
         return spec
@@ -939,9 +940,10 @@ class _Derivation:
         operands = [self.layout_of(a) for a in node.args[:2]]
         return all(_is_tensor_layout(o) for o in operands) and self._single_free_axis(node) is not None
 
-    def _carried_points(self) -> dict[str, tuple[int, Layout]]:
+    def _carried_points(self) -> tuple[dict[str, tuple[int, Layout]], str | None]:
         """REPAIR's ResNet points: each residual block's output (a nonlinearity module, called once,
-        applied to a residual add) and, in networks that have such blocks, the classifier's input."""
+        applied to a residual add) and, in networks that have such blocks, the classifier's input
+        (also returned on its own; None where there is none)."""
         out: dict[str, tuple[int, Layout]] = {}
         residual = False  # whether two tensors carrying channels are ever added
         for node in self.gm.graph.nodes:
@@ -954,7 +956,8 @@ class _Derivation:
             if self._is_residual_add(node.args[0]) and (free := self._single_free_axis(node)):
                 out[node.target] = free
         if not residual:
-            return out
+            return out, None
+        classifier_input = None
         for node in self.gm.graph.nodes:  # the classifier: a linear layer whose outputs are the network's
             is_linear = node.op == "call_module" and isinstance(self.model.get_submodule(node.target), nn.Linear)
             layout = self.env.get(node)
@@ -974,7 +977,8 @@ class _Derivation:
                 and (free := self._single_free_axis(source))
             ):
                 out[source.target] = free
-        return out
+                classifier_input = source.target
+        return out, classifier_input
 
     def _points(self, names: dict[int, str]):
         """Activation and REPAIR points: outputs of modules called once, with their channel axis."""

@@ -1,7 +1,11 @@
 """Permutations learned on data: Git Re-Basin's straight-through estimator and Sinkhorn re-basin.
 
-Both start from weight matching and optimise the loss of the midpoint network
-``(θ_A + π(θ_B)) / 2`` on training samples (the sweep's statistics samples):
+Both optimise the loss of the midpoint network ``(θ_A + π(θ_B)) / 2`` on training samples.
+Each can run as published (``init="identity"``: an independent method) or as this tool's
+refinement of weight matching (``init="weight"``: it starts from weight matching's permutation
+and returns it when it finds none better). On BatchNorm networks the midpoint normalises by
+batch statistics (``batchnorm="batch"``, as Peña et al. train it), or by the interpolated
+running statistics (``"running"``, this tool's earlier choice).
 
 * :func:`ste_matching` (Ainsworth et al. 2022, section 3.3): a free copy ``θ̃`` of the
   network's weights, starting at A's; every step projects it to the nearest permutation of B by weight matching,
@@ -13,9 +17,8 @@ Both start from weight matching and optimise the loss of the midpoint network
   weight distance ``Σ‖θ_A − P(θ_B)‖²``) is minimised with Adam while the temperature anneals, and
   each group is hardened to a permutation with the assignment solver at the end.
 
-Each returns the best permutation it met, measured on all of ``data`` by the objective it
-optimises (the weight-matching start included), so it is never worse than its start there. Both
-are deterministic for a seed on the CPU.
+Which permutation is returned (``select``) is each paper's rule or this tool's: see the
+functions. Both are deterministic for a seed on the CPU.
 """
 
 from __future__ import annotations
@@ -32,21 +35,32 @@ from torch.func import functional_call
 
 from ..datasets import TensorData
 from ..interpolation import interpolate_state
-from .ops import Permutation, apply_permutation, linear_sum_assignment
+from .ops import Permutation, apply_permutation, identity_permutation, linear_sum_assignment
 from .spec import PermutationSpec
 from .weight_matching import _matched_states, weight_matching
 
 StateDict = dict[str, torch.Tensor]
 
 
+LEARNED_INITS = ("weight", "identity")
+BATCHNORM_MODES = ("batch", "running")
+STE_SELECTS = ("data", "batch")
+SINKHORN_SELECTS = ("best", "last")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
 @torch.no_grad()
 def midpoint_loss(
     model: nn.Module, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], data: TensorData,
-    *, batch_size: int = 1000,
+    *, batch_size: int = 1000, batchnorm: str = "running",
 ) -> float:  # fmt: skip
-    """Mean cross-entropy on ``data`` of the network with the midpoint of two state dicts (eval mode)."""
+    """Mean cross-entropy on ``data`` of the network with the midpoint of two state dicts.
+
+    ``batchnorm``: ``running`` evaluates in eval mode (BatchNorm with the interpolated running
+    statistics); ``batch`` normalises each batch of ``batch_size`` by its own statistics.
+    """
     mid = interpolate_state(state_a, state_b, 0.5)
-    model.eval()
+    _set_mode(model, batchnorm)
     total, n = 0.0, 0
     for x, y in data.batches(batch_size):
         logits = functional_call(model, mid, (x,))
@@ -85,15 +99,43 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
     return work
 
 
+def _set_mode(model: nn.Module, batchnorm: str) -> None:
+    """Eval mode; with ``batchnorm="batch"`` every BatchNorm normalises by its batch's statistics
+    and leaves its running statistics alone (train mode without tracking)."""
+    if batchnorm not in BATCHNORM_MODES:
+        raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {batchnorm!r}")
+    model.eval()
+    if batchnorm == "batch":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+                m.track_running_stats = False
+
+
+def _optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
+def _check_choice(name: str, value: str, known: tuple[str, ...]) -> None:
+    if value not in known:
+        raise ValueError(f"{name} must be one of {', '.join(known)}, got {value!r}")
+
+
 def _check_data(data: TensorData, name: str) -> None:
     if len(data) == 0:
         raise ValueError(f"{name} needs training samples; got none")
 
 
-def _start(spec, model_a, model_b, init_perm, seed) -> Permutation:
+def _start(spec, model_a, model_b, init_perm, seed, weight_options) -> Permutation:
     if init_perm is not None:
         return {g: p.clone() for g, p in init_perm.items()}
-    return weight_matching(spec, model_a, model_b, seed=seed)
+    return weight_matching(spec, model_a, model_b, seed=seed, **(weight_options or {}))
 
 
 def _key(perm: Mapping[str, torch.Tensor]) -> tuple:
@@ -112,36 +154,70 @@ def ste_matching(
     seed: int = 0,
     eval_every: int = 10,
     init_perm: Mapping[str, torch.Tensor] | None = None,
+    init: str = "weight",
+    optimizer: str = "adam",
+    momentum: float = 0.9,
+    select: str = "data",
+    batchnorm: str = "batch",
+    weight_options: Mapping[str, object] | None = None,
 ) -> Permutation:
     """Git Re-Basin's straight-through estimator: the permutation of B whose midpoint with A has the lowest loss.
+
+    A free copy ``θ̃`` of the weights starts at ``θ_A``; every step projects it to the nearest
+    permutation of B by weight matching (warm-started from the previous projection), evaluates
+    the midpoint with the projected weights on one minibatch and passes the gradient straight
+    through to ``θ̃``.
 
     Args:
         spec: the architecture's permutation spec.
         model_a, model_b: the two networks (not modified).
-        data: training samples on the models' device (the sweep passes its statistics samples).
-        steps: Adam steps on the free weights ``θ̃``; each costs a weight matching (warm-started
-            from the previous projection), a forward and a backward pass of one minibatch.
-        lr: Adam's learning rate.
+        data: training samples on the models' device.
+        steps: optimiser steps on ``θ̃``; each costs a weight matching, a forward and a backward
+            pass of one minibatch.
+        lr, optimizer, momentum: the optimiser (``adam``, ``adamw`` or ``sgd``; ``momentum`` for sgd).
         batch_size: samples per step.
-        seed: seeds the minibatch order (and the weight matching start).
-        eval_every: every this many steps the current projection's midpoint loss is measured on
-            all of ``data``; the best permutation measured is returned.
-        init_perm: start here instead of weight matching.
+        seed: seeds the minibatch order and the weight matchings' visiting orders.
+        eval_every: with ``select="data"``, every this many steps the current projection's
+            midpoint loss is measured on all of ``data``.
+        init_perm: start here (as with ``init="weight"``, without computing it).
+        init: ``identity``: as Git Re-Basin (``mnist_mlp_ste2.py``): the first projection is a
+            weight matching from the identity, and nothing else is a candidate; ``weight``: start
+            from weight matching (with ``weight_options``), which is also the first candidate,
+            so the result is never worse than it on ``data``.
+        select: ``batch``: as Git Re-Basin, the projection of the lowest minibatch loss (measured
+            at its step, before the update); ``data``: the projection of the lowest midpoint loss
+            on all of ``data``, measured every ``eval_every`` steps.
+        batchnorm: ``batch`` or ``running`` statistics in the midpoint (see the module).
+        weight_options: ``start`` / ``restarts`` of the initial weight matching (``init="weight"``).
     """
     _check_data(data, "ste_matching")
+    for name, value, known in (
+        ("init", init, LEARNED_INITS),
+        ("select", select, STE_SELECTS),
+        ("batchnorm", batchnorm, BATCHNORM_MODES),
+    ):
+        _check_choice(name, value, known)
     state_a, state_b = _matched_states(spec, model_a, model_b)
-    perm = _start(spec, model_a, model_b, init_perm, seed)
     work = _frozen_copy(model_a)
+    _set_mode(work, batchnorm)
     trainable = [n for n, _ in model_a.named_parameters() if n in state_a]
-    # θ̃ starts at B as weight matching aligned it, so the first projection is the start
-    start = apply_permutation(spec, perm, state_b)
     # θ̃ starts at θ_A (as in Git Re-Basin): its projection, the nearest permutation of B, is the
-    # weight matching of A and B, so the search starts there
+    # weight matching of A and B
     free = {n: state_a[n].detach().clone().float().requires_grad_(True) for n in trainable}
-    optimizer = torch.optim.Adam(free.values(), lr=lr)
+    opt = _optimizer(optimizer, free.values(), lr, momentum)
     batches = _Batches(data, batch_size, seed)
-    best = (midpoint_loss(work, state_a, start, data), perm)
-    seen = {_key(perm)}
+    best: tuple[float, Permutation | None] = (math.inf, None)
+    seen: set[tuple] = set()
+    if init == "weight" or init_perm is not None:
+        perm = _start(spec, model_a, model_b, init_perm, seed, weight_options)
+        if select == "data":
+            best = (
+                midpoint_loss(work, state_a, apply_permutation(spec, perm, state_b), data, batchnorm=batchnorm),
+                perm,
+            )
+            seen.add(_key(perm))
+    else:
+        perm = identity_permutation(spec, next(iter(state_a.values())).device)
     for step in range(1, steps + 1):
         current = {n: t.detach() for n, t in free.items()}
         perm = weight_matching(spec, {**state_b, **current}, state_b, init_perm=perm, seed=seed + step)
@@ -151,17 +227,20 @@ def ste_matching(
         mid = interpolate_state(state_a, {**projected, **through}, 0.5)
         x, y = batches.next()
         loss = F.cross_entropy(functional_call(work, mid, (x,)).float(), y)
-        optimizer.zero_grad()
+        if select == "batch" and float(loss) < best[0]:
+            best = (float(loss), perm)
+        opt.zero_grad()
         loss.backward()
-        optimizer.step()
-        if step % eval_every == 0 or step == steps:
+        opt.step()
+        if select == "data" and (step % eval_every == 0 or step == steps):
             key = _key(perm)
             if key not in seen:
                 seen.add(key)
-                measured = midpoint_loss(work, state_a, projected, data)
+                measured = midpoint_loss(work, state_a, projected, data, batchnorm=batchnorm)
                 if measured < best[0]:
                     best = (measured, perm)
-    return {g: p.clone() for g, p in best[1].items()}
+    chosen = best[1] if best[1] is not None else perm
+    return {g: p.clone() for g, p in chosen.items()}
 
 
 def _log_sinkhorn(logits: torch.Tensor, iters: int) -> torch.Tensor:
@@ -235,6 +314,11 @@ def sinkhorn_matching(
     iters: int = 20,
     seed: int = 0,
     init_perm: Mapping[str, torch.Tensor] | None = None,
+    init: str = "weight",
+    optimizer: str = "adam",
+    select: str = "best",
+    batchnorm: str = "batch",
+    weight_options: Mapping[str, object] | None = None,
 ) -> Permutation:
     """Sinkhorn re-basin: learned doubly stochastic relaxations of every group's permutation, hardened at the end.
 
@@ -244,14 +328,28 @@ def sinkhorn_matching(
         data: training samples for the ``midpoint`` objective (unused by ``distance``).
         objective: ``midpoint`` (cross-entropy of ``(θ_A + P(θ_B))/2``) or ``distance``
             (``Σ‖θ_A − P(θ_B)‖²`` over the permuted parameters).
-        steps: Adam steps on the logits.
-        lr: Adam's learning rate on the logits.
+        steps: optimiser steps on the logits.
+        lr, optimizer: the optimiser (``adam``, ``adamw`` as Peña et al., ``sgd``) and its rate.
         batch_size: samples per step (``midpoint``).
-        temperatures: the Sinkhorn temperature anneals geometrically from the first to the second.
+        temperatures: the Sinkhorn temperature anneals geometrically from the first to the second
+            (Peña et al.: a constant 1).
         iters: Sinkhorn normalisation iterations per step.
-        seed: seeds the minibatch order (and the weight matching start).
-        init_perm: start here instead of weight matching (the logits start peaked at it).
+        seed: seeds the minibatch order, the identity start's noise and the weight matching.
+        init_perm: start here (as ``init="weight"``, without computing it).
+        init: ``identity``: as Peña et al. (``sinkhorn-rebasin`` examples), the logits start at
+            the identity plus 0.1 × standard normal noise; ``weight``: peaked at weight
+            matching's permutation (with ``weight_options``).
+        select: ``last``: as Peña et al., the hardened final logits; ``best``: the better of the
+            start and the hardened logits by the objective on ``data`` (never worse than the start).
+        batchnorm: ``batch`` or ``running`` statistics in the midpoint (see the module).
+        weight_options: ``start`` / ``restarts`` of the weight matching start.
     """
+    for name, value, known in (
+        ("init", init, LEARNED_INITS),
+        ("select", select, SINKHORN_SELECTS),
+        ("batchnorm", batchnorm, BATCHNORM_MODES),
+    ):
+        _check_choice(name, value, known)
     if objective not in SINKHORN_OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(SINKHORN_OBJECTIVES)}, got {objective!r}")
     if objective == "midpoint":
@@ -259,26 +357,35 @@ def sinkhorn_matching(
             raise ValueError("the midpoint objective needs training samples (data)")
         _check_data(data, "sinkhorn_matching")
     state_a, state_b = _matched_states(spec, model_a, model_b)
-    perm = _start(spec, model_a, model_b, init_perm, seed)
     device = next(iter(state_a.values())).device
+    identity = init == "identity" and init_perm is None
+    perm = (
+        identity_permutation(spec, device)
+        if identity
+        else _start(spec, model_a, model_b, init_perm, seed, weight_options)
+    )
     float_a, float_b = (
         {k: (v.float() if v.is_floating_point() else v) for k, v in st.items()} for st in (state_a, state_b)
     )
-    # logits peaked at the start: at the first temperature its soft permutation is already near it
     logits = {}
+    noise = torch.Generator().manual_seed(seed)
     for g, n in spec.sizes.items():
-        start = torch.zeros(n, n, device=device)
-        start[torch.arange(n, device=device), perm[g].to(device)] = 3.0
-        logits[g] = start.requires_grad_(True)
-    optimizer = torch.optim.Adam(logits.values(), lr=lr)
+        if identity:  # Peña et al.: the identity plus a little noise
+            start = torch.eye(n) + 0.1 * torch.randn(n, n, generator=noise)
+        else:  # peaked at the start: at the first temperature its soft permutation is already near it
+            start = torch.zeros(n, n)
+            start[torch.arange(n), perm[g].cpu()] = 3.0
+        logits[g] = start.to(device).requires_grad_(True)
+    opt = _optimizer(optimizer, logits.values(), lr, 0.9)
     work = _frozen_copy(model_a)
+    _set_mode(work, batchnorm)
     permuted = [n for n, axes in spec.axes.items() if n not in spec.buffers and any(e is not None for e in axes)]
     score: Callable[[Permutation], float]
     if objective == "midpoint":
         batches = _Batches(data, batch_size, seed)
 
         def score(p: Permutation) -> float:
-            return midpoint_loss(work, state_a, apply_permutation(spec, p, state_b), data)
+            return midpoint_loss(work, state_a, apply_permutation(spec, p, state_b), data, batchnorm=batchnorm)
     else:
 
         def score(p: Permutation) -> float:
@@ -299,10 +406,12 @@ def sinkhorn_matching(
             loss = F.cross_entropy(functional_call(work, mid, (x,)).float(), y)
         else:
             loss = sum(((state_a[n].float() - mixed[n]) ** 2).sum() for n in permuted)
-        optimizer.zero_grad()
+        opt.zero_grad()
         loss.backward()
-        optimizer.step()
+        opt.step()
     hardened = {g: _harden(z) for g, z in logits.items()}
+    if select == "last":
+        return hardened
     candidates = [(score(perm), 0, perm), (score(hardened), 1, hardened)]
     return {g: p.clone() for g, p in min(candidates, key=lambda c: (c[0], c[1]))[2].items()}
 

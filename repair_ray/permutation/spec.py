@@ -102,6 +102,9 @@ class PermutationSpec:
             correction (a residual block's output after the add, the classifier's input), each
             with the group entry of its channels: the repaired network carries a per-channel
             affine there (a forward hook), as the REPAIR paper does for ResNets.
+        classifier_input: the carried point that is the classifier's input (None if none is):
+            this tool's ``repair`` of nets without BatchNorm renormalises it, the paper's REPAIR of
+            BatchNorm ResNets does not (:func:`repair_ray.correction.correction_plan`).
     """
 
     axes: Mapping[str, tuple[AxisEntry, ...]]
@@ -111,6 +114,7 @@ class PermutationSpec:
     repair_points: tuple[str, ...] = ()
     channel_axes: Mapping[str, int] = field(default_factory=dict)
     carried_points: Mapping[str, AxisEntry] = field(default_factory=dict)
+    classifier_input: str | None = None
 
     @property
     def corrected_points(self) -> tuple[str, ...]:
@@ -210,6 +214,7 @@ class SpecBuilder:
         self.activations: dict[str, list[str]] = {}
         self.repair_points: list[str] = []
         self.carried: dict[str, str] = {}
+        self.classifier_input: str | None = None
 
     def linear(self, name: str, p_in: str | None, p_out: str | None, *, bias: bool = True) -> None:
         self.axes[f"{name}.weight"] = (p_out, p_in)
@@ -240,9 +245,12 @@ class SpecBuilder:
     def repair(self, module_name: str) -> None:
         self.repair_points.append(module_name)
 
-    def carry(self, module_name: str, group: str) -> None:
-        """A REPAIR point without a weight to fold into (see :attr:`PermutationSpec.carried_points`)."""
+    def carry(self, module_name: str, group: str, *, classifier_input: bool = False) -> None:
+        """A REPAIR point without a weight to fold into (see :attr:`PermutationSpec.carried_points`);
+        ``classifier_input``: it is the classifier's input (:attr:`PermutationSpec.classifier_input`)."""
         self.carried[module_name] = group
+        if classifier_input:
+            self.classifier_input = module_name
 
     def build(self, model: nn.Module) -> PermutationSpec:
         """Finish the spec, taking group sizes from ``model`` and validating it against the model."""
@@ -262,6 +270,7 @@ class SpecBuilder:
             activations={g: tuple(v) for g, v in self.activations.items()},
             repair_points=tuple(self.repair_points),
             carried_points=dict(self.carried),
+            classifier_input=self.classifier_input,
         )
         spec.validate(state)
         spec.check_modules(model)

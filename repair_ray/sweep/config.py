@@ -23,10 +23,10 @@ import yaml
 from pydantic import ValidationError
 
 from ..datasets import check_dataset, dataset_in_shape, dataset_num_classes
-from ..errors import SettingError
+from ..errors import SettingError, unknown_choice
 from ..io import storage
 from ..models import ModelConfig
-from ..pair import PairSettings, correction_applies
+from ..pair import METHOD_FIELDS, PRESETS, PairSettings, correction_applies
 from ..permutation import SpecError
 from ..pruning import imp_sparsity, prunable_count
 from ..training import TrainConfig
@@ -161,12 +161,30 @@ _PAIR_KEYS = {
     "stat_batch_size": "eval.stat_batch_size",
     "eval_batch_size": "eval.eval_batch_size",
     "precision": "eval.precision",
-    "ste_steps": "ste.steps",
-    "ste_lr": "ste.lr",
-    "sinkhorn_steps": "sinkhorn.steps",
-    "sinkhorn_lr": "sinkhorn.lr",
-    "sinkhorn_objective": "sinkhorn.objective",
+    "weight_matching_start": "weight.start",
+    "weight_matching_restarts": "weight.restarts",
+    "weight_matching_max_iter": "weight.max_iter",
+    **{f: f.replace("_", ".", 1) for fields in METHOD_FIELDS.values() for f in fields},
 }
+
+
+def _learned(method: str, section: Any, problems: list[str]) -> dict[str, Any]:
+    """PairSettings' fields of a learned matching from its YAML section: the preset's values, then
+    the keys given beside it (``steps`` given alone replaces the preset's ``epochs``)."""
+    given = {k: v for k, v in section.model_dump().items() if k != "preset" and v is not None}
+    values: dict[str, Any] = {}
+    if section.preset is not None:
+        known = PRESETS[method]
+        if section.preset not in known:
+            problems.append(f"{method}.preset: {unknown_choice('preset', section.preset, tuple(known))}")
+        else:
+            values.update(known[section.preset])
+            if "steps" in given and "epochs" not in given:
+                values.pop("epochs", None)
+    values.update(given)
+    if "temperatures" in values:
+        values["temperatures"] = tuple(values["temperatures"])
+    return {f"{method}_{k}": v for k, v in values.items()}
 
 
 def _pair_key(setting: str) -> str:
@@ -196,11 +214,11 @@ def _expand(
             stat_batch_size=s.eval.stat_batch_size,
             eval_batch_size=s.eval.eval_batch_size,
             precision=s.eval.precision,
-            ste_steps=s.ste.steps,
-            ste_lr=s.ste.lr,
-            sinkhorn_steps=s.sinkhorn.steps,
-            sinkhorn_lr=s.sinkhorn.lr,
-            sinkhorn_objective=s.sinkhorn.objective,
+            weight_matching_start=s.weight.start,
+            weight_matching_restarts=s.weight.restarts,
+            weight_matching_max_iter=s.weight.max_iter,
+            **_learned("ste", s.ste, problems),
+            **_learned("sinkhorn", s.sinkhorn, problems),
         ),
         _pair_key,
         problems,

@@ -65,19 +65,43 @@ class EvalSection(_Strict):
     precision: str = _PAIR_DEFAULTS["precision"]
 
 
-class SteSection(_Strict):
-    """``ste``: the straight-through estimator's Adam steps and learning rate (``align: ste``)."""
+class WeightSection(_Strict):
+    """``weight``: weight matching's start (``forward`` or Git Re-Basin's ``identity``), restarts
+    (best of K visiting orders) and cap on sweeps (``align: weight``, and the learned matchings'
+    start)."""
 
-    steps: int = _PAIR_DEFAULTS["ste_steps"]
-    lr: float = _PAIR_DEFAULTS["ste_lr"]
+    start: str = _PAIR_DEFAULTS["weight_matching_start"]
+    restarts: int = _PAIR_DEFAULTS["weight_matching_restarts"]
+    max_iter: int = _PAIR_DEFAULTS["weight_matching_max_iter"]
 
 
-class SinkhornSection(_Strict):
-    """``sinkhorn``: Sinkhorn re-basin's Adam steps, learning rate and objective (``align: sinkhorn``)."""
+class _LearnedSection(_Strict):
+    """A learned matching's settings; unset ones come from ``preset`` (a published method by name,
+    see ``repair_ray.pair.PRESETS``), else from PairSettings' defaults."""
 
-    steps: int = _PAIR_DEFAULTS["sinkhorn_steps"]
-    lr: float = _PAIR_DEFAULTS["sinkhorn_lr"]
-    objective: str = _PAIR_DEFAULTS["sinkhorn_objective"]
+    preset: str | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    batch_size: int | None = None
+    samples: int | Literal["all"] | None = None
+    init: str | None = None
+    select: str | None = None
+    batchnorm: str | None = None
+
+
+class SteSection(_LearnedSection):
+    """``ste``: Git Re-Basin's straight-through estimator (``align: ste``)."""
+
+    momentum: float | None = None
+
+
+class SinkhornSection(_LearnedSection):
+    """``sinkhorn``: Sinkhorn re-basin (``align: sinkhorn``)."""
+
+    objective: str | None = None
+    temperatures: list[float] | None = None
 
 
 class ResourceSpec(_Strict):
@@ -148,6 +172,7 @@ class SweepSection(_Strict):
     correction: list[str] = Field(default_factory=lambda: list(_PAIR_DEFAULTS["corrections"]))
     alphas: int | list[float] = 21
     eval: EvalSection = Field(default_factory=EvalSection)
+    weight: WeightSection = Field(default_factory=WeightSection)
     ste: SteSection = Field(default_factory=SteSection)
     sinkhorn: SinkhornSection = Field(default_factory=SinkhornSection)
     resources: Resources = Field(default_factory=Resources)
