@@ -92,21 +92,22 @@ def _round(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _small_cell_lines(summary: pd.DataFrame) -> list[str]:
     """One line per cell of ``summary`` with fewer than :data:`MIN_PAIRS` pairs: its model description,
-    method and pairs (the model key too where two cells would otherwise read the same)."""
+    method and pairs (the keys too where two cells would otherwise read the same)."""
     small = small_cells(summary)
-    lines = []
+    names = []
     for r in small.to_dict("records"):
         text = f"{r['arch']} on {r['dataset']}, norm {r['norm']}, width {_fmt(r['width'])}, depth {_fmt(r['depth'])}"
         for key in ("layer_widths", *LINEAGE):
             if key in r and not pd.isna(r[key]):
                 text += f", {key.replace('_', ' ')} {_fmt(r[key])}"
-        lines.append(f"{text}: {r['align']} + {r['correction']}, {int(r['pairs'])} pair{'s' * (r['pairs'] != 1)}")
-    for i, line in enumerate(lines):
-        if lines.count(line) > 1:
-            key = small.loc[i, "model_key"] + (
-                f"/{small.loc[i, 'analysis_key']}" if small.loc[i, "analysis_key"] else ""
+        names.append(f"{text}: {r['align']} + {r['correction']}")
+    lines = []
+    for name, r in zip(names, small.to_dict("records"), strict=True):
+        if names.count(name) > 1:
+            name += f" (model key {r['model_key']}" + (
+                f", analysis key {r['analysis_key']})" if r["analysis_key"] else ")"
             )
-            lines[i] = f"{line} (keys {key})"
+        lines.append(f"{name}, {int(r['pairs'])} pair{'s' * (r['pairs'] != 1)}")
     return lines
 
 
