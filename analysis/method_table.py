@@ -5,15 +5,20 @@
 
 The table REPRODUCTION.md shows for the method comparison (one row per align and correction, in
 the order the sweep lists them); any barrier column of the pairs table can be asked for.
-``--diff A B`` adds, per align, the per-pair difference correction A minus correction B (paired:
-the same two networks), mean ± 95% CI, and how many pairs have A below B.
+``--diff A B`` adds, per align and model config, the per-pair difference correction A minus
+correction B (paired: the same two networks; ``align/correction`` methods compare those two):
+:func:`repair_ray.paired_differences`'s pairs n, mean difference with its 95% t-interval, p values
+of the paired t-test and of the sign test, and how many pairs have A below B.
 """
 
 from __future__ import annotations
 
 import argparse
 
+import pandas as pd
 from common import load_ok_pairs, mean_ci95
+
+from repair_ray import paired_differences
 
 DEFAULT = ("midpoint_barrier_test_loss", "max_barrier_test_loss", "barrier_test_loss", "barrier_test_error")
 ORDER = ("none", "weight", "activation", "ste", "sinkhorn")
@@ -52,18 +57,34 @@ def main() -> None:
 
 
 def print_differences(pairs, columns, a: str, b: str) -> None:
-    """Per align: the per-pair difference correction ``a`` minus ``b`` of each column, mean ± 95% CI."""
-    keys = ["model_key", "analysis_key", "seed_a", "seed_b", "align"]
-    wide = pairs[pairs["correction"].isin([a, b])].pivot_table(index=keys, columns="correction", values=columns)
-    print(f"\n| align | {a} − {b}: pairs | " + " | ".join(columns) + " |")
-    print("|---|---:|" + "---:|" * len(columns))
-    for align, part in wide.groupby(level="align"):
+    """Per align and model config: correction ``a`` minus ``b`` on the same pairs, for each column.
+
+    ``a`` and ``b`` may also be whole methods, ``align/correction``: then that one comparison.
+    """
+    if "/" in a or "/" in b:
+        comparisons = [(a if "/" in a else f"{b.split('/')[0]}/{a}", b if "/" in b else f"{a.split('/')[0]}/{b}")]
+    else:
+        comparisons = [(f"{al}/{a}", f"{al}/{b}") for al in sorted(pairs["align"].unique(), key=_align_order)]
+    found = pd.concat([paired_differences(pairs, x, y, columns) for x, y in comparisons], ignore_index=True)
+    print(f"\n| {a} − {b} | model | pairs | " + " | ".join(columns) + " |")
+    print("|---|---|---:|" + "---:|" * len(columns))
+    for r in found.to_dict("records"):
         cells = []
         for c in columns:
-            d = (part[(c, a)] - part[(c, b)]).dropna().reset_index(drop=True).to_frame("d").assign(align=align)
-            r = mean_ci95(d, ["align"], "d").iloc[0]
-            cells.append(f"{r['mean']:+.3f} ± {r['ci95']:.3f} ({int((d['d'] < 0).sum())}/{len(d)} below)")
-        print(f"| {align} | {len(part)} | " + " | ".join(cells) + " |")
+            low, high = r[f"{c}_diff_low"], r[f"{c}_diff_high"]
+            bounds = f" [{low:+.3f}, {high:+.3f}]" if not pd.isna(low) else ""
+            cells.append(
+                f"{r[f'{c}_diff_mean']:+.3f}{bounds}, p {r[f'{c}_p_t']:.2g} (t) {r[f'{c}_p_sign']:.2g} (sign), "
+                f"{int(r[f'{c}_a_better'])}/{int(r['n'])} below"
+            )
+        model = r["model_key"] + (f"/{r['analysis_key']}" if r["analysis_key"] else "")
+        print(f"| {r['a']} − {r['b']} | {model} | {int(r['n'])} | " + " | ".join(cells) + " |")
+    if found.empty:
+        print("| (no pair has both methods) | | 0 |" + " |" * len(columns))
+
+
+def _align_order(align: str) -> tuple[int, str]:
+    return (ORDER.index(align) if align in ORDER else len(ORDER), align)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ _EXPORTS: dict[str, str] = {
     "load_checkpoint": ".io.checkpoint",
     "save_checkpoint": ".io.checkpoint",
     "load_tables": ".io.tables",
+    "Interval": ".report.statistics",
+    "interval": ".report.statistics",
+    "paired_differences": ".report.statistics",
     "Dataset": ".datasets",
     "DatasetNotFoundError": ".datasets",
     "TensorData": ".datasets",
@@ -74,3 +77,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         ste_matching,
         weight_matching,
     )
+    from .report.statistics import Interval, interval, paired_differences

@@ -369,6 +369,7 @@ def test_report_cli_with_failed_pairs(sweep):
     assert failed[["model_key", "seed_a", "seed_b"]].values.tolist() == [list(FAILED)]
     md = (out / "summary.md").read_text()
     assert "| mlp | mnist | none | 8 | 1 | weight | repair | 3 | 0 |" in md and "CheckpointError: corrupt" in md
+    assert "| 0.8333 ± 0.7171 (n=3) |" in md  # barrier_test_loss 0.5, 1, 1: the cells state their n
     page = (out / "index.html").read_text()
     for name in ("barrier_vs_width", "barrier_vs_depth", "curves", "variance_collapse", "endpoint_accuracy"):
         assert f'<img src="{name}.png"' in page and f'href="{name}.svg"' in page
@@ -410,6 +411,41 @@ def test_report_on_a_running_sweep_and_an_empty_one(tmp_path):
         report.write_report(tmp_path / "missing", tmp_path / "r")
     with pytest.raises(ValueError, match="give an output folder"):
         report.write_report("s3://bucket/sweep")
+
+
+def test_report_warns_of_cells_under_five_pairs_and_shows_paired_differences(tmp_path):
+    # width 8: 3 pairs per method; width 16: 6 pairs per method
+    root = write_sweep(tmp_path / "seeds", configs=CONFIGS[2:3], failed=None)
+    six = [(a, b) for a in range(4) for b in range(a + 1, 4)]
+    write_sweep(root, configs=CONFIGS[3:4], seed_pairs=six, failed=None)
+    index = report.write_report(root)
+    page = index.read_text()
+    assert "intervals over fewer than 5 pairs say little" in page
+    warning = page.split('<div class="warning">')[1].split("</div>")[0]
+    assert "4 of 8 cells" in warning
+    for method in ("none + none", "none + repair", "weight + none", "weight + repair"):
+        assert f"mlp on mnist, norm none, width 8, depth 2: {method}, 3 pairs" in warning
+    assert "width 16" not in warning
+    md = (index.parent / "summary.md").read_text()
+    assert (
+        "> - mlp on mnist, norm none, width 8, depth 2: weight + repair, 3 pairs" in md
+        and "width 16, depth 2:" not in md
+    )
+    # paired differences: each correction against none, each alignment against none, per model config
+    assert "<h2>Paired differences</h2>" in page and "## Paired differences" in md
+    diff = pd.read_csv(index.parent / "paired_differences.csv")
+    assert sorted(diff.groupby("width")["n"].unique().map(list).tolist()) == [[3], [6]]
+    assert set(zip(diff["a"], diff["b"], strict=True)) == {
+        ("none/repair", "none/none"),
+        ("weight/repair", "weight/none"),
+        ("weight/none", "none/none"),
+        ("weight/repair", "none/repair"),
+    }
+    assert (diff["barrier_test_loss_diff_high"] < 0).all() and (diff["barrier_test_loss_a_better"] == diff["n"]).all()
+
+    # six pairs everywhere: no warning
+    only_six = write_sweep(tmp_path / "six", configs=CONFIGS[3:4], seed_pairs=six, failed=None)
+    assert "say little" not in report.write_report(only_six).read_text()
 
 
 # ----------------------------------------------------------------------------- analysis/ scripts
@@ -460,3 +496,23 @@ def test_analysis_scripts_plot_the_reports_interval(sweep, summary, tmp_path):
     # variance collapse: of the deepest, then widest, config; its std ratios are the same on every pair
     collapse = printed["variance_collapse"]
     assert len(collapse) == 4 * 2 and (collapse["ci95"] == 0).all() and (collapse["count"] == 3).all()
+
+
+def test_method_table_diff_is_paired_per_model_config(sweep):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "analysis" / "method_table.py"), str(sweep), "--diff", "repair", "none"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {
+        tuple(c.strip() for c in line.split("|")[1:4]): line for line in result.stdout.splitlines() if "/none |" in line
+    }
+    # weight: repair 0.5, 1, 1 against none 1, 2, 4 on the same pairs: -0.5, -1, -3
+    line = rows[("weight/repair − weight/none", "mlp-w8-d1-none-aaaa", "3")]
+    half = T_975_2 * np.std([-0.5, -1, -3], ddof=1) / math.sqrt(3)
+    assert f"-1.500 [{-1.5 - half:+.3f}, {-1.5 + half:+.3f}]" in line and "3/3 below" in line
+    assert "0.25 (sign)" in line  # both signs of 3 pairs: 2 / 2**3
+    assert ("weight/repair − weight/none", "mlp-w8-d2-none-cccc", "2") in rows  # its failed pair left out
+    assert len(rows) == 2 * 4  # per align and model config, never pooled

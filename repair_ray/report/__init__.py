@@ -14,10 +14,15 @@ Rules shared by every function:
   rows whose ``pairs`` row is ``ok`` (a pair's ``pairs`` file is its done marker).
 - A 95% confidence interval is the half-width ``t.ppf(0.975, n - 1) * std / sqrt(n)`` (Student's
   t, sample std with ``ddof=1``, ``n`` = values that are not null); it is NaN for ``n < 2``.
+  :func:`interval` also gives a seeded percentile bootstrap, and states its ``n``; cells with fewer
+  than :data:`MIN_PAIRS` pairs are flagged by :func:`small_cells` and by the report.
+- Two methods are compared on the same pairs (:func:`paired_differences`): per model and
+  analysis key, never pooled, only pairs ``ok`` in both.
 - Empty tables (a sweep that has just started) give empty summaries and skipped plots, never
   an exception.
 
 Public API: :func:`summarise`, :func:`relative_reduction`, :func:`summarise_models`,
+:func:`interval`, :func:`paired_differences`, :func:`baseline_differences`, :func:`small_cells`,
 :func:`failed_pairs`, :func:`ok_tables`, :func:`plot_barrier_vs_width`,
 :func:`plot_barrier_vs_depth`, :func:`plot_barrier_vs_branch_epoch`, :func:`plot_sparsity`, :func:`plot_curves`,
 :func:`plot_variance_collapse`,
@@ -51,6 +56,14 @@ _EXPORTS: dict[str, str] = {
     "relative_reduction": ".statistics",
     "summarise": ".statistics",
     "summarise_models": ".statistics",
+    "DESCRIPTION_KEYS": ".statistics",
+    "Interval": ".statistics",
+    "MIN_PAIRS": ".statistics",
+    "baseline_differences": ".statistics",
+    "compact_differences": ".statistics",
+    "interval": ".statistics",
+    "paired_differences": ".statistics",
+    "small_cells": ".statistics",
     "PLOT_FORMATS": ".plots",
     "plot_barrier_vs": ".plots",
     "plot_barrier_vs_depth": ".plots",
@@ -69,18 +82,25 @@ _EXPORTS: dict[str, str] = {
 __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "ALIGN_ORDER",
     "CORRECTION_ORDER",
+    "DESCRIPTION_KEYS",
     "GROUP_KEYS",
+    "Interval",
+    "MIN_PAIRS",
     "MODEL_KEYS",
     "PAIR_ID",
     "PLOT_FORMATS",
     "PLOT_METRICS",
     "REDUCTION_COLUMNS",
     "barrier_columns",
+    "baseline_differences",
     "ci95",
+    "compact_differences",
     "compact_summary",
     "default_model_key",
     "failed_pairs",
+    "interval",
     "ok_tables",
+    "paired_differences",
     "plot_barrier_vs",
     "plot_barrier_vs_depth",
     "plot_barrier_vs_branch_epoch",
@@ -92,6 +112,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "plot_variance_collapse",
     "plot_timeline",
     "relative_reduction",
+    "small_cells",
     "summarise",
     "summarise_models",
     "to_markdown",
@@ -120,18 +141,26 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .statistics import (
         ALIGN_ORDER,
         CORRECTION_ORDER,
+        DESCRIPTION_KEYS,
         GROUP_KEYS,
+        MIN_PAIRS,
         MODEL_KEYS,
         PAIR_ID,
         PLOT_METRICS,
         REDUCTION_COLUMNS,
+        Interval,
         barrier_columns,
+        baseline_differences,
         ci95,
+        compact_differences,
         compact_summary,
         default_model_key,
         failed_pairs,
+        interval,
         ok_tables,
+        paired_differences,
         relative_reduction,
+        small_cells,
         summarise,
         summarise_models,
     )

@@ -33,12 +33,17 @@ from .plots import (
     plot_variance_collapse,
 )
 from .statistics import (
+    LINEAGE,
+    MIN_PAIRS,
     PAIR_ID,
     _fmt,
     _is_ok,
+    baseline_differences,
+    compact_differences,
     compact_summary,
     failed_pairs,
     ok_tables,
+    small_cells,
     summarise,
     summarise_models,
 )
@@ -85,6 +90,43 @@ def _round(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.round(4) if not frame.empty else frame
 
 
+def _small_cell_lines(summary: pd.DataFrame) -> list[str]:
+    """One line per cell of ``summary`` with fewer than :data:`MIN_PAIRS` pairs: its model description,
+    method and pairs (the keys too where two cells would otherwise read the same)."""
+    small = small_cells(summary)
+    names = []
+    for r in small.to_dict("records"):
+        text = f"{r['arch']} on {r['dataset']}, norm {r['norm']}, width {_fmt(r['width'])}, depth {_fmt(r['depth'])}"
+        for key in ("layer_widths", *LINEAGE):
+            if key in r and not pd.isna(r[key]):
+                text += f", {key.replace('_', ' ')} {_fmt(r[key])}"
+        names.append(f"{text}: {r['align']} + {r['correction']}")
+    lines = []
+    for name, r in zip(names, small.to_dict("records"), strict=True):
+        if names.count(name) > 1:
+            name += f" (model key {r['model_key']}" + (
+                f", analysis key {r['analysis_key']})" if r["analysis_key"] else ")"
+            )
+        lines.append(f"{name}, {int(r['pairs'])} pair{'s' * (r['pairs'] != 1)}")
+    return lines
+
+
+def _small_cell_warning(lines: list[str], cells: int) -> str:
+    return (
+        f"{len(lines)} of {cells} cells have fewer than {MIN_PAIRS} pairs: intervals over fewer than "
+        f"{MIN_PAIRS} pairs say little (more seeds give more pairs)."
+    )
+
+
+DIFFERENCES_TEXT = (
+    "Method a minus method b on the same pairs (the same two networks), per model config: the mean "
+    "difference with its 95% t-interval [low, high], the two-sided p values of the paired t-test and of "
+    "the exact sign test, and the pairs where a's barrier is lower (better). Each correction against no "
+    "correction with the same alignment, and each alignment against none with the same correction; the "
+    "spread between pairs cancels, so a steady difference shows even where the methods' intervals overlap."
+)
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -96,7 +138,7 @@ def write_report(
     notes: Sequence[str] = (),
     keys: str = "current",
 ) -> Path:
-    """Write the report of a sweep: ``summary.csv``, ``summary.md``, plots (PNG + SVG), ``index.html``.
+    """Write the report of a sweep: ``summary.csv``, ``summary.md``, ``paired_differences.csv``, plots, ``index.html``.
 
     Works on a sweep that is still running (empty or partial tables: it writes what it can and
     says what is missing) and on one with failed pairs (counted and listed, never plotted).
@@ -139,8 +181,13 @@ def write_report(
     failures = failed_pairs(tables["pairs"])
     failed_models = tables["models"][~_is_ok(tables["models"])] if not tables["models"].empty else tables["models"]
     compact = compact_summary(summary)
+    small = _small_cell_lines(summary)
+    cells = int((summary["pairs"] > 0).sum()) if not summary.empty else 0
+    differences = baseline_differences(tables["pairs"])
+    compact_diff = compact_differences(differences)
 
     summary.to_csv(out / "summary.csv", index=False)
+    differences.to_csv(out / "paired_differences.csv", index=False)
     models_summary.to_csv(out / "models.csv", index=False)
     failures.to_csv(out / "failed_pairs.csv", index=False)
 
@@ -220,20 +267,40 @@ def write_report(
     md = [f"# Sweep report: {storage.basename(sweep)}", "", f"Sweep: `{sweep}`", ""]
     md += [f"- {line}" for line in [*notes, *missing]] + ([""] if notes or missing else [])
     md += [f"Finished pairs: {n_ok}; failed pairs: {len(failures)}.", ""]
-    md += ["## Barriers per model config and method", "", "Mean ± 95% CI over pairs (t-interval); "]
+    md += ["## Barriers per model config and method", "", "Mean ± 95% CI over n pairs (t-interval); "]
     md[-1] += "reductions are per pair against the same alignment without correction, then averaged.\n"
-    md += [to_markdown(compact), "## Trained networks", "", to_markdown(_round(models_summary)), "## Failed pairs", ""]
+    if small:
+        md += [f"> **Warning:** {_small_cell_warning(small, cells)}", ">"]
+        md += [f"> - {line}" for line in small] + [""]
+    md += [to_markdown(compact), "## Paired differences", "", DIFFERENCES_TEXT, "", to_markdown(compact_diff)]
+    md += ["## Trained networks", "", to_markdown(_round(models_summary)), "## Failed pairs", ""]
     md += [to_markdown(failures)]
     (out / "summary.md").write_text("\n".join(md), encoding="utf-8")
 
     index = out / "index.html"
     index.write_text(
-        _html(sweep, notes, missing, n_ok, compact, models_summary, failures, failed_models, plots), encoding="utf-8"
+        _html(
+            sweep,
+            notes,
+            missing,
+            n_ok,
+            compact,
+            models_summary,
+            failures,
+            failed_models,
+            plots,
+            small=small,
+            cells=cells,
+            compact_diff=compact_diff,
+        ),
+        encoding="utf-8",
     )
     return index
 
 
-def _html(sweep, notes, missing, n_ok, compact, models_summary, failures, failed_models, plots) -> str:
+def _html(
+    sweep, notes, missing, n_ok, compact, models_summary, failures, failed_models, plots, *, small, cells, compact_diff
+) -> str:
     e = html.escape
     now = _dt.datetime.now().isoformat(timespec="seconds")
     parts = [
@@ -243,7 +310,9 @@ def _html(sweep, notes, missing, n_ok, compact, models_summary, failures, failed
         "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
         "table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #ddd;"
         "text-align:right}th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee}"
-        ".note{color:#a05a00}figure{margin:1.5em 0}</style></head><body>",
+        ".note{color:#a05a00}figure{margin:1.5em 0}"
+        ".warning{background:#fff4e5;border-left:4px solid #e69500;padding:0.4em 1em;margin:1em 0}</style>"
+        "</head><body>",
         f"<h1>Sweep report: {e(storage.basename(sweep))}</h1>",
         f"<p>Sweep <code>{e(sweep)}</code>, report written {e(now)}. Finished pairs: {n_ok}; "
         f"failed pairs: {len(failures)}; failed networks: {len(failed_models)}.</p>",
@@ -252,12 +321,27 @@ def _html(sweep, notes, missing, n_ok, compact, models_summary, failures, failed
         parts.append("<ul>" + "".join(f'<li class="note">{e(line)}</li>' for line in [*notes, *missing]) + "</ul>")
     parts += [
         "<h2>Barriers per model config and method</h2>",
-        "<p>Mean ± 95% confidence interval over pairs (Student t; empty for fewer than 2 pairs). "
+        "<p>Mean ± 95% confidence interval over n pairs (Student t; empty for fewer than 2 pairs). "
         "Reductions: <code>(B_aligned − B_corrected) / B_aligned</code> per pair, then averaged, in percent. "
         "Endpoint accuracy: the mean accuracy of the two trained networks of each pair. "
-        'Every column: <a href="summary.csv">summary.csv</a>; Markdown: '
+        'Every column (the intervals\' bounds too): <a href="summary.csv">summary.csv</a>; Markdown: '
         '<a href="summary.md">summary.md</a>.</p>',
+    ]
+    if small:
+        items = "".join(f"<li>{e(line)}</li>" for line in small)
+        listed = (
+            f"<ul>{items}</ul>"
+            if len(small) <= 12
+            else f"<details><summary>the cells</summary><ul>{items}</ul></details>"
+        )
+        parts.append(
+            f'<div class="warning"><strong>Warning:</strong> {e(_small_cell_warning(small, cells))}{listed}</div>'
+        )
+    parts += [
         _html_table(compact),
+        "<h2>Paired differences</h2>",
+        f'<p>{e(DIFFERENCES_TEXT)} Every column: <a href="paired_differences.csv">paired_differences.csv</a>.</p>',
+        _html_table(compact_diff),
     ]
     for plot in plots:
         parts.append(f"<h2>{e(plot.title)}</h2>")

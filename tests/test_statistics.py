@@ -1,0 +1,213 @@
+"""Intervals, paired differences and small cells for seed studies, on hand-made pairs tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import repair_ray
+from repair_ray import report
+
+
+def pairs_table(rows: list[dict]) -> pd.DataFrame:
+    """A ``pairs`` table of ``rows`` (each: model_key, seed_a, seed_b, align, correction, loss, and
+    optionally analysis_key, status, width), with the description and accuracy columns filled in."""
+    full = []
+    for r in rows:
+        loss = r["loss"]
+        full.append(
+            {
+                "model_key": r["model_key"],
+                "analysis_key": r.get("analysis_key", ""),
+                "arch": "mlp",
+                "dataset": "mnist",
+                "norm": "none",
+                "width": r.get("width", 16.0),
+                "depth": 2,
+                "seed_a": r["seed_a"],
+                "seed_b": r["seed_b"],
+                "align": r["align"],
+                "correction": r["correction"],
+                "status": r.get("status", "ok"),
+                "barrier_test_loss": loss,
+                "barrier_test_error": loss / 10,
+                "endpoint_test_acc_a": 0.9,
+                "endpoint_test_acc_b": 0.9,
+                "midpoint_test_acc": 0.9 - loss / 10,
+            }
+        )
+    return pd.DataFrame(full)
+
+
+def method_rows(model_key: str, method: str, losses, **extra) -> list[dict]:
+    """Rows of ``method`` (``align/correction``) for pairs (0, 1), (0, 2), ... with these losses."""
+    align, correction = method.split("/")
+    return [
+        {"model_key": model_key, "seed_a": 0, "seed_b": i + 1, "align": align, "correction": correction, "loss": loss}
+        | extra
+        for i, loss in enumerate(losses)
+    ]
+
+
+# ----------------------------------------------------------------------------- interval
+
+
+def test_t_interval_equals_scipys_t_interval():
+    x = [0.31, 0.42, 0.29, 0.55, 0.38, 0.47]
+    for confidence in (0.95, 0.9):
+        found = report.interval(x, confidence=confidence)
+        low, high = stats.t.interval(confidence, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+        assert (found.n, found.method) == (6, "t")
+        assert found.mean == pytest.approx(np.mean(x))
+        assert (found.low, found.high) == pytest.approx((low, high), rel=1e-12)
+    # the summary's ci95 is the same half-width, and nulls are not values
+    found = report.interval([*x, None, math.nan])
+    assert found.n == 6 and found.high - found.mean == pytest.approx(report.ci95(np.std(x, ddof=1), 6))
+    one = report.interval([2.0])
+    assert one.n == 1 and one.mean == 2.0 and math.isnan(one.low) and math.isnan(one.high)
+    assert report.interval([]).n == 0 and math.isnan(report.interval([]).mean)
+    for method in ("t", "bootstrap"):
+        same = report.interval([0.3, 0.3, 0.3], method=method)
+        assert same.low == same.high == same.mean == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="bootstrap"):
+        report.interval(x, method="bca")
+
+
+def test_bootstrap_interval_is_seeded_contains_the_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (10, 40, 160, 640):
+        x = rng.normal(1.0, 2.0, n)
+        found = report.interval(x, method="bootstrap", seed=7)
+        assert found == report.interval(x, method="bootstrap", seed=7)  # the same interval every time
+        assert found.method == "bootstrap" and found.n == n
+        assert found.mean == pytest.approx(x.mean()) and found.low < found.mean < found.high
+        widths.append(found.high - found.low)
+        if n >= 160:  # large samples: the percentile bootstrap comes close to the t-interval
+            t = report.interval(x)
+            assert found.high - found.low == pytest.approx(t.high - t.low, rel=0.15)
+    assert widths == sorted(widths, reverse=True)
+    assert widths[-1] < widths[0] / 4  # about 1 / sqrt(n): 64 times the values, an eighth of the width
+    x = rng.normal(size=12)
+    assert report.interval(x, method="bootstrap", seed=1) != report.interval(x, method="bootstrap", seed=2)
+
+
+# ----------------------------------------------------------------------------- paired differences
+
+
+def test_paired_differences_find_a_steady_difference_that_overlapping_intervals_hide():
+    # per pair: a barrier between 1 and 5 (spread between pairs), REPAIR lower by 0.2 (± 0.01) on each
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.0, 5.0, 8)
+    repaired = base - 0.2 + rng.normal(0, 0.01, 8)
+    pairs = pairs_table(method_rows("k", "weight/none", base) + method_rows("k", "weight/repair", repaired))
+    summary = report.summarise(pairs).set_index("correction")
+    plain, fixed = summary.loc["none"], summary.loc["repair"]
+    assert fixed["barrier_test_loss_high"] > plain["barrier_test_loss_low"]  # each method's own interval
+    assert plain["barrier_test_loss_high"] > fixed["barrier_test_loss_low"]  # ... overlaps the other's
+
+    diff = report.paired_differences(pairs, ("weight", "repair"), "weight/none")
+    assert len(diff) == 1
+    r = diff.iloc[0]
+    assert (r["a"], r["b"], r["n"]) == ("weight/repair", "weight/none", 8)
+    assert r["barrier_test_loss_diff_mean"] == pytest.approx(np.mean(repaired - base))
+    assert r["barrier_test_loss_diff_low"] < r["barrier_test_loss_diff_high"] < 0  # excludes 0
+    assert r["barrier_test_loss_p_t"] < 1e-6
+    assert r["barrier_test_loss_p_t"] == pytest.approx(stats.ttest_rel(repaired, base).pvalue)
+    assert r["barrier_test_loss_a_better"] == 8 and r["barrier_test_loss_p_sign"] == pytest.approx(2 / 2**8)
+    assert r["barrier_test_error_diff_mean"] == pytest.approx(np.mean(repaired - base) / 10)
+    # the other way round: the same numbers, sign flipped, b better
+    back = report.paired_differences(pairs, "weight/none", "weight/repair").iloc[0]
+    assert back["barrier_test_loss_diff_mean"] == pytest.approx(-r["barrier_test_loss_diff_mean"])
+    assert back["barrier_test_loss_a_better"] == 0 and back["barrier_test_loss_p_t"] == pytest.approx(
+        r["barrier_test_loss_p_t"]
+    )
+    with pytest.raises(ValueError, match="align/correction"):
+        report.paired_differences(pairs, "weight", "weight/none")
+
+
+def test_paired_differences_count_only_pairs_ok_in_both_methods():
+    a = method_rows("k", "none/repair", [1.0, 2.0, 3.0, 100.0, 4.0, 5.0])
+    b = method_rows("k", "none/none", [2.0, 4.0, 6.0, 8.0, 100.0])  # no pair 0-6
+    a[3]["status"] = "failed"  # pair 0-4 failed under a (its value must not count)
+    b[4]["status"] = "failed"  # pair 0-5 failed under b
+    diff = repair_ray.paired_differences(pairs_table(a + b), "none/repair", "none/none")
+    r = diff.iloc[0]
+    assert r["n"] == 3  # pairs 0-1, 0-2, 0-3
+    assert r["barrier_test_loss_diff_mean"] == pytest.approx(-2.0)  # (-1 - 2 - 3) / 3
+    assert r["barrier_test_loss_a_better"] == 3 and r["barrier_test_loss_p_sign"] == pytest.approx(0.25)
+    # no shared ok pair: no row
+    assert report.paired_differences(pairs_table(a + b), "none/repair", "weight/none").empty
+
+
+def test_paired_differences_never_pool_two_analysis_or_model_keys():
+    rows = method_rows("k", "weight/repair", [1.0, 2.0, 3.0], analysis_key="x")
+    rows += method_rows("k", "weight/none", [2.0, 3.0, 4.0], analysis_key="x")  # repair lower by 1
+    rows += method_rows("k", "weight/repair", [5.0, 6.0], analysis_key="y")
+    rows += method_rows("k", "weight/none", [4.0, 5.0], analysis_key="y")  # repair higher by 1
+    rows += method_rows("m", "weight/repair", [1.0, 1.0], width=32.0)
+    rows += method_rows("m", "weight/none", [1.5, 1.5], width=32.0)
+    diff = report.paired_differences(pairs_table(rows), "weight/repair", "weight/none").set_index(
+        ["model_key", "analysis_key"]
+    )
+    assert len(diff) == 3
+    assert diff.loc[("k", "x"), "n"] == 3 and diff.loc[("k", "x"), "barrier_test_loss_diff_mean"] == pytest.approx(-1)
+    assert diff.loc[("k", "y"), "n"] == 2 and diff.loc[("k", "y"), "barrier_test_loss_diff_mean"] == pytest.approx(1)
+    assert diff.loc[("m", ""), "barrier_test_loss_diff_mean"] == pytest.approx(-0.5)
+    # a constant difference: a zero-width interval, p 0 (the t-test's limit); one pair: no t-test
+    assert diff.loc[("m", ""), "barrier_test_loss_diff_low"] == pytest.approx(-0.5)
+    assert diff.loc[("m", ""), "barrier_test_loss_p_t"] == 0.0
+    single = report.paired_differences(pairs_table(rows[:1] + rows[3:4]), "weight/repair", "weight/none").iloc[0]
+    assert single["n"] == 1 and math.isnan(single["barrier_test_loss_p_t"])
+    assert math.isnan(single["barrier_test_loss_diff_low"]) and single["barrier_test_loss_p_sign"] == 1.0
+
+
+def test_baseline_differences_compare_each_method_with_its_baseline_only():
+    rows = []
+    for method, losses in {
+        "none/none": [4.0, 5.0, 6.0],
+        "none/repair": [3.0, 4.0, 5.0],
+        "weight/none": [2.0, 3.0, 4.0],
+        "weight/repair": [1.0, 1.5, 2.0],
+        "weight/repair_bn": [1.2, 1.4, 1.9],  # a correction this version does not know: after the known ones
+    }.items():
+        rows += method_rows("k", method, losses)
+    diff = report.baseline_differences(pairs_table(rows))
+    assert list(zip(diff["a"], diff["b"], strict=True)) == [
+        ("none/repair", "none/none"),
+        ("weight/repair", "weight/none"),
+        ("weight/repair_bn", "weight/none"),
+        ("weight/none", "none/none"),
+        ("weight/repair", "none/repair"),
+    ]  # no weight/repair_bn - none/repair_bn: align none has no repair_bn rows
+    assert (diff["n"] == 3).all()
+    text = report.compact_differences(diff)
+    assert text.loc[0, "a − b"] == "none/repair − none/none" and text.loc[0, "test_loss a lower"] == "3/3"
+
+
+# ----------------------------------------------------------------------------- summary and small cells
+
+
+def test_summary_bounds_and_small_cells():
+    rows = method_rows("k", "none/none", [1.0, 2.0, 4.0])
+    rows += method_rows("k", "weight/none", [1.0, 2.0, 3.0, 4.0, 5.0])
+    rows += method_rows("k", "weight/repair", [1.0], status="failed")
+    summary = report.summarise(pairs_table(rows))
+    for column in ("barrier_test_loss_mean", "barrier_test_loss_std", "barrier_test_loss_ci95", "pairs", "failed"):
+        assert column in summary.columns  # what users' code reads is still there
+    r = summary[summary["align"] == "none"].iloc[0]
+    expected = report.interval([1.0, 2.0, 4.0])
+    assert (r["barrier_test_loss_low"], r["barrier_test_loss_high"]) == pytest.approx((expected.low, expected.high))
+    boot = report.summarise(pairs_table(rows), interval="bootstrap")
+    b = boot[boot["align"] == "none"].iloc[0]
+    assert 1.0 <= b["barrier_test_loss_low"] < 7 / 3 < b["barrier_test_loss_high"] <= 4.0
+    assert boot.equals(report.summarise(pairs_table(rows), interval="bootstrap"))  # seeded
+    small = report.small_cells(summary)  # 3 pairs: yes; 5 pairs: no; 0 pairs (all failed): nothing to warn of
+    assert small[["align", "correction", "pairs"]].values.tolist() == [["none", "none", 3]]
+    assert report.MIN_PAIRS == 5 and len(report.small_cells(summary, minimum=6)) == 2
+    cells = report.compact_summary(summary)
+    assert cells.loc[0, "barrier_test_loss"] == f"{7 / 3:.4f} ± {expected.high - expected.mean:.4f} (n=3)"
