@@ -305,7 +305,8 @@ class _Stack:
             nonlocal order, loss_sum, correct, alive, seen, lr
             x, y = _gather(train, order[:, batch * batch_size : (batch + 1) * batch_size])
             if first.augment:
-                x = torch.stack([augment_batch(x[k], trainers[i].generator) for k, i in enumerate(alive)])
+                flips = first.augment == "crop_flip"
+                x = torch.stack([augment_batch(x[k], trainers[i].generator, flips=flips) for k, i in enumerate(alive)])
             lr = first.learning_rate(start + batch)
             with self._precision():
                 losses, logits = self._losses_and_logits(x, y)

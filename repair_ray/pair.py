@@ -29,6 +29,7 @@ from .datasets import Dataset, TensorData
 from .errors import Problems, unknown_choice
 from .hooks import MomentRecorder, Moments, Recorders, std_ratio, variance_ratio
 from .interpolation import barrier_metrics, evaluate, interpolate_state
+from .models.fold import fold_batchnorm
 from .permutation import (
     PermutationSpec,
     activation_matching,
@@ -36,6 +37,7 @@ from .permutation import (
     identity_permutation,
     weight_matching,
 )
+from .permutation.derive import derive_spec
 from .permutation.learned import (
     BATCHNORM_MODES,
     LEARNED_INITS,
@@ -188,6 +190,9 @@ class PairSettings:
     sinkhorn_objective: str = "midpoint"
     sinkhorn_temperatures: tuple[float, float] = (1.0, 0.05)
     precision: str = "fp32"
+    # fold each BatchNorm into the layer before it, then analyse the plain network (the REPAIR
+    # paper's depth sweep: MLPs trained with BatchNorm, fused before matching)
+    fold_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         problems = Problems("PairSettings")
@@ -214,6 +219,8 @@ class PairSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 problems.add(name, f"must be a positive number, got {value!r}")
+        if not isinstance(self.fold_batchnorm, bool):
+            problems.add("fold_batchnorm", f"must be true or false, got {self.fold_batchnorm!r}")
         if self.precision not in PRECISIONS:
             problems.add("precision", unknown_choice("precision", self.precision, PRECISIONS))
         for name, known in (
@@ -229,7 +236,7 @@ class PairSettings:
             ("sinkhorn_batchnorm", BATCHNORM_MODES),
         ):
             if getattr(self, name) not in known:
-                problems.add(name, unknown_choice(name.split("_", 1)[1], getattr(self, name), known))
+                problems.add(name, unknown_choice(name.rsplit("_", 1)[1], getattr(self, name), known))
         for name in ("ste_epochs", "ste_batch_size", "sinkhorn_epochs", "sinkhorn_batch_size"):
             value = getattr(self, name)
             if value is not None and not (_is_int(value) and value >= 1):
@@ -274,12 +281,13 @@ class PairSettings:
         problems.raise_if_any()
 
     def methods(self, *, batchnorm: bool) -> list[tuple[str, str]]:
-        """The (align, correction) combinations analysed for a net with or without BatchNorm, in order."""
+        """The (align, correction) combinations analysed for a net with or without BatchNorm, in order
+        (a net whose BatchNorms are folded is analysed as one without)."""
         return [
             (align, correction)
             for align in self.aligns
             for correction in self.corrections
-            if correction_applies(correction, batchnorm=batchnorm)
+            if correction_applies(correction, batchnorm=batchnorm and not self.fold_batchnorm)
         ]
 
 
@@ -467,6 +475,10 @@ def _analyse_pair(
     alphas_per_pass: int | None,
     memory_share: float,
 ) -> PairResult:
+    if settings.fold_batchnorm:
+        # the plain networks the BatchNorm nets compute; their spec comes from their own graph
+        model_a, model_b = fold_batchnorm(model_a), fold_batchnorm(model_b)
+        spec = derive_spec(model_a, dataset.train.x[:2])
     spec = spec if spec is not None else model_a.permutation_spec()
     train_eval = dataset.train.subset(settings.train_samples, seed=settings.subset_seed)
     stat_data = train_eval.head(settings.stat_samples)

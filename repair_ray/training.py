@@ -44,7 +44,9 @@ class TrainConfig:
 
     The learning rate changes every step: a linear warm-up from 0 over ``warmup_epochs``, then
     ``linear`` decay to 0, ``cosine`` decay to 0, or ``constant``. ``augment=None`` turns on
-    random crops (4-pixel padding) and horizontal flips for RGB inputs of at least 32x32.
+    random crops (4-pixel padding) and horizontal flips for RGB inputs of at least 32x32;
+    ``True``/``False`` force them on or off; ``"translate"`` shifts each input by up to 4 pixels
+    without flips (the REPAIR notebooks' ``RandomTranslate(padding=4)`` for MNIST).
     ``weight_decay`` is coupled L2 for both optimizers (``torch.optim.SGD`` / ``Adam``).
     ``precision="bf16"`` runs each training step's forward pass and loss under bfloat16 autocast
     (weights, gradients and optimizer state stay float32; evaluation is float32).
@@ -60,7 +62,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     schedule: str = "linear"
     label_smoothing: float = 0.0
-    augment: bool | None = None
+    augment: bool | str | None = None
     precision: str = "fp32"
 
     def identity(self) -> dict[str, Any]:
@@ -101,16 +103,26 @@ class TrainConfig:
             f"between 0 and epochs ({self.epochs})",
         )
         check("label_smoothing", _is_real(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)")
-        check("augment", self.augment in (None, True, False), "true, false or null (automatic)")
+        check(
+            "augment",
+            self.augment is None or isinstance(self.augment, bool) or self.augment == "translate",
+            "true, false, translate or null (automatic)",
+        )
         check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
         problems.raise_if_any()
 
     def uses_augmentation(self, in_shape: tuple[int, ...]) -> bool:
-        """Whether inputs of ``in_shape`` get crops and flips (``augment``, or automatic when None)."""
+        """Whether inputs of ``in_shape`` are augmented (``augment``, or automatic when None)."""
+        return self.augmentation(in_shape) is not None
+
+    def augmentation(self, in_shape: tuple[int, ...]) -> str | None:
+        """``"crop_flip"``, ``"translate"`` or None: what :func:`augment_batch` does to inputs of ``in_shape``."""
+        if self.augment == "translate":
+            return "translate"
         if self.augment is not None:
-            return self.augment
+            return "crop_flip" if self.augment else None
         channels, height, width = in_shape
-        return channels == 3 and height >= 32 and width >= 32
+        return "crop_flip" if channels == 3 and height >= 32 and width >= 32 else None
 
 
 def _is_int(value: Any) -> bool:
@@ -143,8 +155,10 @@ class TrainResult:
     history: list[dict[str, float]] | None = None  # per-epoch metrics (what ``on_epoch`` got), resumed runs too
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, flips: bool = True) -> torch.Tensor:
     """Random crops (zero padding of ``padding`` pixels) and horizontal flips, per sample, in one gather.
+
+    ``flips=False``: crops only, i.e. random translations by up to ``padding`` pixels (no flip is drawn).
 
     The random offsets and flips are drawn on the CPU from ``generator`` whatever the device of
     ``x``, so the augmentation is the same on every device. On CUDA they travel through pinned memory
@@ -152,11 +166,12 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, padding: int =
     """
     n, channels, height, width = x.shape
     offsets = _to_device(torch.randint(0, 2 * padding + 1, (2, n), generator=generator), x.device)
-    flips = _to_device(torch.rand(n, generator=generator) < 0.5, x.device)
+    flip = torch.rand(n, generator=generator) < 0.5 if flips else torch.zeros(n, dtype=torch.bool)
+    flips_on = _to_device(flip, x.device)
     padded = F.pad(x, (padding, padding, padding, padding))
     rows = offsets[0, :, None] + torch.arange(height, device=x.device)
     columns = torch.arange(width, device=x.device)
-    columns = torch.where(flips[:, None], width - 1 - columns, columns) + offsets[1, :, None]
+    columns = torch.where(flips_on[:, None], width - 1 - columns, columns) + offsets[1, :, None]
     return padded[
         torch.arange(n, device=x.device)[:, None, None, None],
         torch.arange(channels, device=x.device)[None, :, None, None],
@@ -267,7 +282,7 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.forward = compiled(self.model, f"the {model_config.label} network") if self.compile else self.model
         self.generator = torch.Generator().manual_seed(self.data_seed)
-        self.augment = train_config.uses_augmentation(dataset.in_shape)
+        self.augment = train_config.augmentation(dataset.in_shape)
         # The last partial batch is dropped (a new shuffle every epoch uses it next time); a
         # train split smaller than one batch is a single batch.
         self.steps_per_epoch = max(1, len(self.dataset.train) // train_config.batch_size)
@@ -312,7 +327,7 @@ class Trainer:
             index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
             x, y = train.x[index], train.y[index]
             if self.augment:
-                x = augment_batch(x, self.generator)
+                x = augment_batch(x, self.generator, flips=self.augment == "crop_flip")
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             lr = self.learning_rate(self.step)

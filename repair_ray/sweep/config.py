@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from ..datasets import check_dataset, dataset_in_shape, dataset_num_classes
 from ..errors import SettingError, unknown_choice
 from ..io import storage
-from ..models import ModelConfig
+from ..models import ModelConfig, _meta_build
+from ..models.fold import fold_problem
 from ..pair import METHOD_FIELDS, PRESETS, PairSettings, correction_applies
 from ..permutation import SpecError
 from ..pruning import imp_sparsity, prunable_count
@@ -161,6 +162,7 @@ _PAIR_KEYS = {
     "stat_batch_size": "eval.stat_batch_size",
     "eval_batch_size": "eval.eval_batch_size",
     "precision": "eval.precision",
+    "fold_batchnorm": "eval.fold_batchnorm",
     "weight_matching_start": "weight.start",
     "weight_matching_restarts": "weight.restarts",
     "weight_matching_max_iter": "weight.max_iter",
@@ -214,6 +216,7 @@ def _expand(
             stat_batch_size=s.eval.stat_batch_size,
             eval_batch_size=s.eval.eval_batch_size,
             precision=s.eval.precision,
+            fold_batchnorm=s.eval.fold_batchnorm,
             weight_matching_start=s.weight.start,
             weight_matching_restarts=s.weight.restarts,
             weight_matching_max_iter=s.weight.max_iter,
@@ -392,6 +395,11 @@ def _check_specs(
     for i, mc in configs:
         if in_shape is None or num_classes is None:
             continue  # an image folder: its shape is known only from its files, so the workers check it
+        if settings.fold_batchnorm:
+            why = fold_problem(_meta_build(mc, num_classes, in_shape))
+            if why is not None:
+                problems.append(f"models[{i}] ({mc.label}): eval.fold_batchnorm: {why}")
+                continue
         try:
             spec = mc.permutation_spec(num_classes, in_shape)
         except (SpecError, TypeError, ValueError, RuntimeError) as error:
@@ -417,14 +425,16 @@ def _warn_skipped_corrections(plans: list[ModelPlan], settings: PairSettings, so
             (correction, plan.model_key)
             for plan in plans
             for correction in settings.corrections
-            if not correction_applies(correction, batchnorm=plan.model.has_batchnorm)
+            if not correction_applies(correction, batchnorm=plan.model.has_batchnorm and not settings.fold_batchnorm)
         }
     )
     for correction in dict.fromkeys(c for c, _ in skipped):
         keys = [k for c, k in skipped if c == correction]
+        folded = " (or with it folded: eval.fold_batchnorm)" if settings.fold_batchnorm else ""
         warnings.warn(
             f"{source}: correction {correction!r} applies only to BatchNorm nets; it is skipped for "
-            f"{len(keys)} model config(s) without BatchNorm ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})",
+            f"{len(keys)} model config(s) without BatchNorm{folded} "
+            f"({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})",
             stacklevel=3,
         )
 

@@ -63,6 +63,8 @@ class EvalSection(_Strict):
     # how many α one forward pass evaluates: speed only, not an analysis setting (see analyse_pair)
     alphas_per_pass: int | Literal["auto"] = "auto"
     precision: str = _PAIR_DEFAULTS["precision"]
+    # analyse the plain networks the BatchNorm nets compute (each BatchNorm folded into its layer)
+    fold_batchnorm: bool = _PAIR_DEFAULTS["fold_batchnorm"]
 
 
 class WeightSection(_Strict):
