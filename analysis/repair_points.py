@@ -3,13 +3,15 @@
     python analysis/repair_points.py runs/resnet20-repair-mnist [--test-samples 10000]
 
 For every pair of a finished sweep of zoo ResNets (BatchNorm), the same analysis as the sweep's
-(activation matching, the sweep's statistics samples and α grid), with REPAIR restricted to one
-set of carried points at a time:
+(activation matching, the sweep's statistics samples and α grid), with ``repair_bn`` (RESET, the
+norm outputs renormalised to the endpoints' statistics, and carried points) restricted to one set
+of carried points at a time:
 
 - ``norm outputs``: no carried point (REPAIR on the norm outputs only, which RESET nearly equals);
-- ``block outputs``: each residual block's output after the add and ReLU;
+- ``block outputs``: each residual block's output after the add and ReLU (with the norm outputs
+  left as RESET makes them, this is the paper's ``repair``);
 - ``classifier input``: the pooled features the classifier reads;
-- ``blocks + classifier``: both (what ``repair`` does);
+- ``blocks + classifier``: both (what ``repair_bn`` does);
 - ``junctures``: the REPAIR notebooks' ResNet variant, which gives each identity shortcut an
   explicit 1×1 identity layer and renormalises its output (the skip branch's input to the add).
 
@@ -50,7 +52,7 @@ def main() -> None:
     parser.add_argument("--test-samples", type=int, default=None, help="first N test samples (default: all)")
     args = parser.parse_args()
     config = load_sweep_config(args.sweep)
-    settings = dataclasses.replace(config.pair_settings, aligns=("activation",), corrections=("repair",))
+    settings = dataclasses.replace(config.pair_settings, aligns=("activation",), corrections=("repair_bn",))
     tables = repair_ray.load_tables(args.sweep)
     models = tables["models"][tables["models"]["status"] == "ok"]
     pairs = tables["pairs"]
@@ -88,10 +90,11 @@ def main() -> None:
         reset = None  # RESET on the same samples as the variants (a --test-samples subset too)
         for name, (carried, x, y) in variants.items():
             spec = dataclasses.replace(full, carried_points=carried)
-            wanted = settings if reset is not None else dataclasses.replace(settings, corrections=("reset", "repair"))
+            both = dataclasses.replace(settings, corrections=("reset", "repair_bn"))
+            wanted = settings if reset is not None else both
             rows = {r["correction"]: r for r in repair_ray.analyse_pair(x, y, data, wanted, spec=spec).pairs}
             reset = rows.get("reset", reset)
-            r = rows["repair"]
+            r = rows["repair_bn"]
             print(
                 f"| {name} | {row.seed_a}-{row.seed_b} | {len(carried)} | {reset['midpoint_barrier_test_loss']:.4f} "
                 f"| {r['midpoint_barrier_test_loss']:.4f} | {reset['barrier_test_error']:.4f} "

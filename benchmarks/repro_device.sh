@@ -5,19 +5,26 @@
 # checkpoints) packed into $OUT/<sweep>.tgz as soon as it ends, so a run cut short keeps what finished.
 #
 #   bash benchmarks/repro_device.sh [--smoke] [--budget SECONDS] [--ste-epochs N]
+#                                   [--only NAME,...] [--suffix S] [--set KEY=JSON ...]
 #
 # Carry .whl/ (benchmarks/gpu_wheels.sh) and .data/ (MNIST's four raw files gzipped into .data/MNIST/,
 # ~12 MB; ignored by git).
 # --smoke: tiny versions of the same sweeps (4 seeds, 1 epoch, few samples) to check the script
 # on a CPU first. --ste-epochs: STE's epochs when the published 250 do not fit the device budget
-# (its rows then carry another analysis key, and REPRODUCTION.md says so).
+# (its rows then carry another analysis key, and REPRODUCTION.md says so). --only: these sweeps;
+# --set train.weight_decay=5e-4 --set 'models=[...]': change the configs (dotted keys, JSON values),
+# with --suffix naming the changed sweeps apart (a recipe-sensitivity run).
 set -uo pipefail
-smoke=0; budget=540; ste_epochs=""
+smoke=0; budget=540; ste_epochs=""; only="repair-mlp-depth-mnist-paper,repair-mlp-width-mnist-paper,git-rebasin-mlp-mnist"
+suffix=""; sets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
     --budget) budget=$2; shift ;;
     --ste-epochs) ste_epochs=$2; shift ;;
+    --only) only=$2; shift ;;
+    --suffix) suffix=$2; shift ;;
+    --set) sets+=("$2"); shift ;;
     *) echo "unknown argument $1"; exit 2 ;;
   esac
   shift
@@ -42,15 +49,25 @@ runs=${REPRO_RUNS:-/tmp/repro_runs}
 cfgs=/tmp/repro_configs
 mkdir -p "$runs" "$cfgs"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 - "$smoke" "$cfgs" "$ste_epochs" <<'EOF'
+python3 - "$smoke" "$cfgs" "$ste_epochs" "$only" "$suffix" "${sets[@]}" <<'EOF'
+import json
 import sys
 from pathlib import Path
 
 import yaml
 
 smoke, folder, ste_epochs = sys.argv[1] == "1", Path(sys.argv[2]), sys.argv[3]
-for name in ("repair-mlp-depth-mnist-paper", "repair-mlp-width-mnist-paper", "git-rebasin-mlp-mnist"):
+names, suffix, sets = sys.argv[4].split(","), sys.argv[5], sys.argv[6:]
+for name in names:
     config = yaml.safe_load(Path("examples", f"{name}.yaml").read_text())
+    for item in sets:
+        key, _, value = item.partition("=")
+        *path, last = key.split(".")
+        node = config
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = json.loads(value)
+    config["name"] = name + suffix
     if ste_epochs and "ste" in config:
         config["ste"]["epochs"] = int(ste_epochs)
     if smoke:  # the same sweep, small: every code path, a few seconds of work each
@@ -63,10 +80,11 @@ for name in ("repair-mlp-depth-mnist-paper", "repair-mlp-width-mnist-paper", "gi
         for method in ("ste", "sinkhorn"):
             if method in config:
                 config[method].update(epochs=1, samples=1000)
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    (folder / f"{name}{suffix}.yaml").write_text(yaml.safe_dump(config))
 EOF
 status=0
-for name in repair-mlp-depth-mnist-paper repair-mlp-width-mnist-paper git-rebasin-mlp-mnist; do
+for name in ${only//,/ }; do
+  name=$name$suffix
   left=$(( budget - ($(date +%s) - started) ))
   if [ "$left" -lt 30 ]; then echo "$name: skipped, $left s of the budget left"; status=1; continue; fi
   echo "== $name ($left s left) $(date -u +%H:%M:%S)"

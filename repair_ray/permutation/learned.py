@@ -227,7 +227,7 @@ def ste_matching(
         mid = interpolate_state(state_a, {**projected, **through}, 0.5)
         x, y = batches.next()
         loss = F.cross_entropy(functional_call(work, mid, (x,)).float(), y)
-        if select == "batch" and float(loss) < best[0]:
+        if select == "batch" and float(loss.detach()) < best[0]:
             best = (float(loss), perm)
         opt.zero_grad()
         loss.backward()

@@ -41,8 +41,8 @@ PAIR_ID = ("model_key", "analysis_key", "seed_a", "seed_b")
 REDUCTION_COLUMNS = ("barrier_train_loss", "barrier_train_error", "barrier_test_loss", "barrier_test_error")
 """The max-over-alpha barriers (never negative) whose relative reduction the summary reports."""
 PLOT_METRICS = ("barrier_test_loss", "barrier_test_error")
-ALIGN_ORDER = ("none", "weight", "activation")
-CORRECTION_ORDER = ("none", "reset", "repair")
+ALIGN_ORDER = ("none", "weight", "activation", "ste", "sinkhorn")
+CORRECTION_ORDER = ("none", "reset", "repair", "repair_bn")
 DESCRIPTION_KEYS = tuple(k for k in GROUP_KEYS if k not in ("align", "correction"))
 """A summary's groups without the method: the pairs two methods are compared on (never two keys)."""
 MIN_PAIRS = 5
