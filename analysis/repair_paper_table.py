@@ -108,7 +108,7 @@ def variance_table(layers: pd.DataFrame, pairs: pd.DataFrame, paper: dict) -> li
         lines += [
             "",
             f"Variance ratio, {int(depth)} hidden layers of width {int(width)} ({len(mine['seed_a'].unique())} pairs; "
-            f"paper: {data['source'].split('/')[-1]}, one pair). Our layer = the paper's + 1 (it skips the first).",
+            f"paper: {name}.pt, one pair). Our layer = the paper's + 1 (it skips the first).",
             "",
             "| layer | plain: ours / paper | aligned: ours / paper | reproduced? | aligned + REPAIR: ours |",
             "|---:|---:|---:|---|---:|",

@@ -166,6 +166,22 @@ def test_paired_differences_never_pool_two_analysis_or_model_keys():
     assert math.isnan(single["barrier_test_loss_diff_low"]) and single["barrier_test_loss_p_sign"] == 1.0
 
 
+def test_paired_differences_of_two_aligns_pair_their_own_analysis_keys_on_the_networks():
+    """A learned matching's rows carry their own analysis key (its settings are in it): ste against
+    weight still pairs on the two networks, naming both keys; two analyses of one method refuse."""
+    rows = method_rows("k", "ste/none", [1.0, 2.0, 3.0], analysis_key="s")
+    rows += method_rows("k", "weight/none", [1.5, 2.5, 3.5], analysis_key="w")
+    diff = report.paired_differences(pairs_table(rows), "ste/none", "weight/none").iloc[0]
+    assert diff["n"] == 3 and diff["barrier_test_loss_diff_mean"] == pytest.approx(-0.5)
+    assert diff["analysis_key"] == "s | w"
+    # the same align under two keys stays apart (two analyses, never paired with each other)
+    same = report.paired_differences(pairs_table(rows), "weight/none", "weight/none")
+    assert same.iloc[0]["analysis_key"] == "w" and same.iloc[0]["barrier_test_loss_diff_mean"] == 0
+    rows += method_rows("k", "ste/none", [9.0], analysis_key="s2")  # a second generation of ste
+    with pytest.raises(ValueError, match="2 analyses of model config 'k'"):
+        report.paired_differences(pairs_table(rows), "ste/none", "weight/none")
+
+
 def test_baseline_differences_compare_each_method_with_its_baseline_only():
     rows = []
     for method, losses in {

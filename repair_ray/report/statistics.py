@@ -385,8 +385,11 @@ def paired_differences(
     A method is ``(align, correction)`` or ``"align/correction"``. Per group of
     :data:`DESCRIPTION_KEYS` (one model key and analysis key: never two pooled), the ``ok`` rows of
     ``a`` and of ``b`` are joined on the pair id; a pair missing, or not ``ok``, in either method
-    takes no part. The spread between pairs cancels, so a small but steady difference shows
-    where the two methods' own intervals overlap.
+    takes no part. Two aligns whose analysis keys differ (a learned matching's settings are in its
+    own rows' key) are joined on the networks, and the row's ``analysis_key`` names both
+    (``a's | b's``); each method must then have one analysis per model config (ValueError
+    otherwise). The spread between pairs cancels, so a small but steady difference shows where the
+    two methods' own intervals overlap.
 
     Args:
         data: a ``pairs`` DataFrame, or the dict of :func:`repair_ray.load_tables`.
@@ -421,14 +424,29 @@ def paired_differences(
         return mine.drop_duplicates(list(PAIR_ID), keep="last")
 
     rows_a = rows_of(align_a, correction_a)
-    rows_b = rows_of(align_b, correction_b)[[*PAIR_ID, *columns]]
-    merged = rows_a.merge(rows_b, on=list(PAIR_ID), how="inner", suffixes=("", "__b"))
+    rows_b = rows_of(align_b, correction_b)
+    # Two aligns' rows of one pair carry different analysis keys when a learned matching's own
+    # settings are in one of them: they pair on the networks, provided each method has one analysis
+    # of each model config (several would be generations of the sweep, not one comparison).
+    join = list(PAIR_ID) if align_a == align_b else [k for k in PAIR_ID if k != "analysis_key"]
+    if align_a != align_b:
+        for name, rows in ((a, rows_a), (b, rows_b)):
+            several = rows.groupby("model_key")["analysis_key"].nunique()
+            if (several > 1).any():
+                raise ValueError(
+                    f"method {name!r} has rows of {int(several.max())} analyses of model config "
+                    f"{several.idxmax()!r}: compare one analysis (load_tables' default keys, or filter on analysis_key)"
+                )
+    keep = [*join, *columns] + (["analysis_key"] if align_a != align_b else [])
+    merged = rows_a.merge(rows_b[keep], on=join, how="inner", suffixes=("", "__b"))
     if merged.empty:
         return empty
     records = []
     for _, group in merged.groupby(keys, dropna=False, sort=False):
         record = {k: group[k].iloc[0] for k in keys}
         record.update(a=f"{align_a}/{correction_a}", b=f"{align_b}/{correction_b}", n=len(group))
+        if align_a != align_b and group["analysis_key__b"].iloc[0] != record["analysis_key"]:  # both named
+            record["analysis_key"] = f"{record['analysis_key']} | {group['analysis_key__b'].iloc[0]}"
         for column in columns:
             d = (group[column].astype(float) - group[f"{column}__b"].astype(float)).dropna().to_numpy()
             found = interval(d, method=method, confidence=confidence)
