@@ -174,3 +174,100 @@ def test_learned_matchings_run_on_residual_and_derived_networks(method, net):
     aligned.load_state_dict(apply_permutation(spec, found, b))
     with torch.no_grad():
         torch.testing.assert_close(aligned(data.x[:8]), b(data.x[:8]), rtol=1e-4, atol=1e-4)
+
+
+ALL_ALIGNS = ("none", "weight", "activation", "ste", "sinkhorn")
+# every setting of a method by name, with a value other than its default
+METHOD_SETTINGS = {
+    "weight_matching_start": "identity",
+    "weight_matching_restarts": 3,
+    "weight_matching_max_iter": 7,
+    "ste_epochs": 2,
+    "ste_optimizer": "sgd",
+    "ste_momentum": 0.5,
+    "ste_batch_size": 64,
+    "ste_samples": "all",
+    "ste_init": "identity",
+    "ste_select": "batch",
+    "ste_batchnorm": "running",
+    "sinkhorn_epochs": 2,
+    "sinkhorn_optimizer": "adamw",
+    "sinkhorn_batch_size": 64,
+    "sinkhorn_samples": 900,
+    "sinkhorn_init": "identity",
+    "sinkhorn_select": "last",
+    "sinkhorn_batchnorm": "running",
+    "sinkhorn_temperatures": (1.0, 1.0),
+    "fold_batchnorm": True,
+}
+
+
+@pytest.mark.parametrize(("name", "value"), METHOD_SETTINGS.items(), ids=list(METHOD_SETTINGS))
+def test_every_method_setting_is_in_the_analysis_key_of_the_rows_it_changes(name, value):
+    """A learned matching's settings change its own rows' key only; weight matching's settings (the
+    learned ones start from it) and fold_batchnorm change every key of the rows they can change."""
+    base = analysis_keys(PairSettings(aligns=ALL_ALIGNS), {"name": "mnist"})
+    changed = analysis_keys(PairSettings(aligns=ALL_ALIGNS, **{name: value}), {"name": "mnist"})
+    moved = {align for align in ALL_ALIGNS if changed[align] != base[align]}
+    if name.startswith(("ste_", "sinkhorn_")):
+        assert moved == {name.split("_")[0]}
+    else:
+        assert moved == set(ALL_ALIGNS)
+
+
+def test_presets_select_the_published_methods_and_keys_beside_them_override(tmp_path):
+    from repair_ray.pair import PRESETS
+    from repair_ray.sweep.config import ConfigError, parse_config
+
+    from .helpers import tiny_sweep
+
+    config = parse_config(
+        tiny_sweep(
+            "p",
+            str(tmp_path),
+            align=["ste", "sinkhorn"],
+            ste={"preset": "git-rebasin"},
+            sinkhorn={"preset": "pena2023", "lr": 0.5},
+        )
+    )
+    s = config.pair_settings
+    for key, value in PRESETS["ste"]["git-rebasin"].items():
+        assert getattr(s, f"ste_{key}") == value, key
+    assert (s.ste_epochs, s.ste_optimizer, s.ste_lr, s.ste_init, s.ste_select) == (
+        250,
+        "sgd",
+        1e-2,
+        "identity",
+        "batch",
+    )
+    assert (s.sinkhorn_lr, s.sinkhorn_optimizer, s.sinkhorn_temperatures) == (0.5, "adamw", (1.0, 1.0))
+    # steps given beside a preset replace its epochs
+    steps = parse_config(tiny_sweep("p", str(tmp_path), align=["ste"], ste={"preset": "git-rebasin", "steps": 30}))
+    assert (steps.pair_settings.ste_steps, steps.pair_settings.ste_epochs) == (30, None)
+    with pytest.raises(ConfigError, match=r"ste.preset: unknown preset 'git-rebasn'; did you mean 'git-rebasin'"):
+        parse_config(tiny_sweep("p", str(tmp_path), align=["ste"], ste={"preset": "git-rebasn"}))
+    with pytest.raises(ConfigError) as error:
+        parse_config(tiny_sweep("p", str(tmp_path), weight={"start": "middle"}, ste={"optimizer": "lbfgs"}))
+    assert "weight.start" in str(error.value) and "ste.optimizer" in str(error.value)
+
+
+def test_the_midpoint_of_a_batchnorm_net_is_normalised_by_batch_statistics_when_asked():
+    """batchnorm="batch": each batch normalised by its own statistics (as Peña et al. train the
+    midpoint), the running statistics untouched; "running": the interpolated running statistics."""
+    data = prototype_data((1, 6, 6), n=300)
+    a = briefly_trained("mlp", data, seed=1, steps=10, width=16, depth=2, norm="batch")
+    b = briefly_trained("mlp", data, seed=2, steps=10, width=16, depth=2, norm="batch")
+    state_a, state_b = a.state_dict(), b.state_dict()
+    before = {k: v.clone() for k, v in state_a.items()}
+    mid = copy.deepcopy(a)
+    mid.load_state_dict({k: (v + state_b[k]) / 2 if v.is_floating_point() else v for k, v in state_a.items()})
+    with torch.no_grad():
+        running = F.cross_entropy(mid.eval()(data.x), data.y).item()
+        by_hand = F.cross_entropy(mid.train()(data.x), data.y).item()  # train mode: batch statistics
+    batch = midpoint_loss(copy.deepcopy(a), state_a, state_b, data, batch_size=len(data), batchnorm="batch")
+    assert batch == pytest.approx(by_hand, rel=1e-5)
+    assert midpoint_loss(copy.deepcopy(a), state_a, state_b, data, batch_size=len(data)) == pytest.approx(
+        running, rel=1e-5
+    )
+    assert abs(batch - running) > 1e-3
+    assert all(torch.equal(before[k], v) for k, v in state_a.items())  # nothing was updated in place
