@@ -9,8 +9,12 @@ import sys
 import warnings
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from .pair import PairSettings
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -91,6 +95,33 @@ def examples(name: str | None) -> None:
     click.echo("\nrun one with `repair-ray run --example NAME`; copy one with `repair-ray examples NAME > sweep.yaml`")
 
 
+def method_lines(s: PairSettings) -> list[str]:
+    """How each matching method of ``s`` runs, spelled out (a preset's settings included)."""
+    lines = []
+    if {"weight", "ste", "sinkhorn"} & set(s.aligns):
+        lines.append(
+            f"weight matching: start {s.weight_matching_start}, {s.weight_matching_restarts} restart(s), "
+            f"at most {s.weight_matching_max_iter} sweeps"
+        )
+    for method in ("ste", "sinkhorn"):
+        if method in s.aligns:
+
+            def get(name: str, method: str = method):
+                return getattr(s, f"{method}_{name}")
+
+            budget = f"{get('epochs')} epochs" if get("epochs") is not None else f"{get('steps')} steps"
+            n = get("samples")
+            samples = {None: "the statistics samples", "all": "all training samples"}.get(n, f"{n} training samples")
+            extra = f", temperatures {list(get('temperatures'))}" if method == "sinkhorn" else ""
+            lines.append(
+                f"{method}: init {get('init')}, {budget} over {samples}, {get('optimizer')} lr {get('lr'):g}, "
+                f"select {get('select')}, BatchNorm {get('batchnorm')} statistics{extra}"
+            )
+    if s.fold_batchnorm:
+        lines.append("BatchNorm folded into the layers before it: pairs are analysed as plain networks")
+    return lines
+
+
 @main.command()
 @_config_argument
 @_example_option
@@ -147,6 +178,8 @@ def validate(config_path: str | None, example: str | None, storage_uri: str | No
     s = config.pair_settings
     click.echo(f"pairs: {config.n_pairs}; align {list(s.aligns)} x correction {list(s.corrections)}")
     click.echo(f"alphas: {len(s.alphas)} points from {s.alphas[0]:g} to {s.alphas[-1]:g}")
+    for line in method_lines(s):
+        click.echo(line)
     passes = sample_forward_passes(config)
     if passes is not None:
         click.echo(f"pair stage forward passes: {passes:,} samples ({passes / max(config.n_pairs, 1):,.0f} per pair)")

@@ -64,6 +64,14 @@ def test_validate_and_run_take_an_example_by_name(tmp_path):
     assert neither.returncode == 2 and "--example" in neither.stderr
 
 
+def test_validate_spells_out_each_method_a_preset_selects(tmp_path):
+    out = run_cli("validate", "--example", "git-rebasin-mlp-mnist", "--storage", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "weight matching: start identity, 1 restart(s)" in out.stdout
+    assert "ste: init identity, 250 epochs over all training samples, sgd lr 0.01, select batch" in out.stdout
+    assert "sinkhorn: init identity, 20 epochs over 9000 training samples, adamw lr 0.1, select last" in out.stdout
+
+
 def test_a_built_wheel_carries_the_examples_and_the_typed_marker(tmp_path):
     """What a normal (non-editable) install gets: the package data must be in the wheel."""
     import shutil
