@@ -541,7 +541,7 @@ def test_the_repair_points_script_compares_carried_point_sets_on_a_resnet_sweep(
             seeds=2,
             train={"epochs": 1, "batch_size": 64, "lr": 0.05, "checkpoint_every": 1},
             align=["activation"],
-            correction=["reset", "repair"],
+            correction=["reset", "repair_bn"],
             alphas=3,
         )
     )
@@ -555,9 +555,9 @@ def test_the_repair_points_script_compares_carried_point_sets_on_a_resnet_sweep(
     rows = {line.split("|")[1].strip(): line.split("|") for line in printed.stdout.splitlines()[2:]}
     assert list(rows) == ["norm outputs", "block outputs", "classifier input", "blocks + classifier", "junctures"]
     pair = load_tables(config.root)["pairs"].set_index("correction")
-    # the script's "blocks + classifier" is the sweep's repair: the same number, recomputed
+    # the script's "blocks + classifier" is the sweep's repair_bn: the same number, recomputed
     assert float(rows["blocks + classifier"][5]) == pytest.approx(
-        pair.loc["repair", "midpoint_barrier_test_loss"], abs=1e-3
+        pair.loc["repair_bn", "midpoint_barrier_test_loss"], abs=1e-3
     )
     assert float(rows["norm outputs"][4]) == pytest.approx(pair.loc["reset", "midpoint_barrier_test_loss"], abs=1e-4)
     assert int(rows["junctures"][3]) == 1 and int(rows["blocks + classifier"][3]) == 4  # depth 8: 3 blocks + flatten

@@ -350,5 +350,5 @@ def test_eval_precision_tf32_makes_new_analysis_keys_and_fp32_keeps_the_keys(tmp
 
     # tiny_sweep's key at analysis version 3 (issue 23), pinned so that no change of the key is
     # an accident: a change that alters rows bumps ANALYSIS_VERSION and this line with it
-    assert keys() == keys(precision="fp32") == {"a5-s128-bc7b6c7641"}
+    assert keys() == keys(precision="fp32") == {"a5-s128-1f01cb9e87"}
     assert keys(precision="tf32").isdisjoint(keys())
