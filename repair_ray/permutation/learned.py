@@ -228,7 +228,7 @@ def ste_matching(
         x, y = batches.next()
         loss = F.cross_entropy(functional_call(work, mid, (x,)).float(), y)
         if select == "batch" and float(loss.detach()) < best[0]:
-            best = (float(loss), perm)
+            best = (float(loss.detach()), perm)
         opt.zero_grad()
         loss.backward()
         opt.step()
