@@ -239,20 +239,6 @@ def test_constraints_pin_what_ci_and_the_images_install():
     assert torch.__version__.split("+")[0] == pins["torch"] and ray.__version__ == pins["ray"]
 
 
-def test_slurm_script_follows_rays_pattern():
-    script = CLUSTERS / "slurm" / "ray-sweep.sbatch"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    text = script.read_text()
-    directives = dict(re.findall(r"^#SBATCH --([\w-]+)=?(\S*)", text, flags=re.M))
-    assert int(directives["nodes"]) >= 2
-    assert directives["ntasks-per-node"] == "1" and "gpus-per-task" in directives
-    joined = re.sub(r"\s*\\\n\s*", " ", text)  # join continued lines
-    assert re.search(r"srun .*-w \"\$head_node\" ray start --head .*--block &", joined)
-    assert re.search(r"srun .*-w \"\$\{nodes_array\[\$i\]\}\" ray start --address \"\$ip_head\" .*--block &", joined)
-    assert 'repair-ray run "$CONFIG" --address "$ip_head" --storage "$STORAGE"' in text
-    assert "RAY_AUTH_MODE=token" in text
-
-
 def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_token, tmp_path):
     """From a 'laptop': submit a sweep to a real head with token auth; no secret in the job.
 
