@@ -168,7 +168,7 @@ def table_file(sweep_root: str, table: str, stem: str) -> str:
 
 def new_stem(label: str, at: datetime.datetime | None = None) -> str:
     """A file stem that sorts by write time: ``<UTC stamp>-<label>-<random>``; newer files win."""
-    at = at or datetime.datetime.now(datetime.timezone.utc)
+    at = at or datetime.datetime.now(datetime.UTC)
     return f"{at.strftime('%Y%m%dT%H%M%S%f')}Z-{label}-{secrets.token_hex(3)}"
 
 

@@ -40,7 +40,7 @@ def cached_dataset(spec: dict[str, Any], device: torch.device) -> Dataset:
 
 def utc_now() -> datetime.datetime:
     """The current time in UTC (rows record when their work started and finished)."""
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def node_id() -> str:
