@@ -144,10 +144,9 @@ def test_reading_a_sweep_folder_never_imports_what_its_config_names(ray_session,
     result = run_sweep(config, say=lambda _: None)
     assert result.train.failed == 0 and result.pairs.failed == 0 and result.pairs.ran == 1
     recorded = json.loads((tmp_path / "runs" / "trusted" / "networks.json").read_text())
-    assert (
-        recorded == {"batchnorm": dict(config.batchnorm)}
-        and load_sweep_config(config.root).batchnorm == recorded["batchnorm"]
-    )  # the stored config imports nothing: whether its network has BatchNorm is what the run recorded
+    assert recorded == {"batchnorm": dict(config.batchnorm)}
+    # the stored config imports nothing: whether its network has BatchNorm is what the run recorded
+    assert load_sweep_config(config.root).batchnorm == recorded["batchnorm"]
     status = sweep_status(config.root)
     assert (status.models_ok, status.pairs_ok, status.pairs_missing) == (2, 1, 0)  # the code was not needed
 
