@@ -41,7 +41,30 @@ def example_text(name: str) -> str:
     return (resources.files("repair_ray") / "examples" / f"{name}.yaml").read_text()
 
 
-def _load(config_path: str | None, example: str | None, storage_uri: str | None):
+def allowed_imports(option: tuple[str, ...]) -> tuple[str, ...]:
+    """The modules a config's networks may import: ``--allow-import`` and ``$REPAIR_RAY_ALLOW_IMPORT``
+    (for jobs and scripts); a bad name is a usage error."""
+    from .models.external import ALLOW_IMPORT_ENV, allowed_from_env, allowed_modules
+
+    try:
+        from_option = allowed_modules(option)
+    except ValueError as error:
+        _fail(f"--allow-import: {error}")
+    try:
+        from_env = allowed_from_env()
+    except ValueError as error:
+        _fail(f"{ALLOW_IMPORT_ENV}: {error}")
+    return tuple(dict.fromkeys((*from_option, *from_env)))
+
+
+def _load(
+    config_path: str | None,
+    example: str | None,
+    storage_uri: str | None,
+    allow_import: tuple[str, ...] = (),
+    *,
+    check_files: bool = True,
+):
     """The validated config from a file or a shipped example; usage errors exit with code 2."""
     import yaml
 
@@ -49,16 +72,23 @@ def _load(config_path: str | None, example: str | None, storage_uri: str | None)
 
     if (config_path is None) == (example is None):
         _fail("give a CONFIG file or --example NAME (one of them)")
+    allowed = allowed_imports(allow_import)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             if example is not None:
                 source = f"example {example}"
                 config = parse_config(
-                    yaml.safe_load(example_text(example)), source=source, storage_override=storage_uri
+                    yaml.safe_load(example_text(example)),
+                    source=source,
+                    storage_override=storage_uri,
+                    allow_import=allowed,
+                    check_files=check_files,
                 )
             else:
-                config = load_config(config_path, storage_override=storage_uri)
+                config = load_config(
+                    config_path, storage_override=storage_uri, allow_import=allowed, check_files=check_files
+                )
         except ConfigError as error:
             _fail(str(error))
     for w in caught:
@@ -72,6 +102,15 @@ _example_option = click.option(
 )
 _storage_option = click.option(
     "--storage", "storage_uri", help="Override the config's storage (a path, s3://... or gs://...)."
+)
+_allow_import_option = click.option(
+    "--allow-import",
+    "allow_import",
+    multiple=True,
+    metavar="MODULE",
+    help="Let the config's networks import MODULE (or a module inside it) for 'arch: MODULE.sub:factory'; "
+    "repeatable, or comma-separated. Naming a module runs its code, so nothing else is imported "
+    "(torchvision:<name> needs no allowance). Also from $REPAIR_RAY_ALLOW_IMPORT.",
 )
 
 
@@ -126,12 +165,18 @@ def method_lines(s: PairSettings) -> list[str]:
 @_config_argument
 @_example_option
 @_storage_option
-def validate(config_path: str | None, example: str | None, storage_uri: str | None) -> None:
-    """Check CONFIG and print the expanded plan, without starting Ray."""
+@_allow_import_option
+def validate(
+    config_path: str | None, example: str | None, storage_uri: str | None, allow_import: tuple[str, ...]
+) -> None:
+    """Check CONFIG and print the expanded plan, without starting Ray.
+
+    Every problem is listed at once (exit status 2), a dataset folder missing on this machine included.
+    """
     from .models.external import KNOBS
     from .sweep.planning import sample_forward_passes
 
-    config = _load(config_path, example, storage_uri)
+    config = _load(config_path, example, storage_uri, allow_import)
     click.echo(f"sweep {config.name} -> {config.root}")
     click.echo(f"dataset: {config.dataset.name} {config.dataset.options or ''}".rstrip())
     click.echo(f"models to train: {config.n_trials} ({len(config.models)} model configs x seeds)")
@@ -199,8 +244,14 @@ def validate(config_path: str | None, example: str | None, storage_uri: str | No
     "Default: $RAY_ADDRESS when set (as in a Ray Job), else a fresh local Ray for this run only.",
 )
 @click.option("--num-cpus", type=int, help="CPUs of the local Ray started when no --address is given.")
+@_allow_import_option
 def run(
-    config_path: str | None, example: str | None, storage_uri: str | None, address: str | None, num_cpus: int | None
+    config_path: str | None,
+    example: str | None,
+    storage_uri: str | None,
+    address: str | None,
+    num_cpus: int | None,
+    allow_import: tuple[str, ...],
 ) -> None:
     """Run (or resume) the sweep in CONFIG (or --example NAME): train every seed, analyse every pair.
 
@@ -213,7 +264,7 @@ def run(
     from .sweep.config import ConfigError
     from .sweep.runner import run_sweep
 
-    config = _load(config_path, example, storage_uri)
+    config = _load(config_path, example, storage_uri, allow_import)
     try:
         storage.check_writable(config.root)  # before Ray starts: a wrong bucket fails here, in one line
     except OSError as error:
@@ -278,8 +329,9 @@ _job_address = click.option(
     multiple=True,
     type=click.Path(exists=True),
     help="A package folder, module file or wheel of your own networks (arch: my_pkg.models:make_net) to ship with "
-    "the job to every worker (Ray runtime_env py_modules); repeatable.",
+    "the job to every worker (Ray runtime_env py_modules); repeatable. Its modules still need --allow-import.",
 )
+@_allow_import_option
 def submit(
     config_path: str | None,
     example: str | None,
@@ -288,6 +340,7 @@ def submit(
     submission_id: str | None,
     follow: bool,
     py_modules: tuple[str, ...],
+    allow_import: tuple[str, ...],
 ) -> None:
     """Submit the sweep in CONFIG to a Ray cluster as a Ray Job (from a laptop: no shell on the head).
 
@@ -299,7 +352,8 @@ def submit(
 
     from .sweep import jobs
 
-    config = _load(config_path, example, storage_uri)  # bad configs fail here, before anything travels
+    # bad configs fail here, before anything travels; the data is the cluster's, so its files are not looked for here
+    config = _load(config_path, example, storage_uri, allow_import, check_files=False)
     from .io import storage
 
     data = yaml.safe_load(Path(config_path).read_text()) if config_path else yaml.safe_load(example_text(example))
@@ -310,7 +364,9 @@ def submit(
             "the driver; use s3://, gs:// or a filesystem every node shares for more than one node",
             err=True,
         )
-    job_id = jobs.submit(data, address=address, submission_id=submission_id, py_modules=py_modules)
+    job_id = jobs.submit(
+        data, address=address, submission_id=submission_id, py_modules=py_modules, allow_import=config.allow_import
+    )
     where = f" --address {address}" if address else ""
     click.echo(f"[submit] job {job_id}: sweep {config.name} -> {config.root}")
     click.echo(

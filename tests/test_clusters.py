@@ -261,7 +261,20 @@ def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_toke
     )
     cli = [sys.executable, "-m", "repair_ray"]
     submitted = subprocess.run(
-        [*cli, "submit", config, "--address", address, "--id", "sweep-sdk-1", "--follow", "--py-module", str(package)],
+        [
+            *cli,
+            "submit",
+            config,
+            "--address",
+            address,
+            "--id",
+            "sweep-sdk-1",
+            "--follow",
+            "--py-module",
+            str(package),
+            "--allow-import",
+            "my_nets",
+        ],
         env={**env, "PYTHONPATH": str(package.parent)},  # the laptop validates the config: it imports my_nets
         capture_output=True,
         text=True,

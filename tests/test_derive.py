@@ -131,10 +131,10 @@ def test_a_network_of_functions_has_no_activation_points_and_validation_says_so(
         models=[{"arch": "tests.custom_nets:FunctionalNet"}],
     )
     with pytest.raises(ConfigError) as info:
-        parse_config(config)
+        parse_config(config, allow_import=["tests.custom_nets"])
     assert "align activation needs a module output carrying each permutation group" in str(info.value)
     assert "correction repair needs norm layers with an affine or layers with a bias" in str(info.value)
-    parse_config({**config, "align": ["none", "weight"], "correction": ["none"]})
+    parse_config({**config, "align": ["none", "weight"], "correction": ["none"]}, allow_import=["tests.custom_nets"])
 
 
 def test_derived_segments_describe_concatenations_and_flattened_maps():
@@ -315,7 +315,7 @@ def test_without_an_example_input_only_models_with_their_own_spec_are_accepted()
 
 
 def test_external_factories_receive_the_knobs_they_name():
-    config = ModelConfig("tests.custom_nets:residual_mlp", width=24, depth=3)
+    config = ModelConfig("tests.custom_nets:residual_mlp", width=24, depth=3, allow_import=["tests"])
     model = config.build(num_classes=5, in_shape=(1, 4, 4))
     assert model.embed.out_features == 24 and len(model.norms) == 3 and model.head.out_features == 5
     spec = config.permutation_spec(5, (1, 4, 4))
@@ -340,12 +340,12 @@ def test_external_factories_receive_the_knobs_they_name():
 )
 def test_model_config_errors_name_the_field(kwargs, words):
     with pytest.raises(repair_ray.SettingError) as info:
-        ModelConfig(**kwargs)
+        ModelConfig(**kwargs, allow_import=["tests.custom_nets", "no_such_package"])
     assert words in str(info.value)
 
 
 def test_a_factory_returning_the_wrong_number_of_classes_is_refused():
-    config = ModelConfig("tests.custom_nets:ten_classes")
+    config = ModelConfig("tests.custom_nets:ten_classes", allow_import=["tests.custom_nets"])
     with pytest.raises(
         SpecError, match=r"must return logits of shape \(batch, 4\) for this dataset; it returns \(2, 10\)"
     ):

@@ -261,7 +261,8 @@ def test_a_sweep_of_networks_outside_the_zoo(ray_session, tmp_path):
             ],
             seeds=2,
             train={"epochs": 1, "batch_size": 64, "lr": 0.05},
-        )
+        ),
+        allow_import=["tests.custom_nets"],  # the workers build it with the driver's allowance
     )
     result = run(config)
     assert result.train.failed == 0 and result.pairs.failed == 0

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import Problems, unknown_choice
-from .imagefolder import IMAGE_EXTENSIONS, load_imagefolder
+from .imagefolder import IMAGE_EXTENSIONS, imagefolder_missing, load_imagefolder
 from .synthetic import make_synthetic
 from .tensors import Dataset, DatasetNotFoundError, TensorData
 from .vision import DATA_ENV, TORCHVISION_DATASETS, data_root, load_torchvision
@@ -58,6 +58,9 @@ class DatasetKind:
     num_classes: Callable[[Mapping[str, Any]], int | None]
     split_sizes: Callable[[Mapping[str, Any]], tuple[int, int] | None]  # (train, test) samples
     prefix: bool = False
+    # (name, data root) -> what of its files is missing here, None when they are there (or it has none)
+    missing: Callable[[str, Path], str | None] = lambda name, root: None
+    downloads: bool = False  # the loader downloads missing files (when online)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -138,7 +141,16 @@ def _torchvision(key: str) -> DatasetKind:
         in_shape=lambda options: spec.in_shape,
         num_classes=lambda options: spec.num_classes,
         split_sizes=lambda options: spec.split_sizes,
+        missing=lambda name, root: _torchvision_missing(key, root),
+        downloads=True,
     )
+
+
+def _torchvision_missing(key: str, root: Path) -> str | None:
+    folder = root / TORCHVISION_DATASETS[key].folder
+    if folder.is_dir() and any(folder.iterdir()):
+        return None
+    return f"dataset {key}: no files in {folder} (the data root is ${DATA_ENV}, else ~/.cache/repair_ray/data)"
 
 
 def _folder_path(name: str) -> Path:
@@ -170,6 +182,7 @@ DATASETS: dict[str, DatasetKind] = {
         num_classes=lambda options: None,
         split_sizes=lambda options: None,
         prefix=True,
+        missing=lambda name, root: imagefolder_missing(_folder_path(name)),
     ),
 }
 KNOWN_DATASETS: tuple[str, ...] = tuple(f"{key}:<path>" if kind.prefix else key for key, kind in DATASETS.items())
@@ -208,6 +221,21 @@ def check_dataset(name: str, options: Mapping[str, Any] | None = None) -> None:
     else:
         kind.check(name, options or {}, problems)
     problems.raise_if_any()
+
+
+def dataset_files(
+    name: str, options: Mapping[str, Any] | None = None, root: str | os.PathLike[str] | None = None
+) -> tuple[str | None, bool]:
+    """What of a dataset's files is missing on this machine: ``(problem, downloads)``, where
+    ``problem`` is None when the files are there (or the dataset has none, like ``synthetic``) and
+    ``downloads`` says whether :func:`load_dataset` fetches them when online (torchvision's). Cheap:
+    it looks at folders, it reads no data.
+
+    Raises :class:`~repair_ray.errors.SettingError` for what :func:`check_dataset` rejects.
+    """
+    kind, _ = _checked(name, options)
+    where = Path(root).expanduser() if root is not None else data_root()
+    return kind.missing(name, where), kind.downloads
 
 
 def _checked(name: str, options: Mapping[str, Any] | None) -> tuple[DatasetKind, dict[str, Any]]:
@@ -296,6 +324,7 @@ __all__ = [
     "data_root",
     "dataset_in_shape",
     "dataset_num_classes",
+    "dataset_files",
     "dataset_options",
     "load_dataset",
     "make_synthetic",

@@ -17,6 +17,21 @@ from .tensors import Dataset, DatasetNotFoundError, TensorData, standardise
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
+def imagefolder_missing(path: Path) -> str | None:
+    """What of an image folder's layout is missing at ``path`` (None when its splits and classes are there);
+    cheap: it lists folders, it reads no image."""
+    if not path.is_dir():
+        return f"imagefolder {path} does not exist or is not a folder"
+    train_dir = path / "train"
+    if not train_dir.is_dir():
+        return f"imagefolder {path} has no train split: expected the folder {train_dir}"
+    if not any((path / sub).is_dir() for sub in ("test", "val")):
+        return f"imagefolder {path} has no test split: expected the folder {path / 'test'} (or val)"
+    if not any(d.is_dir() for d in train_dir.iterdir()):
+        return f"imagefolder train split {train_dir} has no class folders"
+    return None
+
+
 def load_imagefolder(name: str, path: Path, *, image_size: int = 32) -> Dataset:
     """The image folder at ``path`` as a dataset called ``name``, every image ``image_size`` square.
 
@@ -30,19 +45,12 @@ def load_imagefolder(name: str, path: Path, *, image_size: int = 32) -> Dataset:
     """
     from PIL import Image  # imported here: only image folders need it
 
-    if not path.is_dir():
-        raise DatasetNotFoundError(f"imagefolder {path} does not exist or is not a folder")
+    missing = imagefolder_missing(path)
+    if missing is not None:
+        raise DatasetNotFoundError(missing)
     train_dir = path / "train"
-    test_dir = next((path / sub for sub in ("test", "val") if (path / sub).is_dir()), None)
-    if not train_dir.is_dir():
-        raise DatasetNotFoundError(f"imagefolder {path} has no train split: expected the folder {train_dir}")
-    if test_dir is None:
-        raise DatasetNotFoundError(
-            f"imagefolder {path} has no test split: expected the folder {path / 'test'} (or val)"
-        )
+    test_dir = next(path / sub for sub in ("test", "val") if (path / sub).is_dir())
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
-    if not classes:
-        raise DatasetNotFoundError(f"imagefolder train split {train_dir} has no class folders")
     index = {c: i for i, c in enumerate(classes)}
 
     def split(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 from torch import nn
@@ -19,7 +19,17 @@ from ..errors import Problems, unknown_choice
 from ..permutation.derive import derive_spec
 from ..permutation.spec import PermutationSpec, SpecError
 from .common import NORMS
-from .external import DATA_ARGS, KNOBS, build_external, factory_parameters, is_external
+from .external import (
+    DATA_ARGS,
+    KNOBS,
+    ImportRefused,
+    allowed_modules,
+    build_external,
+    check_allowed,
+    factory_parameters,
+    import_allowed,
+    is_external,
+)
 from .mlp import MLP
 from .resnet import cifar_resnet, resnet18, resnet50
 from .vgg import VGG, VGG_LAYERS
@@ -71,6 +81,13 @@ class ModelConfig:
     is given is passed to the factory, which must name it as a parameter; ``kwargs`` (a mapping,
     kept as canonical JSON so configs compare and hash by value) are passed as they are.
     Raises :class:`repair_ray.SettingError` naming every offending field.
+
+    ``allow_import`` names the modules (or packages above them) that a ``package.module:factory``
+    may import: naming a module runs its code, so nothing else is imported. A config whose module
+    is not allowed is plain data: its knobs are checked against the factory, and it is built, only
+    where it is allowed (:class:`~repair_ray.models.external.ImportRefused` otherwise). The
+    allowance is not part of the config's value (it compares, hashes and describes the same) but
+    travels with the object, pickled to Ray workers included.
     """
 
     arch: str
@@ -78,9 +95,15 @@ class ModelConfig:
     depth: int | None = None
     norm: str | None = None
     kwargs: str | dict[str, Any] = ""
+    allow_import: InitVar[Iterable[str] | str | None] = ()
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, allow_import: Iterable[str] | str | None = ()) -> None:
         problems = Problems("ModelConfig")
+        try:
+            object.__setattr__(self, "_allowed", allowed_modules(allow_import))
+        except ValueError as error:
+            object.__setattr__(self, "_allowed", ())
+            problems.add("allow_import", str(error))
         kwargs = self._canonical_kwargs(problems)
         if is_external(self.arch):
             self._check_external(kwargs, problems)
@@ -144,14 +167,20 @@ class ModelConfig:
         return value
 
     def _check_external(self, kwargs: dict[str, Any], problems: Problems) -> None:
+        for knob in KNOBS:
+            if knob in kwargs:
+                problems.add("kwargs", f"gives {knob!r}; use the model's {knob} key, which the sweep grid varies")
+        for key in DATA_ARGS:
+            if key in kwargs:
+                problems.add("kwargs", f"gives {key!r}, which the sweep takes from the dataset")
+        if not self.importable:
+            return  # data only: the factory's parameters are checked where it may be imported
         try:
-            named, _ = factory_parameters(self.arch)
+            named, _ = factory_parameters(self.arch, self.allowed_imports)
         except ValueError as error:
             problems.add("arch", str(error))
             return
         for knob in KNOBS:
-            if knob in kwargs:
-                problems.add("kwargs", f"gives {knob!r}; use the model's {knob} key, which the sweep grid varies")
             value = getattr(self, knob)
             if value is not None and knob not in named:
                 problems.add(
@@ -159,9 +188,16 @@ class ModelConfig:
                     f"{self.arch} takes no {knob!r} argument, so {knob} {value!r} cannot reach it "
                     f"(it takes: {', '.join(sorted(named)) or 'no named arguments'})",
                 )
-        for key in DATA_ARGS:
-            if key in kwargs:
-                problems.add("kwargs", f"gives {key!r}, which the sweep takes from the dataset")
+
+    @property
+    def allowed_imports(self) -> tuple[str, ...]:
+        """The modules this config may import (see the class docstring)."""
+        return getattr(self, "_allowed", ())
+
+    @property
+    def importable(self) -> bool:
+        """Whether this network can be built here: it imports nothing of the user's, or what it imports is allowed."""
+        return import_allowed(self.arch, self.allowed_imports)
 
     def described(self) -> dict[str, Any]:
         """The config as plain data for keys and checkpoints; without ``kwargs`` when there are none, so
@@ -188,11 +224,24 @@ class ModelConfig:
                 parts.append(str(value) if knob == "norm" else f"{knob[0]}{value:g}")
         return "-".join(parts)
 
-    def build(self, num_classes: int = 10, in_shape: tuple[int, ...] = (1, 28, 28)) -> nn.Module:
-        """A freshly initialised network (under the current torch RNG state)."""
+    def build(
+        self,
+        num_classes: int = 10,
+        in_shape: tuple[int, ...] = (1, 28, 28),
+        *,
+        allow_import: Iterable[str] | str | None = None,
+    ) -> nn.Module:
+        """A freshly initialised network (under the current torch RNG state).
+
+        ``allow_import`` adds modules to the config's own allowance for this build.
+
+        Raises:
+            ImportRefused: the network's module is not allowed (nothing was imported).
+        """
         if is_external(self.arch):
+            allowed = (*self.allowed_imports, *allowed_modules(allow_import))
             knobs = {k: getattr(self, k) for k in KNOBS}
-            return build_external(self.arch, self.options, knobs, num_classes, tuple(in_shape))
+            return build_external(self.arch, self.options, knobs, num_classes, tuple(in_shape), allowed)
         model = ARCHS[self.arch].build(
             width=self.width, depth=self.depth, norm=self.norm, num_classes=num_classes, in_shape=tuple(in_shape)
         )
@@ -207,17 +256,21 @@ class ModelConfig:
 
         Raises:
             SpecError: naming the module and op whose symmetry cannot be derived.
+            ImportRefused: the network's module is not allowed (nothing was imported).
         """
+        check_allowed(self.arch, self.allowed_imports)  # before the cache: another config may have built it
         return _spec(self, num_classes, tuple(in_shape))
 
     def skeleton(self, num_classes: int = 10, in_shape: tuple[int, ...] = (1, 28, 28)) -> nn.Module:
         """This network on the meta device (no memory; on the CPU when the factory computes with
         tensors while building), built once per process: for shapes, FLOPs and specs, not for training."""
+        check_allowed(self.arch, self.allowed_imports)
         return _meta_build(self, num_classes, tuple(in_shape))
 
     @property
     def has_batchnorm(self) -> bool:
         """Whether the network has BatchNorm layers (what RESET needs); read off a meta-device build."""
+        check_allowed(self.arch, self.allowed_imports)
         return _has_batchnorm(self)
 
 
@@ -267,6 +320,7 @@ def build_model(
     norm: str | None = None,
     num_classes: int = 10,
     in_shape: tuple[int, ...] = (1, 28, 28),
+    allow_import: Iterable[str] | str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a freshly initialised network of the zoo, of torchvision or of a factory (see :class:`ModelConfig`).
@@ -281,8 +335,11 @@ def build_model(
         norm: ``none``, ``batch`` or ``layer`` (resnets: ``batch`` or ``layer``).
         num_classes: outputs of the classifier.
         in_shape: (channels, height, width) of one input.
+        allow_import: the modules (or packages above them) a ``package.module:factory`` may import;
+            nothing else is imported (torchvision's builders need no allowance).
+        kwargs: keyword arguments of a torchvision builder or a factory.
     """
-    return ModelConfig(arch, width, depth, norm, kwargs).build(num_classes, in_shape)
+    return ModelConfig(arch, width, depth, norm, kwargs, allow_import).build(num_classes, in_shape)
 
 
 def permutation_spec(model: nn.Module, example_input: Any = None) -> PermutationSpec:
@@ -307,4 +364,4 @@ def permutation_spec(model: nn.Module, example_input: Any = None) -> Permutation
     return model.permutation_spec()
 
 
-__all__ = ["ARCHS", "Arch", "ModelConfig", "build_model", "permutation_spec"]
+__all__ = ["ARCHS", "Arch", "ImportRefused", "ModelConfig", "build_model", "permutation_spec"]

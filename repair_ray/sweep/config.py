@@ -6,15 +6,19 @@ core objects the values become (``ModelConfig``, ``TrainConfig``, ``PairSettings
 registry): this module builds those objects and puts the YAML key path in front of their
 :class:`~repair_ray.SettingError` problems. Only the rules of a sweep alone (its name, seeds,
 pairing, resources, retries) are written here. This module imports no Ray.
+
+A network named ``package.module:factory`` is imported only when the caller allows its module
+(``allow_import``); a config read back from a sweep folder (``stored=True``) imports nothing.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,17 +26,26 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..datasets import check_dataset, dataset_in_shape, dataset_num_classes
+from ..datasets import check_dataset, dataset_files, dataset_in_shape, dataset_num_classes
 from ..errors import SettingError, unknown_choice
 from ..io import storage
-from ..models import ModelConfig, _meta_build
+from ..models import ModelConfig
+from ..models.external import allowed_modules, refusal
 from ..models.fold import fold_problem
 from ..pair import METHOD_FIELDS, PRESETS, PairSettings, correction_applies
 from ..permutation import SpecError
 from ..pruning import imp_sparsity, prunable_count
 from ..training import TrainConfig
 from .planning import Branch, ModelPlan, model_key, pairing, stack_size
-from .schema import DatasetSection, FirstPairs, ModelGrid, Resources, SweepSection, describe_validation_error
+from .schema import (
+    DatasetSection,
+    FirstPairs,
+    ModelGrid,
+    Resources,
+    SweepSection,
+    describe_validation_error,
+    key_path,
+)
 
 
 class ConfigError(ValueError):
@@ -71,6 +84,11 @@ class SweepConfig:
     pair_retries: int
     train_retries: int
     raw: dict[str, Any]
+    # the modules the networks may import (--allow-import): they travel with the trials and pair tasks
+    allow_import: tuple[str, ...] = ()
+    # model key -> whether its network has BatchNorm (which corrections apply): read off the network where it
+    # may be built, else from what the sweep folder recorded (a stored config whose code is not imported)
+    batchnorm: Mapping[str, bool] = field(default_factory=dict)
     # stack_size's estimates, once per model config (init=False: a copy made by dataclasses.replace starts empty)
     _stack_sizes: dict[tuple[str, float, int | None], int] = field(
         default_factory=dict, init=False, compare=False, repr=False
@@ -108,8 +126,14 @@ class SweepConfig:
         return sum(len(m.pairs) for m in self.models)
 
 
-def load_config(path: str | Path, *, storage_override: str | None = None) -> SweepConfig:
-    """Read, validate and expand a sweep config file; raises :class:`ConfigError`."""
+def load_config(
+    path: str | Path,
+    *,
+    storage_override: str | None = None,
+    allow_import: Iterable[str] | str | None = (),
+    check_files: bool = True,
+) -> SweepConfig:
+    """Read, validate and expand a sweep config file; raises :class:`ConfigError` (see :func:`parse_config`)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -119,24 +143,100 @@ def load_config(path: str | Path, *, storage_override: str | None = None) -> Swe
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    return parse_config(data, source=str(path), storage_override=storage_override)
+    return parse_config(
+        data, source=str(path), storage_override=storage_override, allow_import=allow_import, check_files=check_files
+    )
 
 
-def parse_config(data: Any, *, source: str = "<config>", storage_override: str | None = None) -> SweepConfig:
-    """Validate and expand an already-parsed config mapping; raises :class:`ConfigError`."""
+def parse_config(
+    data: Any,
+    *,
+    source: str = "<config>",
+    storage_override: str | None = None,
+    allow_import: Iterable[str] | str | None = (),
+    check_files: bool = True,
+    stored: bool = False,
+) -> SweepConfig:
+    """Validate and expand an already-parsed config mapping; raises :class:`ConfigError` listing every problem.
+
+    Args:
+        allow_import: the modules (or packages above them) that ``arch: package.module:factory``
+            may import. Naming a module runs its code, so a network whose module is not allowed is
+            a problem of ``models[i].arch`` and nothing is imported. torchvision's builders need
+            no allowance.
+        check_files: check that the dataset's files are on this machine (an image folder must be;
+            a torchvision dataset missing here is a warning, since the workers download it).
+        stored: a config read back from a sweep folder (``status``, ``report``): networks named
+            by a module are kept as plain data, never imported, and the checks that need their code
+            are skipped; no file is checked.
+    """
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: the config must be a mapping of keys (name, models, ...), got {type(data).__name__}"
         )
     try:
-        section = SweepSection.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(_invalid(source, describe_validation_error(error))) from None
-    problems: list[str] = []
-    config = _expand(section, data, source, problems, storage_override)
+        allowed = () if stored else allowed_modules(allow_import)
+    except ValueError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    section, problems, removed = _validate(data)
+    if section is None:
+        raise ConfigError(_invalid(source, problems))
+    found = len(problems)
+    config = _expand(section, data, source, problems, storage_override, allowed, check_files and not stored, stored)
+    # a key pydantic rejected was left out to check the rest: what follows from its absence is not news
+    problems[found:] = [p for p in problems[found:] if not _follows_from(p, removed)]
     if problems or config is None:
         raise ConfigError(_invalid(source, problems))
     return config
+
+
+def _validate(data: dict[str, Any]) -> tuple[SweepSection | None, list[str], tuple[str, ...]]:
+    """The config's sections, with pydantic's problems; a key of the wrong type or an unknown key is
+    left out (its default taken) so that the problems of every other key are found too.
+
+    Returns the section (None when even without the rejected keys the document has no shape),
+    pydantic's problems, and the key paths left out.
+    """
+    problems: list[str] = []
+    removed: list[tuple[Any, ...]] = []
+    data = copy.deepcopy(data)
+    for _ in range(3):  # each round leaves out what pydantic rejected; a required key missing ends it
+        try:
+            return SweepSection.model_validate(data), problems, tuple(key_path(p) for p in removed)
+        except ValidationError as error:
+            problems += [p for p in describe_validation_error(error) if p not in problems]
+            paths = {_key_of(data, item["loc"]) for item in error.errors()}
+            if any(item["type"] == "missing" for item in error.errors()) or None in paths:
+                return None, problems, ()
+            for path in sorted(paths, key=len):
+                if not any(path[: len(done)] == done for done in removed):
+                    _pop(data, path)
+                    removed.append(path)
+    return None, problems, ()
+
+
+def _key_of(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The path of the deepest mapping key on ``loc`` that ``data`` holds (None: not even the first);
+    pydantic's locations may end in the alternatives of a union, which the data does not hold."""
+    node, path, deepest = data, (), None
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            deepest = (*path, part)
+        elif not (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            break
+        node, path = node[part], (*path, part)
+    return deepest
+
+
+def _pop(data: Any, path: tuple[Any, ...]) -> None:
+    for part in path[:-1]:
+        data = data[part]
+    data.pop(path[-1], None)
+
+
+def _follows_from(problem: str, keys: tuple[str, ...]) -> bool:
+    """Whether ``problem`` is about one of ``keys`` (or a key inside it)."""
+    return any(problem.startswith(key) and problem[len(key) : len(key) + 1] in (":", ".", "[", " ") for key in keys)
 
 
 def _invalid(source: str, problems: list[str]) -> str:
@@ -195,7 +295,14 @@ def _pair_key(setting: str) -> str:
 
 
 def _expand(
-    s: SweepSection, raw: dict[str, Any], source: str, problems: list[str], storage_override: str | None
+    s: SweepSection,
+    raw: dict[str, Any],
+    source: str,
+    problems: list[str],
+    storage_override: str | None,
+    allowed: tuple[str, ...],
+    check_files: bool,
+    stored: bool,
 ) -> SweepConfig | None:
     where = storage_override or s.storage
     if (reason := storage.unsupported(where)) is not None:
@@ -203,7 +310,7 @@ def _expand(
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name):
         problems.append(f"name: must be letters, digits, '_', '.', '-' (it names a folder), got {s.name!r}")
 
-    dataset = _dataset(s.dataset, problems)
+    dataset = _dataset(s.dataset, problems, check_files, source)
     train = _train(s, problems)
     seeds = _seeds(s.seeds, problems)
     settings = _build(
@@ -229,10 +336,10 @@ def _expand(
     _check_sweep_settings(s, problems)
     if not s.models:
         problems.append("models: must list at least one model grid")
-    model_configs = _model_grid(s.models, problems)
+    model_configs = _model_grid(s.models, problems, allowed, refuse=not stored)
     if problems or dataset is None or train is None or seeds is None or settings is None:
         return None
-    _check_specs(model_configs, dataset, settings, problems)
+    _check_specs([(i, mc) for i, mc in model_configs if mc.importable], dataset, settings, problems)
     if problems:
         return None
 
@@ -250,7 +357,7 @@ def _expand(
         seen[key] = i
         if branches is None:
             plans.append(ModelPlan(key, mc, tuple(seeds), tuple(pair_list)))
-        prunable = _prunable_count(mc, dataset) if s.imp is not None else None
+        prunable = _prunable_count(mc, dataset) if s.imp is not None and mc.importable else None
         keys: dict[Branch, str] = {}
         for branch in branches or ():
             child_key = keys[branch] = model_key(mc, train, dataset.as_dict(), branch)
@@ -262,7 +369,8 @@ def _expand(
                     before = _imp_branch(branch.trunk_seed, branch.epoch, branch.imp_round - 1, rate, seeds[0])
                     extra["prune_from"] = keys[before]
             plans.append(ModelPlan(child_key, mc, tuple(seeds), tuple(pair_list), branch, key, **extra))
-    _warn_skipped_corrections(plans, settings, source)
+    batchnorm = {plan.model_key: plan.model.has_batchnorm for plan in plans if plan.model.importable}
+    _warn_skipped_corrections(plans, batchnorm, settings, source)
     return SweepConfig(
         name=s.name,
         storage=storage.normalize(storage_override or s.storage),
@@ -283,6 +391,8 @@ def _expand(
         pair_retries=s.pair_retries,
         train_retries=s.train_retries,
         raw=raw,
+        allow_import=allowed,
+        batchnorm=batchnorm,
     )
 
 
@@ -396,7 +506,7 @@ def _check_specs(
         if in_shape is None or num_classes is None:
             continue  # an image folder: its shape is known only from its files, so the workers check it
         if settings.fold_batchnorm:
-            why = fold_problem(_meta_build(mc, num_classes, in_shape))
+            why = fold_problem(mc.skeleton(num_classes, in_shape))
             if why is not None:
                 problems.append(f"models[{i}] ({mc.label}): eval.fold_batchnorm: {why}")
                 continue
@@ -419,13 +529,16 @@ def _check_specs(
             )
 
 
-def _warn_skipped_corrections(plans: list[ModelPlan], settings: PairSettings, source: str) -> None:
+def _warn_skipped_corrections(
+    plans: list[ModelPlan], batchnorm: Mapping[str, bool], settings: PairSettings, source: str
+) -> None:
     skipped = sorted(
         {
             (correction, plan.model_key)
             for plan in plans
+            if plan.model_key in batchnorm
             for correction in settings.corrections
-            if not correction_applies(correction, batchnorm=plan.model.has_batchnorm and not settings.fold_batchnorm)
+            if not correction_applies(correction, batchnorm=batchnorm[plan.model_key] and not settings.fold_batchnorm)
         }
     )
     for correction in dict.fromkeys(c for c, _ in skipped):
@@ -439,7 +552,7 @@ def _warn_skipped_corrections(plans: list[ModelPlan], settings: PairSettings, so
         )
 
 
-def _dataset(value: str | DatasetSection, problems: list[str]) -> DatasetSpec | None:
+def _dataset(value: str | DatasetSection, problems: list[str], check_files: bool, source: str) -> DatasetSpec | None:
     name, options = (value, {}) if isinstance(value, str) else (value.name, dict(value.model_extra or {}))
     prefix = "dataset" if isinstance(value, str) else "dataset.name"
 
@@ -447,6 +560,12 @@ def _dataset(value: str | DatasetSection, problems: list[str]) -> DatasetSpec | 
         return prefix if setting == "name" else f"dataset.{setting}"
 
     ok = _build(lambda: check_dataset(name, options) or True, key_of, problems)
+    if ok and check_files:
+        missing, downloads = dataset_files(name, options)
+        if missing is not None and downloads:
+            warnings.warn(f"{source}: {missing}; the workers will try to download it", stacklevel=4)
+        elif missing is not None:
+            problems.append(f"{prefix}: {missing} (on this machine)")
     return DatasetSpec(name, options) if ok else None
 
 
@@ -486,7 +605,11 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _model_grid(grids: list[ModelGrid], problems: list[str]) -> list[tuple[int, ModelConfig]]:
+def _model_grid(
+    grids: list[ModelGrid], problems: list[str], allowed: tuple[str, ...], *, refuse: bool
+) -> list[tuple[int, ModelConfig]]:
+    """Every model config of the grids. A network whose module is not allowed is a problem of its
+    ``arch`` (nothing is imported) when ``refuse``; otherwise (a stored config) it is kept as data."""
     out = []
     for i, g in enumerate(grids):
         widths, depths, norms = _as_list(g.width), _as_list(g.depth), _as_list(g.norm)  # None: not set
@@ -496,11 +619,13 @@ def _model_grid(grids: list[ModelGrid], problems: list[str]) -> list[tuple[int, 
         found = len(problems)
         for w, d, n in itertools.product(widths, depths, norms):
             config = _build(
-                lambda arch=g.arch, w=w, d=d, n=n, kw=g.kwargs: ModelConfig(arch, w, d, n, kw),
+                lambda arch=g.arch, w=w, d=d, n=n, kw=g.kwargs: ModelConfig(arch, w, d, n, kw, allowed),
                 lambda k, i=i: f"models[{i}].{k}",
                 problems,
             )
-            if config is not None:
+            if config is not None and refuse and not config.importable:
+                problems.append(f"models[{i}].arch: {refusal(g.arch)}")
+            elif config is not None:
                 out.append((i, config))
         if len(problems) > found:  # one bad value spoils its whole grid; report each problem once
             problems[found:] = list(dict.fromkeys(problems[found:]))

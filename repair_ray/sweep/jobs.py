@@ -10,6 +10,7 @@ dashboard. The cluster's nodes bring their own (see clusters/README.md).
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -40,17 +41,20 @@ def submit(
     address: str | None,
     submission_id: str | None = None,
     py_modules: Sequence[str] = (),
+    allow_import: Sequence[str] = (),
 ) -> str:
     """Submit ``repair-ray run`` of an already validated config; returns the job's submission id.
 
     ``py_modules``: the user's own code (package folders, module files, wheels) that the config's
     networks import, shipped to the driver and every worker with this version of repair_ray.
+    ``allow_import``: the modules the job's ``repair-ray run`` may import (its ``--allow-import``).
     """
     import repair_ray
 
     with tempfile.TemporaryDirectory(prefix="repair-ray-job-") as folder:
         Path(folder, "sweep.yaml").write_text(yaml.safe_dump(config_data, sort_keys=False))
         entrypoint = "python -m repair_ray run sweep.yaml"  # RAY_ADDRESS is set for it: it joins the cluster
+        entrypoint += "".join(f" --allow-import {shlex.quote(module)}" for module in allow_import)
         runtime_env = {
             "working_dir": folder,
             "py_modules": [os.path.dirname(repair_ray.__file__), *(os.path.abspath(p) for p in py_modules)],

@@ -62,6 +62,8 @@ def stage_context(config: SweepConfig, threads: float, gpu: float = 0.0) -> dict
         "analysis_keys": analysis_keys(config.pair_settings, config.dataset.as_dict()),
         "threads": threads,
         "models": {plan.model_key: asdict(plan.model) for plan in config.models},
+        "batchnorm": dict(config.batchnorm),
+        "allow_import": list(config.allow_import),  # what the driver was allowed to import, not the worker's env
         "lineage": {plan.model_key: plan.lineage() for plan in config.models},
     }
 
@@ -96,7 +98,7 @@ def failed_rows(context: dict[str, Any], job: Job, error: str, device: str = "")
             "error": error,
             "finished_at": now,
         }
-        for align, correction in _job_settings(context, job).methods(batchnorm=ModelConfig(**model).has_batchnorm)
+        for align, correction in _job_settings(context, job).methods(batchnorm=context["batchnorm"][job[0]])
     ]
     return {"pairs": rows, "curves": [], "layers": []}
 
@@ -109,7 +111,7 @@ def pair_task(context: dict[str, Any], job: Job) -> dict[str, list[dict[str, Any
     """
     started_at = utc_now()
     device = setup_worker(context["threads"])
-    model_config = ModelConfig(**context["models"][job[0]])
+    model_config = ModelConfig(**context["models"][job[0]], allow_import=context["allow_import"])
     try:
         dataset = cached_dataset(context["dataset"], device)
         models = []
@@ -212,7 +214,9 @@ class PairQueue:
         self.ready: collections.deque[Job] = collections.deque()
         self.trained: dict[tuple[str, int], str] = {}
         # the methods each model config needs, and each seed's pairs: computed once, looked up per seed
-        self.expected = {p.model_key: self.settings.methods(batchnorm=p.model.has_batchnorm) for p in config.models}
+        self.expected = {
+            p.model_key: self.settings.methods(batchnorm=config.batchnorm[p.model_key]) for p in config.models
+        }
         self.partners: dict[str, dict[int, list[tuple[int, int]]]] = {}
         for plan in config.models:
             partners: dict[int, list[tuple[int, int]]] = {seed: [] for seed in plan.seeds}

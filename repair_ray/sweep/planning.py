@@ -236,7 +236,8 @@ def sample_forward_passes(config: SweepConfig) -> int | None:
     s = config.pair_settings
     train_eval = n_train if s.train_samples is None else min(n_train, s.train_samples)
     return sum(
-        len(plan.pairs) * sample_forwards(s, train_eval, n_test, batchnorm=plan.model.has_batchnorm, n_train=n_train)
+        len(plan.pairs)
+        * sample_forwards(s, train_eval, n_test, batchnorm=config.batchnorm[plan.model_key], n_train=n_train)
         for plan in config.models
     )
 

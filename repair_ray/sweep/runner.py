@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import queue
 import threading
 import time
@@ -19,6 +21,9 @@ from .planning import analysis_keys, model_outcomes, read_pair_state
 from .train_stage import TrainStageSummary, checkpoint_uri, plan_trials, run_train_stage
 
 CONFIG_NAME = "sweep.yaml"
+# what the networks of the current config are, as far as readers of the folder need it without
+# building them (a network named by a module is never imported to read a sweep): {"batchnorm": {key: bool}}
+NETWORKS_NAME = "networks.json"
 
 
 @dataclass
@@ -54,6 +59,8 @@ def run_sweep(
     say(f"[sweep] {config.name}: {config.n_trials} trials, {config.n_pairs} pairs -> {config.root}")
     keys = analysis_keys(config.pair_settings, config.dataset.as_dict())
     write_current_keys(config.root, [p.model_key for p in config.models], sorted(set(keys.values())))
+    networks = {"batchnorm": dict(sorted(config.batchnorm.items()))}
+    storage.write_bytes_atomic(storage.join(config.root, NETWORKS_NAME), json.dumps(networks, indent=1).encode())
     try:
         check_resources(config)
         train, pairs = _run_stages(config, say)
@@ -110,16 +117,33 @@ def _run_stages(config: SweepConfig, say: Callable[[str], None]) -> tuple[TrainS
 
 
 def load_sweep_config(root: str) -> SweepConfig:
-    """The config a sweep was last run with (its ``sweep.yaml``), pointed at ``root``."""
+    """The config a sweep was last run with (its ``sweep.yaml``), pointed at ``root``.
+
+    Whoever can write to the folder writes this config, so it imports nothing: a network named by
+    a module is kept as data, and whether it has BatchNorm is what the run recorded
+    (``networks.json``; without the record, that it has none).
+    """
     root = storage.normalize(root)
     uri = storage.join(root, CONFIG_NAME)
     if not storage.exists(uri):
         raise FileNotFoundError(f"no sweep at {root}: {CONFIG_NAME} is missing")
     data = yaml.safe_load(storage.read_bytes(uri))
-    config = parse_config(data, source=uri, storage_override=storage.parent(root))
+    config = parse_config(data, source=uri, storage_override=storage.parent(root), stored=True)
     if config.name != storage.basename(root):
         raise ValueError(f"{uri} names the sweep {config.name!r} but lies in {root}: was the folder renamed?")
-    return config
+    recorded = _recorded_batchnorm(root)
+    batchnorm = {
+        p.model_key: config.batchnorm.get(p.model_key, recorded.get(p.model_key, False)) for p in config.models
+    }
+    return dataclasses.replace(config, batchnorm=batchnorm)
+
+
+def _recorded_batchnorm(root: str) -> dict[str, bool]:
+    try:
+        recorded = json.loads(storage.read_bytes(storage.join(root, NETWORKS_NAME))).get("batchnorm", {})
+    except (FileNotFoundError, ValueError, AttributeError):
+        return {}
+    return {str(k): v for k, v in recorded.items() if isinstance(v, bool)} if isinstance(recorded, dict) else {}
 
 
 @dataclass

@@ -77,6 +77,7 @@ def trial_spec(
         "seeds": list(seeds),
         "together": len(seeds) > 1 if together is None else bool(together),
         "model": asdict(plan.model),
+        "allow_import": list(config.allow_import),  # what the driver was allowed to import, not the worker's env
         "train": asdict(config.train),
         "dataset": config.dataset.as_dict(),
         "checkpoint_every": config.checkpoint_every,
@@ -114,6 +115,7 @@ def trunk_specs(config: SweepConfig, todo: list[tuple[ModelPlan, int]], threads:
             "seeds": [seed],
             "epochs": sorted(epochs[(key, seed)]),
             "model": asdict(model[key]),
+            "allow_import": list(config.allow_import),
             "train": asdict(config.train),
             "dataset": config.dataset.as_dict(),
             "threads": threads,
@@ -175,7 +177,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
     mask = next_imp_mask(spec["prune_from"], spec["imp_rate"]) if "prune_from" in spec else None
     trainers = [
         Trainer(
-            ModelConfig(**spec["model"]),
+            ModelConfig(**spec["model"], allow_import=spec.get("allow_import", ())),
             TrainConfig(**spec["train"]),
             dataset,
             seed=seed,
@@ -240,7 +242,11 @@ def _write_result_row(
     extra = {}
     if lineage.get("imp_round") is not None and lineage.get("sparsity") is None and result.state_dict is not None:
         # a dataset whose shape only its files tell: the sparsity of the trained weights
-        names = prunable_names(ModelConfig(**spec["model"]).build(dataset.num_classes, dataset.in_shape))
+        names = prunable_names(
+            ModelConfig(**spec["model"], allow_import=spec.get("allow_import", ())).build(
+                dataset.num_classes, dataset.in_shape
+            )
+        )
         extra["sparsity"] = weight_sparsity(result.state_dict, names)
     write_rows(
         models_row_uri(spec["root"], spec["model_key"], seed),
@@ -275,7 +281,7 @@ def run_trunk(spec: dict[str, Any], report: Report) -> dict[int, str | None]:
     dataset = cached_dataset(spec["dataset"], device)
     (seed,) = spec["seeds"]
     train_trunk(
-        ModelConfig(**spec["model"]),
+        ModelConfig(**spec["model"], allow_import=spec.get("allow_import", ())),
         TrainConfig(**spec["train"]),
         dataset,
         seed=seed,
