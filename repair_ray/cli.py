@@ -245,6 +245,11 @@ def validate(
 )
 @click.option("--num-cpus", type=int, help="CPUs of the local Ray started when no --address is given.")
 @_allow_import_option
+@click.option(
+    "--take-over",
+    is_flag=True,
+    help="Take the sweep's lease even from a run that looks alive (use only when you know it is dead).",
+)
 def run(
     config_path: str | None,
     example: str | None,
@@ -252,16 +257,20 @@ def run(
     address: str | None,
     num_cpus: int | None,
     allow_import: tuple[str, ...],
+    take_over: bool,
 ) -> None:
     """Run (or resume) the sweep in CONFIG (or --example NAME): train every seed, analyse every pair.
 
+    One run writes a sweep at a time: it holds the lease STORAGE/SWEEP/lease.json while it lives.
     Exit status: 0 when every trial and pair succeeded, 1 when the sweep ran but some failed
-    (listed, with their reasons), 2 for a bad config or usage.
+    (listed, with their reasons), 2 for a bad config or usage, 3 when another run holds the sweep
+    (or took it over while this one ran).
     """
     from .io import storage
     from .io.tables import load_tables
     from .report import compact_summary, summarise
     from .sweep.config import ConfigError
+    from .sweep.lease import LeaseHeld, LeaseLost
     from .sweep.runner import run_sweep
 
     config = _load(config_path, example, storage_uri, allow_import)
@@ -270,9 +279,13 @@ def run(
     except OSError as error:
         _fail(str(error))
     try:
-        result = run_sweep(config, address=address, num_cpus=num_cpus, say=lambda m: click.echo(m, err=False))
+        result = run_sweep(
+            config, address=address, num_cpus=num_cpus, say=lambda m: click.echo(m, err=False), take_over=take_over
+        )
     except ConfigError as error:  # a resource request that no node of the cluster can ever hold
         _fail(str(error))
+    except (LeaseHeld, LeaseLost) as error:
+        _fail(str(error), code=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rows of other settings: the summary is of this config's only
         tables = load_tables(config.root)
@@ -406,13 +419,21 @@ def stop(job_id: str, address: str | None) -> None:
 @main.command()
 @click.argument("sweep_path", metavar="STORAGE/SWEEP")
 def status(sweep_path: str) -> None:
-    """Trained / failed / missing models and done / failed / missing pairs of a sweep."""
+    """Trained / failed / missing models and done / failed / missing pairs of a sweep, and who runs it."""
+    import time
+
+    from .sweep.lease import read_holder
     from .sweep.runner import sweep_status
 
     try:
         s = sweep_status(sweep_path)
+        holder = read_holder(sweep_path)
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
+    if holder is not None:
+        now = time.time()
+        state = "stale: its run looks dead" if holder.stale(now) else "running"
+        click.echo(f"run:    {state}, {holder.describe(now)}")
     click.echo(
         f"models: {s.models_ok} trained, {s.models_failed} failed, {s.models_missing} missing (of {s.models_expected})"
     )
@@ -432,7 +453,10 @@ def compact(sweep_path: str, every: bool) -> None:
     from .io import storage
     from .io.tables import COMPACT_AFTER, compact_table, table_files
 
-    root = storage.normalize(sweep_path)
+    try:
+        root = storage.normalize(sweep_path)
+    except ValueError as error:
+        _fail(str(error))
     if not storage.exists(storage.join(root, "tables")):
         _fail(f"no tables at {root}")
     for table in ("models", "pairs", "curves", "layers"):

@@ -8,6 +8,7 @@ absolute, so a URI means the same file from any working directory (Ray workers c
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from urllib.parse import urlsplit
 
@@ -23,12 +24,92 @@ def _scheme(uri: str) -> str:
 SCHEMES = {"": "a local path", "file": "file://", "s3": "s3://", "gs": "gs://"}
 
 
-def unsupported(uri: str | os.PathLike[str]) -> str | None:
-    """Why ``uri`` cannot be a storage location (None when its scheme is supported)."""
-    scheme = _scheme(os.fspath(uri))
-    if scheme in SCHEMES:
+# Where storage options and credentials go instead of the URI (the message of a refused URI says so).
+_OPTIONS_HINT = (
+    "set the region and endpoint in the environment (AWS_DEFAULT_REGION, AWS_ENDPOINT_URL; they travel to "
+    "the workers) or in ~/.aws/config"
+)
+_CREDENTIALS_HINT = (
+    "give credentials the standard way instead: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE "
+    "(~/.aws/credentials) or an instance role for s3://, GOOGLE_APPLICATION_CREDENTIALS or workload identity "
+    "for gs://; a URI is saved in sweep.yaml, printed and logged"
+)
+_SECRET_QUERY_KEY = re.compile(r"secret|token|password|passwd|key|credential|signature|session|auth", re.IGNORECASE)
+
+
+class StorageURIError(ValueError):
+    """A storage URI that cannot be used as it is; the message never holds a credential of it."""
+
+
+def _split_credentials(uri: str) -> tuple[str, str] | None:
+    """``(scheme, rest after the credentials)`` when ``uri`` carries credentials before its bucket
+    (``s3://KEY:SECRET@bucket/...``, ``gs://user@bucket``), else None. A secret may hold ``/``, so
+    an authority with ``:`` (never part of a bucket name) counts too."""
+    scheme = _scheme(uri)
+    if scheme == "":
         return None
-    return f"unsupported storage scheme {scheme + '://'!r}; use {', '.join(SCHEMES.values())}"
+    rest = uri.split("://", 1)[1]
+    before_query = re.split(r"[?#]", rest, maxsplit=1)[0]
+    authority = before_query.split("/", 1)[0]
+    if "@" not in authority and ":" not in authority:
+        return None
+    if "@" in before_query:
+        return scheme, before_query.rsplit("@", 1)[1] + rest[len(before_query) :]
+    return scheme, ""
+
+
+def redact(uri: str | os.PathLike[str]) -> str:
+    """``uri`` safe to print: credentials before the bucket and every query value replaced by ``***``."""
+    uri = os.fspath(uri)
+    if _scheme(uri) == "":
+        return uri
+    credentials = _split_credentials(uri)
+    if credentials is not None:
+        scheme, rest = credentials
+        uri = f"{scheme}://***@{rest}" if rest else f"{scheme}://***"
+    head, mark, query = uri.partition("?")
+    if mark:
+        query, hash_mark, fragment = query.partition("#")
+        query = "&".join(f"{item.split('=', 1)[0]}=***" if "=" in item else item for item in query.split("&"))
+        uri = f"{head}?{query}{hash_mark}{'***' if fragment else ''}"
+    elif "#" in uri:
+        uri = uri.split("#", 1)[0] + "#***"
+    return uri
+
+
+def refused(uri: str | os.PathLike[str]) -> str | None:
+    """Why ``uri`` is refused as it is (credentials, query options), with the URI redacted; None if fine.
+
+    Local paths may hold any character. A URI's query would be joined after (``s3://b/p?region=x/sweep``)
+    and its credentials saved in ``sweep.yaml`` and printed, so both are refused before anything is written.
+    """
+    uri = os.fspath(uri)
+    if _scheme(uri) == "":
+        return None
+    shown = redact(uri)
+    query = urlsplit(uri).query if _split_credentials(uri) is None else ""
+    secret_keys = [
+        k for k in (item.split("=", 1)[0] for item in query.split("&") if item) if _SECRET_QUERY_KEY.search(k)
+    ]
+    if _split_credentials(uri) is not None or secret_keys:
+        return f"storage URI {shown} holds credentials; {_CREDENTIALS_HINT}"
+    if "?" in uri or "#" in uri:
+        return f"storage URI {shown} has a query or fragment, which repair_ray does not pass on; {_OPTIONS_HINT}"
+    return None
+
+
+def check(uri: str | os.PathLike[str]) -> None:
+    """Raise :class:`StorageURIError` when :func:`refused` refuses ``uri``."""
+    if (reason := refused(uri)) is not None:
+        raise StorageURIError(reason)
+
+
+def unsupported(uri: str | os.PathLike[str]) -> str | None:
+    """Why ``uri`` cannot be a storage location (None when it can): its scheme, credentials or query."""
+    scheme = _scheme(os.fspath(uri))
+    if scheme not in SCHEMES:
+        return f"unsupported storage scheme {scheme + '://'!r}; use {', '.join(SCHEMES.values())}"
+    return refused(uri)
 
 
 def is_local(uri: str | os.PathLike[str]) -> bool:
@@ -37,8 +118,13 @@ def is_local(uri: str | os.PathLike[str]) -> bool:
 
 
 def normalize(uri: str | os.PathLike[str]) -> str:
-    """``uri`` with a plain local path made absolute (``~`` expanded); other URIs unchanged."""
+    """``uri`` with a plain local path made absolute (``~`` expanded); other URIs unchanged.
+
+    Every helper here goes through this: a URI with credentials or a query raises
+    :class:`StorageURIError` (redacted) before anything is read or written.
+    """
     uri = os.fspath(uri)
+    check(uri)
     return os.path.abspath(os.path.expanduser(uri)) if _scheme(uri) == "" else uri
 
 

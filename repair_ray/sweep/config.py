@@ -306,7 +306,7 @@ def _expand(
 ) -> SweepConfig | None:
     where = storage_override or s.storage
     if (reason := storage.unsupported(where)) is not None:
-        problems.append(f"{'--storage' if storage_override else 'storage'}: {reason}, got {where!r}")
+        problems.append(f"{'--storage' if storage_override else 'storage'}: {reason}, got {storage.redact(where)!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name):
         problems.append(f"name: must be letters, digits, '_', '.', '-' (it names a folder), got {s.name!r}")
 

@@ -16,6 +16,7 @@ from ..io import storage
 from ..io.tables import compact_tables, read_table, write_current_keys
 from .cluster import cluster_shape, connect, resolve_resources
 from .config import SweepConfig, parse_config
+from .lease import Lease
 from .pair_stage import PairQueue, PairStageSummary, run_pair_stage
 from .planning import analysis_keys, model_outcomes, read_pair_state
 from .train_stage import TrainStageSummary, checkpoint_uri, plan_trials, run_train_stage
@@ -48,8 +49,22 @@ def run_sweep(
     address: str | None = None,
     num_cpus: int | None = None,
     say: Callable[[str], None] = print,
+    take_over: bool = False,
 ) -> SweepResult:
-    """Run (or resume) a sweep on the Ray cluster at ``address`` (a local one when None)."""
+    """Run (or resume) a sweep on the Ray cluster at ``address`` (a local one when None).
+
+    The sweep's lease is taken first, before anything is written, and held until the run ends:
+    :class:`~repair_ray.sweep.lease.LeaseHeld` when another run holds it (``take_over`` takes it
+    anyway), :class:`~repair_ray.sweep.lease.LeaseLost` when another run took it over meanwhile.
+    """
+    stop = threading.Event()
+    with Lease(config.root, take_over=take_over, say=say, on_lost=stop.set):
+        return _run_sweep(config, address, num_cpus, say, stop)
+
+
+def _run_sweep(
+    config: SweepConfig, address: str | None, num_cpus: int | None, say: Callable[[str], None], stop: threading.Event
+) -> SweepResult:
     import ray
 
     started = time.time()
@@ -63,7 +78,7 @@ def run_sweep(
     storage.write_bytes_atomic(storage.join(config.root, NETWORKS_NAME), json.dumps(networks, indent=1).encode())
     try:
         check_resources(config)
-        train, pairs = _run_stages(config, say)
+        train, pairs = _run_stages(config, say, stop)
         compacted = compact_tables(config.root)
         if compacted:
             say(f"[sweep] compacted {compacted} table files")
@@ -81,11 +96,16 @@ def check_resources(config: SweepConfig) -> None:
         resolve_resources(spec, key, lambda _: None, shape)
 
 
-def _run_stages(config: SweepConfig, say: Callable[[str], None]) -> tuple[TrainStageSummary, PairStageSummary]:
-    """Both stages at once: the pair stage (a driver thread) starts each pair when its two networks exist."""
+def _run_stages(
+    config: SweepConfig, say: Callable[[str], None], stop: threading.Event | None = None
+) -> tuple[TrainStageSummary, PairStageSummary]:
+    """Both stages at once: the pair stage (a driver thread) starts each pair when its two networks exist.
+
+    Setting ``stop`` (the lease was lost) makes the pair stage finish what is in flight and start nothing new.
+    """
     trials = plan_trials(config)
     events: queue.Queue = queue.Queue()
-    stop = threading.Event()
+    stop = threading.Event() if stop is None else stop
     outcome: dict[str, object] = {}
 
     def pair_stage() -> None:

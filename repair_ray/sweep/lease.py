@@ -1,0 +1,460 @@
+"""One writer per sweep: a lease object, ``<sweep>/lease.json``, that ``run`` holds while it lives.
+
+``run`` takes the lease before it writes anything, a heartbeat thread renews it every quarter of
+its time to live, and the run deletes it when it ends, however it ends. A second ``run`` of the
+same sweep meets a live lease and stops with a message naming the holder; a lease whose heartbeat
+is older than its time to live (its run was killed) is taken over with a warning, and so is one
+whose process is gone on this very host. Readers (``status``, ``report``) never need it.
+
+Every change of the lease is a compare-and-swap, so two runs racing for it cannot both win:
+
+- local disks: under an exclusive ``flock`` of ``.lease.lock`` beside it, and a new lease appears by
+  ``link(2)`` of a complete temporary file (fails if one exists), a renewal by ``rename(2)``;
+- S3: conditional writes, ``PutObject`` with ``If-None-Match: *`` to create, ``If-Match: <ETag>`` to
+  renew or take over, ``DeleteObject`` with ``If-Match`` to release (through boto3);
+- other object stores (``gs://``): read, write, read back. Two runs starting within the same second
+  can both believe they won there; the heartbeat of the loser notices at its first renewal.
+
+Staleness compares the holder's heartbeat (UTC) with this machine's clock: clocks more than a few
+seconds apart need a longer ``REPAIR_RAY_LEASE_TTL``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from ..io import storage
+
+LEASE_NAME = "lease.json"
+TTL_ENV = "REPAIR_RAY_LEASE_TTL"
+DEFAULT_TTL = 120.0
+HEARTBEATS_PER_TTL = 4
+
+
+class LeaseHeld(RuntimeError):
+    """Another run holds the sweep's lease; the message names it and what to do."""
+
+
+class LeaseLost(RuntimeError):
+    """This run's lease was taken over (or could not be renewed); the run stopped."""
+
+
+def default_ttl() -> float:
+    """Seconds a lease lives without a heartbeat: ``$REPAIR_RAY_LEASE_TTL`` or 120."""
+    value = os.environ.get(TTL_ENV)
+    if not value:
+        return DEFAULT_TTL
+    try:
+        ttl = float(value)
+    except ValueError:
+        raise ValueError(f"{TTL_ENV} must be a number of seconds, got {value!r}") from None
+    if ttl <= 0:
+        raise ValueError(f"{TTL_ENV} must be positive, got {value!r}")
+    return ttl
+
+
+def _iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _seconds(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lease and how fresh it is (times in seconds since the epoch; stored as UTC)."""
+
+    host: str
+    pid: int
+    run_id: str
+    started_at: float
+    heartbeat: float
+    ttl: float
+
+    @property
+    def expires_at(self) -> float:
+        return self.heartbeat + self.ttl
+
+    def stale(self, now: float) -> bool:
+        return now > self.expires_at
+
+    def dead_here(self) -> bool:
+        """Whether the holder ran on this host and its process is gone (killed, crashed)."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # someone else's process: alive
+            return False
+        return False
+
+    def to_bytes(self) -> bytes:
+        data = {**asdict(self), "expires_at": self.expires_at}
+        for key in ("started_at", "heartbeat", "expires_at"):
+            data[key] = _iso(data[key])
+        data["ttl_s"] = data.pop("ttl")
+        return json.dumps(data, indent=1).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Holder:
+        d = json.loads(data)
+        return cls(
+            host=str(d["host"]),
+            pid=int(d["pid"]),
+            run_id=str(d["run_id"]),
+            started_at=_seconds(d["started_at"]),
+            heartbeat=_seconds(d["heartbeat"]),
+            ttl=float(d["ttl_s"]),
+        )
+
+    def describe(self, now: float) -> str:
+        return (
+            f"host {self.host}, pid {self.pid} (run {self.run_id}), since {_iso(self.started_at)}, "
+            f"last heartbeat {_iso(self.heartbeat)} ({now - self.heartbeat:.0f}s ago)"
+        )
+
+
+def read_holder(root: str) -> Holder | None:
+    """The holder of the sweep's lease, or None when nobody holds it (or the lease is unreadable)."""
+    found = _store(storage.join(root, LEASE_NAME)).read()
+    if found is None:
+        return None
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        return Holder.from_bytes(found[0])
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Compare-and-swap stores: create / replace / delete succeed only against the version last seen
+
+
+class _Store(Protocol):
+    def read(self) -> tuple[bytes, Any] | None:
+        """``(content, version)`` of the lease, None when there is none."""
+
+    def create(self, data: bytes) -> Any | None:
+        """Write a new lease; its version, or None when a lease exists already."""
+
+    def replace(self, data: bytes, version: Any) -> Any | None:
+        """Overwrite the lease if it is still at ``version``; the new version, or None."""
+
+    def delete(self, version: Any) -> bool:
+        """Delete the lease if it is still at ``version``."""
+
+
+class _LocalStore:
+    """A file; every change under an exclusive ``flock`` of ``.lease.lock`` in the same folder."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock_path = os.path.join(os.path.dirname(path), ".lease.lock")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _temp(self, data: bytes) -> str:
+        temp = f"{self.path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        with open(temp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        return temp
+
+    def read(self) -> tuple[bytes, Any] | None:
+        try:
+            with open(self.path, "rb") as file:
+                data = file.read()
+        except FileNotFoundError:
+            return None
+        return data, data
+
+    def create(self, data: bytes) -> Any | None:
+        with self._locked():
+            temp = self._temp(data)
+            try:
+                os.link(temp, self.path)  # atomic, and fails if a lease exists: no half-written lease is seen
+            except FileExistsError:
+                return None
+            finally:
+                os.remove(temp)
+        return data
+
+    def replace(self, data: bytes, version: Any) -> Any | None:
+        with self._locked():
+            current = self.read()
+            if current is None or current[1] != version:
+                return None
+            os.replace(self._temp(data), self.path)
+        return data
+
+    def delete(self, version: Any) -> bool:
+        with self._locked():
+            current = self.read()
+            if current is None or current[1] != version:
+                return False
+            os.remove(self.path)
+        return True
+
+
+class _S3Store:
+    """An S3 object, changed with conditional requests (``If-None-Match: *``, ``If-Match: <ETag>``)."""
+
+    _LOST = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404", "412", "409"}
+
+    def __init__(self, uri: str) -> None:
+        import boto3  # endpoint, region and credentials from the standard AWS environment
+
+        parts = uri.split("://", 1)[1]
+        self.bucket, self.key = parts.split("/", 1)
+        self.client = boto3.client("s3")
+
+    def _code(self, error: Exception) -> str:
+        response = getattr(error, "response", None) or {}
+        return str(response.get("Error", {}).get("Code", ""))
+
+    def read(self) -> tuple[bytes, Any] | None:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        except self.client.exceptions.ClientError as error:
+            if self._code(error) in ("NoSuchKey", "404"):
+                return None
+            raise
+        return response["Body"].read(), response["ETag"]
+
+    def _put(self, data: bytes, **condition: str) -> Any | None:
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, **condition)["ETag"]
+        except self.client.exceptions.ClientError as error:
+            if self._code(error) in self._LOST:
+                return None
+            raise
+
+    def create(self, data: bytes) -> Any | None:
+        return self._put(data, IfNoneMatch="*")
+
+    def replace(self, data: bytes, version: Any) -> Any | None:
+        return self._put(data, IfMatch=version)
+
+    def delete(self, version: Any) -> bool:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=version)
+        except self.client.exceptions.ClientError as error:
+            if self._code(error) in self._LOST:
+                return False
+            if self._code(error) != "NotImplemented":
+                raise
+            # an S3-compatible store without conditional deletes: compare, then delete
+            current = self.read()
+            if current is None or current[1] != version:
+                return False
+            self.client.delete_object(Bucket=self.bucket, Key=self.key)
+        return True
+
+
+class _PlainStore:
+    """Any other store (``gs://``): read, write, read back; not race-free (see the module's docstring)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def read(self) -> tuple[bytes, Any] | None:
+        try:
+            data = storage.read_bytes(self.uri)
+        except FileNotFoundError:
+            return None
+        return data, data
+
+    def _write_checked(self, data: bytes) -> Any | None:
+        storage.write_bytes_atomic(self.uri, data)
+        time.sleep(0.5)  # let a racing writer's object land, then see whose is there
+        current = self.read()
+        return data if current is not None and current[0] == data else None
+
+    def create(self, data: bytes) -> Any | None:
+        return None if self.read() is not None else self._write_checked(data)
+
+    def replace(self, data: bytes, version: Any) -> Any | None:
+        current = self.read()
+        return None if current is None or current[1] != version else self._write_checked(data)
+
+    def delete(self, version: Any) -> bool:
+        current = self.read()
+        if current is None or current[1] != version:
+            return False
+        storage.remove(self.uri, missing_ok=True)
+        return True
+
+
+def _store(uri: str) -> _Store:
+    if storage.is_local(uri):
+        return _LocalStore(storage.resolve(uri)[1])
+    if uri.startswith("s3://"):
+        return _S3Store(uri)
+    return _PlainStore(uri)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class Lease:
+    """The lease of the sweep at ``root``; use as a context manager around everything a run writes.
+
+    ``take_over`` takes even a live lease (its holder is known to be dead). ``on_lost`` is called
+    (from the heartbeat thread) when the lease is lost; then the thread that took the lease is
+    interrupted if it is the main thread (KeyboardInterrupt), and leaving the ``with`` raises
+    :class:`LeaseLost`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        ttl: float | None = None,
+        take_over: bool = False,
+        say: Callable[[str], None] = print,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        self.root = storage.normalize(root)
+        self.uri = storage.join(self.root, LEASE_NAME)
+        self.ttl = default_ttl() if ttl is None else ttl
+        self.take_over = take_over
+        self.say = say
+        self.on_lost = on_lost
+        self.lost = threading.Event()
+        self.lost_reason = ""
+        self.holder: Holder | None = None
+        self._store = _store(self.uri)
+        self._version: Any = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._owner_thread = threading.get_ident()
+
+    def _record(self, now: float) -> Holder:
+        assert self.holder is not None
+        return Holder(self.holder.host, self.holder.pid, self.holder.run_id, self.holder.started_at, now, self.ttl)
+
+    def acquire(self) -> None:
+        """Take the lease, or raise :class:`LeaseHeld` naming the live holder."""
+        now = time.time()
+        self.holder = Holder(socket.gethostname(), os.getpid(), secrets.token_hex(6), now, now, self.ttl)
+        for _ in range(5):  # each pass loses only to a writer that changed the lease in between
+            found = self._store.read()
+            if found is None:
+                self._version = self._store.create(self.holder.to_bytes())
+                if self._version is not None:
+                    return
+                continue
+            data, version = found
+            now = time.time()
+            try:
+                other: Holder | None = Holder.from_bytes(data)
+            except (ValueError, KeyError, TypeError):
+                other = None
+            if other is not None and not (self.take_over or other.stale(now) or other.dead_here()):
+                raise LeaseHeld(self._held_message(other, now))
+            why = (
+                "unreadable"
+                if other is None
+                else "taken over with --take-over"
+                if self.take_over
+                else "stale: its heartbeat is older than its ttl"
+                if other.stale(now)
+                else "left by a process that no longer runs on this host"
+            )
+            who = "" if other is None else f" of {other.describe(now)}"
+            self.holder = self._record(now)
+            self._version = self._store.replace(self.holder.to_bytes(), version)
+            if self._version is not None:
+                self.say(f"warning: took over the lease of {self.root}{who} ({why})")
+                return
+        raise LeaseHeld(f"could not take the lease of {self.root}: other runs keep changing it; try again")
+
+    def _held_message(self, other: Holder, now: float) -> str:
+        return (
+            f"sweep {self.root} is being run by another `repair-ray run`: {other.describe(now)}; its lease "
+            f"expires at {_iso(other.expires_at)} unless renewed.\n"
+            "Two runs of one sweep would do the same work twice and overwrite each other's sweep.yaml and "
+            f"current_keys.json, so this one stops. Wait for it to finish (`repair-ray status {self.root}` shows "
+            "its progress), stop it (Ctrl+C, or `repair-ray stop JOB` for a Ray Job), or, if it is dead, wait "
+            "until its lease expires or run again with --take-over."
+        )
+
+    def _heartbeat(self) -> None:
+        last_renewed = time.time()
+        interval = max(self.ttl / HEARTBEATS_PER_TTL, 0.05)
+        while not self._stopping.wait(interval):
+            now = time.time()
+            try:
+                version = self._store.replace(self._record(now).to_bytes(), self._version)
+                if version is None:
+                    found = self._store.read()  # our own renewal may have landed with its answer lost
+                    mine = found is not None and Holder.from_bytes(found[0]).run_id == self.holder.run_id
+                    if not mine:
+                        other = None if found is None else Holder.from_bytes(found[0])
+                        taken = "deleted" if other is None else f"taken by {other.describe(now)}"
+                        self._lose(f"the lease of {self.root} was {taken}")
+                        return
+                    version = found[1]
+            except Exception as error:  # noqa: BLE001 - a network blip: retry until the ttl runs out
+                if now - last_renewed > self.ttl:
+                    self._lose(f"could not renew the lease of {self.root} for {now - last_renewed:.0f}s: {error}")
+                    return
+                continue
+            self._version, last_renewed = version, now
+
+    def _lose(self, reason: str) -> None:
+        self.lost_reason = (
+            f"{reason}; this run stopped (another run now writes the sweep). What this run finished is on "
+            "storage; run again when the other run has ended to resume."
+        )
+        self.lost.set()
+        if self.on_lost is not None:
+            self.on_lost()
+        if self._owner_thread == threading.main_thread().ident and not self._stopping.is_set():
+            signal.pthread_kill(self._owner_thread, signal.SIGINT)  # wakes the main thread even in a blocking wait
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lease if it is still this run's."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.lost.is_set() or self._version is None:
+            return
+        if not self._store.delete(self._version):
+            self.say(f"warning: the lease of {self.root} was no longer this run's; left it as it is")
+        self._version = None
+
+    def __enter__(self) -> Lease:
+        self._owner_thread = threading.get_ident()
+        self.acquire()
+        self._thread = threading.Thread(target=self._heartbeat, name="sweep-lease-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.release()
+        if self.lost.is_set():
+            raise LeaseLost(self.lost_reason) from error
