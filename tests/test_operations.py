@@ -81,10 +81,11 @@ def test_no_secret_is_written_by_us_or_by_ray_on_our_behalf(s3_bucket, tmp_path)
 
 
 def test_storage_that_cannot_be_written_fails_before_ray_starts_naming_it(s3_bucket, tmp_path):
+    """Storage is infrastructure: exit 3 (not 2, a bad config), one line naming the place."""
     data = tiny_sweep("nowhere", "s3://no-such-bucket/runs", seeds=2)
     out = run_cli(write_yaml(tmp_path / "sweep.yaml", data), env=without_ray_address())
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert "cannot write to s3://no-such-bucket/runs/nowhere" in out.stderr
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert out.stderr.startswith("error: storage s3://no-such-bucket/runs/nowhere unreachable: cannot write to it")
     assert len(out.stderr.strip().splitlines()) == 1  # one line, no traceback
     assert "Ray" not in out.stdout
 
