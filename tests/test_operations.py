@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,9 @@ def test_a_diverging_sweep_exits_1_naming_the_failures_on_a_fresh_local_cluster(
     assert ray_session.get_runtime_context().gcs_address not in out.stdout
     assert "2 model(s) failed" in out.stderr and "1 pair(s) left out" in out.stderr
     assert out.stderr.count("nan_loss") == 2 and "trial " in out.stderr
-    # progress counts a diverged trial as failed, not ok
-    assert "[train] 2/2 trials done, 2 failed" in out.stdout
+    # progress counts a diverged trial as failed, not ok; every progress line starts with its UTC time
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \[train\] 2/2 trials done, 2 failed", out.stdout, re.M)
+    assert re.search(r"^\S+Z \[sweep\] 2 model\(s\) failed", out.stderr, re.M)
 
 
 def test_ray_address_joins_that_cluster_and_a_clean_sweep_exits_0(ray_session, tmp_path):
