@@ -512,6 +512,10 @@ def run_train_stage(
             ray.cancel(gen, force=True)
     failed = progress.failed
     say(f"[train] done in {time.time() - started:.0f}s: {total - failed} ok, {failed} failed")
+    if config.mlflow_uri:  # from the driver, after the fact: see repair_ray.sweep.tracking
+        from .tracking import log_trials
+
+        log_trials(config.mlflow_uri, config.root, config.name, [(p.model_key, s) for p, s in todo], say)
     return TrainStageSummary(total, total - len(todo), len(todo), failed, time.time() - started)
 
 
