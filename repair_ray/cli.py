@@ -1,11 +1,18 @@
 """``repair-ray``: run, validate and inspect sweeps.
 
+Exit status of every command: 0 done; 1 the sweep (or job) ran but some trials or pairs failed;
+2 a bad config or usage; 3 infrastructure: storage, the Ray cluster or its dashboard could not be
+reached (one line naming the place; ``--debug`` or ``REPAIR_RAY_DEBUG=1`` adds the traceback).
+
 Heavy imports (torch, scipy, Ray, pyarrow) happen inside the commands, so ``--help`` is instant.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
 import sys
+import traceback
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -17,9 +24,79 @@ if TYPE_CHECKING:
     from .pair import PairSettings
 
 
-def _fail(message: str, code: int = 2) -> None:
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRASTRUCTURE = 0, 1, 2, 3
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+# The storage a command works on, once it knows it: an error of the storage layer names it.
+_place: dict[str, str] = {}
+
+
+def infrastructure_problem(error: BaseException) -> str | None:
+    """The one line that names what failed when ``error`` is the infrastructure's (storage, the Ray
+    cluster, the network), else None. Every exception type that means "not there" is mapped here.
+
+    pyarrow's S3/GCS/local errors are ``OSError``s; ``requests``' errors (the Jobs SDK) and Ray's
+    "no cluster" ``ConnectionError`` are too; a missing file is a usage error, not this.
+    """
+    from .errors import InfrastructureError
+
+    if isinstance(error, InfrastructureError):
+        return str(error)
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    module = type(error).__module__.split(".")[0]
+    if module == "ray" and type(error).__name__ in ("RaySystemError", "NodeDiedError", "GetTimeoutError"):
+        return f"the Ray cluster failed: {reason}"
+    if module in ("botocore", "urllib3", "requests", "aiohttp", "google") and "rror" in type(error).__name__:
+        return f"network: {reason}"
+    if isinstance(error, ConnectionError):
+        return f"network: {reason}"
+    if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, IsADirectoryError)):
+        where = _place.get("storage")
+        return f"storage {where} unreachable: {reason}" if where else f"storage or network: {reason}"
+    return None
+
+
+def _debug() -> bool:
+    return os.environ.get("REPAIR_RAY_DEBUG", "").lower() not in ("", "0", "false", "no")
+
+
+class _Commands(click.Group):
+    """The command group: infrastructure errors end every command the same way, with exit status 3."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as error:  # noqa: BLE001 - mapped in one place; anything else is re-raised
+            from .sweep.jobs import JobNotFound
+
+            if isinstance(error, JobNotFound):
+                _fail(str(error))
+            problem = infrastructure_problem(error)
+            if problem is None:
+                raise
+            if _debug():
+                traceback.print_exception(error)
+            _fail(problem, EXIT_INFRASTRUCTURE)
+
+
+def stamped(line: str) -> str:
+    """A progress line with the UTC time in front (``2026-12-04T15:04:05Z [train] ...``); leading
+    blank lines stay in front of it."""
+    body = line.lstrip("\n")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{line[: len(line) - len(body)]}{now} {body}"
+
+
+def _say(line: str, err: bool = False) -> None:
+    """Print a progress line, time-stamped: the one place every ``[sweep]``/``[train]``/``[pairs]`` line passes."""
+    click.echo(stamped(line), err=err)
 
 
 def example_names() -> list[str]:
@@ -114,10 +191,21 @@ _allow_import_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="repair-ray")
-def main() -> None:
-    """Sweeps of linear mode connectivity: train seeds, align and repair pairs, measure barriers."""
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Print the traceback of an infrastructure error too (or set REPAIR_RAY_DEBUG=1).",
+)
+def main(debug: bool) -> None:
+    """Sweeps of linear mode connectivity: train seeds, align and repair pairs, measure barriers.
+
+    Exit status: 0 done; 1 some trials or pairs failed (the sweep ran); 2 a bad config or usage;
+    3 storage, the Ray cluster or its dashboard could not be reached (one line naming it).
+    """
+    if debug:
+        os.environ["REPAIR_RAY_DEBUG"] = "1"
 
 
 @main.command()
@@ -263,8 +351,9 @@ def run(
 
     One run writes a sweep at a time: it holds the lease STORAGE/SWEEP/lease.json while it lives.
     Exit status: 0 when every trial and pair succeeded, 1 when the sweep ran but some failed
-    (listed, with their reasons), 2 for a bad config or usage, 3 when another run holds the sweep
-    (or took it over while this one ran).
+    (listed, with their reasons), 2 for a bad config or usage, 3 when storage or the Ray cluster
+    cannot be reached, or another run holds the sweep (or took it over while this one ran).
+    Progress lines start with their UTC time.
     """
     from .io import storage
     from .io.tables import load_tables
@@ -274,14 +363,10 @@ def run(
     from .sweep.runner import run_sweep
 
     config = _load(config_path, example, storage_uri, allow_import)
+    _place["storage"] = config.root
+    storage.check_writable(config.root)  # before Ray starts: a wrong bucket fails here, in one line (exit 3)
     try:
-        storage.check_writable(config.root)  # before Ray starts: a wrong bucket fails here, in one line
-    except OSError as error:
-        _fail(str(error))
-    try:
-        result = run_sweep(
-            config, address=address, num_cpus=num_cpus, say=lambda m: click.echo(m, err=False), take_over=take_over
-        )
+        result = run_sweep(config, address=address, num_cpus=num_cpus, say=_say, take_over=take_over)
     except ConfigError as error:  # a resource request that no node of the cluster can ever hold
         _fail(str(error))
     except (LeaseHeld, LeaseLost) as error:
@@ -290,7 +375,7 @@ def run(
         warnings.simplefilter("ignore")  # rows of other settings: the summary is of this config's only
         tables = load_tables(config.root)
     pairs = tables["pairs"]
-    click.echo(f"\n[sweep] finished in {result.seconds:.0f}s; tables in {storage.join(config.root, 'tables')}")
+    _say(f"\n[sweep] finished in {result.seconds:.0f}s; tables in {storage.join(config.root, 'tables')}")
     summary = summarise(pairs)
     if not summary.empty:
         table = compact_summary(summary).drop(columns=["dataset", "failed"])
@@ -299,7 +384,7 @@ def run(
     click.echo(f"\nload them with: repair_ray.load_tables({config.root!r})")
     failures = _failures(tables)
     if failures or result.pairs.left_out:
-        click.echo(
+        _say(
             f"[sweep] {result.train.failed} model(s) failed, {result.pairs.failed} pair(s) failed, "
             f"{result.pairs.left_out} pair(s) left out (a network of theirs failed):",
             err=True,
@@ -307,8 +392,8 @@ def run(
         for line in failures[:20]:
             click.echo(f"  {line}", err=True)
         if len(failures) > 20:
-            click.echo(f"  ... and {len(failures) - 20} more: see the status and error columns", err=True)
-        sys.exit(1)  # the sweep ran, but not everything succeeded: Ray Jobs, KubeRay and SLURM must see it
+            click.echo(f"  ... and {len(failures) - 20} more: see the status, error and error_trace columns", err=True)
+        sys.exit(EXIT_FAILED)  # the sweep ran, but not everything succeeded: Ray Jobs, KubeRay and SLURM must see it
 
 
 def _failures(tables) -> list[str]:
@@ -360,6 +445,9 @@ def submit(
     The config is validated here first. The job carries the config, this version of repair_ray
     and where storage and data are; never a credential (the nodes have their own). With token
     authentication, export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or keep ~/.ray/auth_token).
+
+    Exit status: 0 submitted (with --follow: the job succeeded), 1 the followed job failed or was
+    stopped, 2 a bad config, 3 the dashboard cannot be reached.
     """
     import yaml
 
@@ -388,7 +476,7 @@ def submit(
     if follow:
         status = jobs.follow(job_id, address=address, say=click.echo)
         click.echo(f"[submit] job {job_id} {status}")
-        sys.exit(0 if status == "SUCCEEDED" else 1)
+        sys.exit(EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED)
 
 
 @main.command()
@@ -396,36 +484,62 @@ def submit(
 @_job_address
 @click.option("--follow/--no-follow", default=False, help="Keep printing until the job ends; exit with its outcome.")
 def logs(job_id: str, address: str | None, follow: bool) -> None:
-    """Print the logs of the Ray Job JOB (the driver's progress lines and summary)."""
+    """Print the logs of the Ray Job JOB (the driver's progress lines and summary, and what its
+    tasks printed, under their names).
+
+    Exit status: 0 (with --follow: the job succeeded), 1 the followed job failed or was stopped,
+    2 no such job, 3 the dashboard cannot be reached.
+    """
     from .sweep import jobs
 
     if follow:
         status = jobs.follow(job_id, address=address, say=click.echo)
         click.echo(f"[logs] job {job_id} {status}")
-        sys.exit(0 if status == "SUCCEEDED" else 1)
-    click.echo(jobs.client(address).get_job_logs(job_id), nl=False)
+        sys.exit(EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED)
+    click.echo(jobs.logs(job_id, address=address), nl=False)
 
 
 @main.command()
 @click.argument("job_id", metavar="JOB")
 @_job_address
-def stop(job_id: str, address: str | None) -> None:
-    """Stop the Ray Job JOB. What it finished is on storage; submitting the sweep again resumes it."""
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the job to stop.",
+)
+def stop(job_id: str, address: str | None, timeout: float) -> None:
+    """Stop the Ray Job JOB and wait until it has stopped. What it finished is on storage;
+    submitting the sweep again resumes it.
+
+    Exit status: 0 when the job is no longer running (stopped, or it had ended already: its status
+    is printed), 1 when it is still running after --timeout seconds, 2 no such job, 3 the dashboard
+    cannot be reached.
+    """
     from .sweep import jobs
 
-    click.echo(f"[stop] job {job_id} {jobs.stop(job_id, address=address)}")
+    status = jobs.stop(job_id, address=address, timeout=timeout)
+    if status not in jobs.TERMINAL:
+        _fail(f"job {job_id} is still {status} {timeout:g}s after it was asked to stop", EXIT_FAILED)
+    click.echo(f"[stop] job {job_id} {status}")
 
 
 @main.command()
 @click.argument("sweep_path", metavar="STORAGE/SWEEP")
 def status(sweep_path: str) -> None:
-    """Trained / failed / missing models and done / failed / missing pairs of a sweep, and who runs it."""
+    """Trained / failed / missing models and done / failed / missing pairs of a sweep, and who runs it.
+
+    Exit status: 0, 2 when there is no sweep there, 3 when its storage cannot be reached.
+    """
     import time
 
+    from .io import storage
     from .sweep.lease import read_holder
     from .sweep.runner import sweep_status
 
     try:
+        _place["storage"] = storage.normalize(sweep_path)
         s = sweep_status(sweep_path)
         holder = read_holder(sweep_path)
     except (FileNotFoundError, ValueError) as error:
@@ -454,7 +568,7 @@ def compact(sweep_path: str, every: bool) -> None:
     from .io.tables import COMPACT_AFTER, compact_table, table_files
 
     try:
-        root = storage.normalize(sweep_path)
+        root = _place["storage"] = storage.normalize(sweep_path)
     except ValueError as error:
         _fail(str(error))
     if not storage.exists(storage.join(root, "tables")):
@@ -494,10 +608,13 @@ def report(sweep_path: str, out_dir: str | None, model_key: str | None, keys: st
 
     if out_dir is None and not storage.is_local(sweep_path):
         _fail(f"{sweep_path} is remote: give a local folder for the report with --out")
+    _place["storage"] = storage.normalize(sweep_path)
     notes = []
     try:
         s = sweep_status(sweep_path)
     except Exception as error:  # noqa: BLE001 - no sweep.yaml (tables copied elsewhere) or a config that no longer parses
+        if infrastructure_problem(error) is not None:
+            raise
         notes.append(f"expected models and pairs unknown ({str(error).splitlines()[0]})")
     else:
         notes.append(

@@ -1,4 +1,4 @@
-"""One error type for invalid settings, so every rule lives with the object it constrains.
+"""Error types: invalid settings (every rule lives with the object it constrains) and infrastructure.
 
 The core's typed objects (``ModelConfig``, ``TrainConfig``, ``PairSettings``, dataset options)
 check themselves and raise :class:`SettingError` with every problem at once, each tied to the
@@ -49,3 +49,13 @@ def unknown_choice(kind: str, value: object, known: Sequence[str]) -> str:
     hint = difflib.get_close_matches(str(value), [str(k) for k in known], n=1)
     suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; expected one of {', '.join(map(str, known))}"
     return f"unknown {kind} {value!r}{suggestion}"
+
+
+class InfrastructureError(RuntimeError):
+    """Storage, the Ray cluster or the network failed: not the config, not the science.
+
+    The message names the place in one line (``storage s3://bucket/prefix unreachable: ...``,
+    ``no Ray cluster at 10.0.0.1:6379``, ``Ray dashboard at http://head:8265 not reachable``);
+    the CLI prints it and exits with status 3, which schedulers can tell from a failed trial (1)
+    and a bad config (2).
+    """

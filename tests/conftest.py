@@ -35,7 +35,8 @@ def ray_session():
     """A real local Ray cluster (2 CPUs, no dashboard), started once and shut down at the end."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": a cluster of its own, never a `ray start` cluster someone runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield ray
     finally:

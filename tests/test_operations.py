@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,9 @@ def test_a_diverging_sweep_exits_1_naming_the_failures_on_a_fresh_local_cluster(
     assert ray_session.get_runtime_context().gcs_address not in out.stdout
     assert "2 model(s) failed" in out.stderr and "1 pair(s) left out" in out.stderr
     assert out.stderr.count("nan_loss") == 2 and "trial " in out.stderr
-    # progress counts a diverged trial as failed, not ok
-    assert "[train] 2/2 trials done, 2 failed" in out.stdout
+    # progress counts a diverged trial as failed, not ok; every progress line starts with its UTC time
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \[train\] 2/2 trials done, 2 failed", out.stdout, re.M)
+    assert re.search(r"^\S+Z \[sweep\] 2 model\(s\) failed", out.stderr, re.M)
 
 
 def test_ray_address_joins_that_cluster_and_a_clean_sweep_exits_0(ray_session, tmp_path):
@@ -81,10 +83,11 @@ def test_no_secret_is_written_by_us_or_by_ray_on_our_behalf(s3_bucket, tmp_path)
 
 
 def test_storage_that_cannot_be_written_fails_before_ray_starts_naming_it(s3_bucket, tmp_path):
+    """Storage is infrastructure: exit 3 (not 2, a bad config), one line naming the place."""
     data = tiny_sweep("nowhere", "s3://no-such-bucket/runs", seeds=2)
     out = run_cli(write_yaml(tmp_path / "sweep.yaml", data), env=without_ray_address())
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert "cannot write to s3://no-such-bucket/runs/nowhere" in out.stderr
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert out.stderr.startswith("error: storage s3://no-such-bucket/runs/nowhere unreachable: cannot write to it")
     assert len(out.stderr.strip().splitlines()) == 1  # one line, no traceback
     assert "Ray" not in out.stdout
 

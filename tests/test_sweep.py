@@ -133,8 +133,14 @@ def test_corrupt_checkpoint_fails_its_pairs_with_a_reason_and_the_others_finish(
     assert (bad["status"] == "failed").all()
     assert bad["error"].str.contains("corrupt").all()
     assert bad["error"].str.contains(broken, regex=False).all()
+    # error keeps one line; error_trace the whole traceback, down to where the checkpoint was read
+    assert not bad["error"].str.contains("\n").any()
+    assert bad["error_trace"].str.startswith("Traceback (most recent call last)").all()
+    assert bad["error_trace"].str.contains("load_checkpoint").all()
+    assert (bad["error_trace"].str.count("\n") > 3).all()
     good = pairs[(pairs.seed_a == 0) & (pairs.seed_b == 2)]
     assert len(good) == 6 and (good["status"] == "ok").all()
+    assert good["error_trace"].isna().all()
     # a re-run sees that the checkpoint failed to load after its trial finished: it retrains that
     # network (bit for bit the same: training is deterministic) and redoes only the failed pairs
     lines: list[str] = []
@@ -212,6 +218,7 @@ def test_nan_training_is_recorded_as_failed_and_left_out_of_pairs(ray_session, t
     models = load_tables(config.root)["models"]
     assert (models["status"] == "failed").all()
     assert models["error"].str.startswith("nan_loss").all()
+    assert models["error_trace"].isna().all()  # a diverged loss raised nothing: there is no traceback
     assert result.pairs.left_out == 1 and result.pairs.ran == 0
     assert not list(Path(config.root, "checkpoints").rglob("*.pt"))  # no broken weights on disk
 
@@ -222,7 +229,60 @@ def test_a_trial_that_raises_is_recorded_as_failed(ray_session, tmp_path):
     models = load_tables(config.root)["models"]
     assert len(models) == 2 and (models["status"] == "failed").all()
     assert models["error"].str.contains("missing").all()
+    assert not models["error"].str.contains("\n").any()
+    # the worker's own traceback (Ray keeps it as text), not the driver's re-raise
+    assert models["error_trace"].str.contains("Traceback (most recent call last)", regex=False).all()
+    assert models["error_trace"].str.contains("load_dataset").all()
+    assert (models["error_trace"].str.count("\n") > 3).all()
     assert result.pairs.left_out == 1
+
+
+def _record_name(folder: str) -> None:
+    import uuid
+
+    import ray
+
+    Path(folder, uuid.uuid4().hex).write_text(ray.get_runtime_context().get_task_name())
+
+
+def _recording_trial(spec, folder):
+    from repair_ray.sweep.train_stage import trial_task
+
+    _record_name(folder)
+    yield from trial_task(spec)
+
+
+def test_tasks_are_named_by_model_and_pair_in_the_ray_dashboard(ray_session, tmp_path):
+    """The names the dashboard, ``ray list tasks`` and the log prefixes show, as each task sees its own."""
+    import ray
+
+    from repair_ray.sweep.train_stage import run_train_stage
+
+    config = parse_config(tiny_sweep("named", str(tmp_path), seeds=2, align=["none"], correction=["none"]))
+    key = config.models[0].model_key
+    names = tmp_path / "names"
+    names.mkdir()
+    trial = ray.remote(num_cpus=1, max_calls=0, max_retries=0, num_returns="streaming")(_recording_trial)
+
+    @ray.remote(num_cpus=1, max_calls=0)
+    def recording_pair(context, job):
+        _record_name(str(names))
+        return pair_task(context, job)
+
+    class Trial:  # what run_train_stage calls: .options(name=...).remote(spec)
+        def __init__(self, remote):
+            self.remote_function = remote
+
+        def options(self, **options):
+            return Trial(self.remote_function.options(**options))
+
+        def remote(self, spec):
+            return self.remote_function.remote(spec, str(names))
+
+    assert run_train_stage(config, say=lambda m: None, remote_task=Trial(trial)).failed == 0
+    assert run_pair_stage(config, say=lambda m: None, remote_task=recording_pair).failed == 0
+    seen = sorted(p.read_text() for p in names.iterdir())
+    assert seen == sorted([f"pair {key} 0-1", f"train {key} seed 0", f"train {key} seed 1"])
 
 
 def test_schema_of_every_written_file_is_the_declared_one(finished_sweep):

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -79,6 +80,11 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint_and_one_that_keeps_r
     assert models.loc[1, "resumed_from_epoch"] == 1  # the retry resumed after the epoch it had checkpointed
     assert models.loc[2, "status"] == "failed"
     assert models.loc[2, "error"] == "OSError: the bucket is unreachable"
+    trace = models.loc[2, "error_trace"]  # the worker's traceback, down to the line that raised
+    assert trace.startswith("Traceback (most recent call last), in the Ray task ray::flaky_trial()")
+    assert 'raise OSError("the bucket is unreachable")' in trace
+    assert trace.rstrip().endswith("OSError: the bucket is unreachable")
+    assert pd.isna(models.loc[0, "error_trace"])
     # every trained row carries its learning curve and how many seeds its trial trained
     for seed in (0, 1):
         history = json.loads(models.loc[seed, "history_json"])

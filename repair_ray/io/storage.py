@@ -220,11 +220,14 @@ def write_bytes_atomic(uri: str | os.PathLike[str], data: bytes) -> None:
 
 
 def check_writable(uri: str | os.PathLike[str]) -> None:
-    """Create the folder ``uri`` and write and delete a small file in it; OSError with one line if not.
+    """Create the folder ``uri`` and write and delete a small file in it; an
+    :class:`~repair_ray.errors.InfrastructureError` with one line if not.
 
     Run before a sweep starts, so a wrong bucket, missing credentials or an unreachable endpoint
     fail at once, naming the place, instead of in every worker.
     """
+    from ..errors import InfrastructureError
+
     probe = join(uri, f".write-probe-{secrets.token_hex(4)}")
     try:
         makedirs(uri)
@@ -232,7 +235,7 @@ def check_writable(uri: str | os.PathLike[str]) -> None:
         remove(probe, missing_ok=True)
     except Exception as error:  # noqa: BLE001 - pyarrow raises OSError, ArrowException, ... all mean "not here"
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise OSError(f"cannot write to {normalize(uri)}: {reason}") from None
+        raise InfrastructureError(f"storage {normalize(uri)} unreachable: cannot write to it: {reason}") from None
 
 
 def remove(uri: str | os.PathLike[str], *, missing_ok: bool = False) -> None:

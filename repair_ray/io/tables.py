@@ -82,6 +82,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("trained_together", pa.bool_()),
         ("history_json", _STR),  # each epoch's metrics, as JSON: [{"epoch": 1, "test_acc": ...}, ...]
         ("compiled", pa.bool_()),  # trained through torch.compile (train.compile)
+        ("error_trace", _STR),  # the full traceback of a failure that raised (``error`` is its one line)
     ),
     "pairs": _schema(
         *_IDS,
@@ -120,6 +121,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         *_LINEAGE,
         # how many α one forward pass evaluated (several: one vmapped program, the same rows up to rounding)
         ("alphas_per_pass", _INT),
+        ("error_trace", _STR),  # the full traceback of a failure that raised (``error`` is its one line)
     ),
     "curves": _schema(
         *_IDS,

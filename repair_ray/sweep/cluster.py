@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError
 
@@ -160,6 +160,12 @@ def _describe(shape: ClusterShape) -> str:
     return f"the largest node has {pick(shape.largest_node)}; the whole cluster at most {pick(shape.maximum)}"
 
 
+def named(task: Any, name: str) -> Any:
+    """``task`` with its Ray task name set (a stand-in without ``.options``, as tests inject, as it is)."""
+    options = getattr(task, "options", None)
+    return options(name=name) if options is not None else task
+
+
 MAX_IN_FLIGHT = 1000  # the most tasks one stage keeps in flight when the cluster's size does not bound them
 
 
@@ -213,9 +219,16 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> str:
     As Ray's own address rules, with one difference that matters on shared machines: ``address``
     (``auto`` or ``HOST:PORT``) or ``RAY_ADDRESS`` (Ray Jobs sets it for the entrypoint) joins that
     cluster; with neither, a fresh local cluster is started for this run and ended after it,
-    never someone else's ``ray start`` cluster that happens to run on the machine.
+    never someone else's ``ray start`` cluster that happens to run on the machine. A cluster that
+    is not there is an :class:`~repair_ray.errors.InfrastructureError` naming the address.
+
+    Workers' output reaches the driver (``log_to_driver``), so a Ray Job's log holds it too; the
+    stages' workers print nothing of their own, so what appears there is what went wrong in them
+    (Ray prefixes it with the task's name, e.g. ``(pair mlp-1a2b 0-1 pid=...)``).
     """
     import ray
+
+    from ..errors import InfrastructureError
 
     if ray.is_initialized():
         return "using the Ray cluster this process is connected to"
@@ -226,8 +239,35 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> str:
     runtime_env = None if in_submitted_job else {"env_vars": forwarded_env()}
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
-        ray.init(address=target, log_to_driver=False, runtime_env=runtime_env)
+        _check_listening(target)
+        try:
+            ray.init(address=target, log_to_driver=True, runtime_env=runtime_env)
+        except (ConnectionError, TimeoutError, RuntimeError) as error:
+            raise InfrastructureError(f"no Ray cluster at {target}: {_first_line(error)}") from error
         return f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}"
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
     cpus = ray.cluster_resources().get("CPU", 0)
     return f"started a fresh local Ray cluster for this run at {ray.get_runtime_context().gcs_address} ({cpus:g} CPUs)"
+
+
+CONNECT_TIMEOUT_S = 5.0  # how long a HOST:PORT gets to accept a connection before it counts as no cluster
+
+
+def _check_listening(target: str) -> None:
+    """Raise at once when nothing listens at ``HOST:PORT`` (``ray://`` too): ``ray.init`` would
+    retry for minutes before it gave up. ``auto`` and other forms are left to Ray."""
+    import socket
+
+    from ..errors import InfrastructureError
+
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise InfrastructureError(f"no Ray cluster at {target}: {error.strerror or error}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

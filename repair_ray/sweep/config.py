@@ -89,6 +89,7 @@ class SweepConfig:
     # model key -> whether its network has BatchNorm (which corrections apply): read off the network where it
     # may be built, else from what the sweep folder recorded (a stored config whose code is not imported)
     batchnorm: Mapping[str, bool] = field(default_factory=dict)
+    mlflow_uri: str | None = None  # tracking.mlflow: one MLflow run per trained network
     # stack_size's estimates, once per model config (init=False: a copy made by dataclasses.replace starts empty)
     _stack_sizes: dict[tuple[str, float, int | None], int] = field(
         default_factory=dict, init=False, compare=False, repr=False
@@ -393,6 +394,7 @@ def _expand(
         raw=raw,
         allow_import=allowed,
         batchnorm=batchnorm,
+        mlflow_uri=s.tracking.mlflow,
     )
 
 
@@ -465,6 +467,16 @@ def _prunable_count(model: ModelConfig, dataset: DatasetSpec) -> int | None:
     return prunable_count(model.skeleton(classes, in_shape))
 
 
+def mlflow_installed() -> bool:
+    """Whether ``import mlflow`` can work here (without importing it: that takes seconds)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules: blocked
+        return False
+
+
 def _check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
     """The rules that belong to a sweep alone: resources, retries, pairing, tasks in flight."""
     for stage in ("train", "pair"):
@@ -484,6 +496,11 @@ def _check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
     for key in ("pair_retries", "train_retries"):
         if getattr(s, key) < 0:
             problems.append(f"{key}: must be 0 or more, got {getattr(s, key)}")
+    if s.tracking.mlflow is not None and not mlflow_installed():
+        problems.append(
+            "tracking.mlflow: the mlflow package is not installed here; "
+            "pip install mlflow (or pip install 'repair-ray[tracking]'), or remove tracking.mlflow"
+        )
     if s.flush.pairs < 1:
         problems.append(f"flush.pairs: must be a positive integer, got {s.flush.pairs}")
     if not (math.isfinite(s.flush.seconds) and s.flush.seconds >= 0):

@@ -9,19 +9,48 @@ dashboard. The cluster's nodes bring their own (see clusters/README.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..errors import InfrastructureError
 from .cluster import forwarded_env
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+STOP_TIMEOUT_S = 60.0  # how long `repair-ray stop` waits for the job to reach a terminal status
+
+
+class JobNotFound(LookupError):
+    """The dashboard answered, but has no job of that id."""
+
+
+def dashboard_address(address: str | None) -> str:
+    """The dashboard a Jobs client talks to, for messages (as Ray picks it)."""
+    return address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "the default address"
+
+
+@contextlib.contextmanager
+def dashboard(address: str | None, job_id: str | None = None) -> Iterator[None]:
+    """Turn what an unreachable dashboard raises (the SDK's ``ConnectionError``, the ``requests``
+    errors under it, both ``OSError``s) into one :class:`InfrastructureError` naming it, and the
+    SDK's "does not exist" into :class:`JobNotFound`."""
+    where = dashboard_address(address)
+    try:
+        yield
+    except OSError as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InfrastructureError(f"Ray dashboard at {where} not reachable: {reason}") from error
+    except RuntimeError as error:  # the SDK's way of saying "HTTP 404"
+        if job_id is not None and "does not exist" in str(error):
+            raise JobNotFound(f"no job {job_id} at the Ray dashboard {where}") from error
+        raise
 
 
 def client(address: str | None) -> Any:
@@ -32,7 +61,8 @@ def client(address: str | None) -> Any:
     """
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    with dashboard(address):
+        return JobSubmissionClient(address)
 
 
 def submit(
@@ -61,31 +91,57 @@ def submit(
             "env_vars": forwarded_env(),
         }
         name = submission_id or f"repair-ray-{config_data['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        return client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=name)
+        jobs = client(address)
+        with dashboard(address):
+            return jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=name)
+
+
+def job_status(jobs: Any, job_id: str) -> str:
+    """The job's status as a plain word (``RUNNING``, ``STOPPED``, ...)."""
+    return str(jobs.get_job_status(job_id)).rsplit(".", 1)[-1]
+
+
+def logs(job_id: str, *, address: str | None) -> str:
+    """Everything the job has logged so far."""
+    jobs = client(address)
+    with dashboard(address, job_id):
+        return jobs.get_job_logs(job_id)
 
 
 def follow(job_id: str, *, address: str | None, say: Callable[[str], None], poll: float = 2.0) -> str:
     """Print a job's logs as they grow until it ends; returns its final status (``SUCCEEDED``, ...)."""
     jobs = client(address)
     shown = 0
-    while True:
-        status = str(jobs.get_job_status(job_id)).rsplit(".", 1)[-1]
-        logs = jobs.get_job_logs(job_id)
-        if len(logs) > shown:
-            say(logs[shown:].rstrip("\n"))
-            shown = len(logs)
-        if status in TERMINAL:
-            return status
-        time.sleep(poll)
+    with dashboard(address, job_id):
+        while True:
+            status = job_status(jobs, job_id)
+            text = jobs.get_job_logs(job_id)
+            if len(text) > shown:
+                say(text[shown:].rstrip("\n"))
+                shown = len(text)
+            if status in TERMINAL:
+                return status
+            time.sleep(poll)
 
 
-def stop(job_id: str, *, address: str | None) -> str:
-    """Ask the job to stop; returns its status afterwards."""
-    jobs = client(address)
-    jobs.stop_job(job_id)
-    for _ in range(60):
-        status = str(jobs.get_job_status(job_id)).rsplit(".", 1)[-1]
-        if status in TERMINAL:
-            return status
-        time.sleep(1)
-    return status
+def stop(
+    job_id: str,
+    *,
+    address: str | None,
+    timeout: float = STOP_TIMEOUT_S,
+    poll: float = 1.0,
+    jobs: Any = None,
+) -> str:
+    """Ask the job to stop and wait (at most ``timeout`` seconds) until its status is terminal;
+    returns its status then: ``STOPPED`` (or ``SUCCEEDED``/``FAILED`` when it had ended already),
+    or the status it still has when it did not stop in time. ``jobs``: the Jobs client to use
+    (default: one for ``address``)."""
+    jobs = jobs if jobs is not None else client(address)
+    deadline = time.monotonic() + timeout
+    with dashboard(address, job_id):
+        jobs.stop_job(job_id)  # False when the job has ended already: its status says how
+        while True:
+            status = job_status(jobs, job_id)
+            if status in TERMINAL or time.monotonic() >= deadline:
+                return status
+            time.sleep(max(0.0, min(poll, deadline - time.monotonic())))

@@ -27,12 +27,12 @@ from ..io.tables import new_stem, table_file, write_rows
 from ..models import ModelConfig
 from ..pair import PairSettings, analyse_pair
 from ..pruning import weight_sparsity
-from .cluster import cluster_shape, resolve_resources, tasks_in_flight
+from .cluster import cluster_shape, named, resolve_resources, tasks_in_flight
 from .config import SweepConfig
 from .planning import PairState, analysis_keys, forward_flops, method_gaps, pair_stem, read_pair_state
 from .progress import Progress
 from .rows import model_columns
-from .worker import cached_dataset, error_text, node_id, setup_worker, utc_now
+from .worker import cached_dataset, error_text, error_trace, node_id, setup_worker, utc_now
 
 METRIC_COLUMNS = (
     "barrier_train_loss",
@@ -82,8 +82,10 @@ def _job_settings(context: dict[str, Any], job: Job) -> PairSettings:
     return PairSettings(**{**context["settings"], "aligns": job[5], "corrections": job[6]})
 
 
-def failed_rows(context: dict[str, Any], job: Job, error: str, device: str = "") -> dict[str, list[dict[str, Any]]]:
-    """One ``failed`` pairs row per requested (align, correction), with the reason."""
+def failed_rows(
+    context: dict[str, Any], job: Job, error: str, device: str = "", trace: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """One ``failed`` pairs row per requested (align, correction), with the reason (and its traceback)."""
     model = context["models"][job[0]]
     now = utc_now()
     rows = [
@@ -96,6 +98,7 @@ def failed_rows(context: dict[str, Any], job: Job, error: str, device: str = "")
             "device": device,
             "status": "failed",
             "error": error,
+            "error_trace": trace,
             "finished_at": now,
         }
         for align, correction in _job_settings(context, job).methods(batchnorm=context["batchnorm"][job[0]])
@@ -130,7 +133,7 @@ def pair_task(context: dict[str, Any], job: Job) -> dict[str, list[dict[str, Any
             memory_share=context.get("memory_share", 1.0),
         )
     except Exception as error:  # noqa: BLE001 - every failure of a pair is data for its row
-        return failed_rows(context, job, error_text(error), str(device))
+        return failed_rows(context, job, error_text(error), str(device), error_trace(error))
     lineage = dict(context["lineage"].get(job[0]) or {})
     if lineage.get("imp_round") is not None and lineage.get("sparsity") is None:
         # an IMP round of a dataset whose shape only its files tell: the sparsity of network A's weights
@@ -335,7 +338,7 @@ def run_pair_stage(
                     pairs.add_trained({event[:2]: event[2]})
             while pairs.ready and len(pending) < limit:
                 job = pairs.ready.popleft()
-                pending[task.remote(context_ref, job)] = job
+                pending[named(task, f"pair {job[0]} {job[1]}-{job[2]}").remote(context_ref, job)] = job
             writer.flush_if_due()
             if not pending:
                 continue
@@ -345,7 +348,7 @@ def run_pair_stage(
                 try:
                     rows = ray.get(ref)
                 except Exception as error:  # noqa: BLE001 - the worker died more often than retries allow
-                    rows = failed_rows(context, job, f"worker failed: {error_text(error)}")
+                    rows = failed_rows(context, job, f"worker failed: {error_text(error)}", trace=error_trace(error))
                 writer.add(rows)
                 if first_row is None:
                     writer.flush()  # the first result reaches storage at once: a sign of life

@@ -125,6 +125,12 @@ class FlushSection(_Strict):
     seconds: float = 30.0
 
 
+class TrackingSection(_Strict):
+    """``tracking``: where trials are logged besides the tables (``mlflow``: an MLflow tracking URI)."""
+
+    mlflow: str | None = None
+
+
 class BranchSection(_Strict):
     """``branch``: Frankle et al.'s instability analysis. Each trunk (seed in ``trunks``) trains
     to each epoch of ``at_epochs`` (0: the shared initialisation only); the sweep's ``seeds`` are
@@ -181,6 +187,7 @@ class SweepSection(_Strict):
     max_pairs_in_flight: int | None = None
     max_trials_in_flight: int | None = None
     flush: FlushSection = Field(default_factory=FlushSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
     pair_retries: int = 3
     train_retries: int = 1
 

@@ -37,12 +37,12 @@ from ..models import ModelConfig
 from ..multiseed import train_together
 from ..pruning import prunable_names, weight_sparsity
 from ..training import TrainConfig, Trainer, next_imp_mask, train_trunk
-from .cluster import ClusterShape, cluster_shape, resolve_resources, tasks_in_flight
+from .cluster import ClusterShape, cluster_shape, named, resolve_resources, tasks_in_flight
 from .config import SweepConfig
 from .planning import ModelPlan
 from .progress import Progress
 from .rows import model_columns
-from .worker import cached_dataset, error_text, node_id, setup_worker, utc_now
+from .worker import cached_dataset, error_text, error_trace, node_id, setup_worker, utc_now
 
 
 def checkpoint_path(model_key: str, seed: int) -> str:
@@ -145,13 +145,14 @@ def models_row(spec: dict[str, Any], seed: int, **values: Any) -> dict[str, Any]
     return row
 
 
-def failed_rows(spec: dict[str, Any], error: str, seeds: list[int] | None = None) -> None:
-    """Write a ``failed`` row with the reason for each of ``seeds`` (default: the trial's) of ``spec``."""
+def failed_rows(spec: dict[str, Any], error: str, seeds: list[int] | None = None, trace: str | None = None) -> None:
+    """Write a ``failed`` row with the reason (and its traceback) for each of ``seeds`` (default: the
+    trial's) of ``spec``."""
     for seed in spec["seeds"] if seeds is None else seeds:
         write_rows(
             models_row_uri(spec["root"], spec["model_key"], seed),
             "models",
-            [models_row(spec, seed, status="failed", error=error, **_nan_metrics())],
+            [models_row(spec, seed, status="failed", error=error, error_trace=trace, **_nan_metrics())],
         )
 
 
@@ -491,7 +492,7 @@ def run_train_stage(
         while scheduler.ready or running:
             while scheduler.ready and len(running) < limit:
                 spec = scheduler.ready.popleft()
-                running[task.remote(spec)] = _Running(spec)
+                running[named(task, task_name(spec)).remote(spec)] = _Running(spec)
             ready, _ = ray.wait(list(running), num_returns=1)
             for gen in ready:
                 trial = running.pop(gen)
@@ -503,9 +504,9 @@ def run_train_stage(
                     if trial.attempts < config.train_retries:
                         trial.attempts += 1
                         say(f"[train] {_name(trial.spec)} failed ({error_text(error)}): retrying from its checkpoint")
-                        running[task.remote(trial.spec)] = trial
+                        running[named(task, task_name(trial.spec)).remote(trial.spec)] = trial
                     else:
-                        scheduler.failed(trial.spec, error_text(error))
+                        scheduler.failed(trial.spec, error_text(error), error_trace(error))
                     continue
                 if "outcomes" in item:
                     scheduler.finished(trial.spec, {int(k): v for k, v in item["outcomes"].items()})
@@ -517,6 +518,10 @@ def run_train_stage(
             ray.cancel(gen, force=True)
     failed = progress.failed
     say(f"[train] done in {time.time() - started:.0f}s: {total - failed} ok, {failed} failed")
+    if config.mlflow_uri:  # from the driver, after the fact: see repair_ray.sweep.tracking
+        from .tracking import log_trials
+
+        log_trials(config.mlflow_uri, config.root, config.name, [(p.model_key, s) for p, s in todo], say)
     return TrainStageSummary(total, total - len(todo), len(todo), failed, time.time() - started)
 
 
@@ -524,6 +529,15 @@ def run_train_stage(
 class _Running:
     spec: dict[str, Any]
     attempts: int = 0
+
+
+def task_name(spec: dict[str, Any]) -> str:
+    """The trial's name in the Ray dashboard, state API and log prefixes: ``train <model_key> seeds 0,1``
+    (``trunk <model_key> seed 0`` for a trunk)."""
+    if spec.get("role") == "trunk":
+        return f"trunk {spec['model_key']} seed {spec['seeds'][0]}"
+    seeds = ",".join(str(s) for s in spec["seeds"])
+    return f"train {spec['model_key']} seed{'s' if len(spec['seeds']) > 1 else ''} {seeds}"
 
 
 def _name(spec: dict[str, Any]) -> str:
@@ -605,10 +619,10 @@ class _Scheduler:
                 error = f"{what} {seed}) failed: {error}"
             self._resolve(need, error)
 
-    def failed(self, spec: dict[str, Any], error: str) -> None:
+    def failed(self, spec: dict[str, Any], error: str, trace: str | None = None) -> None:
         """The trial raised more often than retries allow: its seeds fail with the reason."""
         if spec.get("role") != "trunk":  # a trunk has no row; its children fail naming it
-            failed_rows(spec, error)
+            failed_rows(spec, error, trace=trace)
         self.finished(spec, {seed: error for seed in spec["seeds"]})
 
     def _resolve(self, need: tuple[str, str, int], error: str | None) -> None:

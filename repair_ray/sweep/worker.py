@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
+import traceback
 from typing import Any
 
 import torch
@@ -60,3 +62,20 @@ def error_text(error: BaseException) -> str:
         error = error.cause
     text = f"{type(error).__name__}: {error}".strip()
     return " ".join(text.split())[:2000]
+
+
+def error_trace(error: BaseException) -> str:
+    """The whole traceback of ``error``, for a table's ``error_trace`` column (``error`` keeps one line).
+
+    For a Ray task's error it is the worker's traceback (Ray's text of it, without its colours),
+    which says where the work failed; the driver's own frames (``ray.get``) would say nothing.
+    """
+    from ray.exceptions import RayTaskError
+
+    if isinstance(error, RayTaskError):
+        header, _, frames = _ANSI.sub("", str(error)).partition("\n")
+        return f"Traceback (most recent call last), in the Ray task {header}:\n{frames.rstrip()}\n"
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")

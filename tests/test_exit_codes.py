@@ -1,0 +1,190 @@
+"""Exit statuses that tell a scheduler what happened, and commands that say the truth.
+
+0 done, 1 some trials or pairs failed, 2 a bad config or usage, 3 infrastructure (storage, the Ray
+cluster, its dashboard): one line naming the place, no traceback unless asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from repair_ray.cli import main, stamped
+from repair_ray.sweep import jobs
+
+from .conftest import free_port
+from .helpers import tiny_sweep, write_yaml
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, "-m", "repair_ray", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**environment, **(env or {})},
+    )
+
+
+def one_error_line(out: subprocess.CompletedProcess) -> str:
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr  # one line, no traceback
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_an_unreachable_s3_endpoint_is_exit_3_naming_the_storage(tmp_path):
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("far", "s3://bucket/prefix", seeds=2))
+    for args in (["run", config], ["status", "s3://bucket/prefix/far"]):
+        out = cli(*args, env={"AWS_ENDPOINT_URL": closed})
+        assert out.returncode == 3, out.stdout + out.stderr
+        line = one_error_line(out)
+        assert line.startswith("error: storage s3://bucket/prefix/far unreachable: "), line
+        assert "Ray" not in out.stdout  # a run fails before Ray starts
+
+
+def test_debug_keeps_the_traceback_of_an_infrastructure_error():
+    dead = f"http://127.0.0.1:{free_port()}"
+    out = cli("--debug", "logs", "some-job", "--address", dead)
+    assert out.returncode == 3
+    assert "Traceback (most recent call last)" in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == f"error: Ray dashboard at {dead} not reachable: " + (
+        f"Failed to connect to Ray at address: {dead}."
+    )
+    assert "Traceback" in cli("logs", "some-job", "--address", dead, env={"REPAIR_RAY_DEBUG": "1"}).stderr
+
+
+@pytest.mark.parametrize("command", [["logs", "job-1"], ["logs", "job-1", "--follow"], ["stop", "job-1"]])
+def test_a_dead_dashboard_is_exit_3_naming_it(command):
+    dead = f"http://127.0.0.1:{free_port()}"
+    out = cli(*command, "--address", dead)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert one_error_line(out).startswith(f"error: Ray dashboard at {dead} not reachable")
+
+
+def test_submit_to_a_dead_dashboard_is_exit_3(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("sent", "s3://bucket/runs", seeds=2))
+    out = cli("submit", config, "--address", dead)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert one_error_line(out).startswith(f"error: Ray dashboard at {dead} not reachable")
+
+
+def test_no_ray_cluster_at_the_address_is_exit_3_at_once(tmp_path):
+    """Ray itself would retry for minutes; a closed port is named at once."""
+    address = f"127.0.0.1:{free_port()}"
+    config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("alone", str(tmp_path / "runs"), seeds=2))
+    out = cli("run", config, "--address", address)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert one_error_line(out).startswith(f"error: no Ray cluster at {address}: ")
+
+
+def test_a_bad_config_is_still_exit_2(tmp_path):
+    config = write_yaml(tmp_path / "sweep.yaml", {**tiny_sweep("bad", str(tmp_path), seeds=2), "seeds": 0})
+    assert cli("validate", config).returncode == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# `stop` says the truth: a stand-in for Ray's JobSubmissionClient, whose job stops (or not)
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeJobs:
+    """A stand-in for ``ray.job_submission.JobSubmissionClient``: a job that reaches ``final``
+    after ``polls`` status queries following the stop request (never, with ``final=None``)."""
+
+    def __init__(self, address=None, *, status="RUNNING", final="STOPPED", polls=2):
+        from ray.job_submission import JobStatus
+
+        self.status, self.final, self.polls = JobStatus(status), final, polls
+        self.stop_requests = 0
+
+    def stop_job(self, job_id):
+        self.stop_requests += 1
+        return self.status.value not in jobs.TERMINAL
+
+    def get_job_status(self, job_id):
+        from ray.job_submission import JobStatus
+
+        if self.stop_requests and self.final is not None and self.status.value not in jobs.TERMINAL:
+            self.polls -= 1
+            if self.polls <= 0:
+                self.status = JobStatus(self.final)
+        return self.status
+
+
+def test_stop_waits_until_the_job_has_stopped():
+    fake = FakeJobs(polls=3)
+    assert jobs.stop("job-1", address=None, timeout=10, poll=0.01, jobs=fake) == "STOPPED"
+    assert fake.stop_requests == 1
+
+
+def test_stop_returns_the_status_a_job_still_has_after_the_timeout():
+    assert jobs.stop("job-1", address=None, timeout=0.2, poll=0.05, jobs=FakeJobs(final=None)) == "RUNNING"
+
+
+@pytest.fixture
+def fake_ray_jobs(monkeypatch):
+    """Ray's JobSubmissionClient replaced by a FakeJobs made by ``make``."""
+    made = {}
+
+    def install(**kwargs):
+        def make(address=None):
+            made["client"] = FakeJobs(address, **kwargs)
+            return made["client"]
+
+        monkeypatch.setattr("ray.job_submission.JobSubmissionClient", make)
+        return made
+
+    return install
+
+
+def test_stop_exits_0_only_when_the_job_stopped(fake_ray_jobs):
+    fake_ray_jobs(polls=2)
+    result = CliRunner().invoke(main, ["stop", "job-1", "--address", "http://head:8265"])
+    assert result.exit_code == 0, result.output
+    assert "[stop] job job-1 STOPPED" in result.output
+
+
+def test_stop_of_a_job_that_keeps_running_exits_1_with_its_status(fake_ray_jobs):
+    fake_ray_jobs(final=None)
+    result = CliRunner().invoke(main, ["stop", "job-1", "--address", "http://head:8265", "--timeout", "0.5"])
+    assert result.exit_code == 1, result.output
+    assert "error: job job-1 is still RUNNING 0.5s after it was asked to stop" in result.output
+
+
+def test_stop_of_a_job_that_had_ended_already_says_how_it_ended(fake_ray_jobs):
+    made = fake_ray_jobs(status="SUCCEEDED")
+    result = CliRunner().invoke(main, ["stop", "job-1", "--address", "http://head:8265"])
+    assert result.exit_code == 0 and "[stop] job job-1 SUCCEEDED" in result.output
+    assert made["client"].stop_requests == 1
+
+
+def test_a_job_the_dashboard_does_not_know_is_a_usage_error(monkeypatch):
+    class NoJobs(FakeJobs):
+        def get_job_logs(self, job_id):
+            raise RuntimeError(f"Request failed with status code 404: Job {job_id} does not exist.")
+
+    monkeypatch.setattr("ray.job_submission.JobSubmissionClient", NoJobs)
+    result = CliRunner().invoke(main, ["logs", "job-9", "--address", "http://head:8265"])
+    assert result.exit_code == 2
+    assert "error: no job job-9 at the Ray dashboard http://head:8265" in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress lines carry their UTC time
+# ---------------------------------------------------------------------------------------------
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+
+def test_progress_lines_start_with_their_utc_time():
+    assert re.fullmatch(STAMP + r" \[train\] 1/2 trials done", stamped("[train] 1/2 trials done"))
+    assert re.fullmatch(r"\n" + STAMP + r" \[sweep\] finished", stamped("\n[sweep] finished"))
