@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -129,7 +130,7 @@ def test_lenet_300_100_is_an_mlp_with_per_layer_widths():
 
     config = ModelConfig("mlp", width=[300, 100])
     assert (config.width, config.depth, config.label) == ((300, 100), 2, "mlp-w300x100-d2-none")
-    assert ModelConfig(**{**config.__dict__, "width": [300, 100]}) == config  # as it comes back from JSON
+    assert ModelConfig(**{**dataclasses.asdict(config), "width": [300, 100]}) == config  # as it comes back from JSON
     model = config.build()
     shapes = [tuple(p.shape) for p in model.parameters()]
     assert shapes == [(300, 784), (300,), (100, 300), (100,), (10, 100), (10,)]

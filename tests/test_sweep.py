@@ -224,7 +224,11 @@ def test_nan_training_is_recorded_as_failed_and_left_out_of_pairs(ray_session, t
 
 
 def test_a_trial_that_raises_is_recorded_as_failed(ray_session, tmp_path):
-    config = parse_config(tiny_sweep("raises", str(tmp_path), seeds=2, dataset=f"imagefolder:{tmp_path}/missing"))
+    folder = tmp_path / "missing"
+    for split in ("train", "test"):
+        (folder / split / "a").mkdir(parents=True)
+    config = parse_config(tiny_sweep("raises", str(tmp_path), seeds=2, dataset=f"imagefolder:{folder}"))
+    shutil.rmtree(folder)  # validated, then gone: the workers' load_dataset raises
     result = run(config)
     models = load_tables(config.root)["models"]
     assert len(models) == 2 and (models["status"] == "failed").all()
