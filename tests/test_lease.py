@@ -56,6 +56,9 @@ def cli(*args: str, env: dict | None = None) -> subprocess.Popen:
         cwd=REPO,
         env={**os.environ, **(env or {})},
         start_new_session=True,  # its own process group: a signal for it reaches nothing else
+        # Ctrl+C as a terminal delivers it, even when this test session was started in the background
+        # (a non-interactive shell's `cmd &` starts it with SIGINT ignored, and children inherit that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -176,7 +179,16 @@ def test_the_heartbeat_renews_the_lease(tmp_path):
     assert read_holder(str(tmp_path)) is None
 
 
-def test_a_run_whose_lease_was_taken_over_stops_with_a_clear_error(tmp_path):
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raising KeyboardInterrupt in this process, as in a terminal (a session started in the
+    background by a non-interactive shell has it ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_a_run_whose_lease_was_taken_over_stops_with_a_clear_error(tmp_path, ctrl_c):
     lost = threading.Event()
     other = Lease(str(tmp_path), ttl=0.3, take_over=True, say=lambda _: None)
     mine = Lease(str(tmp_path), ttl=0.3, say=lambda _: None, on_lost=lost.set)
@@ -189,7 +201,7 @@ def test_a_run_whose_lease_was_taken_over_stops_with_a_clear_error(tmp_path):
     other.release()
 
 
-def test_a_run_whose_lease_was_deleted_stops(tmp_path):
+def test_a_run_whose_lease_was_deleted_stops(tmp_path, ctrl_c):
     with pytest.raises(LeaseLost, match="was deleted"), Lease(str(tmp_path), ttl=0.3, say=lambda _: None):
         os.remove(tmp_path / LEASE_NAME)
         time.sleep(10)
