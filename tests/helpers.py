@@ -24,6 +24,11 @@ def briefly_trained(
     """A network of the zoo after a few SGD steps, so its units are distinct and alive."""
     torch.manual_seed(seed)
     model = build_model(arch, in_shape=tuple(data.x.shape[1:]), **kwargs)
+    return train_briefly(model, data, steps=steps, lr=lr, seed=seed)
+
+
+def train_briefly(model: nn.Module, data: TensorData, *, steps: int = 30, lr: float = 0.01, seed: int = 0) -> nn.Module:
+    """``model`` after ``steps`` seeded SGD steps on minibatches of 64 of ``data``, in eval mode."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
     model.train()

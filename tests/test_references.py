@@ -13,7 +13,6 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from repair_ray import (
@@ -31,7 +30,7 @@ from repair_ray import (
 from repair_ray.datasets import Dataset, TensorData
 from repair_ray.permutation import invert_permutation, matching_objective, midpoint_loss
 
-from .helpers import briefly_trained, prototype_data
+from .helpers import briefly_trained, prototype_data, train_briefly
 
 # the 24 permutations of a group of 4 units; the first is the identity
 PERMS_4 = [torch.tensor(p) for p in itertools.permutations(range(4))]
@@ -291,16 +290,7 @@ class TinyResNet(nn.Module):
 
 def trained_resnet(data: TensorData, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    model = TinyResNet()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(30):
-        idx = torch.randint(0, len(data), (64,), generator=gen)
-        loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return train_briefly(TinyResNet(), data, steps=30, lr=0.05, seed=seed)
 
 
 def papers_repair(mid: nn.Module, a: nn.Module, b: nn.Module, x: torch.Tensor, alpha: float) -> nn.Module:
