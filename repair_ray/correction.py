@@ -40,6 +40,7 @@ from torch import nn
 
 from .datasets import TensorData
 from .hooks import ChannelMoments, Moments, channel_moments, channel_view, channels_last_2d, output_hooks
+from .names import CORRECTIONS
 from .permutation.spec import PermutationSpec
 
 # REPAIR divides by sqrt(raw variance + EPS), as BatchNorm does: a near-dead channel (raw std ~0)
@@ -60,11 +61,6 @@ def batchnorm_names(model: nn.Module) -> list[str]:
 
 def has_batchnorm(model: nn.Module) -> bool:
     return bool(batchnorms(model))
-
-
-CORRECTIONS = ("none", "reset", "repair", "repair_bn")
-# the corrections that need BatchNorm layers: elsewhere they are skipped (no rows)
-BATCHNORM_ONLY = ("reset", "repair_bn")
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,6 @@ import torch
 from torch import nn
 
 from .correction import (
-    BATCHNORM_ONLY,
-    CORRECTIONS,
     correction_plan,
     has_batchnorm,
     remove_carried,
@@ -30,6 +28,7 @@ from .errors import Problems, unknown_choice
 from .hooks import MomentRecorder, Moments, Recorders, std_ratio, variance_ratio
 from .interpolation import barrier_metrics, evaluate, interpolate_state
 from .models.fold import fold_batchnorm
+from .names import ALIGNS, BATCHNORM_ONLY, CORRECTIONS, DEFAULT_ALIGNS
 from .permutation import (
     PermutationSpec,
     activation_matching,
@@ -52,8 +51,6 @@ from .permutation.spec import axis_index
 from .permutation.weight_matching import WEIGHT_STARTS
 from .stacked import AlphaStack, auto_alphas_per_pass, chunks, interpolated_tensors
 
-ALIGNS = ("none", "weight", "activation", "ste", "sinkhorn")
-DEFAULT_ALIGNS = ("none", "weight", "activation")
 # the settings of the aligns that learn on data; each belongs to its align's rows only
 _LEARNED = ("steps", "epochs", "lr", "optimizer", "batch_size", "samples", "init", "select", "batchnorm")
 METHOD_FIELDS = {

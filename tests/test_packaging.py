@@ -34,6 +34,24 @@ def test_help_imports_neither_torch_nor_scipy_nor_ray():
     assert "Commands:" in out.stdout and "examples" in out.stdout
 
 
+def test_the_names_module_is_the_one_home_of_methods_and_lineage_and_imports_nothing_heavy():
+    code = (
+        "import sys\nfrom repair_ray import names\n"
+        "print(sorted(m for m in ('torch', 'scipy', 'ray', 'pyarrow', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    from repair_ray import correction, names, pair
+    from repair_ray.io.tables import SCHEMAS
+    from repair_ray.report import statistics
+
+    assert pair.ALIGNS is names.ALIGNS is statistics.ALIGN_ORDER
+    assert correction.CORRECTIONS is names.CORRECTIONS is statistics.CORRECTION_ORDER
+    assert statistics.LINEAGE is names.LINEAGE
+    assert all(name in SCHEMAS[table].names for table in ("models", "pairs") for name in names.LINEAGE)
+
+
 def test_python_dash_m_is_the_cli_and_runs_anywhere(tmp_path):
     out = run_cli("--help", cwd=tmp_path)  # not the checkout: nothing may depend on the working directory
     assert out.returncode == 0, out.stderr

@@ -27,6 +27,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from ..names import LINEAGE
 from . import storage
 
 _STR, _INT, _F64 = pa.string(), pa.int64(), pa.float64()
@@ -50,7 +51,7 @@ _MODEL_DESC = (
 _PAIR_IDS = (("seed_a", _INT), ("seed_b", _INT), ("align", _STR), ("correction", _STR))
 _WHEN = (("started_at", _TIME), ("finished_at", _TIME))
 # children of a trunk (stability studies) and rounds of IMP (lottery tickets): null for independent seeds
-_LINEAGE = (("trunk_seed", _INT), ("branch_epoch", _INT), ("imp_round", _INT), ("sparsity", _F64))
+_LINEAGE = tuple((name, _F64 if name == "sparsity" else _INT) for name in LINEAGE)
 
 SCHEMAS: dict[str, pa.Schema] = {
     "models": _schema(

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-LINEAGE = ("trunk_seed", "branch_epoch", "imp_round", "sparsity")
-"""Which trunk and epoch the children of a stability study branched at, and which round of IMP
-(with its sparsity) they are (null for independent seeds)."""
+from ..names import ALIGNS, CORRECTIONS, LINEAGE
+
 OPTIONAL_KEYS = ("layer_widths", *LINEAGE)
 """Description columns that most sweeps leave null: shown only where they have values."""
 GROUP_KEYS = (
@@ -41,8 +40,8 @@ PAIR_ID = ("model_key", "analysis_key", "seed_a", "seed_b")
 REDUCTION_COLUMNS = ("barrier_train_loss", "barrier_train_error", "barrier_test_loss", "barrier_test_error")
 """The max-over-alpha barriers (never negative) whose relative reduction the summary reports."""
 PLOT_METRICS = ("barrier_test_loss", "barrier_test_error")
-ALIGN_ORDER = ("none", "weight", "activation", "ste", "sinkhorn")
-CORRECTION_ORDER = ("none", "reset", "repair", "repair_bn")
+ALIGN_ORDER = ALIGNS
+CORRECTION_ORDER = CORRECTIONS
 DESCRIPTION_KEYS = tuple(k for k in GROUP_KEYS if k not in ("align", "correction"))
 """A summary's groups without the method: the pairs two methods are compared on (never two keys)."""
 MIN_PAIRS = 5

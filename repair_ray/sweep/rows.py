@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..names import LINEAGE
+
 
 def _widths(width: Any) -> dict[str, Any]:
     """``width`` (one width, or null) and ``layer_widths`` (per-layer widths as JSON, or null)."""
@@ -27,10 +29,7 @@ def model_columns(
     """
     lineage = lineage or {}
     return {
-        "trunk_seed": lineage.get("trunk_seed"),
-        "branch_epoch": lineage.get("branch_epoch"),
-        "imp_round": lineage.get("imp_round"),
-        "sparsity": lineage.get("sparsity"),
+        **{name: lineage.get(name) for name in LINEAGE},
         "arch": model["arch"],
         "dataset": dataset["name"],
         **_widths(model["width"]),
