@@ -40,7 +40,7 @@ from torch import nn
 
 from .datasets import TensorData
 from .hooks import ChannelMoments, Moments, channel_moments, channel_view, channels_last_2d, output_hooks
-from .names import CORRECTIONS
+from .names import BATCHNORM_ONLY, CORRECTIONS
 from .permutation.spec import PermutationSpec
 
 # REPAIR divides by sqrt(raw variance + EPS), as BatchNorm does: a near-dead channel (raw std ~0)
@@ -82,9 +82,9 @@ def correction_plan(correction: str, spec: PermutationSpec, *, batchnorm: bool) 
     """The :class:`CorrectionPlan` of ``correction`` on a network with ``spec`` (see the module's docstring)."""
     if correction == "none":
         return CorrectionPlan(False, (), ())
-    if correction == "reset" or (correction == "repair_bn" and not batchnorm):
-        if not batchnorm:
-            raise ValueError(f"{correction} needs a network with BatchNorm layers; this one has none")
+    if correction in BATCHNORM_ONLY and not batchnorm:
+        raise ValueError(f"{correction} needs a network with BatchNorm layers; this one has none")
+    if correction == "reset":
         return CorrectionPlan(True, (), ())
     if correction == "repair_bn":
         return CorrectionPlan(True, spec.repair_points, tuple(spec.carried_points))

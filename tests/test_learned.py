@@ -271,3 +271,13 @@ def test_the_midpoint_of_a_batchnorm_net_is_normalised_by_batch_statistics_when_
     )
     assert abs(batch - running) > 1e-3
     assert all(torch.equal(before[k], v) for k, v in state_a.items())  # nothing was updated in place
+
+
+def test_the_yaml_sections_of_the_learned_matchings_offer_exactly_their_settings():
+    """One list of a learned matching's settings (METHOD_FIELDS): the config sections expose each."""
+    from repair_ray.pair import METHOD_FIELDS
+    from repair_ray.sweep.schema import SinkhornSection, SteSection
+
+    for method, section in (("ste", SteSection), ("sinkhorn", SinkhornSection)):
+        keys = set(section.model_fields) - {"preset"}
+        assert keys == {field.removeprefix(f"{method}_") for field in METHOD_FIELDS[method]}, method
