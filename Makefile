@@ -6,7 +6,7 @@ export REPAIR_RAY_DATA ?= $(abspath ../shared/data)
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test test-slow test-all demo bench lint constraints clean
+.PHONY: install test test-slow test-all demo bench lint typecheck constraints clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench: install  ## all benchmarks in their own env (.bench/venv, with the rebasi
 lint: install  ## ruff: lint rules and formatting, as CI runs them
 	$(VENV)/bin/ruff check repair_ray tests analysis benchmarks
 	$(VENV)/bin/ruff format --check repair_ray tests analysis benchmarks
+
+typecheck: install  ## mypy in its default (basic) mode over repair_ray/, as CI runs it
+	$(VENV)/bin/mypy
 
 constraints: install  ## re-pin constraints.txt to what the venv resolved (after changing a dependency)
 	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^repair.ray'; } > constraints.txt.new
