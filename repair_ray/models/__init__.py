@@ -347,7 +347,7 @@ def permutation_spec(model: nn.Module, example_input: Any = None) -> Permutation
 
     With ``example_input`` (one batch, a tensor or a tuple, on the model's device or the meta
     device) the spec is derived from the network's ``torch.fx`` graph: any network fx can trace,
-    see the README's support table. Without it, the model must carry its own
+    see the support table in docs/studies.md. Without it, the model must carry its own
     ``permutation_spec()`` (the zoo's models do).
 
     Raises:

@@ -2,7 +2,7 @@
 
 A factory is any callable returning an ``nn.Module``. It must be importable wherever it runs:
 in a sweep that means on every Ray worker (an installed package, or Ray's ``runtime_env``
-``py_modules``/``working_dir``; see the README). The sweep's knobs reach the factory only as
+``py_modules``/``working_dir``; see docs/studies.md). The sweep's knobs reach the factory only as
 the keyword arguments it names: ``width``, ``depth``, ``norm``, ``num_classes``, ``in_shape``
 and ``in_channels``; torchvision's classification builders get ``num_classes``.
 
