@@ -7,6 +7,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+LINKED = [*DOCS, REPO / "clusters" / "README.md", REPO / "REPRODUCTION.md", REPO / "BENCHMARKS.md"]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 
@@ -51,8 +52,9 @@ def test_the_slug_is_githubs():
 
 
 def test_every_relative_link_in_the_docs_resolves_to_a_file_and_a_heading():
+    """README.md, docs/, clusters/README.md, REPRODUCTION.md and BENCHMARKS.md."""
     broken = []
-    for doc in DOCS:
+    for doc in LINKED:
         for target in relative_links(doc):
             file, _, anchor = target.partition("#")
             resolved = (doc.parent / file).resolve() if file else doc
