@@ -156,6 +156,54 @@ def test_corrupt_checkpoint_fails_its_pairs_with_a_reason_and_the_others_finish(
     assert len(pairs) == 18 and (pairs["status"] == "ok").all()
 
 
+def test_status_and_validate_count_as_done_exactly_the_trials_a_run_skips(finished_sweep, tmp_path):
+    """One definition of done: a trial whose row says ok but whose checkpoint is gone, or failed to
+    load in a pair task after it was trained, is neither trained for status nor skipped by run."""
+    import datetime
+
+    from click.testing import CliRunner
+
+    from repair_ray.cli import main
+    from repair_ray.io.tables import new_stem, table_file, write_rows
+    from repair_ray.sweep.planning import plan_trials
+    from repair_ray.sweep.stored import load_sweep_config
+
+    from .helpers import write_yaml
+
+    config, _, _ = finished_sweep
+    root = tmp_path / config.name
+    shutil.copytree(config.root, root)
+    copy = load_sweep_config(str(root))
+    assert sweep_status(str(root)).models_ok == len(plan_trials(copy).done) == 3
+    models = load_tables(str(root))["models"].set_index("seed")
+    Path(root, models.loc[0, "checkpoint_uri"]).unlink()
+    key = config.models[0].model_key
+    unloadable = {  # a pair task could not load seed 1's checkpoint: a fact in its column, not in the error text
+        "sweep": config.name,
+        "model_key": key,
+        "analysis_key": "older-settings",
+        "seed_a": 1,
+        "seed_b": 2,
+        "align": "none",
+        "correction": "none",
+        "status": "failed",
+        "error": "any words at all",
+        "unloadable_seed": 1,
+        "finished_at": datetime.datetime.now(datetime.UTC),
+    }
+    write_rows(table_file(str(root), "pairs", new_stem("part")), "pairs", [unloadable])
+    status, plan = sweep_status(str(root)), plan_trials(copy)
+    assert status.models_ok == len(plan.done) == 1
+    assert (status.models_failed, status.models_missing) == (0, 2)
+    assert sorted(seed for _, seed in plan.todo) == [0, 1]
+    shown = CliRunner().invoke(main, ["status", str(root)])
+    assert "models: 1 trained, 0 failed, 2 missing (of 3)" in shown.output, shown.output
+    path = write_yaml(tmp_path / "sweep.yaml", config.raw)
+    validated = CliRunner().invoke(main, ["validate", path, "--storage", str(tmp_path)])
+    assert validated.exit_code == 0, validated.output
+    assert "on storage already: 1 of 3 models trained" in validated.output
+
+
 def test_a_truncated_checkpoint_is_retrained_bit_for_bit(ray_session, tmp_path):
     config = parse_config(tiny_sweep("truncated", str(tmp_path), seeds=2))
     run(config)
