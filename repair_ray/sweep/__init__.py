@@ -12,7 +12,8 @@ A map, in the order data flows:
   :class:`~.messages.PairJob`, :class:`~.messages.PairContext`) and what comes back;
 - train stage: ``trials`` (group the work into trials), ``train_scheduler`` (what may start),
   ``train_worker`` (what a task runs), ``train_stage`` (the driver's loop);
-- pair stage: ``pair_stage`` (tasks, driver loop, part files); ``rows``: the rows both stages write;
+- pair stage: ``pair_worker`` (what a task runs), ``pair_stage`` (the driver's loop, part files);
+  ``rows``: the rows both stages write;
 - ``runner`` (both stages pipelined, under the ``lease``), ``cluster`` (Ray and resources),
   ``worker`` (device, threads, dataset cache in a worker), ``jobs`` (Ray Jobs), ``tracking`` (MLflow).
 
