@@ -31,7 +31,7 @@ from repair_ray.datasets import Dataset
 from repair_ray.io.checkpoint import load_checkpoint
 from repair_ray.io.storage import join
 from repair_ray.models import ModelConfig
-from repair_ray.sweep.runner import load_sweep_config
+from repair_ray.sweep.stored import load_sweep_config  # the stored sweep.yaml: no Ray
 
 
 def junctures(model: nn.Module) -> dict[str, str]:

@@ -54,7 +54,7 @@ def _fake_models(config, *, write_checkpoints: bool) -> None:
     """``models`` rows (and small checkpoint files) for every trial of ``config``, in one file."""
     from repair_ray.io import storage
     from repair_ray.io.tables import new_stem, table_file, write_rows
-    from repair_ray.sweep.train_stage import checkpoint_path
+    from repair_ray.sweep.layout import checkpoint_path
 
     rows = []
     for plan in config.models:
@@ -158,8 +158,7 @@ _PLAN_PROBE = r"""
 import json, resource, sys, time, tracemalloc
 from repair_ray.sweep.config import parse_config
 from repair_ray.sweep.pair_stage import PairQueue
-from repair_ray.sweep.planning import analysis_keys, read_pair_state
-from repair_ray.sweep.train_stage import plan_trials
+from repair_ray.sweep.planning import analysis_keys, plan_trials, read_pair_state
 
 config = parse_config(json.loads(sys.argv[1]))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -212,7 +211,7 @@ def _trained_sweep(name: str, seeds: int, **extra: Any):
     from repair_ray.datasets import load_dataset
     from repair_ray.io.tables import new_stem, table_file, write_rows
     from repair_ray.sweep.config import parse_config
-    from repair_ray.sweep.train_stage import checkpoint_path, checkpoint_uri
+    from repair_ray.sweep.layout import checkpoint_path, checkpoint_uri
     from repair_ray.training import train_model
 
     config = parse_config(_sweep_dict(name, str(WORK), widths=[4], seeds=seeds, **extra))

@@ -46,8 +46,8 @@ def _forget_pairs(root: str) -> None:
         shutil.rmtree(Path(root, "tables", table_name), ignore_errors=True)
 
 
-def _noop(context: dict[str, Any], job: tuple) -> int:
-    return len(job)
+def _noop(context: Any, job: Any) -> int:
+    return int(job.seed_a)
 
 
 def _pair_stage(config, cpus: int) -> dict[str, float]:
@@ -77,14 +77,13 @@ def _ray_overhead(config) -> dict[str, float]:
     import ray
 
     from repair_ray.sweep.pair_stage import PairQueue, make_remote_pair_task, stage_context
-    from repair_ray.sweep.planning import read_pair_state
-    from repair_ray.sweep.train_stage import plan_trials
+    from repair_ray.sweep.planning import plan_trials, read_pair_state
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         _forget_pairs(config.root)
         context = stage_context(config, 1.0)
-        pairs = PairQueue(config, read_pair_state(config.root, context["analysis_key"]))
+        pairs = PairQueue(config, read_pair_state(config.root, context.analysis_keys))
         pairs.add_trained(plan_trials(config).done)
         job = pairs.ready[0]
         context_ref = ray.put(context)

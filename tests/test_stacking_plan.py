@@ -7,7 +7,7 @@ import pytest
 from repair_ray.models import ModelConfig
 from repair_ray.sweep.config import parse_config
 from repair_ray.sweep.planning import training_bytes_per_seed
-from repair_ray.sweep.train_stage import _groups
+from repair_ray.sweep.trials import trial_groups
 from repair_ray.training import TrainConfig
 
 from .helpers import tiny_sweep
@@ -23,7 +23,7 @@ def _config(tmp_path, seeds: int, gpu: float, gpu_memory: float | None = None, *
 
 def _trials(config, gpu: float, slots: int = 1) -> list[tuple[int, bool]]:
     todo = [(plan, seed) for plan in config.models for seed in plan.seeds]
-    return [(len(seeds), together) for _, seeds, together in _groups(todo, config, {}, gpu, slots)]
+    return [(len(seeds), together) for _, seeds, together in trial_groups(todo, config, {}, gpu, slots)]
 
 
 def test_auto_trains_every_seed_alone_on_a_cpu(tmp_path):

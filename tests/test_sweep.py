@@ -128,6 +128,8 @@ def test_corrupt_checkpoint_fails_its_pairs_with_a_reason_and_the_others_finish(
     forget_pairs(config.root)
     summary = run_pair_stage(config, say=lambda m: None)
     assert summary.ran == 3 and summary.failed == 2
+    status = sweep_status(config.root)  # not done any more, for status as for run
+    assert (status.models_ok, status.models_failed, status.models_missing) == (2, 0, 1)
     pairs = load_tables(config.root)["pairs"]
     bad = pairs[(pairs.seed_a == 1) | (pairs.seed_b == 1)]
     assert (bad["status"] == "failed").all()
@@ -147,10 +149,60 @@ def test_corrupt_checkpoint_fails_its_pairs_with_a_reason_and_the_others_finish(
     result = run(config, lines)
     assert result.train.ran == 1 and result.pairs.ran == 2 and result.pairs.failed == 0
     assert any("is missing or not whole: retraining it" in line for line in lines)
+    assert any("2 of 3 trials already done; 1 to run" in line for line in lines), lines
     retrained = load_checkpoint(broken).state_dict
     assert all(torch.equal(original[k], retrained[k]) for k in original)
     pairs = load_tables(config.root)["pairs"]
     assert len(pairs) == 18 and (pairs["status"] == "ok").all()
+
+
+def test_status_and_validate_count_as_done_exactly_the_trials_a_run_skips(finished_sweep, tmp_path):
+    """One definition of done: a trial whose row says ok but whose checkpoint is gone, or failed to
+    load in a pair task after it was trained, is neither trained for status nor skipped by run."""
+    import datetime
+
+    from click.testing import CliRunner
+
+    from repair_ray.cli import main
+    from repair_ray.io.tables import new_stem, table_file, write_rows
+    from repair_ray.sweep.planning import plan_trials
+    from repair_ray.sweep.stored import load_sweep_config
+
+    from .helpers import write_yaml
+
+    config, _, _ = finished_sweep
+    root = tmp_path / config.name
+    shutil.copytree(config.root, root)
+    copy = load_sweep_config(str(root))  # the fixture's sweep, grown by the tests before this one or not
+    trained = len(plan_trials(copy).done)
+    assert sweep_status(str(root)).models_ok == trained == copy.n_trials
+    models = load_tables(str(root))["models"].set_index("seed")
+    Path(root, models.loc[0, "checkpoint_uri"]).unlink()
+    key = config.models[0].model_key
+    unloadable = {  # a pair task could not load seed 1's checkpoint: a fact in its column, not in the error text
+        "sweep": config.name,
+        "model_key": key,
+        "analysis_key": "older-settings",
+        "seed_a": 1,
+        "seed_b": 2,
+        "align": "none",
+        "correction": "none",
+        "status": "failed",
+        "error": "any words at all",
+        "unloadable_seed": 1,
+        "finished_at": datetime.datetime.now(datetime.UTC),
+    }
+    write_rows(table_file(str(root), "pairs", new_stem("part")), "pairs", [unloadable])
+    status, plan = sweep_status(str(root)), plan_trials(copy)
+    assert status.models_ok == len(plan.done) == trained - 2
+    assert (status.models_failed, status.models_missing) == (0, 2)
+    assert sorted(seed for _, seed in plan.todo) == [0, 1]
+    shown = CliRunner().invoke(main, ["status", str(root)])
+    assert f"models: {trained - 2} trained, 0 failed, 2 missing (of {trained})" in shown.output, shown.output
+    path = write_yaml(tmp_path / "sweep.yaml", copy.raw)
+    validated = CliRunner().invoke(main, ["validate", path, "--storage", str(tmp_path)])
+    assert validated.exit_code == 0, validated.output
+    assert f"on storage already: {trained - 2} of {trained} models trained" in validated.output
 
 
 def test_a_truncated_checkpoint_is_retrained_bit_for_bit(ray_session, tmp_path):
@@ -172,7 +224,7 @@ def test_a_truncated_checkpoint_is_retrained_bit_for_bit(ray_session, tmp_path):
 
 def _crash_once(context, job, marker_dir):
     """Kill the worker process the first time it sees a pair; behave normally afterwards."""
-    marker = Path(marker_dir, f"{job[1]}-{job[2]}")
+    marker = Path(marker_dir, f"{job.seed_a}-{job.seed_b}")
     if not marker.exists():
         marker.touch()
         os._exit(1)
@@ -546,15 +598,16 @@ def test_an_imp_sweep_prunes_round_by_round_rewinds_and_resumes_exactly(ray_sess
 
 
 def test_an_imp_round_whose_pruned_network_failed_fails_naming_it(tmp_path):
-    from repair_ray.sweep.train_stage import _Scheduler, trial_spec
+    from repair_ray.sweep.train_scheduler import TrialScheduler
+    from repair_ray.sweep.trials import trial_spec
 
     config = parse_config(tiny_sweep("impfail", str(tmp_path), seeds=2, imp={"rounds": 2, "rate": 0.2}))
     first, second, third = config.models
     told = []
     specs = [trial_spec(config, plan, [seed], 1) for plan in config.models for seed in plan.seeds]
-    scheduler = _Scheduler(specs, lambda spec, seed, ok: told.append((spec["model_key"], seed, ok)))
+    scheduler = TrialScheduler(specs, lambda spec, seed, ok: told.append((spec.model_key, seed, ok)))
     # round 0 starts; rounds 1 and 2 wait for the network each prunes
-    assert [(s["model_key"], s["seeds"]) for s in scheduler.ready] == [(first.model_key, [0]), (first.model_key, [1])]
+    assert [(s.model_key, s.seeds) for s in scheduler.ready] == [(first.model_key, (0,)), (first.model_key, (1,))]
     scheduler.ready.clear()
     scheduler.finished(specs[1], {1: None})  # round 0's seed 1 is not what round 1 prunes
     assert not scheduler.ready
@@ -576,7 +629,8 @@ def test_an_imp_round_whose_pruned_network_failed_fails_naming_it(tmp_path):
 
 
 def test_children_start_when_their_trunk_is_trained_and_fail_naming_it_when_it_failed(tmp_path):
-    from repair_ray.sweep.train_stage import _Scheduler, trial_spec, trunk_specs
+    from repair_ray.sweep.train_scheduler import TrialScheduler
+    from repair_ray.sweep.trials import trial_spec, trunk_specs
 
     config = parse_config(
         tiny_sweep("trunks", str(tmp_path), seeds=2, branch={"at_epochs": [1], "trunks": 2}, train={"epochs": 2})
@@ -584,16 +638,16 @@ def test_children_start_when_their_trunk_is_trained_and_fail_naming_it_when_it_f
     todo = [(plan, seed) for plan in config.models for seed in plan.seeds]
     trunks = trunk_specs(config, todo, 1)
     children = [trial_spec(config, plan, [seed], 1) for plan, seed in todo]
-    assert len(trunks) == 2 and all("trunk" in c for c in children)
-    scheduler = _Scheduler(trunks + children, lambda spec, seed, ok: None)
+    assert len(trunks) == 2 and all(c.trunk is not None for c in children)
+    scheduler = TrialScheduler(trunks + children, lambda spec, seed, ok: None)
     assert list(scheduler.ready) == trunks  # every child waits for its trunk
     scheduler.ready.clear()
-    scheduler.finished(trunks[0], {trunks[0]["seeds"][0]: None})
-    assert [c["trunk"] for c in scheduler.ready] == [[trunks[0]["model_key"], trunks[0]["seeds"][0]]] * 2
+    scheduler.finished(trunks[0], {trunks[0].seeds[0]: None})
+    assert [c.trunk for c in scheduler.ready] == [(trunks[0].model_key, trunks[0].seeds[0])] * 2
     scheduler.failed(trunks[1], "NonFiniteLossError: training loss is nan")
     rows = load_tables(config.root)["models"]
     assert len(rows) == 2 and (rows["status"] == "failed").all()
-    assert rows["error"].str.startswith(f"its trunk (seed {trunks[1]['seeds'][0]}) failed: NonFiniteLossError").all()
+    assert rows["error"].str.startswith(f"its trunk (seed {trunks[1].seeds[0]}) failed: NonFiniteLossError").all()
 
 
 def test_the_repair_points_script_compares_carried_point_sets_on_a_resnet_sweep(ray_session, tmp_path):

@@ -21,12 +21,12 @@ from .helpers import tiny_sweep
 def flaky_trial(spec, marker_dir):
     """The trial task, but the first attempt of seed 1 raises after its first epoch (its checkpoint
     written), and every attempt of seed 2 raises before training."""
-    from repair_ray.sweep import train_stage
+    from repair_ray.sweep import train_worker
 
-    seed = spec["seeds"][0]
+    seed = spec.seeds[0]
     if seed == 2:
         raise OSError("the bucket is unreachable")
-    marker, trainer = Path(marker_dir, f"seed-{seed}"), train_stage.Trainer
+    marker, trainer = Path(marker_dir, f"seed-{seed}"), train_worker.Trainer
 
     class FailingOnce(trainer):
         def run(self, *, on_epoch, **kwargs):
@@ -38,11 +38,11 @@ def flaky_trial(spec, marker_dir):
 
             return super().run(on_epoch=hook, **kwargs)
 
-    train_stage.Trainer = FailingOnce  # in this worker process, for this trial only
+    train_worker.Trainer = FailingOnce  # in this worker process, for this trial only
     try:
         yield from trial_task(spec)
     finally:
-        train_stage.Trainer = trainer
+        train_worker.Trainer = trainer
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_trials_run_on_reused_worker_processes(ray_session, tmp_path):
 
     @ray.remote(num_cpus=1, max_calls=0, max_retries=0, num_returns="streaming")
     def recording_trial(spec):
-        Path(tmp_path, f"pid-{spec['seeds'][0]}").write_text(str(os.getpid()))
+        Path(tmp_path, f"pid-{spec.seeds[0]}").write_text(str(os.getpid()))
         yield from trial_task(spec)
 
     class Task:

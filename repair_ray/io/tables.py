@@ -123,6 +123,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         # how many α one forward pass evaluated (several: one vmapped program, the same rows up to rounding)
         ("alphas_per_pass", _INT),
         ("error_trace", _STR),  # the full traceback of a failure that raised (``error`` is its one line)
+        ("unloadable_seed", _INT),  # a failure to load a network's checkpoint: its seed (the sweep retrains it)
     ),
     "curves": _schema(
         *_IDS,

@@ -4,8 +4,9 @@ Everything a user can get wrong fails here, before Ray starts, with a message na
 and the key path (``models[1].width``) and what was expected. The rules themselves live with the
 core objects the values become (``ModelConfig``, ``TrainConfig``, ``PairSettings``, the dataset
 registry): this module builds those objects and puts the YAML key path in front of their
-:class:`~repair_ray.SettingError` problems. Only the rules of a sweep alone (its name, seeds,
-pairing, resources, retries) are written here. This module imports no Ray.
+:class:`~repair_ray.SettingError` problems. The rules of a sweep alone (resources, retries,
+pairing) are in :mod:`.rules`, those of its study designs (branch, imp) in :mod:`.designs`, the
+grid it expands to in :mod:`.plans`. This module imports no Ray.
 
 A network named ``package.module:factory`` is imported only when the caller allows its module
 (``allow_import``); a config read back from a sweep folder (``stored=True``) imports nothing.
@@ -14,8 +15,8 @@ A network named ``package.module:factory`` is imported only when the caller allo
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
-import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -26,39 +27,25 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..datasets import check_dataset, dataset_files, dataset_in_shape, dataset_num_classes
+from ..datasets import check_dataset, dataset_files
 from ..errors import SettingError, unknown_choice
 from ..io import storage
 from ..models import ModelConfig
 from ..models.external import allowed_modules, refusal
-from ..models.fold import fold_problem
-from ..pair import METHOD_FIELDS, PRESETS, PairSettings, correction_applies
-from ..permutation import SpecError
-from ..pruning import imp_sparsity, prunable_count
+from ..pair import METHOD_FIELDS, PRESETS, PairSettings
+from ..pruning import imp_sparsity
 from ..training import TrainConfig
-from .planning import Branch, ModelPlan, model_key, pairing, stack_size
-from .schema import (
-    DatasetSection,
-    FirstPairs,
-    ModelGrid,
-    Resources,
-    SweepSection,
-    describe_validation_error,
-    key_path,
-)
+from .designs import branch_points, imp_branch, prunable_weights
+from .plans import Branch, DatasetSpec, ModelPlan, model_key, pairing
+from .rules import check_specs, check_sweep_settings, mlflow_installed, warn_skipped_corrections
+from .schema import DatasetSection, ModelGrid, Resources, SweepSection, describe_validation_error, key_path
+from .stacking import stack_size
+
+__all__ = ["ConfigError", "DatasetSpec", "SweepConfig", "load_config", "mlflow_installed", "parse_config"]
 
 
 class ConfigError(ValueError):
     """A sweep config is invalid; the message names the file and every offending key."""
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    options: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "options": dict(self.options)}
 
 
 @dataclass(frozen=True)
@@ -206,10 +193,10 @@ def _validate(data: dict[str, Any]) -> tuple[SweepSection | None, list[str], tup
             return SweepSection.model_validate(data), problems, tuple(key_path(p) for p in removed)
         except ValidationError as error:
             problems += [p for p in describe_validation_error(error) if p not in problems]
-            paths = {_key_of(data, item["loc"]) for item in error.errors()}
-            if any(item["type"] == "missing" for item in error.errors()) or None in paths:
+            located = [_key_of(data, item["loc"]) for item in error.errors()]
+            if any(item["type"] == "missing" for item in error.errors()) or None in located:
                 return None, problems, ()
-            for path in sorted(paths, key=len):
+            for path in sorted({p for p in located if p is not None}, key=len):
                 if not any(path[: len(done)] == done for done in removed):
                     _pop(data, path)
                     removed.append(path)
@@ -219,7 +206,9 @@ def _validate(data: dict[str, Any]) -> tuple[SweepSection | None, list[str], tup
 def _key_of(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """The path of the deepest mapping key on ``loc`` that ``data`` holds (None: not even the first);
     pydantic's locations may end in the alternatives of a union, which the data does not hold."""
-    node, path, deepest = data, (), None
+    node: Any = data
+    path: tuple[Any, ...] = ()
+    deepest: tuple[Any, ...] | None = None
     for part in loc:
         if isinstance(node, dict) and part in node:
             deepest = (*path, part)
@@ -334,18 +323,18 @@ def _expand(
         _pair_key,
         problems,
     )
-    _check_sweep_settings(s, problems)
+    check_sweep_settings(s, problems)
     if not s.models:
         problems.append("models: must list at least one model grid")
     model_configs = _model_grid(s.models, problems, allowed, refuse=not stored)
     if problems or dataset is None or train is None or seeds is None or settings is None:
         return None
-    _check_specs([(i, mc) for i, mc in model_configs if mc.importable], dataset, settings, problems)
+    check_specs([(i, mc) for i, mc in model_configs if mc.importable], dataset, settings, problems)
     if problems:
         return None
 
     pair_list = pairing(seeds, s.pairs)
-    branches = _branches(s, train, seeds, problems)
+    branches = branch_points(s, train, seeds, problems)
     if problems:
         return None
     plans = []
@@ -358,20 +347,20 @@ def _expand(
         seen[key] = i
         if branches is None:
             plans.append(ModelPlan(key, mc, tuple(seeds), tuple(pair_list)))
-        prunable = _prunable_count(mc, dataset) if s.imp is not None and mc.importable else None
+        prunable = prunable_weights(mc, dataset) if s.imp is not None and mc.importable else None
         keys: dict[Branch, str] = {}
         for branch in branches or ():
             child_key = keys[branch] = model_key(mc, train, dataset.as_dict(), branch)
             extra: dict[str, Any] = {}
-            if branch.imp_round is not None:
+            if branch.imp_round is not None and s.imp is not None:  # a round of IMP
                 rate = s.imp.rate
                 extra["sparsity"] = None if prunable is None else imp_sparsity(prunable, branch.imp_round, rate)
                 if branch.imp_round > 0:
-                    before = _imp_branch(branch.trunk_seed, branch.epoch, branch.imp_round - 1, rate, seeds[0])
+                    before = imp_branch(branch.trunk_seed, branch.epoch, branch.imp_round - 1, rate, seeds[0])
                     extra["prune_from"] = keys[before]
             plans.append(ModelPlan(child_key, mc, tuple(seeds), tuple(pair_list), branch, key, **extra))
     batchnorm = {plan.model_key: plan.model.has_batchnorm for plan in plans if plan.model.importable}
-    _warn_skipped_corrections(plans, batchnorm, settings, source)
+    warn_skipped_corrections(plans, batchnorm, settings, source)
     return SweepConfig(
         name=s.name,
         storage=storage.normalize(storage_override or s.storage),
@@ -398,177 +387,6 @@ def _expand(
     )
 
 
-def _branches(s: SweepSection, train: TrainConfig, seeds: list[int], problems: list[str]) -> list[Branch] | None:
-    """The (trunk seed, epoch) of every branch point of ``branch`` (or every (trunk seed, round) of
-    ``imp``, in round order); None for independent seeds."""
-    if s.branch is not None and s.imp is not None:
-        problems.append("branch, imp: choose one (every IMP round is itself a branch at imp.rewind_epoch)")
-        return []
-    if s.imp is not None:
-        return _imp_rounds(s, train, seeds[0], problems)
-    if s.branch is None:
-        return None
-    epochs, found = s.branch.at_epochs, len(problems)
-    if not epochs:
-        problems.append("branch.at_epochs: must list at least one epoch (0 branches at the shared initialisation)")
-    elif len(set(epochs)) != len(epochs):
-        problems.append(f"branch.at_epochs: lists an epoch twice: {epochs}")
-    elif any(not 0 <= e < train.epochs for e in epochs):
-        problems.append(
-            f"branch.at_epochs: must be 0 .. {train.epochs - 1}: the children train the rest of the "
-            f"train.epochs = {train.epochs} epochs, got {epochs}"
-        )
-    trunks = _trunk_seeds(s.branch.trunks, "branch.trunks", problems)
-    if len(problems) > found:
-        return []
-    return [Branch(t, e) for t in trunks for e in sorted(epochs)]
-
-
-def _trunk_seeds(trunks: int | list[int], where: str, problems: list[str]) -> list[int]:
-    if isinstance(trunks, int):
-        if trunks < 1:
-            problems.append(f"{where}: must be a positive number of trunks, got {trunks}")
-        return list(range(max(trunks, 0)))
-    if not trunks or len(set(trunks)) != len(trunks) or any(t < 0 for t in trunks):
-        problems.append(f"{where}: must list distinct non-negative trunk seeds, got {trunks}")
-    return list(trunks)
-
-
-def _imp_branch(trunk: int, epoch: int, round_: int, rate: float, prune_seed: int) -> Branch:
-    """Round ``round_`` of IMP as a branch; the rate and the pruned child name rounds >= 1 only
-    (round 0 is dense whatever they are)."""
-    return Branch(trunk, epoch, round_, rate if round_ else None, prune_seed if round_ else None)
-
-
-def _imp_rounds(s: SweepSection, train: TrainConfig, first: int, problems: list[str]) -> list[Branch]:
-    """Every (trunk seed, round) of ``imp`` as a branch at the rewind epoch, rounds in order."""
-    imp, found = s.imp, len(problems)
-    if imp.rounds < 1:
-        problems.append(f"imp.rounds: must be at least 1 (rounds 0, dense, to R are trained), got {imp.rounds}")
-    if not (math.isfinite(imp.rate) and 0 < imp.rate < 1):
-        problems.append(f"imp.rate: must be a fraction between 0 and 1 of the surviving weights, got {imp.rate}")
-    if not 0 <= imp.rewind_epoch < train.epochs:
-        problems.append(
-            f"imp.rewind_epoch: must be 0 .. {train.epochs - 1} (0 rewinds to the initialisation; each round "
-            f"trains the rest of train.epochs = {train.epochs}), got {imp.rewind_epoch}"
-        )
-    trunks = _trunk_seeds(imp.trunks, "imp.trunks", problems)
-    if len(problems) > found:
-        return []
-    return [_imp_branch(t, imp.rewind_epoch, r, imp.rate, first) for t in trunks for r in range(imp.rounds + 1)]
-
-
-def _prunable_count(model: ModelConfig, dataset: DatasetSpec) -> int | None:
-    """The prunable weights of ``model`` on ``dataset`` (None when only the dataset's files tell its shape)."""
-    classes = dataset_num_classes(dataset.name, dataset.options)
-    in_shape = dataset_in_shape(dataset.name, dataset.options)
-    if classes is None or in_shape is None:
-        return None
-    return prunable_count(model.skeleton(classes, in_shape))
-
-
-def mlflow_installed() -> bool:
-    """Whether ``import mlflow`` can work here (without importing it: that takes seconds)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("mlflow") is not None
-    except (ImportError, ValueError):  # a module set to None in sys.modules: blocked
-        return False
-
-
-def _check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
-    """The rules that belong to a sweep alone: resources, retries, pairing, tasks in flight."""
-    for stage in ("train", "pair"):
-        spec = getattr(s.resources, stage)
-        if not (math.isfinite(spec.cpu) and spec.cpu > 0):
-            problems.append(f"resources.{stage}.cpu: must be a positive number, got {spec.cpu}")
-        if not math.isfinite(spec.gpu) or spec.gpu < 0 or (spec.gpu > 1 and spec.gpu != int(spec.gpu)):
-            problems.append(f"resources.{stage}.gpu: must be a fraction in [0, 1] or a whole number, got {spec.gpu}")
-    if s.eval.alphas_per_pass != "auto" and s.eval.alphas_per_pass < 1:
-        problems.append(f"eval.alphas_per_pass: must be a positive integer or auto, got {s.eval.alphas_per_pass}")
-    memory = s.resources.train.gpu_memory
-    if memory is not None and not (math.isfinite(memory) and memory > 0):
-        problems.append(f"resources.train.gpu_memory: must be a positive number of GiB, got {memory}")
-    for key in ("max_pairs_in_flight", "max_trials_in_flight"):
-        if getattr(s, key) is not None and getattr(s, key) < 1:
-            problems.append(f"{key}: must be a positive integer, got {getattr(s, key)}")
-    for key in ("pair_retries", "train_retries"):
-        if getattr(s, key) < 0:
-            problems.append(f"{key}: must be 0 or more, got {getattr(s, key)}")
-    if s.tracking.mlflow is not None and not mlflow_installed():
-        problems.append(
-            "tracking.mlflow: the mlflow package is not installed here; "
-            "pip install mlflow (or pip install 'repair-ray[tracking]'), or remove tracking.mlflow"
-        )
-    if s.flush.pairs < 1:
-        problems.append(f"flush.pairs: must be a positive integer, got {s.flush.pairs}")
-    if not (math.isfinite(s.flush.seconds) and s.flush.seconds >= 0):
-        problems.append(f"flush.seconds: must be 0 or more, got {s.flush.seconds}")
-    if isinstance(s.pairs, FirstPairs) and s.pairs.first < 1:
-        problems.append(f"pairs.first: must be a positive integer, got {s.pairs.first}")
-
-
-def _check_specs(
-    configs: list[tuple[int, ModelConfig]], dataset: DatasetSpec, settings: PairSettings, problems: list[str]
-) -> None:
-    """Every network's permutation spec, derived before Ray starts (on the meta device where possible).
-
-    A network whose symmetry cannot be derived fails here, naming the module and op; so does one
-    without the activation or REPAIR points an asked-for method needs.
-    """
-    in_shape = dataset_in_shape(dataset.name, dataset.options)
-    num_classes = dataset_num_classes(dataset.name, dataset.options)
-    for i, mc in configs:
-        if in_shape is None or num_classes is None:
-            continue  # an image folder: its shape is known only from its files, so the workers check it
-        if settings.fold_batchnorm:
-            why = fold_problem(mc.skeleton(num_classes, in_shape))
-            if why is not None:
-                problems.append(f"models[{i}] ({mc.label}): eval.fold_batchnorm: {why}")
-                continue
-        try:
-            spec = mc.permutation_spec(num_classes, in_shape)
-        except (SpecError, TypeError, ValueError, RuntimeError) as error:
-            problems.append(f"models[{i}] ({mc.label}): {error}")
-            continue
-        no_points = [g for g in spec.sizes if g not in spec.activations]
-        if "activation" in settings.aligns and no_points:
-            problems.append(
-                f"models[{i}] ({mc.label}): align activation needs a module output carrying each permutation "
-                f"group, and group {no_points[0]!r} has none (e.g. its nonlinearity is a function or a module used "
-                "twice); leave activation out of align for this network"
-            )
-        if "repair" in settings.corrections and not spec.repair_points:
-            problems.append(
-                f"models[{i}] ({mc.label}): correction repair needs norm layers with an affine or layers with a "
-                "bias to fold into, and this network has none; leave repair out of correction"
-            )
-
-
-def _warn_skipped_corrections(
-    plans: list[ModelPlan], batchnorm: Mapping[str, bool], settings: PairSettings, source: str
-) -> None:
-    skipped = sorted(
-        {
-            (correction, plan.model_key)
-            for plan in plans
-            if plan.model_key in batchnorm
-            for correction in settings.corrections
-            if not correction_applies(correction, batchnorm=batchnorm[plan.model_key] and not settings.fold_batchnorm)
-        }
-    )
-    for correction in dict.fromkeys(c for c, _ in skipped):
-        keys = [k for c, k in skipped if c == correction]
-        folded = " (or with it folded: eval.fold_batchnorm)" if settings.fold_batchnorm else ""
-        warnings.warn(
-            f"{source}: correction {correction!r} applies only to BatchNorm nets; it is skipped for "
-            f"{len(keys)} model config(s) without BatchNorm{folded} "
-            f"({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})",
-            stacklevel=3,
-        )
-
-
 def _dataset(value: str | DatasetSection, problems: list[str], check_files: bool, source: str) -> DatasetSpec | None:
     name, options = (value, {}) if isinstance(value, str) else (value.name, dict(value.model_extra or {}))
     prefix = "dataset" if isinstance(value, str) else "dataset.name"
@@ -576,7 +394,11 @@ def _dataset(value: str | DatasetSection, problems: list[str], check_files: bool
     def key_of(setting: str) -> str:
         return prefix if setting == "name" else f"dataset.{setting}"
 
-    ok = _build(lambda: check_dataset(name, options) or True, key_of, problems)
+    def check() -> bool:
+        check_dataset(name, options)
+        return True
+
+    ok = _build(check, key_of, problems)
     if ok and check_files:
         missing, downloads = dataset_files(name, options)
         if missing is not None and downloads:
@@ -622,6 +444,11 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
+def _grid_key(i: int) -> Callable[[str], str]:
+    """The YAML key of a setting of the grid ``models[i]``."""
+    return lambda setting: f"models[{i}].{setting}"
+
+
 def _model_grid(
     grids: list[ModelGrid], problems: list[str], allowed: tuple[str, ...], *, refuse: bool
 ) -> list[tuple[int, ModelConfig]]:
@@ -635,11 +462,7 @@ def _model_grid(
             continue
         found = len(problems)
         for w, d, n in itertools.product(widths, depths, norms):
-            config = _build(
-                lambda arch=g.arch, w=w, d=d, n=n, kw=g.kwargs: ModelConfig(arch, w, d, n, kw, allowed),
-                lambda k, i=i: f"models[{i}].{k}",
-                problems,
-            )
+            config = _build(functools.partial(ModelConfig, g.arch, w, d, n, g.kwargs, allowed), _grid_key(i), problems)
             if config is not None and refuse and not config.importable:
                 problems.append(f"models[{i}].arch: {refusal(g.arch)}")
             elif config is not None:

@@ -35,8 +35,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from ..io import storage
+from .layout import LEASE_NAME as LEASE_NAME  # the lease file's name, importable from here too
+from .layout import lease_uri
 
-LEASE_NAME = "lease.json"
 TTL_ENV = "REPAIR_RAY_LEASE_TTL"
 DEFAULT_TTL = 120.0
 HEARTBEATS_PER_TTL = 4
@@ -130,7 +131,7 @@ class Holder:
 
 def read_holder(root: str) -> Holder | None:
     """The holder of the sweep's lease, or None when nobody holds it (or the lease is unreadable)."""
-    found = _store(storage.join(root, LEASE_NAME)).read()
+    found = _store(lease_uri(root)).read()
     if found is None:
         return None
     with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -338,7 +339,7 @@ class Lease:
         on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.root = storage.normalize(root)
-        self.uri = storage.join(self.root, LEASE_NAME)
+        self.uri = lease_uri(self.root)
         self.ttl = default_ttl() if ttl is None else ttl
         self.take_over = take_over
         self.say = say
@@ -411,19 +412,23 @@ class Lease:
                 version = self._store.replace(self._record(now).to_bytes(), self._version)
                 if version is None:
                     found = self._store.read()  # our own renewal may have landed with its answer lost
-                    mine = found is not None and Holder.from_bytes(found[0]).run_id == self.holder.run_id
-                    if not mine:
+                    mine = found if found is not None and self._is_mine(found[0]) else None
+                    if mine is None:
                         other = None if found is None else Holder.from_bytes(found[0])
                         taken = "deleted" if other is None else f"taken by {other.describe(now)}"
                         self._lose(f"the lease of {self.root} was {taken}")
                         return
-                    version = found[1]
+                    version = mine[1]
             except Exception as error:  # noqa: BLE001 - a network blip: retry until the ttl runs out
                 if now - last_renewed > self.ttl:
                     self._lose(f"could not renew the lease of {self.root} for {now - last_renewed:.0f}s: {error}")
                     return
                 continue
             self._version, last_renewed = version, now
+
+    def _is_mine(self, data: bytes) -> bool:
+        """Whether the lease record ``data`` is this run's."""
+        return self.holder is not None and Holder.from_bytes(data).run_id == self.holder.run_id
 
     def _lose(self, reason: str) -> None:
         self.lost_reason = (

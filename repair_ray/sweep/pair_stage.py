@@ -4,7 +4,7 @@ The driver knows which trials are trained (from the ``models`` table, and as the
 finishes them: the stages are pipelined, so a pair starts as soon as both its networks are
 there). For every pair of the current config it asks the tables which (align, correction) are
 not complete under the current analysis key, and keeps a bounded number of tasks in flight over
-a lazy queue. Each task loads both checkpoints and calls the core's
+a lazy queue. Each task (:mod:`.pair_worker`) loads both checkpoints and calls the core's
 :func:`repair_ray.pair.analyse_pair`; the driver buffers the rows it returns and flushes them
 every ``flush.pairs`` pairs or ``flush.seconds`` seconds as one part file per table (``curves``
 and ``layers`` first, ``pairs`` last, each atomic), so a crash loses at most the work in flight
@@ -14,7 +14,6 @@ plus one flush interval, and a re-run recomputes exactly what the tables lack or
 from __future__ import annotations
 
 import collections
-import math
 import queue
 import threading
 import time
@@ -22,133 +21,48 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..io.checkpoint import load_checkpoint
-from ..io.tables import new_stem, table_file, write_rows
-from ..models import ModelConfig
-from ..pair import PairSettings, analyse_pair
-from ..pruning import weight_sparsity
+from ..io.tables import table_file, write_rows
 from .cluster import cluster_shape, named, resolve_resources, tasks_in_flight
 from .config import SweepConfig
-from .planning import PairState, analysis_keys, forward_flops, method_gaps, pair_stem, read_pair_state
+from .layout import pair_stem, part_stem
+from .messages import PairContext, PairJob, TrialEnded
+from .pair_worker import METRIC_COLUMNS, Rows, failed_rows, pair_task
+from .planning import PairState, analysis_keys, forward_flops, pair_gaps, plan_trials, read_pair_state
 from .progress import Progress
-from .rows import model_columns
-from .worker import cached_dataset, error_text, error_trace, node_id, setup_worker, utc_now
+from .schema import FLUSH_PAIRS, FLUSH_SECONDS
+from .worker import error_text, error_trace
 
-METRIC_COLUMNS = (
-    "barrier_train_loss",
-    "barrier_train_error",
-    "barrier_test_loss",
-    "barrier_test_error",
-    "midpoint_test_loss",
-    "midpoint_test_acc",
-)
-FLUSH_PAIRS = 200  # pairs per part file at most (the config's flush.pairs)
-FLUSH_SECONDS = 30.0  # ... and at most this long between flushes (flush.seconds)
+# The pair task lives in pair_worker; its public names still import from here too.
+__all__ = [
+    "METRIC_COLUMNS",
+    "PairQueue",
+    "PairStageSummary",
+    "PartWriter",
+    "failed_rows",
+    "make_remote_pair_task",
+    "pair_task",
+    "run_pair_stage",
+    "stage_context",
+]
 
-# (model_key, seed_a, seed_b, uri_a, uri_b, aligns, corrections): what differs between the tasks
-Job = tuple[str, int, int, str, str, tuple[str, ...], tuple[str, ...]]
 
-
-def stage_context(config: SweepConfig, threads: float, gpu: float = 0.0) -> dict[str, Any]:
+def stage_context(config: SweepConfig, threads: float, gpu: float = 0.0) -> PairContext:
     """What every pair task of the stage shares, sent to the object store once (not once per task).
 
     ``gpu``: the share of a GPU each task gets (its α per pass are sized to that share of the memory)."""
-    return {
-        "sweep": config.name,
-        "dataset": config.dataset.as_dict(),
-        "settings": asdict(config.pair_settings),
-        "alphas_per_pass": config.alphas_per_pass,
-        "memory_share": min(gpu, 1.0) or 1.0,
-        "analysis_keys": analysis_keys(config.pair_settings, config.dataset.as_dict()),
-        "threads": threads,
-        "models": {plan.model_key: asdict(plan.model) for plan in config.models},
-        "batchnorm": dict(config.batchnorm),
-        "allow_import": list(config.allow_import),  # what the driver was allowed to import, not the worker's env
-        "lineage": {plan.model_key: plan.lineage() for plan in config.models},
-    }
-
-
-def _identity(context: dict[str, Any], job: Job, align: str) -> dict[str, Any]:
-    return {
-        "sweep": context["sweep"],
-        "model_key": job[0],
-        "analysis_key": context["analysis_keys"][align],
-        "seed_a": job[1],
-        "seed_b": job[2],
-    }
-
-
-def _job_settings(context: dict[str, Any], job: Job) -> PairSettings:
-    return PairSettings(**{**context["settings"], "aligns": job[5], "corrections": job[6]})
-
-
-def failed_rows(
-    context: dict[str, Any], job: Job, error: str, device: str = "", trace: str | None = None
-) -> dict[str, list[dict[str, Any]]]:
-    """One ``failed`` pairs row per requested (align, correction), with the reason (and its traceback)."""
-    model = context["models"][job[0]]
-    now = utc_now()
-    rows = [
-        {
-            **_identity(context, job, align),
-            **model_columns(model, context["dataset"], context["lineage"].get(job[0])),
-            "align": align,
-            "correction": correction,
-            **{k: math.nan for k in METRIC_COLUMNS},
-            "device": device,
-            "status": "failed",
-            "error": error,
-            "error_trace": trace,
-            "finished_at": now,
-        }
-        for align, correction in _job_settings(context, job).methods(batchnorm=context["batchnorm"][job[0]])
-    ]
-    return {"pairs": rows, "curves": [], "layers": []}
-
-
-def pair_task(context: dict[str, Any], job: Job) -> dict[str, list[dict[str, Any]]]:
-    """Run in a Ray worker: load both checkpoints, analyse the pair, return the table rows.
-
-    Any error of this pair (missing or corrupt checkpoint, a failure inside the analysis) becomes
-    ``failed`` rows with the reason; only the death of the worker itself escapes (Ray retries it).
-    """
-    started_at = utc_now()
-    device = setup_worker(context["threads"])
-    model_config = ModelConfig(**context["models"][job[0]], allow_import=context["allow_import"])
-    try:
-        dataset = cached_dataset(context["dataset"], device)
-        models = []
-        for uri in job[3:5]:
-            model = model_config.build(dataset.num_classes, dataset.in_shape).to(device)
-            model.load_state_dict(load_checkpoint(uri, map_location=device).state_dict)
-            models.append(model.eval())
-        spec = model_config.permutation_spec(dataset.num_classes, dataset.in_shape)
-        result = analyse_pair(
-            models[0],
-            models[1],
-            dataset,
-            _job_settings(context, job),
-            spec=spec,
-            alphas_per_pass=context.get("alphas_per_pass"),
-            memory_share=context.get("memory_share", 1.0),
-        )
-    except Exception as error:  # noqa: BLE001 - every failure of a pair is data for its row
-        return failed_rows(context, job, error_text(error), str(device), error_trace(error))
-    lineage = dict(context["lineage"].get(job[0]) or {})
-    if lineage.get("imp_round") is not None and lineage.get("sparsity") is None:
-        # an IMP round of a dataset whose shape only its files tell: the sparsity of network A's weights
-        lineage["sparsity"] = weight_sparsity(models[0])
-    desc = model_columns(context["models"][job[0]], context["dataset"], lineage)
-    when = {"started_at": started_at, "finished_at": utc_now()}
-    return {
-        "pairs": [
-            {**_identity(context, job, row["align"]), **desc, **row, "device": str(device), "node_id": node_id()}
-            | {"status": "ok", **when}
-            for row in result.pairs
-        ],
-        "curves": [{**_identity(context, job, row["align"]), **row} for row in result.curves],
-        "layers": [{**_identity(context, job, row["align"]), **row} for row in result.layers],
-    }
+    return PairContext(
+        sweep=config.name,
+        dataset=config.dataset.as_dict(),
+        settings=asdict(config.pair_settings),
+        alphas_per_pass=config.alphas_per_pass,
+        memory_share=min(gpu, 1.0) or 1.0,
+        analysis_keys=analysis_keys(config.pair_settings, config.dataset.as_dict()),
+        threads=threads,
+        models={plan.model_key: asdict(plan.model) for plan in config.models},
+        batchnorm=dict(config.batchnorm),
+        allow_import=tuple(config.allow_import),
+        lineage={plan.model_key: plan.lineage() for plan in config.models},
+    )
 
 
 @dataclass
@@ -167,7 +81,7 @@ class PartWriter:
     since: float = field(default_factory=time.monotonic)
     files: int = 0
 
-    def add(self, rows: dict[str, list[dict[str, Any]]]) -> None:
+    def add(self, rows: Rows) -> None:
         if not self.pairs:
             self.since = time.monotonic()
         for table, table_rows in rows.items():
@@ -184,7 +98,7 @@ class PartWriter:
     def flush(self) -> None:
         if not self.pairs:
             return
-        stem = new_stem("part")
+        stem = part_stem()
         for table in ("curves", "layers", "pairs"):
             if self.buffered[table]:
                 write_rows(table_file(self.root, table, stem), table, self.buffered[table])
@@ -213,13 +127,9 @@ class PairQueue:
 
     def __init__(self, config: SweepConfig, state: PairState) -> None:
         self.config = config
-        self.settings = config.pair_settings
-        self.ready: collections.deque[Job] = collections.deque()
+        self.ready: collections.deque[PairJob] = collections.deque()
         self.trained: dict[tuple[str, int], str] = {}
-        # the methods each model config needs, and each seed's pairs: computed once, looked up per seed
-        self.expected = {
-            p.model_key: self.settings.methods(batchnorm=config.batchnorm[p.model_key]) for p in config.models
-        }
+        # each seed's pairs: computed once, looked up per seed
         self.partners: dict[str, dict[int, list[tuple[int, int]]]] = {}
         for plan in config.models:
             partners: dict[int, list[tuple[int, int]]] = {seed: [] for seed in plan.seeds}
@@ -227,16 +137,7 @@ class PairQueue:
                 partners[a].append((a, b))
                 partners[b].append((a, b))
             self.partners[plan.model_key] = partners
-        # what each incomplete pair lacks, worked out once (a pair with no rows lacks everything)
-        self.gaps: dict[tuple[str, int, int], tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        for plan in config.models:
-            expected = self.expected[plan.model_key]
-            everything = method_gaps(set(), expected, self.settings)
-            for a, b in plan.pairs:
-                have = state.complete.get((plan.model_key, a, b))
-                gaps = method_gaps(have, expected, self.settings) if have else everything
-                if gaps is not None:
-                    self.gaps[(plan.model_key, a, b)] = gaps
+        self.gaps = pair_gaps(config, state)  # what each incomplete pair lacks, worked out once
         self.todo = len(self.gaps)
         self.done = config.n_pairs - self.todo
         self.released: set[tuple[str, int, int]] = set()
@@ -249,7 +150,7 @@ class PairQueue:
             if model_key in self.partners:
                 self.ready.extend(self._jobs(model_key, seed))
 
-    def _jobs(self, model_key: str, seed: int) -> Iterator[Job]:
+    def _jobs(self, model_key: str, seed: int) -> Iterator[PairJob]:
         """The pairs of ``seed`` whose other network is trained too, each released once, if incomplete."""
         for a, b in self.partners[model_key].get(seed, ()):
             other = b if a == seed else a
@@ -258,7 +159,9 @@ class PairQueue:
             self.released.add((model_key, a, b))
             gaps = self.gaps.get((model_key, a, b))
             if gaps is not None:
-                yield (model_key, a, b, self.trained[(model_key, a)], self.trained[(model_key, b)], *gaps)
+                aligns, corrections = gaps
+                trained = self.trained
+                yield PairJob(model_key, a, b, trained[(model_key, a)], trained[(model_key, b)], aligns, corrections)
 
     def left_out(self) -> list[str]:
         """Pairs that can never run: a network of theirs failed or was never trained."""
@@ -284,7 +187,7 @@ def run_pair_stage(
     config: SweepConfig,
     *,
     trained: dict[tuple[str, int], str] | None = None,
-    events: queue.Queue | None = None,
+    events: queue.Queue[TrialEnded | None] | None = None,
     stop: threading.Event | None = None,
     say: Callable[[str], None] = print,
     remote_task: Any = None,
@@ -292,8 +195,8 @@ def run_pair_stage(
     """Analyse every pair of the sweep that the tables lack; returns counts.
 
     ``trained`` maps (model_key, seed) to checkpoint URIs of the networks ready now (default: read
-    from the ``models`` table). With ``events``, the train stage is still running: it puts
-    ``(model_key, seed, uri_or_None)`` for each trial that ends and ``None`` when it is done.
+    from the ``models`` table). With ``events``, the train stage is still running: it puts a
+    :class:`~.messages.TrialEnded` for each network that ends and ``None`` when it is done.
     ``stop`` (set when the driver is interrupted) ends the stage after the tasks in flight, whose
     rows are written. ``remote_task`` replaces the Ray remote function (tests inject failures with it).
     """
@@ -301,13 +204,11 @@ def run_pair_stage(
 
     started = time.time()
     if trained is None:
-        from .train_stage import plan_trials
-
         trained = plan_trials(config).done
     shape = cluster_shape()
     cpu, gpu = resolve_resources(config.resources.pair, "resources.pair", say, shape)
     context = stage_context(config, cpu, gpu)
-    state = read_pair_state(config.root, context["analysis_keys"])
+    state = read_pair_state(config.root, context.analysis_keys)
     pairs = PairQueue(config, state)
     # longest first among the pairs ready now: the end of the stage is not one big pair alone
     cost = {p.model_key: forward_flops(p.model, config.dataset.name, config.dataset.options) for p in config.models}
@@ -318,27 +219,28 @@ def run_pair_stage(
     limit = tasks_in_flight(config.max_pairs_in_flight, cpu, gpu, shape, per_slot=2)
     progress = Progress("pairs", pairs.todo, say, unit="pairs")
     writer = PartWriter(config.root, config.flush_pairs, config.flush_seconds)
-    pending: dict[Any, Job] = {}
-    training = events is not None
+    pending: dict[Any, PairJob] = {}
     ran = failed = 0
     first_row: float | None = None
+    training = events is not None
     try:
         while pairs.ready or pending or training:
             if stop is not None and stop.is_set():
                 pairs.ready.clear()  # start nothing new; the tasks in flight finish and are written
                 training = False
-            while training:  # take every trial that has ended since the last look
+            while training and events is not None:  # take every network that has ended since the last look
                 try:
                     event = events.get(timeout=0.2 if not (pairs.ready or pending) else 0)
                 except queue.Empty:
                     break
                 if event is None:
                     training = False
-                elif event[2] is not None:  # a failed trial releases nothing; its pairs are left out
-                    pairs.add_trained({event[:2]: event[2]})
+                elif event.checkpoint is not None:  # a failed trial releases nothing; its pairs are left out
+                    pairs.add_trained({event.network: event.checkpoint})
             while pairs.ready and len(pending) < limit:
                 job = pairs.ready.popleft()
-                pending[named(task, f"pair {job[0]} {job[1]}-{job[2]}").remote(context_ref, job)] = job
+                name = f"pair {job.model_key} {job.seed_a}-{job.seed_b}"
+                pending[named(task, name).remote(context_ref, job)] = job
             writer.flush_if_due()
             if not pending:
                 continue
@@ -356,7 +258,7 @@ def run_pair_stage(
                 ok = all(r["status"] == "ok" for r in rows["pairs"])
                 ran += 1
                 failed += 0 if ok else 1
-                note = pair_stem(*job[:3])
+                note = job.stem
                 if not ok:
                     note += f" FAILED: {rows['pairs'][0]['error']}"
                 progress.advance(ok=ok, note=note)

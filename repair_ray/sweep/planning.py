@@ -1,111 +1,143 @@
-"""Planning a sweep: stable model keys, pairings of seeds, and the pair jobs still to run.
+"""Planning a sweep: what is done and what is left, read from storage, never from memory.
 
-What is done is read from the tables on storage, never from memory: the functions here turn the
-``models`` and ``pairs`` tables into what is left to do. This module imports no Ray.
+"Done" is defined here once, and ``run`` (both stages), ``status`` and ``validate`` all ask it:
+
+- a trial (model config, seed) is done when its newest ``models`` row says ``ok`` and its
+  checkpoint is still there, whole (the size its row recorded), and no pair task has failed to
+  load it since (a ``pairs`` row whose ``unloadable_seed`` names it): :func:`plan_trials`;
+- a pair is done when every (align, correction) of the current config has an ``ok`` ``pairs``
+  row under its analysis key and readable ``curves`` and ``layers`` rows: :func:`read_pair_state`
+  and :func:`method_gaps`.
+
+This module imports no Ray.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..datasets import dataset_in_shape, dataset_num_classes, split_sizes
-from ..io.tables import read_arrow
+from ..datasets import dataset_in_shape, split_sizes
+from ..io import storage
+from ..io.tables import read_arrow, read_table
 from ..models import ModelConfig
 from ..pair import ANALYSIS_VERSION, LATER_FIELDS, METHOD_FIELDS, PairSettings, sample_forwards
-from ..training import TrainConfig
+from .layout import checkpoints_dir, resolve_uri
+from .messages import Network
+
+# The grid and the stacking estimates were planned here once; their public names still are.
+from .plans import Branch, ModelPlan, model_key, pairing
+from .stacking import (
+    DEFAULT_GPU_MEMORY_GIB,
+    MIN_STACK,
+    STACK_MEMORY_SHARE,
+    has_convolutions,
+    stack_size,
+    training_bytes_per_seed,
+)
 
 if TYPE_CHECKING:
     from .config import SweepConfig
-    from .schema import FirstPairs
+
+__all__ = [
+    "DEFAULT_GPU_MEMORY_GIB",
+    "MIN_STACK",
+    "STACK_MEMORY_SHARE",
+    "Branch",
+    "Method",
+    "ModelPlan",
+    "PairId",
+    "PairState",
+    "TrialPlan",
+    "analysis_key",
+    "analysis_keys",
+    "forward_flops",
+    "has_convolutions",
+    "method_gaps",
+    "model_key",
+    "model_outcomes",
+    "pair_gaps",
+    "pairing",
+    "plan_trials",
+    "read_pair_state",
+    "sample_forward_passes",
+    "stack_size",
+    "training_bytes_per_seed",
+    "unloadable_checkpoints",
+]
 
 
-@dataclass(frozen=True)
-class Branch:
-    """Where the children of a stability study branch: the trunk's seed and the trunk epoch.
+@dataclass
+class TrialPlan:
+    """What the train stage has to do: trials done (checkpoint verified) and trials to (re)train."""
 
-    A round of IMP with rewinding (lottery tickets) is a branch at the rewind epoch with a mask:
-    ``imp_round`` (0 = dense), the pruning ``rate`` per round and the ``prune_seed``, the child of
-    each round whose trained weights are pruned for the next (the last two only for rounds >= 1,
-    whose mask they determine).
+    done: dict[tuple[str, int], str]  # (model_key, seed) -> checkpoint URI
+    todo: list[tuple[ModelPlan, int]]
+    damaged: list[str]  # checkpoints of finished trials that are gone or not whole: retrained
+    # how each damaged network was trained, (model_key, seed) -> trained together: it is retrained so
+    together: dict[tuple[str, int], bool] = field(default_factory=dict)
+
+
+def plan_trials(config: SweepConfig) -> TrialPlan:
+    """Finished trials whose checkpoint is still whole, and the trials to (re)train (from storage).
+
+    A finished trial is retrained when its checkpoint is gone, has another size than its row
+    recorded (truncated, rewritten), or failed to load in a pair task after the trial finished.
+    The damaged file itself is left for the trial to replace (it starts over when it cannot load it).
     """
-
-    trunk_seed: int
-    epoch: int
-    imp_round: int | None = None
-    rate: float | None = None
-    prune_seed: int | None = None
-
-    def identity(self) -> dict[str, Any]:
-        """What names this branch in a model key (fields that are not set are left out)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-@dataclass(frozen=True)
-class ModelPlan:
-    """One model config of the grid and the seeds it is trained with.
-
-    With a ``branch`` the seeds are children of one trunk at one epoch (they share the trunk's
-    weights there and differ in data order); without, independent networks.
-    """
-
-    model_key: str
-    model: ModelConfig
-    seeds: tuple[int, ...]
-    pairs: tuple[tuple[int, int], ...]
-    branch: Branch | None = None
-    trunk_key: str | None = None  # the model key of the unbranched config, which names the trunk's files
-    sparsity: float | None = None  # an IMP round's: the fraction of prunable weights its mask removes
-    prune_from: str | None = None  # an IMP round >= 1: the model key of the previous round
-
-    def lineage(self) -> dict[str, Any]:
-        """The ``trunk_seed``, ``branch_epoch``, ``imp_round`` and ``sparsity`` columns of this plan's
-        rows (null for independent seeds; the last two null outside IMP)."""
-        b = self.branch
-        return {
-            "trunk_seed": None if b is None else b.trunk_seed,
-            "branch_epoch": None if b is None else b.epoch,
-            "imp_round": None if b is None else b.imp_round,
-            "sparsity": self.sparsity,
-        }
+    rows = read_table(config.root, "models")
+    keys = {p.model_key for p in config.models}
+    ok = {
+        (str(r.model_key), int(r.seed)): r
+        for r in rows.itertuples(index=False)
+        if r.status == "ok" and r.model_key in keys
+    }
+    unloadable = unloadable_checkpoints(config.root)
+    done: dict[tuple[str, int], str] = {}
+    todo: list[tuple[ModelPlan, int]] = []
+    damaged: list[str] = []
+    together: dict[tuple[str, int], bool] = {}
+    for plan in config.models:
+        seeds = [seed for seed in plan.seeds if (plan.model_key, seed) in ok]
+        sizes = storage.file_sizes(checkpoints_dir(config.root, plan.model_key)) if seeds else {}
+        for seed in plan.seeds:
+            row = ok.get((plan.model_key, seed))
+            if row is None:
+                todo.append((plan, seed))
+                continue
+            uri = resolve_uri(config.root, str(row.checkpoint_uri))
+            expected, found = row.checkpoint_bytes, sizes.get(storage.basename(uri))
+            failed_after = unloadable.get(Network(plan.model_key, seed))
+            if (
+                found is None
+                or (expected is not None and not pd.isna(expected) and found != int(expected))
+                or (failed_after is not None and (pd.isna(row.finished_at) or failed_after > row.finished_at))
+            ):
+                damaged.append(uri)
+                todo.append((plan, seed))
+                together[(plan.model_key, seed)] = getattr(row, "trained_together", None) is True
+            else:
+                done[(plan.model_key, seed)] = uri
+    return TrialPlan(done, todo, damaged, together)
 
 
-def model_key(model: ModelConfig, train: TrainConfig, dataset: dict[str, Any], branch: Branch | None = None) -> str:
-    """A readable, stable key: the model's shape plus a hash of model, training and dataset config
-    (and, for the children of a trunk, the trunk seed and branch epoch: ``...-t0-e2-<hash>``; for
-    a round of IMP also the round: ``...-t0-e1-r3-<hash>``)."""
-    described = {"model": model.described(), "train": train.identity(), "dataset": dataset}
-    if branch is not None:
-        described["branch"] = branch.identity()
-    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    where = "" if branch is None else f"-t{branch.trunk_seed}-e{branch.epoch}"
-    if branch is not None and branch.imp_round is not None:
-        where += f"-r{branch.imp_round}"
-    return f"{model.label}{where}-{digest}"
-
-
-def pairing(seeds: list[int], rule: str | FirstPairs) -> list[tuple[int, int]]:
-    """The pairs of seeds a rule asks for: ``all``, ``disjoint`` or the first k of all."""
-    every = list(itertools.combinations(seeds, 2))
-    if rule == "all":
-        return every
-    if rule == "disjoint":  # (s0, s1), (s2, s3), ...: pairs that share no network
-        return [(seeds[i], seeds[i + 1]) for i in range(0, len(seeds) - 1, 2)]
-    return every[: rule.first]
-
-
-def pair_stem(model_key: str, seed_a: int, seed_b: int) -> str:
-    """The name of a pair's files and its handle in messages."""
-    return f"{model_key}__{seed_a}-{seed_b}"
+def unloadable_checkpoints(root: str) -> dict[Network, Any]:
+    """Network -> the latest time a pair task could not load its checkpoint (the ``unloadable_seed``
+    column of failed ``pairs`` rows; files written before the column existed have none)."""
+    failed = read_table(root, "pairs", columns=["model_key", "unloadable_seed", "finished_at"])
+    failed = failed[failed["unloadable_seed"].notna()]
+    out: dict[Network, Any] = {}
+    for key, seed, when in zip(failed["model_key"], failed["unloadable_seed"], failed["finished_at"], strict=True):
+        network = Network(str(key), int(seed))
+        out[network] = max(out.get(network, when), when) if not pd.isna(when) else out.get(network, when)
+    return out
 
 
 def analysis_key(settings: PairSettings, dataset: dict[str, Any], align: str | None = None) -> str:
@@ -117,7 +149,7 @@ def analysis_key(settings: PairSettings, dataset: dict[str, Any], align: str | N
     of a learned matching (``ste``, ``sinkhorn``) are in the key of that align's rows only, so
     changing them recomputes those rows and no others.
     """
-    method = set(METHOD_FIELDS.get(align, ()))
+    method = set(METHOD_FIELDS.get(align, ())) if align is not None else set()
     every_method = {f for fields in METHOD_FIELDS.values() for f in fields}
     fields = {
         k: v
@@ -127,12 +159,12 @@ def analysis_key(settings: PairSettings, dataset: dict[str, Any], align: str | N
     for name, default in LATER_FIELDS.items():  # added later: out of the key at their default
         if fields.get(name) == default:
             fields.pop(name)
-    payload = {"settings": fields, "dataset": dataset}
+    payload: dict[str, Any] = {"settings": fields, "dataset": dataset}
     if ANALYSIS_VERSION > 1:
         payload["version"] = ANALYSIS_VERSION
-    payload = json.dumps(payload, sort_keys=True, default=str)
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
-    return f"a{len(settings.alphas)}-s{settings.stat_samples}-{digest}"
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    alphas = settings.alphas  # a grid once PairSettings has checked it
+    return f"a{alphas if isinstance(alphas, int) else len(alphas)}-s{settings.stat_samples}-{digest}"
 
 
 def analysis_keys(settings: PairSettings, dataset: dict[str, Any]) -> dict[str, str]:
@@ -211,6 +243,22 @@ def method_gaps(
     return aligns, corrections
 
 
+def pair_gaps(config: SweepConfig, state: PairState) -> dict[PairId, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Every pair of ``config`` that is not done, and the (aligns, corrections) it lacks (see
+    :func:`method_gaps`; a pair with no rows lacks everything). A pair not listed is done."""
+    settings = config.pair_settings
+    gaps: dict[PairId, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    for plan in config.models:
+        expected = settings.methods(batchnorm=config.batchnorm[plan.model_key])
+        everything = method_gaps(set(), expected, settings)
+        for a, b in plan.pairs:
+            have = state.complete.get((plan.model_key, a, b))
+            lacking = method_gaps(have, expected, settings) if have else everything
+            if lacking is not None:
+                gaps[(plan.model_key, a, b)] = lacking
+    return gaps
+
+
 def forward_flops(model: ModelConfig, dataset: str, options: dict[str, Any]) -> float:
     """FLOPs of one sample's forward pass, counted on the meta device (no memory, no compute)."""
     import torch
@@ -240,94 +288,3 @@ def sample_forward_passes(config: SweepConfig) -> int | None:
         * sample_forwards(s, train_eval, n_test, batchnorm=config.batchnorm[plan.model_key], n_train=n_train)
         for plan in config.models
     )
-
-
-# What ``train.seeds_per_trial: auto`` assumes of a GPU it cannot see (the driver may have none):
-# the memory of the smallest common datacenter GPU (T4, V100-16GB), unless resources.train.gpu_memory
-# says otherwise, of which the stacked seeds may take half (the dataset, workspaces and the
-# allocator's slack share the rest).
-DEFAULT_GPU_MEMORY_GIB = 16.0
-STACK_MEMORY_SHARE = 0.5
-# Fewer seeds to a trial than this train alone: on an H200 one seed in the stacked loop runs at 0.62x
-# of a lone run, 16 at 6-8.5x per seed, and 6 seeds in 3 trials of 2 (27 s) lost to 6 lone trials (20 s)
-MIN_STACK = 4
-
-
-def training_bytes_per_seed(model: ModelConfig, train: TrainConfig, in_shape: tuple[int, ...], classes: int) -> int:
-    """GPU memory one more seed adds to a stack, estimated on the meta device (no memory, no compute).
-
-    Its weights, gradients and optimizer state (SGD with momentum: one copy, Adam: two) in float32,
-    its batch of inputs, and every module output of one batch, as autograd keeps them for the
-    backward pass (an upper bound: in-place activations keep less).
-    """
-    import torch
-
-    net = model.skeleton(classes, in_shape)
-    params = sum(p.numel() for p in net.parameters())
-    states = 2 if train.optimizer == "adam" else (1 if train.momentum else 0)
-    outputs: list[int] = []
-    leaves = [m for m in net.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(lambda _m, _i, out: outputs.append(_numel(out))) for m in leaves]
-    try:
-        device = next(iter(net.parameters()), torch.empty(0)).device
-        net.train()(torch.zeros(train.batch_size, *in_shape, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    inputs = train.batch_size * math.prod(in_shape)
-    return 4 * (params * (2 + states) + inputs + sum(outputs))
-
-
-def _numel(out: object) -> int:
-    import torch
-
-    return out.numel() if isinstance(out, torch.Tensor) else 0
-
-
-def has_convolutions(model: ModelConfig, in_shape: tuple[int, ...], classes: int) -> bool:
-    """Whether the network convolves (its stacked training is vmap's grouped convolutions)."""
-    from torch import nn
-
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.skeleton(classes, in_shape).modules())
-
-
-def stack_size(
-    plan: ModelPlan,
-    train: TrainConfig,
-    dataset: dict[str, Any],
-    *,
-    seeds_per_trial: int | None,
-    gpu: float,
-    gpu_memory_gib: float | None = None,
-    per_slot: int | None = None,
-) -> int:
-    """How many seeds of ``plan`` one trial trains together.
-
-    An explicit ``seeds_per_trial`` is kept. ``None`` (``auto``): 1 where trials get no GPU (a CPU
-    core is already busy with one network: today's lone trials) and for networks that convolve (a
-    lone ResNet20 x4 already keeps an H200 busy, 45,000 images/s in bf16, and vmap's stacked
-    convolutions are slower there); otherwise as many seeds as fit in the trial's share of GPU
-    memory (``gpu`` x ``gpu_memory_gib``, default :data:`DEFAULT_GPU_MEMORY_GIB`, of which
-    :data:`STACK_MEMORY_SHARE`), and no more than ``per_slot`` (the seeds to train over the trials
-    the cluster runs at once: a stack must not leave the other slots idle), spread evenly over as
-    few trials as that allows (100 seeds that fit 40 to a trial: 34 + 33 + 33). Measured on an
-    H200, 64 narrow MLPs train 13-21x faster per seed together than one at a time, but 6 seeds in
-    one trial on a quarter of the GPU took twice as long as 4 parallel trials (BENCHMARKS.md); stacks
-    smaller than :data:`MIN_STACK` are not worth it, so those seeds train alone.
-    """
-    if seeds_per_trial is not None:
-        return seeds_per_trial
-    seeds = len(plan.seeds)
-    if gpu <= 0 or seeds < 2:
-        return 1
-    in_shape = dataset_in_shape(dataset["name"], dataset.get("options")) or (3, 224, 224)
-    classes = dataset_num_classes(dataset["name"], dataset.get("options")) or 1000
-    if has_convolutions(plan.model, in_shape, classes):
-        return 1
-    budget = STACK_MEMORY_SHARE * min(gpu, 1.0) * (gpu_memory_gib or DEFAULT_GPU_MEMORY_GIB) * 2**30
-    fit = max(1, int(budget // training_bytes_per_seed(plan.model, train, in_shape, classes)))
-    fit = min(fit, per_slot or fit)
-    if fit < MIN_STACK:
-        return 1
-    trials = math.ceil(seeds / fit)
-    return math.ceil(seeds / trials)

@@ -1,11 +1,19 @@
-"""The columns that every row of a model or a pair carries to say which network it is about."""
+"""The rows of the tables the sweep writes: the columns that every row of a model or a pair
+carries to say which network it is about, and the ``models`` rows of a trial."""
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable
 from typing import Any
 
+from ..io.tables import write_rows
 from ..names import LINEAGE
+from .layout import checkpoint_path, models_row_uri
+from .messages import Trial
+
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")  # a trained network's; NaN in a failed row
 
 
 def _widths(width: Any) -> dict[str, Any]:
@@ -37,3 +45,38 @@ def model_columns(
         "norm": model["norm"],
         "model_kwargs": model.get("kwargs") or None,
     }
+
+
+def models_row(trial: Trial, seed: int, **values: Any) -> dict[str, Any]:
+    """The ``models`` table row of ``seed`` of ``trial`` (metrics and status in ``values``)."""
+    trunk = trial.lineage.get("trunk_seed")
+    row = {
+        "sweep": trial.sweep,
+        "model_key": trial.model_key,
+        **model_columns(trial.model, trial.dataset, trial.lineage),
+        "seed": seed,
+        "init_seed": seed if trunk is None else trunk,
+        "data_seed": seed,
+        "checkpoint_uri": checkpoint_path(trial.model_key, seed),
+        "config_json": json.dumps(
+            {"model": trial.model, "train": trial.train, "dataset": trial.dataset}, sort_keys=True
+        ),
+        "seeds_in_trial": len(trial.seeds),
+        "trained_together": trial.together,
+        "compiled": trial.compile,
+    }
+    row.update(values)
+    return row
+
+
+def write_models_row(trial: Trial, seed: int, **values: Any) -> None:
+    """Write one ``models`` row of ``seed`` of ``trial`` as a file of its own (the newest row of a trial wins)."""
+    write_rows(models_row_uri(trial.root, trial.model_key, seed), "models", [models_row(trial, seed, **values)])
+
+
+def write_failed_rows(trial: Trial, error: str, seeds: Iterable[int] | None = None, trace: str | None = None) -> None:
+    """Write a ``failed`` row with the reason (and its traceback) for each of ``seeds`` (default: the trial's)."""
+    for seed in trial.seeds if seeds is None else seeds:
+        write_models_row(
+            trial, seed, status="failed", error=error, error_trace=trace, **dict.fromkeys(METRICS, math.nan)
+        )

@@ -1,30 +1,40 @@
-"""The whole sweep: train and pair stages pipelined, then compaction; and a sweep's status."""
+"""The whole sweep: the lease, then the train and pair stages pipelined, then compaction.
+
+A sweep's status (:mod:`.status`) and the config it last ran with (:mod:`.stored`) are read
+without Ray; their names are importable from here too.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import yaml
-
-from ..io import storage
-from ..io.tables import compact_tables, read_table, write_current_keys
+from ..io.tables import compact_tables, write_current_keys
 from .cluster import cluster_shape, connect, resolve_resources
-from .config import SweepConfig, parse_config
+from .config import SweepConfig
+from .layout import CONFIG_NAME, NETWORKS_NAME, checkpoint_uri
 from .lease import Lease
-from .pair_stage import PairQueue, PairStageSummary, run_pair_stage
-from .planning import analysis_keys, model_outcomes, read_pair_state
-from .train_stage import TrainStageSummary, checkpoint_uri, plan_trials, run_train_stage
+from .messages import Network, TrialEnded
+from .pair_stage import PairStageSummary, run_pair_stage
+from .planning import analysis_keys, plan_trials
+from .status import SweepStatus, sweep_status
+from .stored import load_sweep_config, save_config, save_networks
+from .train_stage import TrainStageSummary, run_train_stage
 
-CONFIG_NAME = "sweep.yaml"
-# what the networks of the current config are, as far as readers of the folder need it without
-# building them (a network named by a module is never imported to read a sweep): {"batchnorm": {key: bool}}
-NETWORKS_NAME = "networks.json"
+__all__ = [
+    "CONFIG_NAME",
+    "NETWORKS_NAME",
+    "SweepResult",
+    "SweepStatus",
+    "check_resources",
+    "load_sweep_config",
+    "run_sweep",
+    "save_config",
+    "sweep_status",
+]
 
 
 @dataclass
@@ -33,14 +43,6 @@ class SweepResult:
     train: TrainStageSummary
     pairs: PairStageSummary
     seconds: float
-
-
-def save_config(config: SweepConfig) -> None:
-    """Keep the config with the results: ``sweep.yaml`` (latest) and ``configs/<time>.yaml`` (every run)."""
-    text = yaml.safe_dump({**config.raw, "storage": config.storage}, sort_keys=False).encode()
-    storage.makedirs(config.root)
-    storage.write_bytes_atomic(storage.join(config.root, CONFIG_NAME), text)
-    storage.write_bytes_atomic(storage.join(config.root, "configs", f"{time.strftime('%Y%m%d-%H%M%S')}.yaml"), text)
 
 
 def run_sweep(
@@ -74,8 +76,7 @@ def _run_sweep(
     say(f"[sweep] {config.name}: {config.n_trials} trials, {config.n_pairs} pairs -> {config.root}")
     keys = analysis_keys(config.pair_settings, config.dataset.as_dict())
     write_current_keys(config.root, [p.model_key for p in config.models], sorted(set(keys.values())))
-    networks = {"batchnorm": dict(sorted(config.batchnorm.items()))}
-    storage.write_bytes_atomic(storage.join(config.root, NETWORKS_NAME), json.dumps(networks, indent=1).encode())
+    save_networks(config)
     try:
         check_resources(config)
         train, pairs = _run_stages(config, say, stop)
@@ -104,15 +105,16 @@ def _run_stages(
     Setting ``stop`` (the lease was lost) makes the pair stage finish what is in flight and start nothing new.
     """
     trials = plan_trials(config)
-    events: queue.Queue = queue.Queue()
+    events: queue.Queue[TrialEnded | None] = queue.Queue()
     stop = threading.Event() if stop is None else stop
-    outcome: dict[str, object] = {}
+    summaries: list[PairStageSummary] = []
+    errors: list[BaseException] = []
 
     def pair_stage() -> None:
         try:
-            outcome["pairs"] = run_pair_stage(config, trained=dict(trials.done), events=events, stop=stop, say=say)
+            summaries.append(run_pair_stage(config, trained=dict(trials.done), events=events, stop=stop, say=say))
         except BaseException as error:  # noqa: BLE001 - re-raised in the main thread below
-            outcome["error"] = error
+            errors.append(error)
 
     thread = threading.Thread(target=pair_stage, name="pair-stage", daemon=True)
     thread.start()
@@ -122,7 +124,7 @@ def _run_stages(
             trials,
             say=say,
             on_trial_done=lambda key, seed, ok: events.put(
-                (key, seed, checkpoint_uri(config.root, key, seed) if ok else None)
+                TrialEnded(Network(key, seed), checkpoint_uri(config.root, key, seed) if ok else None)
             ),
         )
     except BaseException:
@@ -131,77 +133,6 @@ def _run_stages(
     finally:
         events.put(None)  # no more trials: the pair stage finishes what it can and returns
         thread.join()
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return train, outcome["pairs"]  # type: ignore[return-value]
-
-
-def load_sweep_config(root: str) -> SweepConfig:
-    """The config a sweep was last run with (its ``sweep.yaml``), pointed at ``root``.
-
-    Whoever can write to the folder writes this config, so it imports nothing: a network named by
-    a module is kept as data, and whether it has BatchNorm is what the run recorded
-    (``networks.json``; without the record, that it has none).
-    """
-    root = storage.normalize(root)
-    uri = storage.join(root, CONFIG_NAME)
-    if not storage.exists(uri):
-        raise FileNotFoundError(f"no sweep at {root}: {CONFIG_NAME} is missing")
-    data = yaml.safe_load(storage.read_bytes(uri))
-    config = parse_config(data, source=uri, storage_override=storage.parent(root), stored=True)
-    if config.name != storage.basename(root):
-        raise ValueError(f"{uri} names the sweep {config.name!r} but lies in {root}: was the folder renamed?")
-    recorded = _recorded_batchnorm(root)
-    batchnorm = {
-        p.model_key: config.batchnorm.get(p.model_key, recorded.get(p.model_key, False)) for p in config.models
-    }
-    return dataclasses.replace(config, batchnorm=batchnorm)
-
-
-def _recorded_batchnorm(root: str) -> dict[str, bool]:
-    try:
-        recorded = json.loads(storage.read_bytes(storage.join(root, NETWORKS_NAME))).get("batchnorm", {})
-    except (FileNotFoundError, ValueError, AttributeError):
-        return {}
-    return {str(k): v for k, v in recorded.items() if isinstance(v, bool)} if isinstance(recorded, dict) else {}
-
-
-@dataclass
-class SweepStatus:
-    models_expected: int
-    models_ok: int
-    models_failed: int
-    pairs_expected: int
-    pairs_ok: int
-    pairs_failed: int
-
-    @property
-    def models_missing(self) -> int:
-        return self.models_expected - self.models_ok - self.models_failed
-
-    @property
-    def pairs_missing(self) -> int:
-        return self.pairs_expected - self.pairs_ok - self.pairs_failed
-
-
-def sweep_status(root: str) -> SweepStatus:
-    """Counts of trained / failed / missing models and done / failed / missing pairs of the current config.
-
-    A pair is done when every (align, correction) of the current config has its rows under the
-    current analysis key; failed when one of them failed. Unreadable table files are skipped
-    (with a warning naming each), so their rows count as missing.
-    """
-    config = load_sweep_config(root)
-    expected_models = {(p.model_key, s) for p in config.models for s in p.seeds}
-    model_status = model_outcomes(read_table(config.root, "models"))
-    state = read_pair_state(config.root, analysis_keys(config.pair_settings, config.dataset.as_dict()))
-    lacking = PairQueue(config, state).gaps  # the pair stage's own rule of what is not done
-    failed = sum(1 for pair in lacking if pair in state.failed)
-    return SweepStatus(
-        models_expected=len(expected_models),
-        models_ok=sum(model_status.get(m) == "ok" for m in expected_models),
-        models_failed=sum(model_status.get(m) == "failed" for m in expected_models),
-        pairs_expected=config.n_pairs,
-        pairs_ok=config.n_pairs - len(lacking),
-        pairs_failed=failed,
-    )
+    if errors:
+        raise errors[0]
+    return train, summaries[0]

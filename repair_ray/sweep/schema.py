@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -37,20 +37,27 @@ class ModelGrid(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-# ``train``: the core's TrainConfig fields (derived from it, so the two never drift apart) plus
-# how often a trial checkpoints and how many seeds of a model config one trial trains together.
-TrainSection = create_model(
-    "TrainSection",
-    __base__=_Strict,
-    checkpoint_every=(int, 5),
-    seeds_per_trial=(int | Literal["auto"], "auto"),
-    compile=(bool, False),
-    **{f.name: (typing.get_type_hints(TrainConfig)[f.name], f.default) for f in dataclasses.fields(TrainConfig)},
-)
+class _TrainExtras(_Strict):
+    """The keys of ``train`` that are the sweep's, not the core's TrainConfig's."""
+
+    checkpoint_every: int = 5  # how often a trial checkpoints
+    seeds_per_trial: int | Literal["auto"] = "auto"  # how many seeds of a model config one trial trains together
+    compile: bool = False  # trials train through torch.compile
+
+
+# ``train``: the core's TrainConfig fields (derived from it, so the two never drift apart) plus the
+# sweep's own. Type checkers see the sweep's keys only (the core's are read as a dict: model_dump).
+_TRAIN_FIELDS: dict[str, Any] = {
+    f.name: (typing.get_type_hints(TrainConfig)[f.name], f.default) for f in dataclasses.fields(TrainConfig)
+}
+if TYPE_CHECKING:
+    TrainSection = _TrainExtras
+else:
+    TrainSection = create_model("TrainSection", __base__=_TrainExtras, **_TRAIN_FIELDS)
 
 
 # The defaults of the analysis settings are PairSettings' own (one home).
-_PAIR_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PairSettings)}
+_PAIR_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(PairSettings)}
 
 
 class EvalSection(_Strict):
@@ -118,11 +125,15 @@ class Resources(_Strict):
     pair: ResourceSpec = Field(default_factory=ResourceSpec)
 
 
+FLUSH_PAIRS = 200  # pairs per part file at most (flush.pairs)
+FLUSH_SECONDS = 30.0  # ... and at most this long between flushes (flush.seconds)
+
+
 class FlushSection(_Strict):
     """``flush``: how often the pair stage writes finished pairs (a crash loses at most this much)."""
 
-    pairs: int = 200
-    seconds: float = 30.0
+    pairs: int = FLUSH_PAIRS
+    seconds: float = FLUSH_SECONDS
 
 
 class TrackingSection(_Strict):

@@ -58,8 +58,8 @@ def error_text(error: BaseException) -> str:
     A Ray task or trial error wraps the exception raised in the worker (its ``cause``), whose
     message is what a user needs; Ray's own text is mostly the remote traceback.
     """
-    while isinstance(getattr(error, "cause", None), BaseException):
-        error = error.cause
+    while isinstance(cause := getattr(error, "cause", None), BaseException):
+        error = cause
     text = f"{type(error).__name__}: {error}".strip()
     return " ".join(text.split())[:2000]
 

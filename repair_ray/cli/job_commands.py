@@ -1,0 +1,132 @@
+"""The commands about Ray Jobs on a remote cluster: ``submit``, ``logs``, ``stop``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .app import (
+    EXIT_FAILED,
+    EXIT_OK,
+    allow_import_option,
+    config_argument,
+    example_option,
+    fail,
+    load_sweep,
+    main,
+    storage_option,
+)
+
+job_address = click.option(
+    "--address",
+    help="The cluster's dashboard, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS).",
+)
+
+
+@main.command()
+@config_argument
+@example_option
+@storage_option
+@job_address
+@click.option("--id", "submission_id", help="Submission id of the job (default: repair-ray-NAME-TIME).")
+@click.option("--follow/--no-follow", default=False, help="Stream the job's logs until it ends; exit with its outcome.")
+@click.option(
+    "--py-module",
+    "py_modules",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="A package folder, module file or wheel of your own networks (arch: my_pkg.models:make_net) to ship with "
+    "the job to every worker (Ray runtime_env py_modules); repeatable. Its modules still need --allow-import.",
+)
+@allow_import_option
+def submit(
+    config_path: str | None,
+    example: str | None,
+    storage_uri: str | None,
+    address: str | None,
+    submission_id: str | None,
+    follow: bool,
+    py_modules: tuple[str, ...],
+    allow_import: tuple[str, ...],
+) -> None:
+    """Submit the sweep in CONFIG to a Ray cluster as a Ray Job (from a laptop: no shell on the head).
+
+    The config is validated here first. The job carries the config, this version of repair_ray
+    and where storage and data are; never a credential (the nodes have their own). With token
+    authentication, export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or keep ~/.ray/auth_token).
+
+    Exit status: 0 submitted (with --follow: the job succeeded), 1 the followed job failed or was
+    stopped, 2 a bad config, 3 the dashboard cannot be reached.
+    """
+    from ..io import storage
+    from ..sweep import jobs
+
+    # bad configs fail here, before anything travels; the data is the cluster's, so its files are not looked for here
+    config = load_sweep(config_path, example, storage_uri, allow_import, check_files=False)
+    data = dict(config.raw)  # the config as written
+    data["storage"] = config.storage  # a relative path would land in the job's temporary working directory
+    if storage.is_local(config.storage):
+        click.echo(
+            f"warning: storage {config.storage} is a local path: on the cluster it is a path on the node running "
+            "the driver; use s3://, gs:// or a filesystem every node shares for more than one node",
+            err=True,
+        )
+    job_id = jobs.submit(
+        data, address=address, submission_id=submission_id, py_modules=py_modules, allow_import=config.allow_import
+    )
+    where = f" --address {address}" if address else ""
+    click.echo(f"[submit] job {job_id}: sweep {config.name} -> {config.root}")
+    click.echo(
+        f"[submit] follow it: repair-ray logs {job_id}{where} --follow; stop it: repair-ray stop {job_id}{where}"
+    )
+    if follow:
+        status = jobs.follow(job_id, address=address, say=click.echo)
+        click.echo(f"[submit] job {job_id} {status}")
+        sys.exit(EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@job_address
+@click.option("--follow/--no-follow", default=False, help="Keep printing until the job ends; exit with its outcome.")
+def logs(job_id: str, address: str | None, follow: bool) -> None:
+    """Print the logs of the Ray Job JOB (the driver's progress lines and summary, and what its
+    tasks printed, under their names).
+
+    Exit status: 0 (with --follow: the job succeeded), 1 the followed job failed or was stopped,
+    2 no such job, 3 the dashboard cannot be reached.
+    """
+    from ..sweep import jobs
+
+    if follow:
+        status = jobs.follow(job_id, address=address, say=click.echo)
+        click.echo(f"[logs] job {job_id} {status}")
+        sys.exit(EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED)
+    click.echo(jobs.logs(job_id, address=address), nl=False)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@job_address
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the job to stop.",
+)
+def stop(job_id: str, address: str | None, timeout: float) -> None:
+    """Stop the Ray Job JOB and wait until it has stopped. What it finished is on storage;
+    submitting the sweep again resumes it.
+
+    Exit status: 0 when the job is no longer running (stopped, or it had ended already: its status
+    is printed), 1 when it is still running after --timeout seconds, 2 no such job, 3 the dashboard
+    cannot be reached.
+    """
+    from ..sweep import jobs
+
+    status = jobs.stop(job_id, address=address, timeout=timeout)
+    if status not in jobs.TERMINAL:
+        fail(f"job {job_id} is still {status} {timeout:g}s after it was asked to stop", EXIT_FAILED)
+    click.echo(f"[stop] job {job_id} {status}")

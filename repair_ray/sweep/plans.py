@@ -1,0 +1,106 @@
+"""The grid a sweep config expands to: model configs, their stable keys, their seeds and pairs.
+
+A :class:`ModelPlan` is one model config of the grid and the seeds it is trained with; its
+:func:`model_key` is a readable, stable hash of everything that determines its networks (as
+open_lth names a run by a hash of its hyperparameters), so "already on storage" means "done".
+This module imports neither Ray nor the sweep's config (which builds these plans).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..models import ModelConfig
+from ..training import TrainConfig
+
+if TYPE_CHECKING:
+    from .schema import FirstPairs
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """The dataset of a sweep: a registry name and its options (e.g. synthetic's shape)."""
+
+    name: str
+    options: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options)}
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Where the children of a stability study branch: the trunk's seed and the trunk epoch.
+
+    A round of IMP with rewinding (lottery tickets) is a branch at the rewind epoch with a mask:
+    ``imp_round`` (0 = dense), the pruning ``rate`` per round and the ``prune_seed``, the child of
+    each round whose trained weights are pruned for the next (the last two only for rounds >= 1,
+    whose mask they determine).
+    """
+
+    trunk_seed: int
+    epoch: int
+    imp_round: int | None = None
+    rate: float | None = None
+    prune_seed: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What names this branch in a model key (fields that are not set are left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model config of the grid and the seeds it is trained with.
+
+    With a ``branch`` the seeds are children of one trunk at one epoch (they share the trunk's
+    weights there and differ in data order); without, independent networks.
+    """
+
+    model_key: str
+    model: ModelConfig
+    seeds: tuple[int, ...]
+    pairs: tuple[tuple[int, int], ...]
+    branch: Branch | None = None
+    trunk_key: str | None = None  # the model key of the unbranched config, which names the trunk's files
+    sparsity: float | None = None  # an IMP round's: the fraction of prunable weights its mask removes
+    prune_from: str | None = None  # an IMP round >= 1: the model key of the previous round
+
+    def lineage(self) -> dict[str, Any]:
+        """The ``trunk_seed``, ``branch_epoch``, ``imp_round`` and ``sparsity`` columns of this plan's
+        rows (null for independent seeds; the last two null outside IMP)."""
+        b = self.branch
+        return {
+            "trunk_seed": None if b is None else b.trunk_seed,
+            "branch_epoch": None if b is None else b.epoch,
+            "imp_round": None if b is None else b.imp_round,
+            "sparsity": self.sparsity,
+        }
+
+
+def model_key(model: ModelConfig, train: TrainConfig, dataset: dict[str, Any], branch: Branch | None = None) -> str:
+    """A readable, stable key: the model's shape plus a hash of model, training and dataset config
+    (and, for the children of a trunk, the trunk seed and branch epoch: ``...-t0-e2-<hash>``; for
+    a round of IMP also the round: ``...-t0-e1-r3-<hash>``)."""
+    described = {"model": model.described(), "train": train.identity(), "dataset": dataset}
+    if branch is not None:
+        described["branch"] = branch.identity()
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    where = "" if branch is None else f"-t{branch.trunk_seed}-e{branch.epoch}"
+    if branch is not None and branch.imp_round is not None:
+        where += f"-r{branch.imp_round}"
+    return f"{model.label}{where}-{digest}"
+
+
+def pairing(seeds: list[int], rule: str | FirstPairs) -> list[tuple[int, int]]:
+    """The pairs of seeds a rule asks for: ``all``, ``disjoint`` or the first k of all."""
+    every = list(itertools.combinations(seeds, 2))
+    if rule == "disjoint":  # (s0, s1), (s2, s3), ...: pairs that share no network
+        return [(seeds[i], seeds[i + 1]) for i in range(0, len(seeds) - 1, 2)]
+    if isinstance(rule, str):  # all
+        return every
+    return every[: rule.first]

@@ -1,0 +1,122 @@
+"""The rules a sweep config must follow beyond its shape (problems collected, not raised).
+
+The sweep's own rules (resources, retries, pairing, tasks in flight, flushing, tracking) and what
+each network must offer the asked-for methods (its permutation spec, activation and REPAIR
+points), checked before Ray starts. This module imports no Ray.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+
+from ..datasets import dataset_in_shape, dataset_num_classes
+from ..models import ModelConfig
+from ..models.fold import fold_problem
+from ..pair import PairSettings, correction_applies
+from ..permutation import SpecError
+from .plans import DatasetSpec, ModelPlan
+from .schema import FirstPairs, SweepSection
+
+
+def mlflow_installed() -> bool:
+    """Whether ``import mlflow`` can work here (without importing it: that takes seconds)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules: blocked
+        return False
+
+
+def check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
+    """The rules that belong to a sweep alone: resources, retries, pairing, tasks in flight."""
+    for stage in ("train", "pair"):
+        spec = getattr(s.resources, stage)
+        if not (math.isfinite(spec.cpu) and spec.cpu > 0):
+            problems.append(f"resources.{stage}.cpu: must be a positive number, got {spec.cpu}")
+        if not math.isfinite(spec.gpu) or spec.gpu < 0 or (spec.gpu > 1 and spec.gpu != int(spec.gpu)):
+            problems.append(f"resources.{stage}.gpu: must be a fraction in [0, 1] or a whole number, got {spec.gpu}")
+    if s.eval.alphas_per_pass != "auto" and s.eval.alphas_per_pass < 1:
+        problems.append(f"eval.alphas_per_pass: must be a positive integer or auto, got {s.eval.alphas_per_pass}")
+    memory = s.resources.train.gpu_memory
+    if memory is not None and not (math.isfinite(memory) and memory > 0):
+        problems.append(f"resources.train.gpu_memory: must be a positive number of GiB, got {memory}")
+    for key in ("max_pairs_in_flight", "max_trials_in_flight"):
+        if getattr(s, key) is not None and getattr(s, key) < 1:
+            problems.append(f"{key}: must be a positive integer, got {getattr(s, key)}")
+    for key in ("pair_retries", "train_retries"):
+        if getattr(s, key) < 0:
+            problems.append(f"{key}: must be 0 or more, got {getattr(s, key)}")
+    if s.tracking.mlflow is not None and not mlflow_installed():
+        problems.append(
+            "tracking.mlflow: the mlflow package is not installed here; "
+            "pip install mlflow (or pip install 'repair-ray[tracking]'), or remove tracking.mlflow"
+        )
+    if s.flush.pairs < 1:
+        problems.append(f"flush.pairs: must be a positive integer, got {s.flush.pairs}")
+    if not (math.isfinite(s.flush.seconds) and s.flush.seconds >= 0):
+        problems.append(f"flush.seconds: must be 0 or more, got {s.flush.seconds}")
+    if isinstance(s.pairs, FirstPairs) and s.pairs.first < 1:
+        problems.append(f"pairs.first: must be a positive integer, got {s.pairs.first}")
+
+
+def check_specs(
+    configs: list[tuple[int, ModelConfig]], dataset: DatasetSpec, settings: PairSettings, problems: list[str]
+) -> None:
+    """Every network's permutation spec, derived before Ray starts (on the meta device where possible).
+
+    A network whose symmetry cannot be derived fails here, naming the module and op; so does one
+    without the activation or REPAIR points an asked-for method needs.
+    """
+    in_shape = dataset_in_shape(dataset.name, dataset.options)
+    num_classes = dataset_num_classes(dataset.name, dataset.options)
+    for i, mc in configs:
+        if in_shape is None or num_classes is None:
+            continue  # an image folder: its shape is known only from its files, so the workers check it
+        if settings.fold_batchnorm:
+            why = fold_problem(mc.skeleton(num_classes, in_shape))
+            if why is not None:
+                problems.append(f"models[{i}] ({mc.label}): eval.fold_batchnorm: {why}")
+                continue
+        try:
+            spec = mc.permutation_spec(num_classes, in_shape)
+        except (SpecError, TypeError, ValueError, RuntimeError) as error:
+            problems.append(f"models[{i}] ({mc.label}): {error}")
+            continue
+        no_points = [g for g in spec.sizes if g not in spec.activations]
+        if "activation" in settings.aligns and no_points:
+            problems.append(
+                f"models[{i}] ({mc.label}): align activation needs a module output carrying each permutation "
+                f"group, and group {no_points[0]!r} has none (e.g. its nonlinearity is a function or a module used "
+                "twice); leave activation out of align for this network"
+            )
+        if "repair" in settings.corrections and not spec.repair_points:
+            problems.append(
+                f"models[{i}] ({mc.label}): correction repair needs norm layers with an affine or layers with a "
+                "bias to fold into, and this network has none; leave repair out of correction"
+            )
+
+
+def warn_skipped_corrections(
+    plans: list[ModelPlan], batchnorm: Mapping[str, bool], settings: PairSettings, source: str
+) -> None:
+    skipped = sorted(
+        {
+            (correction, plan.model_key)
+            for plan in plans
+            if plan.model_key in batchnorm
+            for correction in settings.corrections
+            if not correction_applies(correction, batchnorm=batchnorm[plan.model_key] and not settings.fold_batchnorm)
+        }
+    )
+    for correction in dict.fromkeys(c for c, _ in skipped):
+        keys = [k for c, k in skipped if c == correction]
+        folded = " (or with it folded: eval.fold_batchnorm)" if settings.fold_batchnorm else ""
+        warnings.warn(
+            f"{source}: correction {correction!r} applies only to BatchNorm nets; it is skipped for "
+            f"{len(keys)} model config(s) without BatchNorm{folded} "
+            f"({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})",
+            stacklevel=3,
+        )

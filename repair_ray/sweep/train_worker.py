@@ -1,0 +1,209 @@
+"""What a train task runs inside its Ray worker: one :class:`~repair_ray.sweep.messages.Trial`.
+
+A trial trains (or resumes, or finds finished) its seeds and writes their ``models`` rows; a trunk
+trains (or checks) its snapshots. The task is a streaming generator that yields an
+:class:`EpochReport` after every epoch and a :class:`TrialOutcome` at the end. Workers are reused
+(torch imported and the dataset loaded once per worker process) and stateless: everything comes
+in the message, everything goes out to storage.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..io import storage
+from ..io.checkpoint import CheckpointError, load_checkpoint
+from ..models import ModelConfig
+from ..multiseed import train_together
+from ..pruning import prunable_names, weight_sparsity
+from ..training import TrainConfig, Trainer, next_imp_mask, train_trunk
+from .layout import checkpoint_uri, trunk_snapshot_uri
+from .messages import EpochReport, Trial, TrialOutcome
+from .rows import write_models_row
+from .worker import cached_dataset, node_id, setup_worker, utc_now
+
+Report = Callable[[EpochReport], None]
+
+
+def _model_config(trial: Trial) -> ModelConfig:
+    return ModelConfig(**trial.model, allow_import=trial.allow_import)
+
+
+def _reporter(report: Report, seed: int) -> Callable[[int, dict[str, Any]], None]:
+    """The trainer's ``on_epoch(epoch, metrics)`` of one seed, as :class:`EpochReport` messages."""
+    return lambda epoch, metrics: report(EpochReport(seed, int(epoch), _numbers(metrics)))
+
+
+def run_trial(trial: Trial, report: Report) -> dict[int, str | None]:
+    """Train (or resume, or find finished) the networks of one trial and write their rows; returns
+    each seed's error (None: trained). ``report`` gets an :class:`EpochReport` after every epoch.
+    With ``together``, the seeds train together, vectorised (:func:`repair_ray.multiseed.train_together`),
+    each with its own checkpoint and row; each seed's numbers do not depend on which or how many
+    seeds share its stack.
+
+    A NaN loss is the seed's ``failed`` row (with the reason); any other error raises (the driver
+    retries the trial, which resumes from its checkpoints)."""
+    started_at = utc_now()
+    device = setup_worker(trial.threads)
+    dataset = cached_dataset(trial.dataset, device)
+    lineage = trial.lineage
+    uris = [checkpoint_uri(trial.root, trial.model_key, seed) for seed in trial.seeds]
+    resumed_from = [_resumable_epoch(uri) for uri in uris]
+    mask = None
+    if trial.prune_from is not None and trial.imp_rate is not None:
+        mask = next_imp_mask(trial.prune_from, trial.imp_rate)
+    trainers = [
+        Trainer(
+            _model_config(trial),
+            TrainConfig(**trial.train),
+            dataset,
+            seed=seed,
+            init_seed=lineage.get("trunk_seed"),
+            data_seed=seed,
+            branch_epoch=lineage.get("branch_epoch"),
+            imp_round=lineage.get("imp_round"),
+            mask=mask,
+            device=device,
+            compile=trial.compile,
+            # a stack computes in NCHW, and channels-last BatchNorm nets fail under vmap on CUDA
+            channels_last=False if trial.together else None,
+        )
+        for seed in trial.seeds
+    ]
+    reporters = [_reporter(report, seed) for seed in trial.seeds]
+    if not trial.together:
+        results = [
+            trainer.run(
+                checkpoint_uri=uri,
+                checkpoint_every=trial.checkpoint_every,
+                on_epoch=reporter,
+                branch_from=trial.branch_from,
+            )
+            for trainer, uri, reporter in zip(trainers, uris, reporters, strict=True)
+        ]
+    else:  # even a single seed: a network trained together is always computed the same way
+        results = train_together(
+            trainers,
+            checkpoint_uris=uris,
+            checkpoint_every=trial.checkpoint_every,
+            on_epoch=reporters,
+            branch_from=[trial.branch_from] * len(trainers),
+        )
+    return {
+        seed: _write_result_row(trial, seed, result, dataset, device, resumed, started_at)
+        for seed, result, resumed in zip(trial.seeds, results, resumed_from, strict=True)
+    }
+
+
+def _resumable_epoch(uri: str) -> int:
+    """The epoch a trial resumes from (0: none); a checkpoint that cannot be read is removed (the
+    trial starts over)."""
+    if not storage.exists(uri):
+        return 0
+    try:
+        return int(load_checkpoint(uri).meta.get("epoch", 0))
+    except CheckpointError:
+        storage.remove(uri, missing_ok=True)
+        return 0
+
+
+def _write_result_row(
+    trial: Trial, seed: int, result: Any, dataset: Any, device: Any, resumed_from: int, started_at: Any
+) -> str | None:
+    """Write the ``models`` row of one trained seed (a :class:`TrainResult`); returns its error (None: ok)."""
+    uri = checkpoint_uri(trial.root, trial.model_key, seed)
+    ok = result.status == "ok"
+    error = None if ok else f"{result.status}: {result.error}"
+    extra = {}
+    lineage = trial.lineage
+    if lineage.get("imp_round") is not None and lineage.get("sparsity") is None and result.state_dict is not None:
+        # a dataset whose shape only its files tell: the sparsity of the trained weights
+        names = prunable_names(_model_config(trial).build(dataset.num_classes, dataset.in_shape))
+        extra["sparsity"] = weight_sparsity(result.state_dict, names)
+    write_models_row(
+        trial,
+        seed,
+        epochs=result.epochs,
+        train_seconds=result.seconds,
+        status="ok" if ok else "failed",
+        error=error,
+        resumed_from_epoch=resumed_from,
+        device=str(device),
+        node_id=node_id(),
+        started_at=started_at,
+        finished_at=utc_now(),
+        checkpoint_bytes=storage.size(uri) if ok else None,
+        history_json=json.dumps(result.history) if result.history is not None else None,
+        **result.metrics,
+        **extra,
+    )
+    return error
+
+
+def run_trunk(trial: Trial, report: Report) -> dict[int, str | None]:
+    """A trunk trial: train (or resume, or check) the trunk's snapshots; it writes no row (a NaN
+    loss raises, and its children then fail with the reason)."""
+    device = setup_worker(trial.threads)
+    dataset = cached_dataset(trial.dataset, device)
+    (seed,) = trial.seeds
+    train_trunk(
+        _model_config(trial),
+        TrainConfig(**trial.train),
+        dataset,
+        seed=seed,
+        epochs=list(trial.epochs),
+        snapshot_uri=lambda epoch: trunk_snapshot_uri(trial.root, trial.model_key, seed, epoch),
+        device=device,
+        on_epoch=_reporter(report, seed),
+    )
+    return {seed: None}
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+_END = object()
+
+
+class TrialStopped(Exception):
+    """The task of a trial stopped listening (it was cancelled): its training thread stops too."""
+
+
+def trial_task(trial: Trial) -> Iterator[EpochReport | TrialOutcome]:
+    """A trial as a Ray streaming generator: yields each :class:`EpochReport` as it happens, then
+    its :class:`TrialOutcome`. Training runs in a thread of the task (its epoch callback cannot
+    yield); an error there is raised here, so the driver sees the task fail. When the generator is
+    closed early, the thread stops at its next epoch (after that epoch's checkpoint)."""
+    reports: queue.Queue[EpochReport | object] = queue.Queue()
+    result: dict[str, Any] = {}
+    stopped = threading.Event()
+
+    def report(item: EpochReport) -> None:
+        if stopped.is_set():
+            raise TrialStopped(f"{trial.name} was stopped")
+        reports.put(item)
+
+    def work() -> None:
+        try:
+            result["outcomes"] = (run_trunk if trial.is_trunk else run_trial)(trial, report)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the task below
+            result["error"] = error
+        finally:
+            reports.put(_END)
+
+    thread = threading.Thread(target=work, name="trial", daemon=True)
+    thread.start()
+    try:
+        while isinstance(item := reports.get(), EpochReport):
+            yield item
+    finally:
+        stopped.set()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    yield TrialOutcome(result["outcomes"])
