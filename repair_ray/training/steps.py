@@ -100,7 +100,7 @@ def compiled(forward: Callable[..., Any], what: str) -> Callable[..., Any]:
 
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            with config.patch(**{strict: True}) if strict else contextlib.nullcontext():
+            with config.patch(strict, True) if strict else contextlib.nullcontext():
                 return program(*args, **kwargs)
         except failures as error:
             reason = (str(error).strip().splitlines() or [""])[0]

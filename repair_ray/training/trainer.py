@@ -56,6 +56,8 @@ class TrainResult:
 class Trainer(Checkpointing):
     """Trains one network on one dataset, an epoch at a time, with exact resumption.
 
+    Saving, resuming and starting from a trunk's snapshot are :class:`Checkpointing`'s.
+
     Attributes:
         model: the network, on ``device``.
         epoch: completed epochs.
@@ -296,7 +298,7 @@ class Trainer(Checkpointing):
         }
         self.seconds += time.perf_counter() - started
         self.history.append({k: float(v) for k, v in metrics.items()})
-        due = bool(checkpoint_every) and self.epoch % checkpoint_every == 0
+        due = bool(checkpoint_every and self.epoch % checkpoint_every == 0)
         if checkpoint_uri is not None and (last or due):
             self.save(checkpoint_uri, metrics, status="ok" if last else "running")
         if on_epoch is not None:
