@@ -27,6 +27,7 @@ class Checkpointing:
     """Saving, resuming and branching of a :class:`~repair_ray.training.Trainer` (its mixin: the
     attributes below are the trainer's)."""
 
+    # the trainer's, set in Trainer.__init__
     model_config: ModelConfig
     train_config: TrainConfig
     dataset: Dataset
@@ -45,7 +46,7 @@ class Checkpointing:
     history: list[dict[str, float]]
     mask: Mask | None
     _masked: list[tuple[torch.Tensor, torch.Tensor]]
-    set_mask: Callable[..., None]
+    set_mask: Callable[..., None]  # Trainer.set_mask: prunes the run (a resumed IMP round's mask)
 
     def training_state(self) -> dict[str, Any]:
         """A snapshot of everything besides the weights that training depends on (with the IMP mask)."""
