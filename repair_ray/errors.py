@@ -9,6 +9,7 @@ key path of the YAML file in front (``models[1].width: ...``); it never re-state
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Iterable, Sequence
 
 
@@ -42,6 +43,17 @@ class Problems:
     def raise_if_any(self) -> None:
         if self.items:
             raise SettingError(self.items, owner=self.owner)
+
+
+def is_int(value: object, *, numpy: bool = False) -> bool:
+    """Whether ``value`` is an integer; a bool is not (``epochs: true`` is a slip). With ``numpy``,
+    numpy's integers count too (settings that never reach JSON)."""
+    return isinstance(value, numbers.Integral if numpy else int) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """Whether ``value`` is a Python int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def unknown_choice(kind: str, value: object, known: Sequence[str]) -> str:

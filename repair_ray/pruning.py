@@ -85,6 +85,7 @@ def mask_sparsity(mask: Mapping[str, torch.Tensor]) -> float:
 
 def weight_sparsity(model_or_state: nn.Module | Mapping[str, torch.Tensor], names: list[str] | None = None) -> float:
     """The fraction of the prunable weights (or of the tensors ``names``) that are exactly zero."""
+    state: dict[str, torch.Tensor]
     if isinstance(model_or_state, nn.Module):
         names = prunable_names(model_or_state) if names is None else names
         state = dict(model_or_state.named_parameters())

@@ -241,10 +241,16 @@ class AlphaStack:
                 handles.append(
                     self.modules[name].register_forward_hook(lambda _m, _i, out, name=name: on_output(name, out))
                 )
-            for name in inputs:
-                handles.append(
-                    self.modules[name].register_forward_pre_hook(lambda _m, args, name=name: on_input(name, args[0]))
-                )
+            if inputs:
+                if on_input is None:
+                    raise ValueError("hooks on module inputs need on_input")
+                take_input = on_input
+                for name in inputs:
+                    handles.append(
+                        self.modules[name].register_forward_pre_hook(
+                            lambda _m, args, name=name: take_input(name, args[0])
+                        )
+                    )
             yield
         finally:
             for handle in handles:

@@ -230,9 +230,9 @@ def test_when_the_first_seed_fails_mid_epoch_the_others_keep_their_learning_rate
 def test_checking_losses_once_a_window_fails_the_same_seeds_at_the_same_steps_with_the_same_state(
     data: Dataset, every: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What a GPU does (multiseed.NAN_CHECK_EVERY): steps unchecked, then back to the window's start
+    """What a GPU does (multiseed.stack.NAN_CHECK_EVERY): steps unchecked, then back to the window's start
     and step by step when a loss was not finite. On the CPU it must give the bits of checking every step."""
-    from repair_ray import multiseed
+    from repair_ray.multiseed import stack
 
     def poisoned() -> list[Trainer]:
         trainers = [Trainer(MLP, SHORT, data, seed=seed) for seed in range(4)]
@@ -242,10 +242,10 @@ def test_checking_losses_once_a_window_fails_the_same_seeds_at_the_same_steps_wi
 
     checked = poisoned()
     expected = train_together(checked)
-    monkeypatch.setattr(multiseed, "NAN_CHECK_EVERY", {"cpu": every})
+    monkeypatch.setattr(stack, "NAN_CHECK_EVERY", {"cpu": every})
     replays = []
-    restore = multiseed._Stack._restore
-    monkeypatch.setattr(multiseed._Stack, "_restore", lambda self, snap: replays.append(1) or restore(self, snap))
+    restore = stack.Stack._restore
+    monkeypatch.setattr(stack.Stack, "_restore", lambda self, snap: replays.append(1) or restore(self, snap))
     windowed = poisoned()
     results = train_together(windowed)
     assert replays  # a failure sent its window back (once per window that held one)

@@ -15,7 +15,6 @@ once, each keyed by the option it concerns (``name`` for the dataset name).
 from __future__ import annotations
 
 import inspect
-import numbers
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..errors import Problems, unknown_choice
+from ..errors import Problems, is_int, unknown_choice
 from .imagefolder import IMAGE_EXTENSIONS, imagefolder_missing, load_imagefolder
 from .synthetic import make_synthetic
 from .tensors import Dataset, DatasetNotFoundError, TensorData
@@ -79,31 +78,26 @@ class DatasetKind:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rules for option values
+# Rules for option values (integers: numpy's count too; a bool never does, ``train_size: true`` is a slip)
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
-    """An integer, numpy's included; bools are not integers here (``train_size: true`` is a slip)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _positive_int(value: Any) -> str | None:
-    return None if _is_int(value) and value >= 1 else f"must be a positive integer, got {value!r}"
+    return None if is_int(value, numpy=True) and value >= 1 else f"must be a positive integer, got {value!r}"
 
 
 def _integer(value: Any) -> str | None:
-    return None if _is_int(value) else f"must be an integer, got {value!r}"
+    return None if is_int(value, numpy=True) else f"must be an integer, got {value!r}"
 
 
 def _class_count(value: Any) -> str | None:
-    if not _is_int(value):
+    if not is_int(value, numpy=True):
         return f"must be an integer of at least 2, got {value!r}"
     return None if value >= 2 else f"must be at least 2, got {value!r}"
 
 
 def _chw_shape(value: Any) -> str | None:
-    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_int(v) and v >= 1 for v in value)
+    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(is_int(v, numpy=True) and v >= 1 for v in value)
     return None if ok else f"must be three positive integers (C, H, W), got {value!r}"
 
 

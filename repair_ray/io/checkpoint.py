@@ -106,9 +106,11 @@ def load_checkpoint(uri: str | os.PathLike[str], *, map_location: str | torch.de
     state_dict, meta_json, training_state = (payload.get(k) for k in ("state_dict", "meta", "training_state"))
     if not isinstance(state_dict, dict) or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
         raise corrupt("state_dict is not a dict of tensors")
+    if not isinstance(meta_json, (str, bytes, bytearray)):
+        raise corrupt(f"meta is not JSON: it is {type(meta_json).__name__}")
     try:
         meta = json.loads(meta_json)
-    except (TypeError, ValueError) as error:
+    except ValueError as error:
         raise corrupt(f"meta is not JSON: {error}") from error
     if not isinstance(meta, dict):
         raise corrupt("meta is not a JSON object")

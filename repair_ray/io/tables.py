@@ -392,9 +392,13 @@ def load_tables(
     root = storage.normalize(path)
     if not storage.exists(root):
         raise FileNotFoundError(f"no sweep at {root}")
-    if isinstance(keys, str) and keys not in ("current", "all"):
-        raise ValueError(f"keys must be 'current', 'all' or a mapping of key columns to values, got {keys!r}")
-    selection = current_keys(root) if keys == "current" else (None if keys == "all" else keys)
+    selection: Mapping[str, Sequence[str]] | None
+    if isinstance(keys, str):
+        if keys not in ("current", "all"):
+            raise ValueError(f"keys must be 'current', 'all' or a mapping of key columns to values, got {keys!r}")
+        selection = current_keys(root) if keys == "current" else None
+    else:
+        selection = keys
     tables = {}
     for name in TABLES:
         frame = read_table(root, name)

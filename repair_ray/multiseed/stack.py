@@ -1,56 +1,21 @@
-"""Several seeds of one network trained together: one vectorised loop over their stacked weights.
-
-:func:`train_together` trains :class:`~repair_ray.training.Trainer` s of the same network, training
-config and dataset as if each ran :meth:`Trainer.run <repair_ray.training.Trainer.run>` alone (its
-own initialisation, data order, augmentation, mask, checkpoints, history and NaN check), but each
-step is one program for all of them: the weights and buffers are stacked along a new first
-dimension (:func:`torch.func.stack_module_state`), the forward pass is ``vmap`` of
-``functional_call`` over per-seed batches ``[N, batch, ...]``, and one optimizer updates the stacked
-tensors. SGD (momentum, Nesterov, coupled weight decay) and Adam are elementwise, so seed ``i``'s
-optimizer state is slice ``i`` of the stacked state (Adam's step count, equal for all, is shared).
-Small networks, whose steps are mostly per-step overhead, train several times faster per seed.
-
-The :class:`Trainer` objects stay the record of each run: after every epoch each seed's slice is
-written back into its trainer's model and optimizer, so evaluation, checkpoints (the same format:
-a lone trainer resumes them, and this loop resumes a lone trainer's), ``history`` and ``on_epoch``
-are the trainer's own. The stack is built from the trainers again at the next epoch, so what an
-``on_epoch`` callback does to a trainer's weights is trained on.
-
-The numbers agree with a lone run up to float rounding (batched matrix products sum in another
-order; relative differences ~1e-7 per step), not bit for bit; a run resumed inside this loop is the
-uninterrupted one. Two things differ from a lone run by design: a stack computes in NCHW memory
-even for ``channels_last`` trainers (vmap turns the seeds' convolutions into one grouped
-convolution; the trainers' weights keep their format), and ``bf16`` casts the matmuls and
-convolutions to bfloat16 by hand (autocast does not reach them under vmap; the casts do, on the CPU
-and on CUDA alike), which rounds like autocast but not at exactly the same places. Trainers made with
-``compile=True`` run the vmapped forward pass under ``torch.compile`` (compiled once per call).
-
-Speed (``benchmarks/seeds_per_trial.py``): vmap, ``functional_call`` and batched autograd cost about
-1 ms per step more than a lone step, so one seed alone is slower this way; 16 narrow MLPs train
-about twice as fast per seed as one at a time on a CPU core. Networks whose lone steps are
-compute-bound (CNNs on the CPU, where a grouped convolution is no faster than its groups) gain
-nothing.
-"""
+"""The weights, buffers, optimizer state and masks of several trainers stacked along a new first
+dimension, and one epoch of training them as one vectorised program (:class:`Stack`)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
-from torch.overrides import TorchFunctionMode
 
-from .datasets import TensorData
-from .training import NonFiniteLossError, Trainer, TrainResult, augment_batch, compiled, make_optimizer
+from ..datasets import TensorData
+from ..training import NonFiniteLossError, Trainer, augment_batch, compiled, make_optimizer
+from .precision import Bfloat16Matmuls
 
-Uri = str | os.PathLike[str]
-OnEpoch = Callable[[int, dict[str, float]], None]
 # optimizer-state entries shared by all seeds of a stack (the rest are tensors shaped like the parameter)
 SHARED_STATE = ("step",)
 # steps between checks for a non-finite loss, per device type (1 where not listed: every step). Reading
@@ -58,149 +23,7 @@ SHARED_STATE = ("step",)
 NAN_CHECK_EVERY = {"cuda": 16}
 
 
-def train_together(
-    trainers: Sequence[Trainer],
-    *,
-    checkpoint_uris: Sequence[Uri | None] | None = None,
-    checkpoint_every: int | None = 1,
-    on_epoch: Sequence[OnEpoch | None] | None = None,
-    branch_from: Sequence[Uri | None] | None = None,
-) -> list[TrainResult]:
-    """Train the remaining epochs of every trainer, all in one vectorised loop; returns what each
-    trainer's :meth:`Trainer.run` would return, in order.
-
-    ``checkpoint_uris``, ``on_epoch`` and ``branch_from`` hold one entry (or None) per trainer, and
-    ``checkpoint_every`` applies to all: each trainer resumes from its checkpoint when there is one,
-    else starts afresh (from its trunk snapshot, pruned by its mask), and after each epoch is
-    evaluated, checkpointed and reported exactly as ``run`` does it.
-
-    Trainers at different epochs (one resumed, others fresh) are caught up: each round trains one
-    epoch of those furthest behind, so the laggards join the others once they reach them. Trainers
-    at one epoch whose optimizer states differ in layout (momentum buffers or not, Adam step counts)
-    train as separate stacks.
-
-    A seed whose loss becomes NaN or infinite ends with status ``nan_loss`` and the error a lone
-    run gives, its weights and optimizer state left as they were before that step; it leaves the
-    stack and the others go on. ``seconds`` is each seed's share of the compute: the wall time of
-    every stacked epoch (stacking, steps, writing back) divided by the seeds in the stack, plus its
-    own evaluations. As for a lone run, the epoch a seed fails in is not counted.
-
-    Raises:
-        ValueError: when the trainers differ in network, training config, dataset, device or
-            memory format, when one is listed twice, or when a per-trainer list has another length.
-        RuntimeError: from a callback or the network, as ``run`` would (the checkpoints written
-            until then stay, so calling again resumes).
-    """
-    trainers = list(trainers)
-    _check_together(trainers)
-    uris = _per_trainer(checkpoint_uris, len(trainers), "checkpoint_uris")
-    callbacks = _per_trainer(on_epoch, len(trainers), "on_epoch")
-    trunks = _per_trainer(branch_from, len(trainers), "branch_from")
-    results: dict[int, TrainResult] = {}
-    final: dict[int, dict[str, float] | None] = dict.fromkeys(range(len(trainers)))
-    for i, trainer in enumerate(trainers):
-        done = trainer.prepare_run(uris[i], trunks[i])
-        if done is not None:
-            results[i] = done
-    epochs = trainers[0].train_config.epochs
-
-    def unfinished() -> list[int]:
-        return [i for i, t in enumerate(trainers) if i not in results and t.epoch < epochs]
-
-    forward = _StackedForward(trainers[0])  # one program for every stack of this call (compiled once)
-    while active := unfinished():
-        behind = min(trainers[i].epoch for i in active)
-        for cohort in _cohorts([i for i in active if trainers[i].epoch == behind], trainers):
-            outcomes = _Stack([trainers[i] for i in cohort], forward).train_epoch()
-            for i, outcome in zip(cohort, outcomes, strict=True):
-                if isinstance(outcome, NonFiniteLossError):
-                    results[i] = trainers[i].failed_run(outcome)
-                else:
-                    final[i] = trainers[i].finish_epoch(
-                        outcome, checkpoint_uri=uris[i], checkpoint_every=checkpoint_every, on_epoch=callbacks[i]
-                    )
-    for i, trainer in enumerate(trainers):
-        if i not in results:
-            results[i] = trainer.finish_run(final[i], uris[i])
-    return [results[i] for i in range(len(trainers))]
-
-
-def _check_together(trainers: list[Trainer]) -> None:
-    """Refuse trainers that cannot share one stack (see :func:`train_together`)."""
-    if not trainers:
-        raise ValueError("train_together needs at least one trainer")
-    first = trainers[0]
-    seen: dict[int, int] = {}
-    for i, trainer in enumerate(trainers):
-        if id(trainer) in seen:
-            raise ValueError(f"trainers[{i}] is trainers[{seen[id(trainer)]}] again: each run can train only once")
-        seen[id(trainer)] = i
-        for field in ("model_config", "train_config", "device", "channels_last", "compile"):
-            mine, theirs = getattr(trainer, field), getattr(first, field)
-            if mine != theirs:
-                raise ValueError(
-                    f"trainers[{i}].{field} is {mine!r} but trainers[0]'s is {theirs!r}: "
-                    "only runs of one network, training config, device and compile setting train together"
-                )
-        if trainer.device.type == "cuda" and trainer.channels_last and _has_batchnorm(trainer.model):
-            raise ValueError(
-                f"trainers[{i}] is a channels-last network with BatchNorm on CUDA: stacked, it fails inside "
-                "PyTorch's vmap (NYI: querying is_contiguous inside of vmap for memory_format other than "
-                "torch.contiguous_format; seen on an H200, torch 2.11); build its trainers with channels_last=False "
-                "(a stack computes in NCHW anyway)"
-            )
-        if not _same_data(trainer, first):
-            raise ValueError(
-                f"trainers[{i}] trains on other data ({trainer.dataset.name}) than trainers[0] "
-                f"({first.dataset.name}): only runs on one dataset train together"
-            )
-
-
-def _has_batchnorm(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def _same_data(a: Trainer, b: Trainer) -> bool:
-    x, y = a.dataset.train, b.dataset.train
-    if a.dataset.name != b.dataset.name or x.x.shape != y.x.shape:
-        return False
-    same_memory = x.x.data_ptr() == y.x.data_ptr() and x.y.data_ptr() == y.y.data_ptr()
-    return same_memory or (torch.equal(x.x, y.x) and torch.equal(x.y, y.y))
-
-
-def _per_trainer(values: Sequence[Any] | None, count: int, name: str) -> list[Any]:
-    if values is None:
-        return [None] * count
-    if isinstance(values, (str, os.PathLike)) or len(values) != count:
-        raise ValueError(f"{name} must hold one entry (or None) per trainer: {count}, got {values!r}")
-    return list(values)
-
-
-def _cohorts(indices: list[int], trainers: list[Trainer]) -> list[list[int]]:
-    """``indices`` grouped by the layout of their trainers' optimizer states: one stack each."""
-    groups: dict[tuple, list[int]] = {}
-    for i in indices:
-        groups.setdefault(_state_layout(trainers[i]), []).append(i)
-    return list(groups.values())
-
-
-def _state_layout(trainer: Trainer) -> tuple:
-    """What of a trainer's optimizer state must be equal in a stack: its entries' names per
-    parameter and the values of the shared ones (Adam's step count)."""
-    layout = []
-    for param in trainer.model.parameters():
-        state = trainer.optimizer.state.get(param, {})
-        layout.append(
-            tuple(sorted((key, _plain(value) if key in SHARED_STATE else None) for key, value in state.items()))
-        )
-    return tuple(layout)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, torch.Tensor) else value
-
-
-class _StackedForward:
+class StackedForward:
     """Every seed's logits from stacked weights, buffers and batches: ``vmap`` of ``functional_call``
     on a skeleton of the network (on the meta device: ``functional_call`` runs its code on the stacked
     tensors), compiled with ``torch.compile`` when the trainers ask for it. Built once per
@@ -225,11 +48,11 @@ class _StackedForward:
         return self.forward(params, buffers, x)
 
 
-class _Stack:
+class Stack:
     """The weights, buffers, optimizer state and masks of trainers at the same point of training,
     stacked along a new first dimension (seed ``k`` of the stack is slice ``k``)."""
 
-    def __init__(self, trainers: list[Trainer], forward: _StackedForward | None = None) -> None:
+    def __init__(self, trainers: list[Trainer], forward: StackedForward | None = None) -> None:
         self.started = time.perf_counter()  # the stack's own cost is shared compute too
         self.trainers = trainers
         first = trainers[0]
@@ -242,11 +65,11 @@ class _Stack:
         self.buffers = {name: buffer.contiguous() for name, buffer in buffers.items()}
         self.optimizer = make_optimizer(self.config, self.params, foreach=True)
         for param, seeds in zip(self.params, zip(*(t.model.parameters() for t in trainers), strict=True), strict=True):
-            states = [t.optimizer.state.get(p) for t, p in zip(trainers, seeds, strict=True)]
+            states = [t.optimizer.state.get(p, {}) for t, p in zip(trainers, seeds, strict=True)]
             if states[0]:
                 self.optimizer.state[param] = {key: _stacked([s[key] for s in states], key) for key in states[0]}
         self.masks = self._stacked_masks()
-        self.forward = forward or _StackedForward(first)
+        self.forward = forward or StackedForward(first)
 
     def _stacked_masks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(stacked parameter, stacked keep) for every parameter some trainer masks; a seed without
@@ -303,7 +126,7 @@ class _Stack:
             """One optimizer step of the stack; with ``check``, the seeds whose loss is not finite fail
             first (left before this step) and leave the stack. Returns the step's losses."""
             nonlocal order, loss_sum, correct, alive, seen, lr
-            x, y = _gather(train, order[:, batch * batch_size : (batch + 1) * batch_size])
+            x, y = gather(train, order[:, batch * batch_size : (batch + 1) * batch_size])
             if first.augment:
                 flips = first.augment == "crop_flip"
                 x = torch.stack([augment_batch(x[k], trainers[i].generator, flips=flips) for k, i in enumerate(alive)])
@@ -400,7 +223,7 @@ class _Stack:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
         stack.enter_context(torch.autocast(device_type=self.params[0].device.type, dtype=torch.bfloat16))
-        stack.enter_context(_Bfloat16Matmuls())
+        stack.enter_context(Bfloat16Matmuls())
         return stack
 
     def _update(self, losses: torch.Tensor, lr: float) -> None:
@@ -461,7 +284,7 @@ class _Stack:
         trainer.optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def _gather(data: TensorData, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gather(data: TensorData, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The samples ``index`` (seeds x batch) of ``data``, as ``[seeds, batch, ...]`` (``index_select``
     of the flat index: several times faster on the CPU than indexing with a 2-d index)."""
     flat = index.reshape(-1)
@@ -481,43 +304,3 @@ def _slice(value: Any, key: str, k: int) -> Any:
     if not isinstance(value, torch.Tensor):
         return value
     return value.clone() if key in SHARED_STATE else value[k].clone()
-
-
-class _Bfloat16Matmuls(TorchFunctionMode):
-    """The ops that CPU autocast runs in bfloat16 (matrix products, convolutions) get bfloat16
-    inputs; batch norm of bfloat16 inputs normalises in float32 and returns bfloat16, as the
-    mixed-precision kernel of a lone run does (vmap's batch-norm rule wants one dtype)."""
-
-    LOW = {
-        F.linear,
-        F.bilinear,
-        torch.conv1d,
-        torch.conv2d,
-        torch.conv3d,
-        torch.conv_transpose1d,
-        torch.conv_transpose2d,
-        torch.conv_transpose3d,
-        torch.matmul,
-        torch.mm,
-        torch.bmm,
-        torch.addmm,
-        torch.baddbmm,
-        torch.Tensor.matmul,
-        torch.Tensor.__matmul__,
-    }
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if func in self.LOW:
-            args, kwargs = _to_bfloat16(args), {k: _to_bfloat16(v) for k, v in kwargs.items()}
-        elif func is F.batch_norm and isinstance(args[0], torch.Tensor) and args[0].dtype == torch.bfloat16:
-            return func(args[0].float(), *args[1:], **kwargs).to(torch.bfloat16)
-        return func(*args, **kwargs)
-
-
-def _to_bfloat16(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
-        return value.to(torch.bfloat16)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_bfloat16(v) for v in value)
-    return value

@@ -1,0 +1,112 @@
+"""The pieces of a training step that the lone loop (:class:`~repair_ray.training.Trainer`) and the
+stacked one (:mod:`repair_ray.multiseed`) share: the optimizer, the augmentation, ``torch.compile``
+that never falls back silently, and the CUDA kernel switches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+
+
+def make_optimizer(config: TrainConfig, params: Iterable[torch.Tensor], **options: Any) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` (SGD or Adam, coupled weight decay) over ``params``; ``options``
+    (e.g. ``foreach``) go to its constructor. Its learning rate is set before every step."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **options)
+    return torch.optim.SGD(
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+        **options,
+    )
+
+
+def use_fast_cuda_kernels() -> None:
+    """TF32 matmuls and convolutions, and cuDNN autotuning (the fastest kernel per shape, chosen on
+    the first batches), for training on NVIDIA GPUs (Ampere and newer run TF32 on tensor cores).
+
+    Both trade bit-exactness for speed: a run resumed on CUDA is then equal to an uninterrupted one
+    up to float rounding, not bit for bit (on the CPU it stays bit for bit).
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, flips: bool = True) -> torch.Tensor:
+    """Random crops (zero padding of ``padding`` pixels) and horizontal flips, per sample, in one gather.
+
+    ``flips=False``: crops only, i.e. random translations by up to ``padding`` pixels (no flip is drawn).
+
+    The random offsets and flips are drawn on the CPU from ``generator`` whatever the device of
+    ``x``, so the augmentation is the same on every device. On CUDA they travel through pinned memory
+    without blocking (a copy from pageable memory would wait for the GPU's queue to drain every step).
+    """
+    n, channels, height, width = x.shape
+    offsets = _to_device(torch.randint(0, 2 * padding + 1, (2, n), generator=generator), x.device)
+    flip = torch.rand(n, generator=generator) < 0.5 if flips else torch.zeros(n, dtype=torch.bool)
+    flips_on = _to_device(flip, x.device)
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = offsets[0, :, None] + torch.arange(height, device=x.device)
+    columns = torch.arange(width, device=x.device)
+    columns = torch.where(flips_on[:, None], width - 1 - columns, columns) + offsets[1, :, None]
+    return padded[
+        torch.arange(n, device=x.device)[:, None, None, None],
+        torch.arange(channels, device=x.device)[None, :, None, None],
+        rows[:, None, :, None],
+        columns[:, None, None, :],
+    ]
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device``: on CUDA an asynchronous copy from pinned memory (the pinned buffer is
+    kept alive by the copy's stream), elsewhere a plain ``to``."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+# dynamo's switch (and error) for "raise instead of running eager once the recompile limit is hit", by torch version
+_FAIL_ON_LIMIT = ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit")
+_LIMIT_ERRORS = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
+
+
+class CompileError(RuntimeError):
+    """``torch.compile`` could not compile the training step's network (``compile=True``)."""
+
+
+def compiled(forward: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """``torch.compile(forward)`` whose compilation errors raise :class:`CompileError` naming ``what``
+    (compilation happens at the first calls): a run asked to compile never falls back to eager silently,
+    neither when it cannot compile nor when dynamo's recompile limit is hit (a worker that compiled the
+    same code for many shapes)."""
+    import torch._dynamo
+
+    program = torch.compile(forward)
+    config = torch._dynamo.config
+    strict = next((k for k in _FAIL_ON_LIMIT if hasattr(config, k)), None)
+    failures: tuple[type[BaseException], ...] = (torch._dynamo.exc.TorchDynamoException,) + tuple(
+        getattr(torch._dynamo.exc, name) for name in _LIMIT_ERRORS if hasattr(torch._dynamo.exc, name)
+    )
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with config.patch(strict, True) if strict else contextlib.nullcontext():
+                return program(*args, **kwargs)
+        except failures as error:
+            reason = (str(error).strip().splitlines() or [""])[0]
+            raise CompileError(
+                f"torch.compile of {what} failed ({type(error).__name__}: {reason}); "
+                "train it without compile (train.compile: false)"
+            ) from error
+
+    return call
