@@ -16,7 +16,7 @@ from ..datasets import TensorData
 from ..hooks import channels_last_2d, output_hooks
 from .ops import Permutation, linear_sum_assignment
 from .spec import PermutationSpec, SpecError
-from .weight_matching import _matched_states
+from .weight_matching import matched_states
 
 
 class CrossMoments:
@@ -94,7 +94,7 @@ def activation_matching(
     Returns:
         ``{group: LongTensor}`` to apply to B with :func:`apply_permutation`.
     """
-    _matched_states(spec, model_a, model_b)
+    matched_states(spec, model_a, model_b)
     missing = [g for g in spec.sizes if g not in spec.activations]
     if missing:
         raise SpecError(f"permutation spec gives no activation point for group {missing[0]!r}")

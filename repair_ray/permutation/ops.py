@@ -41,7 +41,8 @@ def invert_permutation(perm: Permutation) -> Permutation:
     return {g: torch.argsort(p) for g, p in perm.items()}
 
 
-def _check_perm(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) -> None:
+def check_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) -> None:
+    """Raise a SpecError unless ``perm`` holds a permutation of the right size for every group of ``spec``."""
     for g, n in spec.sizes.items():
         if g not in perm:
             raise SpecError(f"permutation has no entry for group {g!r}")
@@ -76,7 +77,7 @@ def apply_permutation(
     """
     state = as_state(model_or_state)
     spec.validate(state)
-    _check_perm(spec, perm)
+    check_permutation(spec, perm)
     out = OrderedDict((k, permute_tensor(spec, k, v, perm)) for k, v in state.items())
     if hasattr(state, "_metadata"):  # module versions: some modules load older layouts by them
         out._metadata = state._metadata
