@@ -72,7 +72,8 @@ def align_permutation(
             model_b,
             seed=settings.weight_matching_seed,
             max_iter=settings.weight_matching_max_iter,
-            **weight_options,
+            start=settings.weight_matching_start,
+            restarts=settings.weight_matching_restarts,
         )
     if align == "activation":
         return activation_matching(spec, model_a, model_b, stat_data, batch_size=settings.stat_batch_size)

@@ -18,6 +18,7 @@ from ..correction import has_batchnorm, target_moments
 from ..datasets import Dataset
 from ..hooks import MomentRecorder, Moments, Recorders, std_ratio, variance_ratio
 from ..interpolation import barrier_metrics, evaluate
+from ..models import permutation_spec
 from ..models.fold import fold_batchnorm
 from ..permutation import PermutationSpec, apply_permutation
 from ..permutation.derive import derive_spec
@@ -96,11 +97,11 @@ def _analyse_pair(
         # the plain networks the BatchNorm nets compute; their spec comes from their own graph
         model_a, model_b = fold_batchnorm(model_a), fold_batchnorm(model_b)
         spec = derive_spec(model_a, dataset.train.x[:2])
-    spec = spec if spec is not None else model_a.permutation_spec()
+    spec = spec if spec is not None else permutation_spec(model_a)
     train_eval = dataset.train.subset(settings.train_samples, seed=settings.subset_seed)
     stat_data = train_eval.head(settings.stat_samples)
     splits = {"train": train_eval, "test": dataset.test}
-    alphas = sorted(float(a) for a in settings.alphas)
+    alphas = sorted(float(a) for a in settings.alpha_points)
     result = PairResult()
     say = progress or (lambda _msg: None)
 
@@ -159,7 +160,7 @@ def _analyse_pair(
         for correction in (c for a, c in methods if a == align):
             say(f"{align}/{correction}")
             measured = curve_points(correction, state_a, state_b, moments_b_aligned, alphas)
-            curve = {split: {"alpha": [], "loss": [], "acc": []} for split in splits}
+            curve: dict[str, dict[str, list[float]]] = {split: {"alpha": [], "loss": [], "acc": []} for split in splits}
             for alpha in alphas:
                 for split in splits:
                     metrics = measured[alpha][split]
@@ -183,7 +184,7 @@ def _analyse_pair(
                 for i, p in enumerate(points)
             ]
             spent = clock.take()
-            row = {"align": align, "correction": correction}
+            row: dict[str, str | float] = {"align": align, "correction": correction}
             for split in splits:
                 for key, value in barrier_metrics(curve[split]).items():
                     row[_column(key, split)] = value

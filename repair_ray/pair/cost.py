@@ -19,7 +19,7 @@ def sample_forwards(
     passes, so they cost nothing extra.
     """
     stat = min(settings.stat_samples, n_train_eval)
-    interior = sum(1 for a in settings.alphas if 0 < a < 1)
+    interior = sum(1 for a in settings.alpha_points if 0 < a < 1)
     total = 2 * (n_train_eval + n_test) + 2 * stat
     total += sum(2 * stat for a in settings.aligns if a == "activation")
     # a learned matching: a minibatch per step (backward passes not counted) and two full scorings
@@ -34,5 +34,5 @@ def sample_forwards(
         if correction == "none":
             total += interior * (n_train_eval + n_test)
         else:
-            total += len(settings.alphas) * (n_train_eval + n_test + stat)
+            total += len(settings.alpha_points) * (n_train_eval + n_test + stat)
     return total

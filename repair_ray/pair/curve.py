@@ -103,6 +103,7 @@ class CurvePoints:
         alphas: Sequence[float],
     ) -> dict[float, dict]:
         spec, settings = self.spec, self.settings
+        assert self.skeleton is not None  # built on construction whenever several α share a pass
         stack = AlphaStack(self.skeleton, interpolated_tensors(self.work, state_a, state_b, alphas))
         carried: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with self.clock("stat"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from ..errors import Problems, unknown_choice
 from ..names import ALIGNS, BATCHNORM_ONLY, CORRECTIONS, DEFAULT_ALIGNS
@@ -162,6 +163,7 @@ class PairSettings:
 
     def __post_init__(self) -> None:
         problems = Problems("PairSettings")
+        known: Sequence[str]
         for field_name, known in (("aligns", ALIGNS), ("corrections", CORRECTIONS)):
             values = getattr(self, field_name)
             values = (values,) if isinstance(values, str) else tuple(values)
@@ -214,7 +216,7 @@ class PairSettings:
         value = self.ste_momentum
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             problems.add("ste_momentum", f"must be a number in [0, 1), got {value!r}")
-        temps = self.sinkhorn_temperatures
+        temps: Sequence[float] = self.sinkhorn_temperatures
         try:
             temps = tuple(float(t) for t in temps)
             ok = len(temps) == 2 and all(0 < t < float("inf") for t in temps)
@@ -245,6 +247,11 @@ class PairSettings:
                 f"({self.stat_samples}) must not exceed train_samples ({self.train_samples})",
             )
         problems.raise_if_any()
+
+    @property
+    def alpha_points(self) -> tuple[float, ...]:
+        """The α grid: ``alphas`` as construction left it (the sorted points, never a count)."""
+        return cast(tuple[float, ...], self.alphas)
 
     def methods(self, *, batchnorm: bool) -> list[tuple[str, str]]:
         """The (align, correction) combinations analysed for a net with or without BatchNorm, in order

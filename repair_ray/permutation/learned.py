@@ -35,7 +35,7 @@ from torch.func import functional_call
 
 from ..datasets import TensorData
 from ..interpolation import interpolate_state
-from .ops import Permutation, apply_permutation, identity_permutation, linear_sum_assignment
+from .ops import Permutation, apply_permutation, identity_permutation, linear_sum_assignment, sum_tensors
 from .spec import PermutationSpec
 from .weight_matching import matched_states, weight_matching
 
@@ -382,6 +382,7 @@ def sinkhorn_matching(
     permuted = [n for n, axes in spec.axes.items() if n not in spec.buffers and any(e is not None for e in axes)]
     score: Callable[[Permutation], float]
     if objective == "midpoint":
+        assert data is not None  # checked above
         batches = _Batches(data, batch_size, seed)
 
         def score(p: Permutation) -> float:
@@ -405,7 +406,7 @@ def sinkhorn_matching(
             mid = interpolate_state(float_a, mixed, 0.5)
             loss = F.cross_entropy(functional_call(work, mid, (x,)).float(), y)
         else:
-            loss = sum(((state_a[n].float() - mixed[n]) ** 2).sum() for n in permuted)
+            loss = sum_tensors(((state_a[n].float() - mixed[n]) ** 2).sum() for n in permuted)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -115,8 +115,8 @@ class _Term:
             moved = [(i, e) for i, e in self.others if any(perm[g] is not self.basis[g] for g in entry_groups(e))]
             if not moved:
                 return self.value
-            if len(moved) == 1 and isinstance(moved[0][1], str):
-                i, g = moved[0]
+            i, g = moved[0]
+            if len(moved) == 1 and isinstance(g, str):
                 old, new = self.basis[g], perm[g]
                 units = torch.nonzero(old != new).squeeze(1)
                 if units.numel() <= self.MAX_CHANGED_FRACTION * new.numel():
@@ -174,13 +174,14 @@ def weight_matching(
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
         raise ValueError(f"restarts must be a positive integer, got {restarts!r}")
     state_a, state_b = matched_states(spec, a, b)
-    best: tuple[float, Permutation] | None = None
-    for k in range(restarts):
+    perm = _descend(spec, state_a, state_b, max_iter, seed, init_perm, start)
+    if restarts == 1:
+        return perm
+    best = (matching_objective(spec, state_a, state_b, perm), perm)
+    for k in range(1, restarts):
         perm = _descend(spec, state_a, state_b, max_iter, seed + k, init_perm, start)
-        if restarts == 1:
-            return perm
         value = matching_objective(spec, state_a, state_b, perm)
-        if best is None or value > best[0]:
+        if value > best[0]:
             best = (value, perm)
     return best[1]
 
