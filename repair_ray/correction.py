@@ -143,7 +143,8 @@ def _corrective_pass(
 ) -> None:
     bns = batchnorms(model) if reset else []
     bn_acc = {id(m): ChannelMoments() for m in bns}
-    point_acc = {k: ChannelMoments() for k in (targets or {})}
+    wanted: Mapping[str, Moments] = targets or {}
+    point_acc = {k: ChannelMoments() for k in wanted}
     handles = [m.register_forward_pre_hook(lambda m, inp: bn_acc[id(m)].update(inp[0])) for m in bns]
 
     axes = axes or {}
@@ -152,7 +153,7 @@ def _corrective_pass(
         axis = axes.get(name, 1)
         point_acc[name].update(y, axis)
         mean, std = _batch_moments(y, axis)
-        tgt = targets[name]
+        tgt = wanted[name]
         scale = safe_scale(tgt.std.to(y.device), std.double()).to(y.dtype)
         shift = tgt.mean.to(y.device).to(y.dtype) - scale * mean
         return y * channel_view(scale, y, axis) + channel_view(shift, y, axis)
@@ -161,7 +162,7 @@ def _corrective_pass(
     for m in bns:
         m.train()  # normalise each batch by its own statistics: the running ones are being replaced
     try:
-        with output_hooks(model, list(targets or {}), renormalise):
+        with output_hooks(model, list(wanted), renormalise):
             for x, _ in data.batches(batch_size):
                 model(x)
     finally:
@@ -170,12 +171,14 @@ def _corrective_pass(
         model.eval()
     for m in bns:
         acc = bn_acc[id(m)]
-        m.running_mean.copy_(acc.mean.to(m.running_mean.dtype))
-        m.running_var.copy_(acc.var.to(m.running_var.dtype))
-        m.num_batches_tracked.fill_(0)
-    if targets:
+        running_mean, running_var, tracked = m.running_mean, m.running_var, m.num_batches_tracked
+        assert running_mean is not None and running_var is not None and tracked is not None  # track_running_stats
+        running_mean.copy_(acc.mean.to(running_mean.dtype))
+        running_var.copy_(acc.var.to(running_var.dtype))
+        tracked.fill_(0)
+    if wanted:
         modules = dict(model.named_modules())
-        for name, tgt in targets.items():
+        for name, tgt in wanted.items():
             raw = point_acc[name]
             scale = safe_scale(tgt.std.to(raw.std.device), raw.std)
             shift = tgt.mean.to(raw.mean.device) - scale * raw.mean

@@ -43,20 +43,27 @@ class ChannelMoments:
 
     def add(self, total: torch.Tensor, total_sq: torch.Tensor, count: int) -> None:
         """Add the per-channel sum and sum of squares (float64) of ``count`` more samples."""
-        if self.total is None:
+        if self.total is None or self.total_sq is None:
             self.total, self.total_sq = total, total_sq
         else:
             self.total += total
             self.total_sq += total_sq
         self.count += count
 
+    def _sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.total is None or self.total_sq is None:
+            raise ValueError("no samples were added, so there are no moments")
+        return self.total, self.total_sq
+
     @property
     def mean(self) -> torch.Tensor:
-        return self.total / self.count
+        total, _ = self._sums()
+        return total / self.count
 
     @property
     def var(self) -> torch.Tensor:
-        return (self.total_sq / self.count - self.mean**2).clamp_min(0.0)
+        _, total_sq = self._sums()
+        return (total_sq / self.count - self.mean**2).clamp_min(0.0)
 
     @property
     def std(self) -> torch.Tensor:

@@ -11,13 +11,13 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import InitVar, dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from ..errors import Problems, unknown_choice
 from ..permutation.derive import derive_spec
-from ..permutation.spec import PermutationSpec, SpecError
+from ..permutation.spec import HasPermutationSpec, PermutationSpec, SpecError
 from .common import NORMS
 from .external import (
     DATA_ARGS,
@@ -117,30 +117,32 @@ class ModelConfig:
                 + " (or 'torchvision:<name>' / 'package.module:factory' for any other network)",
             )
             problems.raise_if_any()
+        else:
+            self._settle_zoo(info, kwargs, problems)
+
+    def _settle_zoo(self, info: Arch, kwargs: dict[str, Any], problems: Problems) -> None:
+        """Check a zoo architecture's knobs against ``info``, then fill in the defaults."""
         if kwargs:
             problems.add("kwargs", f"{self.arch} is a zoo architecture and takes no keyword arguments")
-        layered = isinstance(self.width, (list, tuple))
-        if self.width is None:
+        width = self.width
+        if width is None:
             problems.add("width", f"{self.arch} needs a width")
-        elif layered and not info.layer_widths:
-            problems.add("width", f"{self.arch} takes one width, not a list of per-layer widths, got {self.width!r}")
-        elif layered and (not self.width or not all(_is_number(w) and w > 0 and int(w) == w for w in self.width)):
-            problems.add(
-                "width", f"per-layer widths must be positive integers, one per hidden layer, got {self.width!r}"
-            )
-        elif layered and self.depth is not None and self.depth != len(self.width):
-            problems.add(
-                "depth", f"is {self.depth!r} but width lists {len(self.width)} hidden layers (leave depth out)"
-            )
-        elif layered:
-            object.__setattr__(self, "width", tuple(int(w) for w in self.width))
-            object.__setattr__(self, "depth", len(self.width))
-        elif not _is_number(self.width) or not self.width > 0:
-            problems.add(
-                "width", f"must be a positive {'integer' if info.integer_width else 'number'}, got {self.width!r}"
-            )
-        elif info.integer_width and int(self.width) != self.width:
-            problems.add("width", f"{self.arch} width counts hidden units and must be an integer, got {self.width!r}")
+        elif isinstance(width, (list, tuple)):
+            if not info.layer_widths:
+                problems.add("width", f"{self.arch} takes one width, not a list of per-layer widths, got {width!r}")
+            elif not width or not all(_is_number(w) and w > 0 and int(w) == w for w in width):
+                problems.add(
+                    "width", f"per-layer widths must be positive integers, one per hidden layer, got {width!r}"
+                )
+            elif self.depth is not None and self.depth != len(width):
+                problems.add("depth", f"is {self.depth!r} but width lists {len(width)} hidden layers (leave depth out)")
+            else:
+                object.__setattr__(self, "width", tuple(int(w) for w in width))
+                object.__setattr__(self, "depth", len(width))
+        elif not _is_number(width) or not width > 0:
+            problems.add("width", f"must be a positive {'integer' if info.integer_width else 'number'}, got {width!r}")
+        elif info.integer_width and int(width) != width:
+            problems.add("width", f"{self.arch} width counts hidden units and must be an integer, got {width!r}")
         depth = info.default_depth if self.depth is None else self.depth
         if not (isinstance(depth, int) and not isinstance(depth, bool)) or not info.depths(depth):
             problems.add("depth", f"{self.arch} depth must be {info.depth_hint}, got {depth!r}")
@@ -148,7 +150,7 @@ class ModelConfig:
         if norm not in info.norms:
             problems.add("norm", f"{self.arch} supports norm {', '.join(info.norms)}; got {norm!r}")
         problems.raise_if_any()
-        if not isinstance(self.width, tuple):
+        if isinstance(self.width, (int, float)):  # a tuple of per-layer widths is settled above
             object.__setattr__(self, "width", int(self.width) if info.integer_width else float(self.width))
         object.__setattr__(self, "depth", depth)
         object.__setattr__(self, "norm", norm)
@@ -209,7 +211,8 @@ class ModelConfig:
     @property
     def options(self) -> dict[str, Any]:
         """The keyword arguments for an architecture outside the zoo."""
-        return json.loads(self.kwargs) if self.kwargs else {}
+        raw = self.kwargs  # canonical JSON after construction
+        return json.loads(raw) if isinstance(raw, str) and raw else dict(raw or {})
 
     @property
     def label(self) -> str:
@@ -245,7 +248,7 @@ class ModelConfig:
         model = ARCHS[self.arch].build(
             width=self.width, depth=self.depth, norm=self.norm, num_classes=num_classes, in_shape=tuple(in_shape)
         )
-        model.arch = self.arch
+        model.arch = self.arch  # type: ignore[assignment]  # torch types Module attributes as tensors or modules
         return model
 
     def permutation_spec(self, num_classes: int = 10, in_shape: tuple[int, ...] = (1, 28, 28)) -> PermutationSpec:
@@ -290,7 +293,7 @@ def _spec(config: ModelConfig, num_classes: int, in_shape: tuple[int, ...]) -> P
     import torch
 
     model = _meta_build(config, num_classes, in_shape)
-    if hasattr(model, "permutation_spec") and not is_external(config.arch):
+    if isinstance(model, HasPermutationSpec) and not is_external(config.arch):
         return model.permutation_spec()
     device = next(iter(model.parameters()), torch.empty(0)).device
     example = torch.zeros(2, *in_shape, device=device)
@@ -339,7 +342,9 @@ def build_model(
             nothing else is imported (torchvision's builders need no allowance).
         kwargs: keyword arguments of a torchvision builder or a factory.
     """
-    return ModelConfig(arch, width, depth, norm, kwargs, allow_import).build(num_classes, in_shape)
+    # ModelConfig takes any sequence of per-layer widths and keeps it as a tuple
+    config_width = cast("float | tuple[int, ...] | None", width)
+    return ModelConfig(arch, config_width, depth, norm, kwargs, allow_import).build(num_classes, in_shape)
 
 
 def permutation_spec(model: nn.Module, example_input: Any = None) -> PermutationSpec:
@@ -356,7 +361,7 @@ def permutation_spec(model: nn.Module, example_input: Any = None) -> Permutation
     """
     if example_input is not None:
         return derive_spec(model, example_input)
-    if not hasattr(model, "permutation_spec"):
+    if not isinstance(model, HasPermutationSpec):
         raise TypeError(
             f"{type(model).__name__} has no permutation_spec() of its own; pass an example input, "
             "permutation_spec(model, example_input), to derive it from the graph"

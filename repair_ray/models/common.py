@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, TypeVar
+
 from torch import nn
 
 NORMS = ("none", "batch", "layer")
@@ -22,6 +24,27 @@ def make_norm(kind: str, channels: int, *, spatial: bool) -> nn.Module | None:
     raise ValueError(f"unknown norm {kind!r}; expected one of {', '.join(NORMS)}")
 
 
+def norm_layer(kind: str, channels: int, *, spatial: bool) -> nn.Module:
+    """The norm layer of ``kind`` (``batch`` or ``layer``), for networks that always have one (the resnets)."""
+    norm = make_norm(kind, channels, spatial=spatial)
+    if norm is None:
+        raise ValueError(f"needs a norm layer ('batch' or 'layer'), got norm {kind!r}")
+    return norm
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def modules_of(container: nn.ModuleList, kind: type[M]) -> list[M]:
+    """The modules of ``container``, each checked to be the ``kind`` it was built as (a ModuleList forgets it)."""
+    out = []
+    for module in container:
+        if not isinstance(module, kind):
+            raise TypeError(f"expected a {kind.__name__}, found a {type(module).__name__}")
+        out.append(module)
+    return out
+
+
 def he_init(model: nn.Module, head: nn.Module | None = None) -> None:
     """Kaiming-normal (fan-in, ReLU gain) weights and zero biases for every conv/linear.
 
@@ -30,7 +53,7 @@ def he_init(model: nn.Module, head: nn.Module | None = None) -> None:
     """
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
-            gain = "linear" if module is head else "relu"
+            gain: Literal["linear", "relu"] = "linear" if module is head else "relu"
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity=gain)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

@@ -40,18 +40,17 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if node.op != "call_module" or not isinstance(modules[node.target], _BATCHNORMS):
             continue
         source = node.args[0] if node.args else None
-        ok = (
+        if not (
             isinstance(source, fx.Node)
             and source.op == "call_module"
             and isinstance(modules[source.target], (nn.Linear, *_CONVS))
             and len(source.users) == 1
-        )
-        if not ok:
+        ):
             raise ValueError(
                 f"cannot fold BatchNorm {node.target!r}: it does not directly follow a linear or convolution "
                 "layer whose output only it reads"
             )
-        pairs.append((source.target, node.target))
+        pairs.append((str(source.target), str(node.target)))
     for layer_name, norm_name in pairs:
         layer, norm = modules[layer_name], modules[norm_name]
         if norm.running_mean is None or norm.running_var is None:

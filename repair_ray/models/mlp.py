@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..permutation.spec import PermutationSpec, SpecBuilder
-from .common import he_init, make_norm
+from .common import he_init, make_norm, modules_of
 
 
 class DenseBlock(nn.Module):
@@ -55,7 +55,7 @@ class MLP(nn.Module):
     def permutation_spec(self) -> PermutationSpec:
         b = SpecBuilder()
         p_prev: str | None = None
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(modules_of(self.layers, DenseBlock)):
             p = f"layers.{i}"
             b.linear(f"layers.{i}.linear", p_prev, p, bias=layer.linear.bias is not None)
             b.norm(f"layers.{i}.norm", p, layer.norm)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..permutation.spec import PermutationSpec, SpecBuilder
-from .common import he_init, make_norm, scaled
+from .common import he_init, modules_of, norm_layer, scaled
 
 
 class Shortcut(nn.Module):
@@ -20,13 +20,23 @@ class Shortcut(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int, norm: str) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
-        self.norm = make_norm(norm, c_out, spatial=True)
+        self.norm = norm_layer(norm, c_out, spatial=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """What the ResNet asks of its blocks: a shortcut (None: the identity) and their part of the spec."""
+
+    expansion = 1
+    shortcut: Shortcut | None
+
+    def spec(self, b: SpecBuilder, name: str, p_in: str, p_out: str) -> None:
+        raise NotImplementedError
+
+
+class BasicBlock(ResidualBlock):
     """conv3x3 → norm → ReLU → conv3x3 → norm, plus the shortcut, then ReLU."""
 
     expansion = 1
@@ -35,10 +45,10 @@ class BasicBlock(nn.Module):
         super().__init__()
         c_out = planes * self.expansion
         self.conv1 = nn.Conv2d(c_in, planes, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = make_norm(norm, planes, spatial=True)
+        self.norm1 = norm_layer(norm, planes, spatial=True)
         self.act1 = nn.ReLU()
         self.conv2 = nn.Conv2d(planes, c_out, 3, padding=1, bias=False)
-        self.norm2 = make_norm(norm, c_out, spatial=True)
+        self.norm2 = norm_layer(norm, c_out, spatial=True)
         self.shortcut = Shortcut(c_in, c_out, stride, norm) if stride != 1 or c_in != c_out else None
         self.act2 = nn.ReLU()
 
@@ -65,7 +75,7 @@ class BasicBlock(nn.Module):
         b.carry(f"{name}.act2", p_out)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1 → 3x3 (stride) → 1x1 (x4 channels), each with a norm, plus the shortcut, then ReLU."""
 
     expansion = 4
@@ -74,13 +84,13 @@ class Bottleneck(nn.Module):
         super().__init__()
         c_out = planes * self.expansion
         self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
-        self.norm1 = make_norm(norm, planes, spatial=True)
+        self.norm1 = norm_layer(norm, planes, spatial=True)
         self.act1 = nn.ReLU()
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.norm2 = make_norm(norm, planes, spatial=True)
+        self.norm2 = norm_layer(norm, planes, spatial=True)
         self.act2 = nn.ReLU()
         self.conv3 = nn.Conv2d(planes, c_out, 1, bias=False)
-        self.norm3 = make_norm(norm, c_out, spatial=True)
+        self.norm3 = norm_layer(norm, c_out, spatial=True)
         self.shortcut = Shortcut(c_in, c_out, stride, norm) if stride != 1 or c_in != c_out else None
         self.act3 = nn.ReLU()
 
@@ -121,7 +131,7 @@ class Stem(nn.Module):
             self.conv = nn.Conv2d(c_in, c_out, 7, stride=2, padding=3, bias=False)
         else:
             self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        self.norm = make_norm(norm, c_out, spatial=True)
+        self.norm = norm_layer(norm, c_out, spatial=True)
         self.act = nn.ReLU()
         self.pool = nn.MaxPool2d(3, stride=2, padding=1) if imagenet else None
 
@@ -165,10 +175,14 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        for stage in self.stages:
+        for stage in self._blocks():
             for blk in stage:
                 x = blk(x)
         return self.head(self.flatten(self.pool(x)))
+
+    def _blocks(self) -> list[list[ResidualBlock]]:
+        """The residual blocks, stage by stage."""
+        return [modules_of(stage, ResidualBlock) for stage in modules_of(self.stages, nn.ModuleList)]
 
     def permutation_spec(self) -> PermutationSpec:
         b = SpecBuilder()
@@ -177,7 +191,7 @@ class ResNet(nn.Module):
         b.norm("stem.norm", stream, self.stem.norm)
         b.activation(stream, "stem.act")
         b.repair("stem.norm")
-        for s, stage in enumerate(self.stages):
+        for s, stage in enumerate(self._blocks()):
             for i, blk in enumerate(stage):
                 # An identity shortcut keeps the stream's group; a projection starts a new one.
                 p_out = stream if blk.shortcut is None else f"stages.{s}" if i == 0 else f"stages.{s}.{i}"

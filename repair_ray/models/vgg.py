@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..permutation.spec import PermutationSpec, SpecBuilder
-from .common import he_init, make_norm, scaled
+from .common import he_init, make_norm, modules_of, scaled
 
 # Channels per conv, "M" = 2x2 max-pool (Simonyan & Zisserman 2015, configurations A, B, D, E).
 VGG_LAYERS: dict[int, list[int | str]] = {
@@ -92,7 +92,7 @@ class VGG(nn.Module):
     def permutation_spec(self) -> PermutationSpec:
         b = SpecBuilder()
         p_prev: str | None = None
-        for i, block in enumerate(self.features):
+        for i, block in enumerate(modules_of(self.features, ConvBlock)):
             p = f"features.{i}"
             b.conv(f"features.{i}.conv", p_prev, p, bias=block.conv.bias is not None)
             b.norm(f"features.{i}.norm", p, block.norm)

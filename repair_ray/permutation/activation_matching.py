@@ -14,9 +14,9 @@ from torch import nn
 
 from ..datasets import TensorData
 from ..hooks import channels_last_2d, output_hooks
-from .ops import Permutation, linear_sum_assignment
+from .ops import Permutation, linear_sum_assignment, sum_tensors
 from .spec import PermutationSpec, SpecError
-from .weight_matching import _matched_states
+from .weight_matching import matched_states
 
 
 class CrossMoments:
@@ -72,7 +72,7 @@ def correlation_matrices(
         for p in points:
             moments[p].update(outs_a[p], captured[p], spec.channel_axis(p))
         captured.clear()
-    return {g: sum(moments[p].correlation() for p in pts) for g, pts in spec.activations.items()}
+    return {g: sum_tensors(moments[p].correlation() for p in pts) for g, pts in spec.activations.items()}
 
 
 def activation_matching(
@@ -94,7 +94,7 @@ def activation_matching(
     Returns:
         ``{group: LongTensor}`` to apply to B with :func:`apply_permutation`.
     """
-    _matched_states(spec, model_a, model_b)
+    matched_states(spec, model_a, model_b)
     missing = [g for g in spec.sizes if g not in spec.activations]
     if missing:
         raise SpecError(f"permutation spec gives no activation point for group {missing[0]!r}")

@@ -35,9 +35,9 @@ from torch.func import functional_call
 
 from ..datasets import TensorData
 from ..interpolation import interpolate_state
-from .ops import Permutation, apply_permutation, identity_permutation, linear_sum_assignment
+from .ops import Permutation, apply_permutation, identity_permutation, linear_sum_assignment, sum_tensors
 from .spec import PermutationSpec
-from .weight_matching import _matched_states, weight_matching
+from .weight_matching import matched_states, weight_matching
 
 StateDict = dict[str, torch.Tensor]
 
@@ -197,7 +197,7 @@ def ste_matching(
         ("batchnorm", batchnorm, BATCHNORM_MODES),
     ):
         _check_choice(name, value, known)
-    state_a, state_b = _matched_states(spec, model_a, model_b)
+    state_a, state_b = matched_states(spec, model_a, model_b)
     work = _frozen_copy(model_a)
     _set_mode(work, batchnorm)
     trainable = [n for n, _ in model_a.named_parameters() if n in state_a]
@@ -356,7 +356,7 @@ def sinkhorn_matching(
         if data is None:
             raise ValueError("the midpoint objective needs training samples (data)")
         _check_data(data, "sinkhorn_matching")
-    state_a, state_b = _matched_states(spec, model_a, model_b)
+    state_a, state_b = matched_states(spec, model_a, model_b)
     device = next(iter(state_a.values())).device
     identity = init == "identity" and init_perm is None
     perm = (
@@ -382,6 +382,7 @@ def sinkhorn_matching(
     permuted = [n for n, axes in spec.axes.items() if n not in spec.buffers and any(e is not None for e in axes)]
     score: Callable[[Permutation], float]
     if objective == "midpoint":
+        assert data is not None  # checked above
         batches = _Batches(data, batch_size, seed)
 
         def score(p: Permutation) -> float:
@@ -405,7 +406,7 @@ def sinkhorn_matching(
             mid = interpolate_state(float_a, mixed, 0.5)
             loss = F.cross_entropy(functional_call(work, mid, (x,)).float(), y)
         else:
-            loss = sum(((state_a[n].float() - mixed[n]) ** 2).sum() for n in permuted)
+            loss = sum_tensors(((state_a[n].float() - mixed[n]) ** 2).sum() for n in permuted)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -8,7 +8,7 @@ gathered with ``index_select(axis, p)``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -41,7 +41,8 @@ def invert_permutation(perm: Permutation) -> Permutation:
     return {g: torch.argsort(p) for g, p in perm.items()}
 
 
-def _check_perm(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) -> None:
+def check_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) -> None:
+    """Raise a SpecError unless ``perm`` holds a permutation of the right size for every group of ``spec``."""
     for g, n in spec.sizes.items():
         if g not in perm:
             raise SpecError(f"permutation has no entry for group {g!r}")
@@ -76,11 +77,20 @@ def apply_permutation(
     """
     state = as_state(model_or_state)
     spec.validate(state)
-    _check_perm(spec, perm)
+    check_permutation(spec, perm)
     out = OrderedDict((k, permute_tensor(spec, k, v, perm)) for k, v in state.items())
     if hasattr(state, "_metadata"):  # module versions: some modules load older layouts by them
-        out._metadata = state._metadata
+        out._metadata = state._metadata  # type: ignore[attr-defined]  # torch's untyped state-dict attribute
     return out
+
+
+def sum_tensors(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``sum(terms)`` typed for tensors: at least one term, added in order."""
+    parts = iter(terms)
+    total = next(parts)
+    for term in parts:
+        total = total + term
+    return total
 
 
 def linear_sum_assignment(cost: Any, *, maximize: bool = False) -> tuple[Any, Any]:

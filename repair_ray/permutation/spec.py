@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -16,6 +17,13 @@ from torch import nn
 
 class SpecError(ValueError):
     """A permutation spec does not fit a model or a state dict, or a network's symmetry cannot be derived."""
+
+
+@runtime_checkable
+class HasPermutationSpec(Protocol):
+    """A network that carries its own permutation spec (the zoo's networks do)."""
+
+    def permutation_spec(self) -> PermutationSpec: ...
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,8 @@ def unit_positions(entry: AxisEntry, group: str, units: int, device: torch.devic
     """(units, occurrences): where along the axis each unit of ``group`` sits."""
     if isinstance(entry, str):
         return torch.arange(units, device=device)[:, None]
+    if entry is None:
+        raise ValueError(f"group {group!r} has no units on an axis that no permutation acts on")
     cols, offset = [], 0
     for s in entry:
         if s.group == group:

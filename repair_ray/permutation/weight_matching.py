@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ops import Permutation, _check_perm, as_state, identity_permutation, linear_sum_assignment, permute_tensor
+from .ops import Permutation, as_state, check_permutation, identity_permutation, linear_sum_assignment, permute_tensor
 from .spec import AxisEntry, PermutationSpec, SpecError, axis_index, entry_groups, unit_positions
 
 log = logging.getLogger(__name__)
@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 WEIGHT_STARTS = ("forward", "identity")
 
 
-def _matched_states(
+def matched_states(
     spec: PermutationSpec,
     a: nn.Module | Mapping[str, torch.Tensor],
     b: nn.Module | Mapping[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The state dicts of A and B, each checked against ``spec`` (a SpecError names the model that does not fit)."""
     state_a, state_b = as_state(a), as_state(b)
     for label, state in (("A", state_a), ("B", state_b)):
         try:
@@ -52,7 +53,7 @@ def matching_objective(
     perm: Mapping[str, torch.Tensor],
 ) -> float:
     """``sum_params <W_A, π(W_B)>`` over the parameters the spec permutes: what weight matching maximises."""
-    state_a, state_b = _matched_states(spec, a, b)
+    state_a, state_b = matched_states(spec, a, b)
     total = 0.0
     for name in _permuted_params(spec):
         wb = permute_tensor(spec, name, state_b[name], perm)
@@ -114,8 +115,8 @@ class _Term:
             moved = [(i, e) for i, e in self.others if any(perm[g] is not self.basis[g] for g in entry_groups(e))]
             if not moved:
                 return self.value
-            if len(moved) == 1 and isinstance(moved[0][1], str):
-                i, g = moved[0]
+            i, g = moved[0]
+            if len(moved) == 1 and isinstance(g, str):
                 old, new = self.basis[g], perm[g]
                 units = torch.nonzero(old != new).squeeze(1)
                 if units.numel() <= self.MAX_CHANGED_FRACTION * new.numel():
@@ -172,14 +173,15 @@ def weight_matching(
         raise ValueError(f"start must be one of {', '.join(WEIGHT_STARTS)}, got {start!r}")
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
         raise ValueError(f"restarts must be a positive integer, got {restarts!r}")
-    state_a, state_b = _matched_states(spec, a, b)
-    best: tuple[float, Permutation] | None = None
-    for k in range(restarts):
+    state_a, state_b = matched_states(spec, a, b)
+    perm = _descend(spec, state_a, state_b, max_iter, seed, init_perm, start)
+    if restarts == 1:
+        return perm
+    best = (matching_objective(spec, state_a, state_b, perm), perm)
+    for k in range(1, restarts):
         perm = _descend(spec, state_a, state_b, max_iter, seed + k, init_perm, start)
-        if restarts == 1:
-            return perm
         value = matching_objective(spec, state_a, state_b, perm)
-        if best is None or value > best[0]:
+        if value > best[0]:
             best = (value, perm)
     return best[1]
 
@@ -188,7 +190,7 @@ def _descend(spec, state_a, state_b, max_iter, seed, init_perm, start) -> Permut
     """One coordinate descent of :func:`weight_matching` (one visiting order)."""
     device = next(iter(state_a.values())).device
     perm = identity_permutation(spec, device) if init_perm is None else {g: p.to(device) for g, p in init_perm.items()}
-    _check_perm(spec, perm)
+    check_permutation(spec, perm)
 
     # Only parameters take part: running statistics describe the data, not the learned function.
     members = {g: [(n, ax) for n, ax in pairs if n not in spec.buffers] for g, pairs in spec.groups.items()}
