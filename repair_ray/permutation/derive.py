@@ -241,26 +241,26 @@ class _Derivation(Walk):
         if name in BINARY:
             return self.broadcast(node, [self.layout_of(a) for a in flatten_args((args, kwargs))], self.shape(node))
         if name in ("linear",):
-            return self.linear(self.tensor(value), self.arg(node, 1, "weight"), self.arg(node, 2, "bias"))
+            return self.linear(self.tensor(value), self.operand(node, 1, "weight"), self.operand(node, 2, "bias"))
         if name in ("conv1d", "conv2d", "conv3d"):
-            groups = self.arg(node, 6, "groups") or 1  # a size computed in the graph has no layout: None
-            weight, bias = self.arg(node, 1, "weight"), self.arg(node, 2, "bias")
+            groups = self.operand(node, 6, "groups") or 1  # a size computed in the graph has no layout: None
+            weight, bias = self.operand(node, 1, "weight"), self.operand(node, 2, "bias")
             return self.conv(self.tensor(value), weight, bias, groups, self.shape(node))
         if name == "batch_norm":
-            params = [
-                self.arg(node, i, k) for i, k in ((3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running_var"))
-            ]
+            named = ((3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running_var"))
+            params = [self.operand(node, i, k) for i, k in named]
             return self.channel_params(self.tensor(value), 1, params)
         if name == "layer_norm":
             shape = arg(node, 1, "normalized_shape")
             if not isinstance(shape, (int, list, tuple)):
                 raise self.error("normalises over a shape computed in the graph")
             k = 1 if isinstance(shape, int) else len(shape)
-            return self.layer_norm(self.tensor(value), k, self.arg(node, 2, "weight"), self.arg(node, 3, "bias"))
+            weight, bias = self.operand(node, 2, "weight"), self.operand(node, 3, "bias")
+            return self.layer_norm(self.tensor(value), k, weight, bias)
         if name == "group_norm":
             x = self.tensor(value)
             channels = size(self.channels.resolve(x[1]))
-            weight, bias = self.arg(node, 2, "weight"), self.arg(node, 3, "bias")
+            weight, bias = self.operand(node, 2, "weight"), self.operand(node, 3, "bias")
             return self.group_norm(x, int_arg(node, 1, "num_groups"), channels, weight, bias)
         if name in SPATIAL:
             return self.spatial(node, self.tensor(value), out_shape)
@@ -277,7 +277,7 @@ class _Derivation(Walk):
             return self.reshape(self.tensor(value), self.shape(args[0]), self.shape(node))
         if name in ("permute", "transpose", "t", "movedim", "swapaxes", "swapdims"):
             return self.permute(node, name, self.tensor(value))
-        if name in ("max", "min") and isinstance(self.arg(node, 1, "other"), tuple):
+        if name in ("max", "min") and isinstance(self.operand(node, 1, "other"), tuple):
             return self.broadcast(node, [self.layout_of(a) for a in node.args], self.shape(node))
         if name in REDUCE or name in ("max", "min"):
             return self.reduce(node, name, self.tensor(value))

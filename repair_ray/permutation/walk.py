@@ -90,7 +90,7 @@ class Walk:
             raise self.error("expects a tensor with a known shape")
         return found
 
-    def arg(self, node: fx.Node, index: int, key: str) -> Any:
+    def operand(self, node: fx.Node, index: int, key: str) -> Any:
         """A call's argument, a tensor one as its :class:`TensorAxes` (None where it has no layout)."""
         value = arg(node, index, key)
         if isinstance(value, fx.Node):
@@ -192,7 +192,7 @@ class Walk:
 
     def reduce(self, node: fx.Node, name: str, x: TensorLayout) -> Value:
         nd = len(x)
-        dim = self.arg(node, 1, "dim")
+        dim = self.operand(node, 1, "dim")
         if name in ("max", "min"):
             if isinstance(dim, int) and self.channels.is_free(self.channels.resolve(x[dim % nd])):
                 raise self.error("takes the index of the largest/smallest channel, which depends on channel order")
