@@ -4,8 +4,8 @@ The scripts import it as ``from common import ...`` (running ``python analysis/<
 this folder on ``sys.path``); copy it along with a script you copy elsewhere.
 
 Error bars are the report's: the half-width of the 95% Student-t interval of the mean over pairs
-(:func:`repair_ray.report.statistics.ci95`, NaN below 2 values), so a script's plot and the
-report's agree. It is imported from ``repair_ray.report.statistics``, the report's numbers
+(:func:`repair_ray.report.intervals.ci95`, NaN below 2 values), so a script's plot and the
+report's agree. It is imported from ``repair_ray.report.intervals``, the report's intervals
 alone, without its plotting and page code.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 import repair_ray
-from repair_ray.report.statistics import ci95
+from repair_ray.report.intervals import ci95
 
 METRIC = ("--metric", {"default": "barrier_test_loss", "help": "any column of the pairs table"})
 """The ``--metric`` option of :func:`parse_args`: the column of the pairs table to plot."""

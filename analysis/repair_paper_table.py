@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 import repair_ray
-from repair_ray.report.statistics import interval
+from repair_ray.report.intervals import interval
 
 PUBLISHED = Path(__file__).resolve().parent / "published" / "repair_mlp_mnist.json"
 WITHIN_POINTS = 1.0

@@ -2,9 +2,18 @@
 
 Everything here reads the DataFrames of :func:`repair_ray.load_tables` (plain pandas; no torch,
 no Ray) and draws with matplotlib's object API (``matplotlib.figure.Figure``, rendered by Agg), so
-it works headless and never switches the backend of a notebook that imports it. One job a module:
-:mod:`.statistics` (the numbers, no matplotlib), :mod:`.plots` (the figures), :mod:`.page` (the
-report folder: tables and ``index.html``).
+it works headless and never switches the backend of a notebook that imports it. One job a module;
+the numbers import no matplotlib:
+
+- :mod:`.frames`: the tables' columns and the filters every statistic applies (``ok`` rows, order);
+- :mod:`.intervals`: intervals of a mean that state their n, and per-group means with them;
+- :mod:`.statistics`: the summaries per model config and method (every number above importable
+  from here too);
+- :mod:`.differences`: two methods compared on the same pairs;
+- :mod:`.cells`: tables as text (``mean ± ci (n=N)`` cells);
+- :mod:`.plot_data`: what each plot draws, computed from the tables;
+- :mod:`.plots`: the figures, drawn from :mod:`.plot_data` only;
+- :mod:`.page`: the report folder (tables and ``index.html``).
 
 Rules shared by every function:
 
@@ -40,29 +49,29 @@ from ..lazy import lazy_exports
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "ALIGN_ORDER": ".statistics",
-    "CORRECTION_ORDER": ".statistics",
-    "GROUP_KEYS": ".statistics",
-    "MODEL_KEYS": ".statistics",
-    "PAIR_ID": ".statistics",
-    "PLOT_METRICS": ".statistics",
-    "REDUCTION_COLUMNS": ".statistics",
-    "barrier_columns": ".statistics",
-    "ci95": ".statistics",
-    "compact_summary": ".statistics",
-    "default_model_key": ".statistics",
+    "ALIGN_ORDER": ".frames",
+    "CORRECTION_ORDER": ".frames",
+    "GROUP_KEYS": ".frames",
+    "MODEL_KEYS": ".frames",
+    "PAIR_ID": ".frames",
+    "PLOT_METRICS": ".frames",
+    "REDUCTION_COLUMNS": ".frames",
+    "barrier_columns": ".frames",
+    "ci95": ".intervals",
+    "compact_summary": ".cells",
+    "default_model_key": ".frames",
     "failed_pairs": ".statistics",
-    "ok_tables": ".statistics",
+    "ok_tables": ".frames",
     "relative_reduction": ".statistics",
     "summarise": ".statistics",
     "summarise_models": ".statistics",
-    "DESCRIPTION_KEYS": ".statistics",
-    "Interval": ".statistics",
-    "MIN_PAIRS": ".statistics",
-    "baseline_differences": ".statistics",
-    "compact_differences": ".statistics",
-    "interval": ".statistics",
-    "paired_differences": ".statistics",
+    "DESCRIPTION_KEYS": ".frames",
+    "Interval": ".intervals",
+    "MIN_PAIRS": ".frames",
+    "baseline_differences": ".differences",
+    "compact_differences": ".cells",
+    "interval": ".intervals",
+    "paired_differences": ".differences",
     "small_cells": ".statistics",
     "PLOT_FORMATS": ".plots",
     "plot_barrier_vs": ".plots",
@@ -124,6 +133,23 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .cells import compact_differences, compact_summary
+    from .differences import baseline_differences, paired_differences
+    from .frames import (
+        ALIGN_ORDER,
+        CORRECTION_ORDER,
+        DESCRIPTION_KEYS,
+        GROUP_KEYS,
+        MIN_PAIRS,
+        MODEL_KEYS,
+        PAIR_ID,
+        PLOT_METRICS,
+        REDUCTION_COLUMNS,
+        barrier_columns,
+        default_model_key,
+        ok_tables,
+    )
+    from .intervals import Interval, ci95, interval
     from .page import to_markdown, write_report
     from .plots import (
         PLOT_FORMATS,
@@ -138,29 +164,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         plot_training_curves,
         plot_variance_collapse,
     )
-    from .statistics import (
-        ALIGN_ORDER,
-        CORRECTION_ORDER,
-        DESCRIPTION_KEYS,
-        GROUP_KEYS,
-        MIN_PAIRS,
-        MODEL_KEYS,
-        PAIR_ID,
-        PLOT_METRICS,
-        REDUCTION_COLUMNS,
-        Interval,
-        barrier_columns,
-        baseline_differences,
-        ci95,
-        compact_differences,
-        compact_summary,
-        default_model_key,
-        failed_pairs,
-        interval,
-        ok_tables,
-        paired_differences,
-        relative_reduction,
-        small_cells,
-        summarise,
-        summarise_models,
-    )
+    from .statistics import failed_pairs, relative_reduction, small_cells, summarise, summarise_models

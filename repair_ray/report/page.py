@@ -20,6 +20,9 @@ import pandas as pd
 
 from ..io import storage
 from ..io.tables import load_tables
+from .cells import compact_differences, compact_summary, format_value
+from .differences import baseline_differences
+from .frames import LINEAGE, MIN_PAIRS, PAIR_ID, is_ok, ok_tables
 from .plots import (
     PLOT_FORMATS,
     plot_barrier_vs_branch_epoch,
@@ -32,21 +35,7 @@ from .plots import (
     plot_training_curves,
     plot_variance_collapse,
 )
-from .statistics import (
-    LINEAGE,
-    MIN_PAIRS,
-    PAIR_ID,
-    _fmt,
-    _is_ok,
-    baseline_differences,
-    compact_differences,
-    compact_summary,
-    failed_pairs,
-    ok_tables,
-    small_cells,
-    summarise,
-    summarise_models,
-)
+from .statistics import failed_pairs, small_cells, summarise, summarise_models
 
 
 @dataclass
@@ -96,10 +85,11 @@ def _small_cell_lines(summary: pd.DataFrame) -> list[str]:
     small = small_cells(summary)
     names = []
     for r in small.to_dict("records"):
-        text = f"{r['arch']} on {r['dataset']}, norm {r['norm']}, width {_fmt(r['width'])}, depth {_fmt(r['depth'])}"
+        width, depth = format_value(r["width"]), format_value(r["depth"])
+        text = f"{r['arch']} on {r['dataset']}, norm {r['norm']}, width {width}, depth {depth}"
         for key in ("layer_widths", *LINEAGE):
             if key in r and not pd.isna(r[key]):
-                text += f", {key.replace('_', ' ')} {_fmt(r[key])}"
+                text += f", {key.replace('_', ' ')} {format_value(r[key])}"
         names.append(f"{text}: {r['align']} + {r['correction']}")
     lines = []
     for name, r in zip(names, small.to_dict("records"), strict=True):
@@ -179,7 +169,7 @@ def write_report(
     summary = summarise(tables["pairs"])
     models_summary = summarise_models(tables["models"])
     failures = failed_pairs(tables["pairs"])
-    failed_models = tables["models"][~_is_ok(tables["models"])] if not tables["models"].empty else tables["models"]
+    failed_models = tables["models"][~is_ok(tables["models"])] if not tables["models"].empty else tables["models"]
     compact = compact_summary(summary)
     small = _small_cell_lines(summary)
     cells = int((summary["pairs"] > 0).sum()) if not summary.empty else 0
@@ -261,7 +251,7 @@ def write_report(
         for plot, axis in ((plots[0], "width"), (plots[1], "depth")):
             values = ok["pairs"][axis].dropna().unique()
             if plot.written and len(values) == 1:
-                plot.note = f"this sweep has a single {axis} ({_fmt(values[0])}): single points"
+                plot.note = f"this sweep has a single {axis} ({format_value(values[0])}): single points"
 
     # summary.md
     md = [f"# Sweep report: {storage.basename(sweep)}", "", f"Sweep: `{sweep}`", ""]

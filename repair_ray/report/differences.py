@@ -1,0 +1,172 @@
+"""Two methods compared on the same pairs: paired differences with their interval and tests, and
+every method against its baseline (the report's table).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .frames import DESCRIPTION_KEYS, PAIR_ID, PLOT_METRICS, dtype_of, is_ok, pairs_of, sort_rows
+from .intervals import INTERVAL_METHODS, interval
+
+
+def _method(method: tuple[str, str] | Sequence[str] | str) -> tuple[str, str]:
+    """``(align, correction)`` from a tuple or an ``"align/correction"`` string."""
+    parts = method.split("/") if isinstance(method, str) else list(method)
+    if len(parts) != 2 or not all(isinstance(p, str) and p for p in parts):
+        raise ValueError(f"a method is (align, correction) or 'align/correction', got {method!r}")
+    return parts[0], parts[1]
+
+
+def _p_values(differences: np.ndarray) -> tuple[float, float]:
+    """Two-sided p of the paired t-test (mean difference 0; NaN for n < 2) and of the exact sign test."""
+    from scipy import stats
+
+    n = len(differences)
+    if n == 0:
+        return math.nan, math.nan
+    if n < 2:
+        p_t = math.nan
+    elif np.ptp(differences) == 0:  # no spread: t is ±inf (p 0), or 0/0 where every difference is 0 (p 1)
+        p_t = 1.0 if differences[0] == 0 else 0.0
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # nearly equal differences: precision warnings
+            p_t = float(stats.ttest_1samp(differences, 0.0).pvalue)
+    nonzero = differences[differences != 0]
+    below = int((nonzero < 0).sum())
+    p_sign = float(stats.binomtest(below, len(nonzero), 0.5).pvalue) if len(nonzero) else 1.0
+    return p_t, p_sign
+
+
+def paired_differences(
+    data: pd.DataFrame | Mapping[str, pd.DataFrame],
+    a: tuple[str, str] | str,
+    b: tuple[str, str] | str,
+    columns: Sequence[str] = PLOT_METRICS,
+    *,
+    method: str = "t",
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Method ``a`` minus method ``b`` on the same pairs (the same two networks), per model description.
+
+    A method is ``(align, correction)`` or ``"align/correction"``. Per group of
+    :data:`DESCRIPTION_KEYS` (one model key and analysis key: never two pooled), the ``ok`` rows of
+    ``a`` and of ``b`` are joined on the pair id; a pair missing, or not ``ok``, in either method
+    takes no part. Two aligns whose analysis keys differ (a learned matching's settings are in its
+    own rows' key) are joined on the networks, and the row's ``analysis_key`` names both
+    (``a's | b's``); each method must then have one analysis per model config (ValueError
+    otherwise). The spread between pairs cancels, so a small but steady difference shows where the
+    two methods' own intervals overlap.
+
+    Args:
+        data: a ``pairs`` DataFrame, or the dict of :func:`repair_ray.load_tables`.
+        a, b: the methods compared.
+        columns: columns of the pairs table (barriers: lower is better).
+        method, confidence: the interval of the mean difference (see :func:`interval`).
+
+    Returns:
+        One row per description with at least one shared pair: the description, ``a`` and ``b``
+        (``align/correction``), ``n`` (pairs in both), and for each column ``<col>_diff_mean``,
+        ``<col>_diff_low``, ``<col>_diff_high`` (the interval of the mean of ``a - b``),
+        ``<col>_a_better`` (pairs where ``a < b``), ``<col>_p_t`` (two-sided paired t-test, NaN for
+        n < 2; 0 where every pair differs by the same non-zero amount, 1 where none differs) and
+        ``<col>_p_sign`` (two-sided exact sign test over the pairs that differ; 1 where none does).
+        A pair with a null in a column is left out of that column's statistics.
+    """
+    (align_a, correction_a), (align_b, correction_b) = _method(a), _method(b)
+    pairs = pairs_of(data)
+    columns = [c for c in columns if c in pairs.columns]
+    stats_of = ("diff_mean", "diff_low", "diff_high", "a_better", "p_t", "p_sign")
+    keys = list(DESCRIPTION_KEYS)
+    out_columns = [*keys, "a", "b", "n", *(f"{c}_{s}" for c in columns for s in stats_of)]
+    empty = pd.DataFrame({c: pd.Series(dtype=dtype_of(pairs, c) if c in keys else float) for c in out_columns})
+    if method not in INTERVAL_METHODS:
+        raise ValueError(f"interval method must be one of {', '.join(INTERVAL_METHODS)}, got {method!r}")
+    if pairs.empty:
+        return empty
+    ok = pairs[is_ok(pairs)]
+
+    def rows_of(align: str, correction: str) -> pd.DataFrame:
+        mine = ok[(ok["align"] == align) & (ok["correction"] == correction)]
+        return mine.drop_duplicates(list(PAIR_ID), keep="last")
+
+    rows_a = rows_of(align_a, correction_a)
+    rows_b = rows_of(align_b, correction_b)
+    # Two aligns' rows of one pair carry different analysis keys when a learned matching's own
+    # settings are in one of them: they pair on the networks, provided each method has one analysis
+    # of each model config (several would be generations of the sweep, not one comparison).
+    join = list(PAIR_ID) if align_a == align_b else [k for k in PAIR_ID if k != "analysis_key"]
+    if align_a != align_b:
+        for name, rows in ((a, rows_a), (b, rows_b)):
+            several = rows.groupby("model_key")["analysis_key"].nunique()
+            if (several > 1).any():
+                raise ValueError(
+                    f"method {name!r} has rows of {int(several.max())} analyses of model config "
+                    f"{several.idxmax()!r}: compare one analysis (load_tables' default keys, or filter on analysis_key)"
+                )
+    keep = [*join, *columns] + (["analysis_key"] if align_a != align_b else [])
+    merged = rows_a.merge(rows_b[keep], on=join, how="inner", suffixes=("", "__b"))
+    if merged.empty:
+        return empty
+    records = []
+    for _, group in merged.groupby(keys, dropna=False, sort=False):
+        record = {k: group[k].iloc[0] for k in keys}
+        record.update(a=f"{align_a}/{correction_a}", b=f"{align_b}/{correction_b}", n=len(group))
+        if align_a != align_b and group["analysis_key__b"].iloc[0] != record["analysis_key"]:  # both named
+            record["analysis_key"] = f"{record['analysis_key']} | {group['analysis_key__b'].iloc[0]}"
+        for column in columns:
+            d = (group[column].astype(float) - group[f"{column}__b"].astype(float)).dropna().to_numpy()
+            found = interval(d, method=method, confidence=confidence)
+            p_t, p_sign = _p_values(d)
+            record.update(
+                {
+                    f"{column}_diff_mean": found.mean,
+                    f"{column}_diff_low": found.low,
+                    f"{column}_diff_high": found.high,
+                    f"{column}_a_better": int((d < 0).sum()),
+                    f"{column}_p_t": p_t,
+                    f"{column}_p_sign": p_sign,
+                }
+            )
+        records.append(record)
+    return sort_rows(pd.DataFrame(records, columns=out_columns), keys)
+
+
+def baseline_differences(
+    data: pd.DataFrame | Mapping[str, pd.DataFrame],
+    columns: Sequence[str] = PLOT_METRICS,
+    *,
+    method: str = "t",
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """:func:`paired_differences` of every method against its baseline, the report's table.
+
+    For every align, each correction other than ``none`` against ``none`` (what correcting does);
+    for every correction, each align other than ``none`` against align ``none`` (what aligning
+    does). Only where both methods have a shared ``ok`` pair; sorted by description, then in
+    that order.
+    """
+    pairs = pairs_of(data)
+    if pairs.empty:
+        return paired_differences(pairs, ("none", "none"), ("none", "none"), columns)
+    ok = pairs[is_ok(pairs)]
+    methods = set(map(tuple, ok[["align", "correction"]].drop_duplicates().itertuples(index=False)))
+    aligns = sort_rows(pd.DataFrame({"align": sorted({m[0] for m in methods})}), ["align"])["align"]
+    corrections = sort_rows(pd.DataFrame({"correction": sorted({m[1] for m in methods})}), ["correction"])["correction"]
+    comparisons = [((al, co), (al, "none")) for al in aligns for co in corrections if co != "none"]
+    comparisons += [((al, co), ("none", co)) for co in corrections for al in aligns if al != "none"]
+    found = [
+        paired_differences(ok, a, b, columns, method=method, confidence=confidence).assign(_order=i)
+        for i, (a, b) in enumerate(comparisons)
+        if a in methods and b in methods
+    ]
+    found = [f for f in found if not f.empty]
+    if not found:
+        return paired_differences(pairs.iloc[0:0], ("none", "none"), ("none", "none"), columns)
+    return sort_rows(pd.concat(found, ignore_index=True), [*DESCRIPTION_KEYS, "_order"]).drop(columns="_order")
