@@ -240,9 +240,9 @@ def _epoch(trainers: list) -> None:
     if len(trainers) == 1:
         trainers[0].train_epoch()
         return
-    from repair_ray.multiseed import _Stack  # the stacked loop's epoch alone, without train_together's evaluations
+    from repair_ray.multiseed import Stack  # the stacked loop's epoch alone, without train_together's evaluations
 
-    _Stack(trainers).train_epoch()
+    Stack(trainers).train_epoch()
 
 
 def seeds_mlp(device: torch.device, quick: bool) -> list[dict[str, Any]]:
@@ -365,7 +365,7 @@ def stack_probe(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     """Which networks train stacked (vmap) on this device: 4 seeds, one epoch of 5 steps each."""
     from repair_ray.datasets import Dataset, make_synthetic
     from repair_ray.models import ModelConfig
-    from repair_ray.multiseed import _Stack
+    from repair_ray.multiseed import Stack
     from repair_ray.training import TrainConfig, Trainer
 
     cases = [
@@ -385,8 +385,8 @@ def stack_probe(device: torch.device, quick: bool) -> list[dict[str, Any]]:
         try:
             trainers = [Trainer(model, config, data, seed=s, device=device, **layout) for s in range(4)]
             with torch.backends.cudnn.flags(enabled=cudnn is not False):
-                _Stack(trainers).train_epoch()  # warm-up
-                seconds, _ = _timed(lambda t=trainers: _Stack(t).train_epoch(), device, 1)
+                Stack(trainers).train_epoch()  # warm-up
+                seconds, _ = _timed(lambda t=trainers: Stack(t).train_epoch(), device, 1)
             rows.append({"network": label, "ok": True, "ms_per_step": 1000 * seconds / 5})
         except Exception as error:  # noqa: BLE001 - which networks fail is the finding
             rows.append({"network": label, "ok": False, "error": _short(error)})

@@ -42,7 +42,6 @@ from .precision import Bfloat16Matmuls
 from .stack import NAN_CHECK_EVERY, SHARED_STATE, Stack, StackedForward
 from .together import OnEpoch, Uri, train_together
 
-_Stack = Stack  # its name before the split (benchmarks/gpu.py)
 
 __all__ = [
     "NAN_CHECK_EVERY",

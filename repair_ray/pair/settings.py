@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from ..errors import Problems, unknown_choice
+from ..errors import Problems, is_int, unknown_choice
 from ..names import ALIGNS, BATCHNORM_ONLY, CORRECTIONS, DEFAULT_ALIGNS
 from ..permutation.learned import (
     BATCHNORM_MODES,
@@ -179,7 +179,7 @@ class PairSettings:
             object.__setattr__(self, "alphas", alpha_grid(self.alphas))
         except ValueError as error:
             problems.add("alphas", str(error))
-        if self.train_samples is not None and not (_is_int(self.train_samples) and self.train_samples >= 1):
+        if self.train_samples is not None and not (is_int(self.train_samples) and self.train_samples >= 1):
             problems.add(
                 "train_samples", f"must be a positive integer (or None for the whole split), got {self.train_samples!r}"
             )
@@ -207,11 +207,11 @@ class PairSettings:
                 problems.add(name, unknown_choice(name.rsplit("_", 1)[1], getattr(self, name), known))
         for name in ("ste_epochs", "ste_batch_size", "sinkhorn_epochs", "sinkhorn_batch_size"):
             value = getattr(self, name)
-            if value is not None and not (_is_int(value) and value >= 1):
+            if value is not None and not (is_int(value) and value >= 1):
                 problems.add(name, f"must be a positive integer or unset, got {value!r}")
         for name in ("ste_samples", "sinkhorn_samples"):
             value = getattr(self, name)
-            if value is not None and value != "all" and not (_is_int(value) and value >= 1):
+            if value is not None and value != "all" and not (is_int(value) and value >= 1):
                 problems.add(name, f"must be a positive integer, 'all' or unset, got {value!r}")
         value = self.ste_momentum
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -235,10 +235,10 @@ class PairSettings:
             "ste_steps",
             "sinkhorn_steps",
         ):
-            if not (_is_int(getattr(self, name)) and getattr(self, name) >= 1):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
                 problems.add(name, f"must be a positive integer, got {getattr(self, name)!r}")
         for name in ("subset_seed", "weight_matching_seed"):
-            if not (_is_int(getattr(self, name)) and getattr(self, name) >= 0):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
                 problems.add(name, f"must be a non-negative integer, got {getattr(self, name)!r}")
         if not problems and self.train_samples is not None and self.stat_samples > self.train_samples:
             problems.add(
@@ -262,7 +262,3 @@ class PairSettings:
             for correction in self.corrections
             if correction_applies(correction, batchnorm=batchnorm and not self.fold_batchnorm)
         ]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
