@@ -42,7 +42,6 @@ from .precision import Bfloat16Matmuls
 from .stack import NAN_CHECK_EVERY, SHARED_STATE, Stack, StackedForward
 from .together import OnEpoch, Uri, train_together
 
-
 __all__ = [
     "NAN_CHECK_EVERY",
     "SHARED_STATE",
