@@ -146,3 +146,14 @@ def test_lenet_300_100_is_an_mlp_with_per_layer_widths():
     found = weight_matching(spec, model.state_dict(), permuted.state_dict())
     undone = apply_permutation(spec, found, permuted)  # weight matching undoes the planted permutation
     assert all(torch.equal(undone[k], v) for k, v in model.state_dict().items())
+
+
+def test_modules_of_refuses_a_module_of_another_kind():
+    from torch import nn
+
+    from repair_ray.models.common import modules_of
+
+    blocks = nn.ModuleList([nn.Linear(2, 2), nn.ReLU()])
+    assert modules_of(nn.ModuleList([nn.Linear(2, 2)]), nn.Linear)[0].in_features == 2
+    with pytest.raises(TypeError, match="expected a Linear, found a ReLU"):
+        modules_of(blocks, nn.Linear)
