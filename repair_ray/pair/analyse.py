@@ -16,6 +16,7 @@ from torch import nn
 
 from ..correction import has_batchnorm, target_moments
 from ..datasets import Dataset
+from ..errors import is_int
 from ..hooks import MomentRecorder, Moments, Recorders, std_ratio, variance_ratio
 from ..interpolation import barrier_metrics, evaluate
 from ..models import permutation_spec
@@ -113,9 +114,7 @@ def _analyse_pair(
     held_out = (len(stat_data), min(2 * len(stat_data), len(train_eval)))
     if held_out[0] >= held_out[1]:
         held_out = (0, len(stat_data))
-    if alphas_per_pass is not None and (
-        isinstance(alphas_per_pass, bool) or not isinstance(alphas_per_pass, int) or alphas_per_pass < 1
-    ):
+    if alphas_per_pass is not None and not (is_int(alphas_per_pass) and alphas_per_pass >= 1):
         raise ValueError(f"alphas_per_pass must be a positive integer or None (automatic), got {alphas_per_pass!r}")
     endpoint: dict[str, tuple[dict[str, float], ...]] = {"train": (), "test": ()}
     moments: list[dict[str, Moments]] = []
