@@ -20,9 +20,9 @@ _EXPORTS: dict[str, str] = {
     "load_checkpoint": ".io.checkpoint",
     "save_checkpoint": ".io.checkpoint",
     "load_tables": ".io.tables",
-    "Interval": ".report.statistics",
-    "interval": ".report.statistics",
-    "paired_differences": ".report.statistics",
+    "Interval": ".report.intervals",
+    "interval": ".report.intervals",
+    "paired_differences": ".report.differences",
     "Dataset": ".datasets",
     "DatasetNotFoundError": ".datasets",
     "TensorData": ".datasets",
@@ -77,4 +77,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         ste_matching,
         weight_matching,
     )
-    from .report.statistics import Interval, interval, paired_differences
+    from .report.differences import paired_differences
+    from .report.intervals import Interval, interval
