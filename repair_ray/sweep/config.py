@@ -90,7 +90,7 @@ class SweepConfig:
     def stack_size(self, plan: ModelPlan, gpu: float, per_slot: int | None = None) -> int:
         """How many seeds of ``plan`` a trial trains together, vectorised, when trials get ``gpu``
         GPUs and each slot of the cluster has ``per_slot`` seeds to train (``train.seeds_per_trial``;
-        ``auto``: :func:`~repair_ray.sweep.planning.stack_size`). New networks of ``plan`` train
+        ``auto``: :func:`~repair_ray.sweep.stacking.stack_size`). New networks of ``plan`` train
         together exactly when it is more than 1."""
         key = (plan.model_key, gpu, per_slot)
         if key not in self._stack_sizes:  # estimated on the meta device: once per model config
