@@ -90,7 +90,8 @@ def test_the_memory_estimate_grows_with_batch_and_width(knob):
 
 
 def test_train_compile_is_how_trials_run_not_which_networks_the_sweep_names(tmp_path):
-    from repair_ray.sweep.train_stage import models_row, trial_spec
+    from repair_ray.sweep.rows import models_row
+    from repair_ray.sweep.trials import trial_spec
 
     plain = _config(tmp_path, seeds=2, gpu=0.0)
     compiled = _config(tmp_path, seeds=2, gpu=0.0, train={**tiny_sweep("x", "")["train"], "compile": True})

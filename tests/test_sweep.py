@@ -302,7 +302,7 @@ def _record_name(folder: str) -> None:
 
 
 def _recording_trial(spec, folder):
-    from repair_ray.sweep.train_stage import trial_task
+    from repair_ray.sweep.train_worker import trial_task
 
     _record_name(folder)
     yield from trial_task(spec)

@@ -13,7 +13,8 @@ import torch
 
 from repair_ray import load_tables
 from repair_ray.sweep.config import parse_config
-from repair_ray.sweep.train_stage import run_train_stage, trial_task
+from repair_ray.sweep.train_stage import run_train_stage
+from repair_ray.sweep.train_worker import trial_task
 
 from .helpers import tiny_sweep
 

@@ -21,32 +21,15 @@ from typing import Any
 
 from .cluster import cluster_shape, named, resolve_resources, tasks_in_flight
 from .config import SweepConfig
-from .layout import checkpoint_path, checkpoint_uri, trunk_snapshot_uri
 from .messages import EpochReport, Trial, TrialOutcome
 from .planning import TrialPlan, plan_trials
 from .progress import Progress
-from .rows import models_row
 from .train_scheduler import TrialScheduler
 from .train_worker import trial_task
 from .trials import stack_slots, trial_groups, trial_spec, trunk_specs
 from .worker import error_text, error_trace
 
-# Public names that lived here before the stage was split by concern; they still import from here.
-__all__ = [
-    "EPOCH_LINE_SECONDS",
-    "TrainStageSummary",
-    "TrialPlan",
-    "checkpoint_path",
-    "checkpoint_uri",
-    "make_remote_trial_task",
-    "models_row",
-    "plan_trials",
-    "run_train_stage",
-    "trial_spec",
-    "trial_task",
-    "trunk_snapshot_uri",
-    "trunk_specs",
-]
+__all__ = ["EPOCH_LINE_SECONDS", "TrainStageSummary", "make_remote_trial_task", "run_train_stage"]
 
 EPOCH_LINE_SECONDS = 30.0  # a running trial prints its epoch at most this often (its last epoch always)
 
