@@ -14,7 +14,6 @@ A network named ``package.module:factory`` is imported only when the caller allo
 
 from __future__ import annotations
 
-import copy
 import functools
 import itertools
 import re
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from ..datasets import check_dataset, dataset_files
 from ..errors import SettingError, unknown_choice
@@ -36,9 +34,11 @@ from ..pair import METHOD_FIELDS, PRESETS, PairSettings
 from ..pruning import imp_sparsity
 from ..training import TrainConfig
 from .designs import branch_points, imp_branch, prunable_weights
-from .plans import Branch, DatasetSpec, ModelPlan, model_key, pairing
+from .imports import Checking, imported_networks, known_files, recorded_networks, training_only_keys
+from .messages import ImportedNetwork
+from .plans import Branch, DatasetSpec, ModelPlan, imported_model_key, model_key, pairing
 from .rules import check_specs, check_sweep_settings, mlflow_installed, warn_skipped_corrections
-from .schema import DatasetSection, ModelGrid, Resources, SweepSection, describe_validation_error, key_path
+from .schema import DatasetSection, ModelGrid, Resources, SweepSection, follows_from, validate_section
 from .stacking import stack_size
 
 __all__ = ["ConfigError", "DatasetSpec", "SweepConfig", "load_config", "mlflow_installed", "parse_config"]
@@ -91,7 +91,9 @@ class SweepConfig:
         """How many seeds of ``plan`` a trial trains together, vectorised, when trials get ``gpu``
         GPUs and each slot of the cluster has ``per_slot`` seeds to train (``train.seeds_per_trial``;
         ``auto``: :func:`~repair_ray.sweep.stacking.stack_size`). New networks of ``plan`` train
-        together exactly when it is more than 1."""
+        together exactly when it is more than 1 (never for imported networks: they are not trained)."""
+        if plan.is_imported:
+            return 1
         key = (plan.model_key, gpu, per_slot)
         if key not in self._stack_sizes:  # estimated on the meta device: once per model config
             self._stack_sizes[key] = stack_size(
@@ -144,6 +146,7 @@ def parse_config(
     allow_import: Iterable[str] | str | None = (),
     check_files: bool = True,
     stored: bool = False,
+    imported: Mapping[str, tuple[ImportedNetwork, ...]] | None = None,
 ) -> SweepConfig:
     """Validate and expand an already-parsed config mapping; raises :class:`ConfigError` listing every problem.
 
@@ -153,10 +156,13 @@ def parse_config(
             a problem of ``models[i].arch`` and nothing is imported. torchvision's builders need
             no allowance.
         check_files: check that the dataset's files are on this machine (an image folder must be;
-            a torchvision dataset missing here is a warning, since the workers download it).
+            a torchvision dataset missing here is a warning, since the workers download it), and
+            every network file ``models[i].checkpoints`` names; without it, only the network files
+            in buckets are checked (``submit``: local paths are the cluster's).
         stored: a config read back from a sweep folder (``status``, ``report``): networks named
             by a module are kept as plain data, never imported, and the checks that need their code
-            are skipped; no file is checked.
+            are skipped; no file is checked, and imported networks are the ones its run recorded
+            (``imported``: model key -> networks).
     """
     if not isinstance(data, dict):
         raise ConfigError(
@@ -166,67 +172,19 @@ def parse_config(
         allowed = () if stored else allowed_modules(allow_import)
     except ValueError as error:
         raise ConfigError(f"{source}: {error}") from None
-    section, problems, removed = _validate(data)
+    section, problems, removed = validate_section(data)
     if section is None:
         raise ConfigError(_invalid(source, problems))
     found = len(problems)
-    config = _expand(section, data, source, problems, storage_override, allowed, check_files and not stored, stored)
+    checking: Checking = "skip" if stored else "check" if check_files else "remote"
+    config = _expand(
+        section, data, source, problems, storage_override, allowed, check_files and not stored, checking, imported
+    )
     # a key pydantic rejected was left out to check the rest: what follows from its absence is not news
-    problems[found:] = [p for p in problems[found:] if not _follows_from(p, removed)]
+    problems[found:] = [p for p in problems[found:] if not follows_from(p, removed)]
     if problems or config is None:
         raise ConfigError(_invalid(source, problems))
     return config
-
-
-def _validate(data: dict[str, Any]) -> tuple[SweepSection | None, list[str], tuple[str, ...]]:
-    """The config's sections, with pydantic's problems; a key of the wrong type or an unknown key is
-    left out (its default taken) so that the problems of every other key are found too.
-
-    Returns the section (None when even without the rejected keys the document has no shape),
-    pydantic's problems, and the key paths left out.
-    """
-    problems: list[str] = []
-    removed: list[tuple[Any, ...]] = []
-    data = copy.deepcopy(data)
-    for _ in range(3):  # each round leaves out what pydantic rejected; a required key missing ends it
-        try:
-            return SweepSection.model_validate(data), problems, tuple(key_path(p) for p in removed)
-        except ValidationError as error:
-            problems += [p for p in describe_validation_error(error) if p not in problems]
-            located = [_key_of(data, item["loc"]) for item in error.errors()]
-            if any(item["type"] == "missing" for item in error.errors()) or None in located:
-                return None, problems, ()
-            for path in sorted({p for p in located if p is not None}, key=len):
-                if not any(path[: len(done)] == done for done in removed):
-                    _pop(data, path)
-                    removed.append(path)
-    return None, problems, ()
-
-
-def _key_of(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    """The path of the deepest mapping key on ``loc`` that ``data`` holds (None: not even the first);
-    pydantic's locations may end in the alternatives of a union, which the data does not hold."""
-    node: Any = data
-    path: tuple[Any, ...] = ()
-    deepest: tuple[Any, ...] | None = None
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            deepest = (*path, part)
-        elif not (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
-            break
-        node, path = node[part], (*path, part)
-    return deepest
-
-
-def _pop(data: Any, path: tuple[Any, ...]) -> None:
-    for part in path[:-1]:
-        data = data[part]
-    data.pop(path[-1], None)
-
-
-def _follows_from(problem: str, keys: tuple[str, ...]) -> bool:
-    """Whether ``problem`` is about one of ``keys`` (or a key inside it)."""
-    return any(problem.startswith(key) and problem[len(key) : len(key) + 1] in (":", ".", "[", " ") for key in keys)
 
 
 def _invalid(source: str, problems: list[str]) -> str:
@@ -292,7 +250,8 @@ def _expand(
     storage_override: str | None,
     allowed: tuple[str, ...],
     check_files: bool,
-    stored: bool,
+    checking: Checking,
+    recorded: Mapping[str, tuple[ImportedNetwork, ...]] | None,
 ) -> SweepConfig | None:
     where = storage_override or s.storage
     if (reason := storage.unsupported(where)) is not None:
@@ -326,7 +285,10 @@ def _expand(
     check_sweep_settings(s, problems)
     if not s.models:
         problems.append("models: must list at least one model grid")
+    stored = checking == "skip"
     model_configs = _model_grid(s.models, problems, allowed, refuse=not stored)
+    imports = {i: g.checkpoints for i, g in enumerate(s.models) if g.checkpoints is not None}
+    training_only_keys(s, raw, imports, problems)
     if problems or dataset is None or train is None or seeds is None or settings is None:
         return None
     check_specs([(i, mc) for i, mc in model_configs if mc.importable], dataset, settings, problems)
@@ -339,7 +301,22 @@ def _expand(
         return None
     plans = []
     seen: dict[str, int] = {}
+    if recorded is None and imports and checking != "skip":
+        recorded = _recorded(storage.join(storage_override or s.storage, s.name))
     for i, mc in model_configs:
+        if i in imports:  # networks trained elsewhere: one per file, numbered by its content
+            key = imported_model_key(mc, dataset.as_dict())
+            if key in seen:
+                problems.append(f"models[{i}]: repeats a model config of models[{seen[key]}] ({key})")
+                continue
+            seen[key] = i
+            known = known_files(recorded or {})
+            networks = (recorded or {}).get(key, ()) if stored else None
+            if networks is None:
+                networks = imported_networks(i, imports[i], mc, dataset, problems, checking=checking, known=known)
+            numbers = [n.seed for n in networks]
+            plans.append(ModelPlan(key, mc, tuple(numbers), tuple(pairing(numbers, s.pairs)), imported=networks))
+            continue
         key = model_key(mc, train, dataset.as_dict())
         if key in seen:
             problems.append(f"models[{i}]: repeats a model config of models[{seen[key]}] ({key})")
@@ -385,6 +362,15 @@ def _expand(
         batchnorm=batchnorm,
         mlflow_uri=s.tracking.mlflow,
     )
+
+
+def _recorded(root: str) -> dict[str, tuple[ImportedNetwork, ...]]:
+    """The networks a sweep's last run recorded (their hashes are reused for files that did not
+    change); nothing when its storage cannot be read."""
+    try:
+        return recorded_networks(root)
+    except (OSError, ValueError):
+        return {}
 
 
 def _dataset(value: str | DatasetSection, problems: list[str], check_files: bool, source: str) -> DatasetSpec | None:
@@ -461,6 +447,12 @@ def _model_grid(
             problems.append(f"models[{i}]: width, depth and norm must not be empty lists")
             continue
         found = len(problems)
+        if g.checkpoints is not None and len(widths) * len(depths) * len(norms) > 1:
+            problems.append(
+                f"models[{i}]: with checkpoints, width, depth and norm take one value each (the files are the "
+                "networks of one model config; give each model config its own entry)"
+            )
+            continue
         for w, d, n in itertools.product(widths, depths, norms):
             config = _build(functools.partial(ModelConfig, g.arch, w, d, n, g.kwargs, allowed), _grid_key(i), problems)
             if config is not None and refuse and not config.importable:

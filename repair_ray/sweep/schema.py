@@ -8,6 +8,7 @@ that belong to a sweep alone (its name, seeds, pairing, resources).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -35,6 +36,8 @@ class ModelGrid(_Strict):
     depth: int | list[int] | None = None
     norm: str | list[str] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    # networks trained elsewhere: a glob or a list of state_dict / safetensors files (local, file://, s3://, gs://)
+    checkpoints: str | list[str] | None = None
 
 
 class _TrainExtras(_Strict):
@@ -270,3 +273,59 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
             if found is not None:
                 return found
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validating a document against the shape: every problem at once
+# ---------------------------------------------------------------------------------------------
+
+
+def validate_section(data: dict[str, Any]) -> tuple[SweepSection | None, list[str], tuple[str, ...]]:
+    """The config's sections, with pydantic's problems; a key of the wrong type or an unknown key is
+    left out (its default taken) so that the problems of every other key are found too.
+
+    Returns the section (None when even without the rejected keys the document has no shape),
+    pydantic's problems, and the key paths left out.
+    """
+    problems: list[str] = []
+    removed: list[tuple[Any, ...]] = []
+    data = copy.deepcopy(data)
+    for _ in range(3):  # each round leaves out what pydantic rejected; a required key missing ends it
+        try:
+            return SweepSection.model_validate(data), problems, tuple(key_path(p) for p in removed)
+        except ValidationError as error:
+            problems += [p for p in describe_validation_error(error) if p not in problems]
+            located = [key_of(data, item["loc"]) for item in error.errors()]
+            if any(item["type"] == "missing" for item in error.errors()) or None in located:
+                return None, problems, ()
+            for path in sorted({p for p in located if p is not None}, key=len):
+                if not any(path[: len(done)] == done for done in removed):
+                    pop_key(data, path)
+                    removed.append(path)
+    return None, problems, ()
+
+
+def key_of(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The path of the deepest mapping key on ``loc`` that ``data`` holds (None: not even the first);
+    pydantic's locations may end in the alternatives of a union, which the data does not hold."""
+    node: Any = data
+    path: tuple[Any, ...] = ()
+    deepest: tuple[Any, ...] | None = None
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            deepest = (*path, part)
+        elif not (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            break
+        node, path = node[part], (*path, part)
+    return deepest
+
+
+def pop_key(data: Any, path: tuple[Any, ...]) -> None:
+    for part in path[:-1]:
+        data = data[part]
+    data.pop(path[-1], None)
+
+
+def follows_from(problem: str, keys: tuple[str, ...]) -> bool:
+    """Whether ``problem`` is about one of ``keys`` (or a key inside it)."""
+    return any(problem.startswith(key) and problem[len(key) : len(key) + 1] in (":", ".", "[", " ") for key in keys)
