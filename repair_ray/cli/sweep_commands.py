@@ -123,7 +123,12 @@ def validate(
     config = load_sweep(config_path, example, storage_uri, allow_import)
     click.echo(f"sweep {config.name} -> {config.root}")
     click.echo(f"dataset: {config.dataset.name} {config.dataset.options or ''}".rstrip())
-    click.echo(f"models to train: {config.n_trials} ({len(config.models)} model configs x seeds)")
+    imported = sum(len(plan.seeds) for plan in config.models if plan.is_imported)
+    trained = config.n_trials - imported
+    click.echo(
+        f"models to train: {trained} ({sum(not p.is_imported for p in config.models)} model configs x seeds)"
+        + (f"; networks imported: {imported} (files trained elsewhere, checked and evaluated)" if imported else "")
+    )
     if storage.is_local(config.root) and storage.exists(config.root):  # validate reaches no remote storage
         done = status_of(config)  # what `run` skips and `status` counts as done: one definition
         click.echo(
@@ -145,6 +150,15 @@ def validate(
             if (v := getattr(m, k)) is not None
         ]
         knobs += [f"kwargs={m.kwargs}"] if m.kwargs else []
+        if plan.imported is not None:
+            size = sum(n.bytes for n in plan.imported) / 2**20
+            click.echo(
+                f"  {plan.model_key}: {' '.join([m.arch, *knobs])} imports {len(plan.imported)} network files "
+                f"({size:,.1f} MiB) pairs={len(plan.pairs)}"
+            )
+            for network in plan.imported:
+                click.echo(f"    network {network.seed}: {storage.redact(network.uri)} sha256 {network.sha256[:16]}")
+            continue
         click.echo(f"  {plan.model_key}: {' '.join([m.arch, *knobs])} seeds={list(plan.seeds)} pairs={len(plan.pairs)}")
     design = design_line(config)
     if design is not None:

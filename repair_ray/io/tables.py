@@ -20,6 +20,7 @@ import secrets
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -84,6 +85,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("history_json", _STR),  # each epoch's metrics, as JSON: [{"epoch": 1, "test_acc": ...}, ...]
         ("compiled", pa.bool_()),  # trained through torch.compile (train.compile)
         ("error_trace", _STR),  # the full traceback of a failure that raised (``error`` is its one line)
+        # a network trained elsewhere (models[i].checkpoints): its file is checkpoint_uri, its bytes' SHA-256 this
+        ("imported", pa.bool_()),
+        ("checkpoint_sha256", _STR),
     ),
     "pairs": _schema(
         *_IDS,
@@ -124,6 +128,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("alphas_per_pass", _INT),
         ("error_trace", _STR),  # the full traceback of a failure that raised (``error`` is its one line)
         ("unloadable_seed", _INT),  # a failure to load a network's checkpoint: its seed (the sweep retrains it)
+        # imported networks (models[i].checkpoints): each file and the SHA-256 of its bytes (null: trained here)
+        ("source_a", _STR),
+        ("source_b", _STR),
+        ("sha256_a", _STR),
+        ("sha256_b", _STR),
     ),
     "curves": _schema(
         *_IDS,
@@ -348,9 +357,18 @@ def _first_line(error: BaseException) -> str:
 CURRENT_KEYS = "current_keys.json"
 
 
-def write_current_keys(sweep_root: str, model_keys: Sequence[str], analysis_keys: Sequence[str]) -> None:
-    """Record which keys the sweep's current config makes (readers default to them)."""
-    payload = {"model_key": sorted(model_keys), "analysis_key": sorted(analysis_keys)}
+def write_current_keys(
+    sweep_root: str,
+    model_keys: Sequence[str],
+    analysis_keys: Sequence[str],
+    networks: Mapping[str, Sequence[int]] | None = None,
+) -> None:
+    """Record which keys the sweep's current config makes (readers default to them); ``networks``:
+    for model configs that import their networks, the numbers (seeds) of the current ones, so rows
+    of a network whose file was rewritten or removed are not read with them."""
+    payload: dict[str, object] = {"model_key": sorted(model_keys), "analysis_key": sorted(analysis_keys)}
+    if networks:
+        payload["networks"] = {key: sorted(int(s) for s in seeds) for key, seeds in sorted(networks.items())}
     storage.write_bytes_atomic(storage.join(sweep_root, CURRENT_KEYS), json.dumps(payload, indent=1).encode())
 
 
@@ -363,12 +381,21 @@ def current_keys(sweep_root: str) -> dict[str, list[str]] | None:
         return None
 
 
-def select_keys(frame: pd.DataFrame, keys: Mapping[str, Sequence[str]]) -> pd.Series:
-    """Which rows of ``frame`` carry one of the given values in every key column it has."""
+def select_keys(frame: pd.DataFrame, keys: Mapping[str, Any]) -> pd.Series:
+    """Which rows of ``frame`` carry one of the given values in every key column it has; with a
+    ``networks`` entry (model key -> seeds), rows of those model keys whose seeds (``seed``, or
+    ``seed_a`` and ``seed_b``) are not among its seeds are left out too."""
     kept = pd.Series(True, index=frame.index)
     for column, values in keys.items():
-        if column in frame.columns:
+        if column in frame.columns and column != "networks":
             kept &= frame[column].isin(list(values))
+    networks = keys.get("networks") or {}
+    if networks and "model_key" in frame.columns:
+        for key, seeds in networks.items():
+            mine = frame["model_key"] == key
+            for column in ("seed", "seed_a", "seed_b"):
+                if column in frame.columns:
+                    kept &= ~mine | frame[column].isin(list(seeds))
     return kept
 
 

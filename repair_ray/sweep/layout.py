@@ -5,7 +5,8 @@
     <storage>/<sweep>/
       sweep.yaml                      the config the sweep last ran with (CONFIG_NAME)
       configs/<time>.yaml             every config it ever ran with
-      networks.json                   what readers need of the networks without building them (NETWORKS_NAME)
+      networks.json                   what readers need of the networks without building them or reading
+                                      their files: BatchNorm, the imported networks (NETWORKS_NAME)
       lease.json                      who runs the sweep now (LEASE_NAME)
       current_keys.json               the model and analysis keys of the current config (repair_ray.io.tables)
       checkpoints/<model_key>/seed-<seed>.pt                    a trained network
@@ -28,7 +29,8 @@ from ..io.tables import new_stem, table_file
 CONFIG_NAME = "sweep.yaml"
 CONFIGS_DIR = "configs"
 # what the networks of the current config are, as far as readers of the folder need it without
-# building them (a network named by a module is never imported to read a sweep): {"batchnorm": {key: bool}}
+# building them (a network named by a module is never imported to read a sweep) or reading their files:
+# {"batchnorm": {key: bool}, "imported": {key: [network, ...]}} (the second only for imported networks)
 NETWORKS_NAME = "networks.json"
 LEASE_NAME = "lease.json"
 CHECKPOINTS_DIR = "checkpoints"

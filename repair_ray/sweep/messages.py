@@ -6,7 +6,9 @@ message again. They pickle for Ray (frozen dataclasses of plain data) and import
 torch: the model, training and dataset configs travel as the plain dicts that
 ``ModelConfig(**model)``, ``TrainConfig(**train)`` and ``load_dataset`` take.
 
-- :class:`Trial`: one task of the train stage (a trial: seeds of one model config; or a trunk).
+- :class:`Trial`: one task of the train stage (a trial: seeds of one model config; a trunk; or a
+  network file to import).
+- :class:`ImportedNetwork`: a network file a model config imports instead of training.
 - :class:`EpochReport` and :class:`TrialOutcome`: what a trial task streams back.
 - :class:`TrialEnded`: the train stage tells the pair stage (in the driver) that a network ended.
 - :class:`PairContext`: what every pair task of a stage shares (sent to the object store once).
@@ -20,9 +22,10 @@ from typing import Any, Literal, NamedTuple
 
 from .layout import pair_stem
 
-Role = Literal["trial", "trunk"]
+Role = Literal["trial", "trunk", "import"]
 """``trial``: train seeds of a model config, each with its checkpoint and ``models`` row;
-``trunk``: train (or check) a trunk's snapshots, which the children of a branch start from (no row)."""
+``trunk``: train (or check) a trunk's snapshots, which the children of a branch start from (no row);
+``import``: check and evaluate a network trained elsewhere (its file stays where it is) and write its row."""
 
 
 class Network(NamedTuple):
@@ -30,6 +33,23 @@ class Network(NamedTuple):
 
     model_key: str
     seed: int
+
+
+@dataclass(frozen=True)
+class ImportedNetwork:
+    """A network file that a model config imports (``models[i].checkpoints``) instead of training it.
+
+    ``seed`` is its number in the tables, derived from its content
+    (:func:`repair_ray.io.networks.content_id` of ``sha256``), so renaming or moving the file keeps
+    it and rewriting its bytes makes another network. ``mtime`` and ``bytes`` let a later run reuse
+    the hash of a file that has not changed.
+    """
+
+    seed: int
+    uri: str
+    sha256: str
+    bytes: int
+    mtime: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,9 @@ class Trial:
     prune_key: Network | None = None  # ... the network that checkpoint is
     imp_rate: float | None = None  # ... and the fraction of surviving weights pruned
     epochs: tuple[int, ...] = ()  # a trunk: the epochs it keeps snapshots of
+    source: ImportedNetwork | None = None  # an import: the network file
+    # an import: (train samples, test samples, subset seed) its row's metrics are measured on
+    eval_samples: tuple[int | None, int | None, int] = (None, None, 0)
 
     @property
     def is_trunk(self) -> bool:
@@ -69,8 +92,8 @@ class Trial:
 
     @property
     def kind(self) -> str:
-        """``trunk`` or ``seed``: what each of its seeds is, in messages."""
-        return "trunk" if self.is_trunk else "seed"
+        """``trunk``, ``seed`` or ``network`` (an import): what each of its seeds is, in messages."""
+        return {"trunk": "trunk", "import": "network"}.get(self.role, "seed")
 
     @property
     def name(self) -> str:
@@ -83,6 +106,8 @@ class Trial:
         (``trunk <model_key> seed 0`` for a trunk)."""
         if self.is_trunk:
             return f"trunk {self.model_key} seed {self.seeds[0]}"
+        if self.role == "import":
+            return f"import {self.model_key} network {self.seeds[0]}"
         seeds = ",".join(str(s) for s in self.seeds)
         return f"train {self.model_key} seed{'s' if len(self.seeds) > 1 else ''} {seeds}"
 
@@ -145,12 +170,14 @@ class PairJob:
     checkpoint_b: str
     aligns: tuple[str, ...]
     corrections: tuple[str, ...]
+    sha256_a: str | None = None  # an imported network's content hash (None: trained by the sweep)
+    sha256_b: str | None = None
 
     @property
     def stem(self) -> str:
         return pair_stem(self.model_key, self.seed_a, self.seed_b)
 
     @property
-    def checkpoints(self) -> tuple[tuple[int, str], tuple[int, str]]:
-        """(seed, checkpoint URI) of network A, then of network B."""
-        return (self.seed_a, self.checkpoint_a), (self.seed_b, self.checkpoint_b)
+    def checkpoints(self) -> tuple[tuple[int, str, str | None], tuple[int, str, str | None]]:
+        """(seed, checkpoint URI, content hash of an imported network or None) of network A, then of network B."""
+        return (self.seed_a, self.checkpoint_a, self.sha256_a), (self.seed_b, self.checkpoint_b, self.sha256_b)

@@ -137,6 +137,8 @@ class PairQueue:
                 partners[a].append((a, b))
                 partners[b].append((a, b))
             self.partners[plan.model_key] = partners
+        # the content hash of every imported network: its pair task checks the bytes it reads against it
+        self.hashes = {(p.model_key, n.seed): n.sha256 for p in config.models for n in p.imported or ()}
         self.gaps = pair_gaps(config, state)  # what each incomplete pair lacks, worked out once
         self.todo = len(self.gaps)
         self.done = config.n_pairs - self.todo
@@ -160,8 +162,18 @@ class PairQueue:
             gaps = self.gaps.get((model_key, a, b))
             if gaps is not None:
                 aligns, corrections = gaps
-                trained = self.trained
-                yield PairJob(model_key, a, b, trained[(model_key, a)], trained[(model_key, b)], aligns, corrections)
+                trained, hashes = self.trained, self.hashes
+                yield PairJob(
+                    model_key,
+                    a,
+                    b,
+                    trained[(model_key, a)],
+                    trained[(model_key, b)],
+                    aligns,
+                    corrections,
+                    hashes.get((model_key, a)),
+                    hashes.get((model_key, b)),
+                )
 
     def left_out(self) -> list[str]:
         """Pairs that can never run: a network of theirs failed or was never trained."""

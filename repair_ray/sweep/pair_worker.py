@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from ..io.checkpoint import CheckpointError, load_checkpoint
+from ..io.networks import NetworkFileError, load_into, load_state_dict
 from ..models import ModelConfig
 from ..pair import PairSettings, analyse_pair
 from ..pruning import weight_sparsity
@@ -60,6 +61,7 @@ def failed_rows(
         {
             **_identity(context, job, align),
             **model_columns(model, context.dataset, context.lineage.get(job.model_key)),
+            **_sources(job),
             "align": align,
             "correction": correction,
             **{k: math.nan for k in METRIC_COLUMNS},
@@ -75,6 +77,16 @@ def failed_rows(
     return {"pairs": rows, "curves": [], "layers": []}
 
 
+def _sources(job: PairJob) -> dict[str, Any]:
+    """The file and content hash of each imported network of the pair (null for networks the sweep trained)."""
+    return {
+        "source_a": job.checkpoint_a if job.sha256_a is not None else None,
+        "source_b": job.checkpoint_b if job.sha256_b is not None else None,
+        "sha256_a": job.sha256_a,
+        "sha256_b": job.sha256_b,
+    }
+
+
 def pair_task(context: PairContext, job: PairJob) -> Rows:
     """Run in a Ray worker: load both checkpoints, analyse the pair, return the table rows.
 
@@ -87,14 +99,16 @@ def pair_task(context: PairContext, job: PairJob) -> Rows:
     try:
         dataset = cached_dataset(context.dataset, device)
         models = []
-        for seed, uri in job.checkpoints:
+        for seed, uri, sha256 in job.checkpoints:
+            model = model_config.build(dataset.num_classes, dataset.in_shape)
             try:
-                checkpoint = load_checkpoint(uri, map_location=device)
-            except CheckpointError as error:  # a fact for the train stage: this network is retrained
+                if sha256 is None:  # trained by the sweep: its own checkpoint format
+                    model.load_state_dict(load_checkpoint(uri).state_dict)
+                else:  # trained elsewhere: a state_dict or safetensors file, whose bytes must be the ones named
+                    load_into(model, load_state_dict(uri, sha256=sha256), uri)
+            except (CheckpointError, NetworkFileError) as error:  # a fact for the train stage: retrained/re-imported
                 return failed_rows(context, job, error_text(error), str(device), error_trace(error), seed)
-            model = model_config.build(dataset.num_classes, dataset.in_shape).to(device)
-            model.load_state_dict(checkpoint.state_dict)
-            models.append(model.eval())
+            models.append(model.to(device).eval())
         spec = model_config.permutation_spec(dataset.num_classes, dataset.in_shape)
         result = analyse_pair(
             models[0],
@@ -111,7 +125,7 @@ def pair_task(context: PairContext, job: PairJob) -> Rows:
     if lineage.get("imp_round") is not None and lineage.get("sparsity") is None:
         # an IMP round of a dataset whose shape only its files tell: the sparsity of network A's weights
         lineage["sparsity"] = weight_sparsity(models[0])
-    desc = model_columns(context.models[job.model_key], context.dataset, lineage)
+    desc = model_columns(context.models[job.model_key], context.dataset, lineage) | _sources(job)
     when = {"started_at": started_at, "finished_at": utc_now()}
     return {
         "pairs": [

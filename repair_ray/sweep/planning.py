@@ -105,6 +105,9 @@ def plan_trials(config: SweepConfig) -> TrialPlan:
     damaged: list[str] = []
     together: dict[tuple[str, int], bool] = {}
     for plan in config.models:
+        if plan.is_imported:
+            _plan_imports(plan, ok, unloadable, done, todo)
+            continue
         seeds = [seed for seed in plan.seeds if (plan.model_key, seed) in ok]
         sizes = storage.file_sizes(checkpoints_dir(config.root, plan.model_key)) if seeds else {}
         for seed in plan.seeds:
@@ -126,6 +129,30 @@ def plan_trials(config: SweepConfig) -> TrialPlan:
             else:
                 done[(plan.model_key, seed)] = uri
     return TrialPlan(done, todo, damaged, together)
+
+
+def _plan_imports(
+    plan: ModelPlan,
+    ok: dict[tuple[str, int], Any],
+    unloadable: dict[Network, Any],
+    done: dict[tuple[str, int], str],
+    todo: list[tuple[ModelPlan, int]],
+) -> None:
+    """An imported network is done when its newest row says ``ok`` for the bytes the config names
+    (the file was hashed when the config was read: the hash is the network) and no pair task has
+    failed to load it since; its checkpoint is the file where it lies now (a renamed file is the
+    same network). Otherwise it is imported (checked and evaluated) again."""
+    for network in plan.imported or ():
+        row = ok.get((plan.model_key, network.seed))
+        failed_after = unloadable.get(Network(plan.model_key, network.seed))
+        if (
+            row is not None
+            and getattr(row, "checkpoint_sha256", None) == network.sha256
+            and (failed_after is None or (not pd.isna(row.finished_at) and failed_after <= row.finished_at))
+        ):
+            done[(plan.model_key, network.seed)] = network.uri
+        else:
+            todo.append((plan, network.seed))
 
 
 def unloadable_checkpoints(root: str) -> dict[Network, Any]:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..models import ModelConfig
 from ..training import TrainConfig
+from .layout import checkpoint_uri
+from .messages import ImportedNetwork
 
 if TYPE_CHECKING:
     from .schema import FirstPairs
@@ -69,6 +71,22 @@ class ModelPlan:
     trunk_key: str | None = None  # the model key of the unbranched config, which names the trunk's files
     sparsity: float | None = None  # an IMP round's: the fraction of prunable weights its mask removes
     prune_from: str | None = None  # an IMP round >= 1: the model key of the previous round
+    # networks trained elsewhere (``models[i].checkpoints``), one per seed (None: the sweep trains them)
+    imported: tuple[ImportedNetwork, ...] | None = None
+
+    @property
+    def is_imported(self) -> bool:
+        """Whether its networks are files trained elsewhere, not trained by the sweep."""
+        return self.imported is not None
+
+    def network(self, seed: int) -> ImportedNetwork | None:
+        """The imported network file numbered ``seed`` (None for a network the sweep trains)."""
+        return next((n for n in self.imported or () if n.seed == seed), None)
+
+    def checkpoint(self, root: str, seed: int) -> str:
+        """Where network ``seed`` is: its file for an imported one, else its checkpoint in the sweep ``root``."""
+        network = self.network(seed)
+        return network.uri if network is not None else checkpoint_uri(root, self.model_key, seed)
 
     def lineage(self) -> dict[str, Any]:
         """The ``trunk_seed``, ``branch_epoch``, ``imp_round`` and ``sparsity`` columns of this plan's
@@ -94,6 +112,15 @@ def model_key(model: ModelConfig, train: TrainConfig, dataset: dict[str, Any], b
     if branch is not None and branch.imp_round is not None:
         where += f"-r{branch.imp_round}"
     return f"{model.label}{where}-{digest}"
+
+
+def imported_model_key(model: ModelConfig, dataset: dict[str, Any]) -> str:
+    """The key of a model config whose networks are imported: its shape plus a hash of the model
+    config and the dataset (``...-imported-<hash>``). The files are not in it: each network is
+    named by its content (its seed), so adding files keeps the key and computes only new pairs."""
+    described = {"model": model.described(), "dataset": dataset, "source": "imported"}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{model.label}-imported-{digest}"
 
 
 def pairing(seeds: list[int], rule: str | FirstPairs) -> list[tuple[int, int]]:

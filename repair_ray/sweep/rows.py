@@ -48,7 +48,25 @@ def model_columns(
 
 
 def models_row(trial: Trial, seed: int, **values: Any) -> dict[str, Any]:
-    """The ``models`` table row of ``seed`` of ``trial`` (metrics and status in ``values``)."""
+    """The ``models`` table row of ``seed`` of ``trial`` (metrics and status in ``values``).
+
+    An imported network's row names its file (``checkpoint_uri``, the file where it lies) and the
+    SHA-256 of its bytes (``checkpoint_sha256``); it has no init or data seed, and ``imported`` is true.
+    """
+    if trial.source is not None:
+        source = trial.source
+        row: dict[str, Any] = {
+            "sweep": trial.sweep,
+            "model_key": trial.model_key,
+            **model_columns(trial.model, trial.dataset, trial.lineage),
+            "seed": seed,
+            "checkpoint_uri": source.uri,
+            "checkpoint_sha256": source.sha256,
+            "checkpoint_bytes": source.bytes,
+            "imported": True,
+            "config_json": json.dumps({"model": trial.model, "dataset": trial.dataset}, sort_keys=True),
+        }
+        return {**row, **values}
     trunk = trial.lineage.get("trunk_seed")
     row = {
         "sweep": trial.sweep,
@@ -64,6 +82,7 @@ def models_row(trial: Trial, seed: int, **values: Any) -> dict[str, Any]:
         "seeds_in_trial": len(trial.seeds),
         "trained_together": trial.together,
         "compiled": trial.compile,
+        "imported": False,
     }
     row.update(values)
     return row

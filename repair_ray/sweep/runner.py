@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..io.tables import compact_tables, write_current_keys
 from .cluster import cluster_shape, connect, resolve_resources
 from .config import SweepConfig
-from .layout import CONFIG_NAME, NETWORKS_NAME, checkpoint_uri
+from .layout import CONFIG_NAME, NETWORKS_NAME
 from .lease import Lease
 from .messages import Network, TrialEnded
 from .pair_stage import PairStageSummary, run_pair_stage
@@ -75,7 +75,8 @@ def _run_sweep(
     say(f"[sweep] {connect(address, num_cpus=num_cpus)}")
     say(f"[sweep] {config.name}: {config.n_trials} trials, {config.n_pairs} pairs -> {config.root}")
     keys = analysis_keys(config.pair_settings, config.dataset.as_dict())
-    write_current_keys(config.root, [p.model_key for p in config.models], sorted(set(keys.values())))
+    imported = {p.model_key: p.seeds for p in config.models if p.is_imported}
+    write_current_keys(config.root, [p.model_key for p in config.models], sorted(set(keys.values())), imported)
     save_networks(config)
     try:
         check_resources(config)
@@ -116,6 +117,7 @@ def _run_stages(
         except BaseException as error:  # noqa: BLE001 - re-raised in the main thread below
             errors.append(error)
 
+    plans = {plan.model_key: plan for plan in config.models}
     thread = threading.Thread(target=pair_stage, name="pair-stage", daemon=True)
     thread.start()
     try:
@@ -124,7 +126,7 @@ def _run_stages(
             trials,
             say=say,
             on_trial_done=lambda key, seed, ok: events.put(
-                TrialEnded(Network(key, seed), checkpoint_uri(config.root, key, seed) if ok else None)
+                TrialEnded(Network(key, seed), plans[key].checkpoint(config.root, seed) if ok else None)
             ),
         )
     except BaseException:

@@ -14,6 +14,7 @@ import yaml
 
 from ..io import storage
 from .config import SweepConfig, parse_config
+from .imports import networks_record, recorded_networks
 from .layout import CONFIG_NAME, config_history_uri, config_uri, networks_uri
 
 
@@ -26,8 +27,13 @@ def save_config(config: SweepConfig) -> None:
 
 
 def save_networks(config: SweepConfig) -> None:
-    """Record what readers need of the networks without building them: ``{"batchnorm": {key: bool}}``."""
-    networks = {"batchnorm": dict(sorted(config.batchnorm.items()))}
+    """Record what readers need of the networks without building them or reading their files:
+    ``{"batchnorm": {key: bool}, "imported": {key: [network, ...]}}`` (the imported networks'
+    files, hashes and sizes: :mod:`.imports`)."""
+    imported = {plan.model_key: plan.imported for plan in config.models if plan.imported is not None}
+    networks: dict[str, object] = {"batchnorm": dict(sorted(config.batchnorm.items()))}
+    if imported:
+        networks["imported"] = networks_record(imported)
     storage.write_bytes_atomic(networks_uri(config.root), json.dumps(networks, indent=1).encode())
 
 
@@ -36,14 +42,17 @@ def load_sweep_config(root: str) -> SweepConfig:
 
     Whoever can write to the folder writes this config, so it imports nothing: a network named by
     a module is kept as data, and whether it has BatchNorm is what the run recorded
-    (``networks.json``; without the record, that it has none).
+    (``networks.json``; without the record, that it has none); so are the imported networks (their
+    files are not read).
     """
     root = storage.normalize(root)
     uri = config_uri(root)
     if not storage.exists(uri):
         raise FileNotFoundError(f"no sweep at {root}: {CONFIG_NAME} is missing")
     data = yaml.safe_load(storage.read_bytes(uri))
-    config = parse_config(data, source=uri, storage_override=storage.parent(root), stored=True)
+    config = parse_config(
+        data, source=uri, storage_override=storage.parent(root), stored=True, imported=recorded_networks(root)
+    )
     if config.name != storage.basename(root):
         raise ValueError(f"{uri} names the sweep {config.name!r} but lies in {root}: was the folder renamed?")
     recorded = _recorded_batchnorm(root)

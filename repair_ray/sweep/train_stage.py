@@ -92,12 +92,15 @@ def run_train_stage(
     last_line: dict[tuple[str, int], float] = {}
 
     def epoch_done(trial: Trial, report: EpochReport) -> None:
+        accuracy = report.metrics.get("test_acc")
+        if trial.role == "import":  # its evaluation, once: how well the imported network does here
+            say(f"[train] {trial.model_key} network {report.seed} imported: test accuracy {accuracy:.4f}")
+            return
         network, now = (trial.model_key, report.seed), time.monotonic()
         # the clock starts at a trial's first epoch: short trials print only their last one
         if now - last_line.setdefault(network, now) < EPOCH_LINE_SECONDS and report.epoch < epochs:
             return
         last_line[network] = now
-        accuracy = report.metrics.get("test_acc")
         say(
             f"[train] {trial.model_key} {trial.kind} {report.seed}: epoch {report.epoch}/{epochs}"
             + (f", test accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else "")

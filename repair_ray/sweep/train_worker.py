@@ -1,7 +1,8 @@
 """What a train task runs inside its Ray worker: one :class:`~repair_ray.sweep.messages.Trial`.
 
 A trial trains (or resumes, or finds finished) its seeds and writes their ``models`` rows; a trunk
-trains (or checks) its snapshots. The task is a streaming generator that yields an
+trains (or checks) its snapshots; an import checks a network file trained elsewhere, evaluates it
+and writes its row. The task is a streaming generator that yields an
 :class:`EpochReport` after every epoch and a :class:`TrialOutcome` at the end. Workers are reused
 (torch imported and the dataset loaded once per worker process) and stateless: everything comes
 in the message, everything goes out to storage.
@@ -10,13 +11,16 @@ in the message, everything goes out to storage.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..interpolation import evaluate
 from ..io import storage
 from ..io.checkpoint import CheckpointError, load_checkpoint
+from ..io.networks import NetworkFileError, load_into, load_state_dict
 from ..models import ModelConfig
 from ..multiseed import train_together
 from ..pruning import prunable_names, weight_sparsity
@@ -163,6 +167,57 @@ def run_trunk(trial: Trial, report: Report) -> dict[int, str | None]:
     return {seed: None}
 
 
+def run_import(trial: Trial, report: Report) -> dict[int, str | None]:
+    """An import: load the network file (its bytes must still have the hash the sweep named it by),
+    check that it fits the network, evaluate it and write its ``models`` row. The metrics are those
+    of the pair stage's samples (``eval.train_samples`` of the train split, ``eval.test_samples`` of
+    the test split, drawn with the same seed). A file that cannot be used is the network's ``failed``
+    row with the reason (not retried: reading it again would not help)."""
+    source = trial.source
+    if source is None:
+        raise ValueError(f"{trial.name} is an import without its network file")
+    started_at = utc_now()
+    device = setup_worker(trial.threads)
+    dataset = cached_dataset(trial.dataset, device)
+    (seed,) = trial.seeds
+    try:
+        state = load_state_dict(source.uri, sha256=source.sha256)
+        model = _model_config(trial).build(dataset.num_classes, dataset.in_shape)
+        model = load_into(model, state, source.uri).to(device).eval()
+    except NetworkFileError as error:
+        error_line = f"{type(error).__name__}: {error}"
+        write_models_row(
+            trial,
+            seed,
+            status="failed",
+            error=error_line,
+            device=str(device),
+            node_id=node_id(),
+            started_at=started_at,
+            finished_at=utc_now(),
+            **dict.fromkeys(("train_loss", "train_acc", "test_loss", "test_acc"), math.nan),
+        )
+        return {seed: error_line}
+    train_samples, test_samples, subset_seed = trial.eval_samples
+    metrics = {}
+    for split, samples in (("train", train_samples), ("test", test_samples)):
+        data = getattr(dataset, split).subset(samples, seed=subset_seed)
+        result = evaluate(model, data, batch_size=1000)
+        metrics[f"{split}_loss"], metrics[f"{split}_acc"] = result["loss"], result["acc"]
+    report(EpochReport(seed, 0, metrics))
+    write_models_row(
+        trial,
+        seed,
+        status="ok",
+        device=str(device),
+        node_id=node_id(),
+        started_at=started_at,
+        finished_at=utc_now(),
+        **metrics,
+    )
+    return {seed: None}
+
+
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
@@ -190,7 +245,8 @@ def trial_task(trial: Trial) -> Iterator[EpochReport | TrialOutcome]:
 
     def work() -> None:
         try:
-            result["outcomes"] = (run_trunk if trial.is_trunk else run_trial)(trial, report)
+            run = {"trunk": run_trunk, "import": run_import}.get(trial.role, run_trial)
+            result["outcomes"] = run(trial, report)
         except BaseException as error:  # noqa: BLE001 - re-raised in the task below
             result["error"] = error
         finally:

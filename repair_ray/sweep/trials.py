@@ -24,7 +24,8 @@ def trial_spec(
     config: SweepConfig, plan: ModelPlan, seeds: list[int], threads: float, together: bool | None = None
 ) -> Trial:
     """The trial that trains ``seeds`` of one model config: ``together`` in the vectorised loop
-    (default: when there are several) or one by one."""
+    (default: when there are several) or one by one; for a model config that imports its networks,
+    the import of one network file (``seeds`` holds its number)."""
     branch_from = trunk = prune_from = prune_key = imp_rate = None
     branch = plan.branch
     if branch is not None and branch.epoch > 0 and plan.trunk_key is not None:
@@ -35,8 +36,10 @@ def trial_spec(
         prune_from = checkpoint_uri(config.root, plan.prune_from, branch.prune_seed)
         prune_key = Network(plan.prune_from, branch.prune_seed)
         imp_rate = branch.rate
+    source = plan.network(seeds[0]) if plan.is_imported else None
+    settings = config.pair_settings
     return Trial(
-        role="trial",
+        role="import" if plan.is_imported else "trial",
         sweep=config.name,
         root=config.root,
         model_key=plan.model_key,
@@ -55,6 +58,8 @@ def trial_spec(
         prune_from=prune_from,
         prune_key=prune_key,
         imp_rate=imp_rate,
+        source=source,
+        eval_samples=(settings.train_samples, getattr(settings, "test_samples", None), settings.subset_seed),
     )
 
 
