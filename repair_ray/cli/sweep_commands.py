@@ -106,13 +106,24 @@ def design_line(config: SweepConfig) -> str | None:
 @example_option
 @storage_option
 @allow_import_option
+@click.option(
+    "--address",
+    help="Also check the resources against this running Ray cluster ('auto' or HOST:PORT), as `run` does "
+    "before it starts: a request no node, or a trial's workers that the whole cluster, can never hold.",
+)
 def validate(
-    config_path: str | None, example: str | None, storage_uri: str | None, allow_import: tuple[str, ...]
+    config_path: str | None,
+    example: str | None,
+    storage_uri: str | None,
+    allow_import: tuple[str, ...],
+    address: str | None,
 ) -> None:
     """Check CONFIG and print the expanded plan, without starting Ray.
 
-    Every problem is listed at once (exit status 2), a dataset folder missing on this machine included.
-    When the sweep's folder is on this machine, also what of it is done already (as `run` and `status` count).
+    Every problem is listed at once (exit status 2), a dataset folder missing on this machine or a
+    network file that cannot be used (models[i].checkpoints) included. When the sweep's folder is on
+    this machine, also what of it is done already (as `run` and `status` count). With --address, the
+    resources are judged against that cluster too (it joins the cluster, starts nothing on it).
     """
     from ..io import storage
     from ..models.external import KNOBS
@@ -125,10 +136,12 @@ def validate(
     click.echo(f"dataset: {config.dataset.name} {config.dataset.options or ''}".rstrip())
     imported = sum(len(plan.seeds) for plan in config.models if plan.is_imported)
     trained = config.n_trials - imported
-    click.echo(
-        f"models to train: {trained} ({sum(not p.is_imported for p in config.models)} model configs x seeds)"
-        + (f"; networks imported: {imported} (files trained elsewhere, checked and evaluated)" if imported else "")
-    )
+    if trained or not imported:
+        click.echo(
+            f"models to train: {trained} ({sum(not p.is_imported for p in config.models)} model configs x seeds)"
+        )
+    if imported:
+        click.echo(f"networks to import: {imported} (files trained elsewhere: checked and evaluated, not trained)")
     if storage.is_local(config.root) and storage.exists(config.root):  # validate reaches no remote storage
         done = status_of(config)  # what `run` skips and `status` counts as done: one definition
         click.echo(
@@ -176,6 +189,33 @@ def validate(
         f"resources: train {config.resources.train.cpu:g} CPU / {config.resources.train.gpu:g} GPU per trial, "
         f"pair {config.resources.pair.cpu:g} CPU / {config.resources.pair.gpu:g} GPU per task"
     )
+    if config.workers_per_trial > 1:
+        n, train = config.workers_per_trial, config.resources.train
+        click.echo(
+            f"workers per trial: {n} (Ray Train, DDP): each network needs {n * train.cpu:g} CPU / "
+            f"{n * train.gpu:g} GPU at once; `run` checks that the cluster can hold them before it starts"
+            + ("" if address else " (validate --address HEAD checks it now)")
+        )
+    if address is not None:
+        _check_cluster(config, address)
+
+
+def _check_cluster(config: SweepConfig, address: str) -> None:
+    """Judge the config's resources against the running cluster at ``address``, as `run` does (exit 2)."""
+    import ray
+
+    from ..sweep.cluster import connect
+    from ..sweep.config import ConfigError
+    from ..sweep.runner import check_resources
+
+    connect(address)
+    try:
+        check_resources(config)
+        click.echo(f"cluster at {address}: it can hold every request of this config")
+    except ConfigError as error:
+        fail(str(error))
+    finally:
+        ray.shutdown()
 
 
 @main.command()

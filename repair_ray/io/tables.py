@@ -88,6 +88,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         # a network trained elsewhere (models[i].checkpoints): its file is checkpoint_uri, its bytes' SHA-256 this
         ("imported", pa.bool_()),
         ("checkpoint_sha256", _STR),
+        ("workers", _INT),  # workers that trained it data-parallel (train.workers_per_trial; null: before it)
     ),
     "pairs": _schema(
         *_IDS,

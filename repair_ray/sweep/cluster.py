@@ -145,6 +145,21 @@ def resolve_resources(
     return cpu, gpu
 
 
+def check_worker_group(workers: int, cpu: float, gpu: float, shape: ClusterShape) -> None:
+    """Raise the ConfigError of a trial of ``workers`` workers (``cpu`` and ``gpu`` each, as resolved
+    for this cluster) that the cluster at its largest can never hold at once: its placement group
+    would wait forever. Unknown sizes (an autoscaler that does not say them) are not judged."""
+    if workers <= 1 or shape.maximum is None:
+        return
+    for name, each in (("CPU", cpu), ("GPU", gpu)):
+        need, have = workers * each, shape.maximum.get(name, 0.0)
+        if each > 0 and need > have:
+            raise ConfigError(
+                f"train.workers_per_trial is {workers}: each network's workers need {need:g} {name} at once "
+                f"({workers} x resources.train.{name.lower()} {each:g}), but {_describe(shape)}"
+            )
+
+
 def _say_waiting(key: str, gpu: float, shape: ClusterShape, say: Callable[[str], None]) -> None:
     """A line for the log when a kept GPU request waits for nodes that the autoscaler has yet to add."""
     if gpu > 0 and shape.current.get("GPU", 0) == 0:

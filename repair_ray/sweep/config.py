@@ -37,7 +37,7 @@ from .designs import branch_points, imp_branch, prunable_weights
 from .imports import Checking, imported_networks, known_files, recorded_networks, training_only_keys
 from .messages import ImportedNetwork
 from .plans import Branch, DatasetSpec, ModelPlan, imported_model_key, model_key, pairing
-from .rules import check_specs, check_sweep_settings, mlflow_installed, warn_skipped_corrections
+from .rules import check_specs, check_sweep_settings, check_workers, mlflow_installed, warn_skipped_corrections
 from .schema import DatasetSection, ModelGrid, Resources, SweepSection, follows_from, validate_section
 from .stacking import stack_size
 
@@ -60,6 +60,8 @@ class SweepConfig:
     checkpoint_every: int
     seeds_per_trial: int | None  # None: auto (see stack_size)
     compile: bool  # train.compile: trials train through torch.compile (not part of a model key)
+    # train.workers_per_trial: workers that train each network data-parallel (Ray Train; not part of a model key)
+    workers_per_trial: int
     models: tuple[ModelPlan, ...]
     pair_settings: PairSettings
     alphas_per_pass: int | None  # eval.alphas_per_pass; None: automatic (see repair_ray.analyse_pair)
@@ -91,8 +93,9 @@ class SweepConfig:
         """How many seeds of ``plan`` a trial trains together, vectorised, when trials get ``gpu``
         GPUs and each slot of the cluster has ``per_slot`` seeds to train (``train.seeds_per_trial``;
         ``auto``: :func:`~repair_ray.sweep.stacking.stack_size`). New networks of ``plan`` train
-        together exactly when it is more than 1 (never for imported networks: they are not trained)."""
-        if plan.is_imported:
+        together exactly when it is more than 1 (never for imported networks, which are not trained, nor
+        for networks trained across several workers)."""
+        if plan.is_imported or self.workers_per_trial > 1:
             return 1
         key = (plan.model_key, gpu, per_slot)
         if key not in self._stack_sizes:  # estimated on the meta device: once per model config
@@ -283,6 +286,7 @@ def _expand(
         problems,
     )
     check_sweep_settings(s, problems)
+    check_workers(s, problems)
     if not s.models:
         problems.append("models: must list at least one model grid")
     stored = checking == "skip"
@@ -347,6 +351,7 @@ def _expand(
         checkpoint_every=s.train.checkpoint_every,
         seeds_per_trial=None if s.train.seeds_per_trial == "auto" else s.train.seeds_per_trial,
         compile=s.train.compile,
+        workers_per_trial=s.train.workers_per_trial,
         models=tuple(plans),
         pair_settings=settings,
         alphas_per_pass=None if s.eval.alphas_per_pass == "auto" else s.eval.alphas_per_pass,
@@ -397,7 +402,7 @@ def _dataset(value: str | DatasetSection, problems: list[str], check_files: bool
 def _train(s: SweepSection, problems: list[str]) -> TrainConfig | None:
     fields = s.train.model_dump()
     fields.pop("compile")  # the sweep's: how trials run, not what they train
-    for key in ("checkpoint_every", "seeds_per_trial"):  # the sweep's, not the core's
+    for key in ("checkpoint_every", "seeds_per_trial", "workers_per_trial"):  # the sweep's, not the core's
         value = fields.pop(key)
         if value != "auto" and value < 1:
             expected = "a positive integer" + (" or auto" if key == "seeds_per_trial" else "")

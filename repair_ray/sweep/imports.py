@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Literal
 
 from ..datasets import dataset_in_shape, dataset_num_classes
@@ -50,7 +50,7 @@ def find_networks(
         if before is not None and before.mtime is not None:
             size, mtime = file_stat(uri)
             if size == before.bytes and mtime == before.mtime:
-                return before
+                return replace(before, seed=content_id(before.sha256))
         found = content_hash(uri)
         return ImportedNetwork(content_id(found.sha256), found.uri, found.sha256, found.bytes, found.mtime)
 

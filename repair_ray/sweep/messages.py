@@ -9,7 +9,8 @@ torch: the model, training and dataset configs travel as the plain dicts that
 - :class:`Trial`: one task of the train stage (a trial: seeds of one model config; a trunk; or a
   network file to import).
 - :class:`ImportedNetwork`: a network file a model config imports instead of training.
-- :class:`EpochReport` and :class:`TrialOutcome`: what a trial task streams back.
+- :class:`TrialStarted`, :class:`EpochReport` and :class:`TrialOutcome`: what a trial task streams back
+  (the first only from a trial of several workers, once they all run).
 - :class:`TrialEnded`: the train stage tells the pair stage (in the driver) that a network ended.
 - :class:`PairContext`: what every pair task of a stage shares (sent to the object store once).
 - :class:`PairJob`: one pair task: which two networks, and which methods its rows still lack.
@@ -82,6 +83,8 @@ class Trial:
     prune_key: Network | None = None  # ... the network that checkpoint is
     imp_rate: float | None = None  # ... and the fraction of surviving weights pruned
     epochs: tuple[int, ...] = ()  # a trunk: the epochs it keeps snapshots of
+    workers: int = 1  # workers that train each network data-parallel (Ray Train), each with threads CPUs
+    worker_gpu: float = 0.0  # ... and this many GPUs (the trial task of several workers holds none itself)
     source: ImportedNetwork | None = None  # an import: the network file
     # an import: (train samples, test samples, subset seed) its row's metrics are measured on
     eval_samples: tuple[int | None, int | None, int] = (None, None, 0)
@@ -110,6 +113,14 @@ class Trial:
             return f"import {self.model_key} network {self.seeds[0]}"
         seeds = ",".join(str(s) for s in self.seeds)
         return f"train {self.model_key} seed{'s' if len(self.seeds) > 1 else ''} {seeds}"
+
+
+@dataclass(frozen=True)
+class TrialStarted:
+    """A trial of several workers has all of them (its placement group is placed) and starts training."""
+
+    model_key: str
+    seeds: tuple[int, ...]
 
 
 @dataclass(frozen=True)

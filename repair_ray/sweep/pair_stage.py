@@ -203,6 +203,7 @@ def run_pair_stage(
     stop: threading.Event | None = None,
     say: Callable[[str], None] = print,
     remote_task: Any = None,
+    workers_wanted: threading.Event | None = None,
 ) -> PairStageSummary:
     """Analyse every pair of the sweep that the tables lack; returns counts.
 
@@ -210,7 +211,9 @@ def run_pair_stage(
     from the ``models`` table). With ``events``, the train stage is still running: it puts a
     :class:`~.messages.TrialEnded` for each network that ends and ``None`` when it is done.
     ``stop`` (set when the driver is interrupted) ends the stage after the tasks in flight, whose
-    rows are written. ``remote_task`` replaces the Ray remote function (tests inject failures with it).
+    rows are written. While ``workers_wanted`` is set (a trial of several workers waits for all of
+    them), no new pair task starts: what the running ones release goes to those workers.
+    ``remote_task`` replaces the Ray remote function (tests inject failures with it).
     """
     import ray
 
@@ -249,12 +252,15 @@ def run_pair_stage(
                     training = False
                 elif event.checkpoint is not None:  # a failed trial releases nothing; its pairs are left out
                     pairs.add_trained({event.network: event.checkpoint})
-            while pairs.ready and len(pending) < limit:
+            held = workers_wanted is not None and workers_wanted.is_set()
+            while pairs.ready and len(pending) < limit and not held:
                 job = pairs.ready.popleft()
                 name = f"pair {job.model_key} {job.seed_a}-{job.seed_b}"
                 pending[named(task, name).remote(context_ref, job)] = job
             writer.flush_if_due()
             if not pending:
+                if held:
+                    time.sleep(0.2)
                 continue
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5 if training else None)
             for ref in ready:

@@ -62,6 +62,35 @@ def check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
         problems.append(f"pairs.first: must be a positive integer, got {s.pairs.first}")
 
 
+def check_workers(s: SweepSection, problems: list[str]) -> None:
+    """The rules of ``train.workers_per_trial`` that hold on any cluster: each network is trained by that
+    many workers, one GPU (or ``resources.train.cpu`` CPUs) each, on slices of one global batch."""
+    n = s.train.workers_per_trial
+    if n <= 1:
+        return
+    key = "train.workers_per_trial"
+    batch = s.train.model_dump().get("batch_size")
+    if isinstance(batch, int) and batch % n:
+        problems.append(
+            f"train.batch_size: must be divisible by {key} ({n}): each worker trains on its slice of the "
+            f"global batch, got {batch}"
+        )
+    if s.train.seeds_per_trial != "auto" and s.train.seeds_per_trial > 1:
+        problems.append(
+            f"train.seeds_per_trial: a network trained across workers ({key} {n}) is not stacked with others; "
+            f"leave seeds_per_trial at auto or 1, got {s.train.seeds_per_trial}"
+        )
+    gpu = s.resources.train.gpu
+    if gpu not in (0, 1):
+        problems.append(f"resources.train.gpu: must be 0 or 1 with {key} {n} (one GPU per worker), got {gpu:g}")
+    for design in ("branch", "imp"):
+        if getattr(s, design) is not None:
+            problems.append(
+                f"{key}: {n} workers per network is not available for {design} studies yet (their trunks train "
+                "on one worker); set it to 1"
+            )
+
+
 def check_specs(
     configs: list[tuple[int, ModelConfig]], dataset: DatasetSpec, settings: PairSettings, problems: list[str]
 ) -> None:

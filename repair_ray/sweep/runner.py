@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..io.tables import compact_tables, write_current_keys
-from .cluster import cluster_shape, connect, resolve_resources
+from .cluster import check_worker_group, cluster_shape, connect, resolve_resources
 from .config import SweepConfig
 from .layout import CONFIG_NAME, NETWORKS_NAME
 from .lease import Lease
@@ -91,11 +91,14 @@ def _run_sweep(
 
 
 def check_resources(config: SweepConfig) -> None:
-    """Raise the ConfigError of a resource request that no node of the cluster can ever hold, before
-    either stage starts (the pair stage runs in a thread and would report it only at the end)."""
+    """Raise the ConfigError of a resource request that no node of the cluster can ever hold, or a
+    trial of several workers that the whole cluster can never hold at once, before either stage
+    starts (the pair stage runs in a thread and would report it only at the end)."""
     shape = cluster_shape()
     for key, spec in (("resources.train", config.resources.train), ("resources.pair", config.resources.pair)):
-        resolve_resources(spec, key, lambda _: None, shape)
+        cpu, gpu = resolve_resources(spec, key, lambda _: None, shape)
+        if key == "resources.train":
+            check_worker_group(config.workers_per_trial, cpu, gpu, shape)
 
 
 def _run_stages(
@@ -108,12 +111,22 @@ def _run_stages(
     trials = plan_trials(config)
     events: queue.Queue[TrialEnded | None] = queue.Queue()
     stop = threading.Event() if stop is None else stop
+    workers_wanted = threading.Event()  # a trial of several workers waits for them: pairs start nothing new
     summaries: list[PairStageSummary] = []
     errors: list[BaseException] = []
 
     def pair_stage() -> None:
         try:
-            summaries.append(run_pair_stage(config, trained=dict(trials.done), events=events, stop=stop, say=say))
+            summaries.append(
+                run_pair_stage(
+                    config,
+                    trained=dict(trials.done),
+                    events=events,
+                    stop=stop,
+                    say=say,
+                    workers_wanted=workers_wanted,
+                )
+            )
         except BaseException as error:  # noqa: BLE001 - re-raised in the main thread below
             errors.append(error)
 
@@ -125,6 +138,7 @@ def _run_stages(
             config,
             trials,
             say=say,
+            workers_wanted=workers_wanted,
             on_trial_done=lambda key, seed, ok: events.put(
                 TrialEnded(Network(key, seed), plans[key].checkpoint(config.root, seed) if ok else None)
             ),

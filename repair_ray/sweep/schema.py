@@ -46,6 +46,8 @@ class _TrainExtras(_Strict):
     checkpoint_every: int = 5  # how often a trial checkpoints
     seeds_per_trial: int | Literal["auto"] = "auto"  # how many seeds of a model config one trial trains together
     compile: bool = False  # trials train through torch.compile
+    # workers that train one network data-parallel (Ray Train's TorchTrainer, DDP), each with resources.train
+    workers_per_trial: int = 1
 
 
 # ``train``: the core's TrainConfig fields (derived from it, so the two never drift apart) plus the

@@ -14,6 +14,7 @@ ends, so pair tasks get them as soon as training no longer fills the cluster.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ from typing import Any
 
 from .cluster import cluster_shape, named, resolve_resources, tasks_in_flight
 from .config import SweepConfig
-from .messages import EpochReport, Trial, TrialOutcome
+from .messages import EpochReport, Trial, TrialOutcome, TrialStarted
 from .planning import TrialPlan, plan_trials
 from .progress import Progress
+from .train_group import make_remote_group_trial_task
 from .train_scheduler import TrialScheduler
 from .train_worker import trial_task
 from .trials import stack_slots, trial_groups, trial_spec, trunk_specs
@@ -59,12 +61,15 @@ def run_train_stage(
     say: Callable[[str], None] = print,
     on_trial_done: Callable[[str, int, bool], None] | None = None,
     remote_task: Any = None,
+    workers_wanted: threading.Event | None = None,
 ) -> TrainStageSummary:
     """Train every (model config, seed) of the sweep that is not done yet; returns counts.
 
     ``on_trial_done(model_key, seed, ok)`` is called as each network ends (the pair stage starts
     that network's pairs at once). ``remote_task`` replaces the Ray remote function (tests inject
-    failures with it).
+    failures with it). ``workers_wanted`` is set while a trial of several workers waits for all of
+    them to be placed: the pair stage starts no new task meanwhile, so the resources that pair tasks
+    release go to the waiting workers, not to the next pairs.
     """
     import ray
 
@@ -80,9 +85,10 @@ def run_train_stage(
 
     shape = cluster_shape()
     cpu, gpu = resolve_resources(config.resources.train, "resources.train", say, shape)
-    limit = tasks_in_flight(config.max_trials_in_flight, cpu, gpu, shape)
+    workers = config.workers_per_trial
+    limit = tasks_in_flight(config.max_trials_in_flight, cpu * workers, gpu * workers, shape)
     groups = trial_groups(todo, config, plan.together, gpu, stack_slots(config, cpu, gpu, shape))
-    trials = [trial_spec(config, model_plan, seeds, cpu, together) for model_plan, seeds, together in groups]
+    trials = [trial_spec(config, model_plan, seeds, cpu, together, gpu) for model_plan, seeds, together in groups]
     trunks = trunk_specs(config, todo, cpu)
     if trunks:
         say(f"[train] {len(trunks)} trunk(s) to train or check before their children branch")
@@ -116,38 +122,62 @@ def run_train_stage(
             on_trial_done(trial.model_key, seed, ok)
 
     scheduler = TrialScheduler(trunks + trials, seed_done)
-    task = remote_task or make_remote_trial_task(cpu, gpu)
+    one = remote_task or make_remote_trial_task(cpu, gpu)
+    group = remote_task or (make_remote_group_trial_task() if workers > 1 else None)
     running: dict[Any, _Running] = {}
+    waiting: set[int] = set()  # trials of several workers not started yet (their workers not all placed)
+
+    def submit(attempt: _Running) -> None:
+        trial = attempt.trial
+        task = group if trial.workers > 1 else one
+        running[named(task, trial.task_name).remote(trial)] = attempt
+        if trial.workers > 1:
+            waiting.add(id(attempt))
+        if workers_wanted is not None and waiting:
+            workers_wanted.set()
+
+    def placed(attempt: _Running) -> None:
+        waiting.discard(id(attempt))
+        if workers_wanted is not None and not waiting:
+            workers_wanted.clear()
+
     try:
         while scheduler.ready or running:
             while scheduler.ready and len(running) < limit:
-                trial = scheduler.ready.popleft()
-                running[named(task, trial.task_name).remote(trial)] = _Running(trial)
+                submit(_Running(scheduler.ready.popleft()))
             ready: list[Any]  # streaming generators (ray.wait's stubs say object refs)
             ready, _ = ray.wait(list(running), num_returns=1)
             for gen in ready:
                 attempt = running.pop(gen)
-                item: EpochReport | TrialOutcome
+                item: TrialStarted | EpochReport | TrialOutcome
                 try:
                     item = ray.get(next(gen))
                 except StopIteration:  # ended without its outcome: cannot happen unless the task is replaced
                     item = TrialOutcome({})
                 except Exception as error:  # noqa: BLE001 - the trial raised, or its worker died
+                    placed(attempt)
                     if attempt.attempts < config.train_retries:
                         attempt.attempts += 1
                         say(f"[train] {attempt.trial.name} failed ({error_text(error)}): retrying from its checkpoint")
-                        running[named(task, attempt.trial.task_name).remote(attempt.trial)] = attempt
+                        submit(attempt)
                     else:
                         scheduler.failed(attempt.trial, error_text(error), error_trace(error))
                     continue
                 if isinstance(item, TrialOutcome):
+                    placed(attempt)
                     scheduler.finished(attempt.trial, {int(k): v for k, v in item.errors.items()})
+                    continue
+                if isinstance(item, TrialStarted):
+                    placed(attempt)
+                    say(f"[train] {attempt.trial.name}: its {attempt.trial.workers} workers are training")
                 else:
                     epoch_done(attempt.trial, item)
-                    running[gen] = attempt  # more to come
+                running[gen] = attempt  # more to come
     finally:
         for gen in running:  # interrupted: the trials in flight stop; they resume from their checkpoints
             ray.cancel(gen, force=True)
+        if workers_wanted is not None:
+            workers_wanted.clear()
     failed = progress.failed
     say(f"[train] done in {time.time() - started:.0f}s: {total - failed} ok, {failed} failed")
     if config.mlflow_uri:  # from the driver, after the fact: see repair_ray.sweep.tracking

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
+
 from ..interpolation import evaluate
 from ..io import storage
 from ..io.checkpoint import CheckpointError, load_checkpoint
@@ -42,17 +44,19 @@ def _reporter(report: Report, seed: int) -> Callable[[int, dict[str, Any]], None
     return lambda epoch, metrics: report(EpochReport(seed, int(epoch), _numbers(metrics)))
 
 
-def run_trial(trial: Trial, report: Report) -> dict[int, str | None]:
+def run_trial(trial: Trial, report: Report, device: torch.device | None = None) -> dict[int, str | None]:
     """Train (or resume, or find finished) the networks of one trial and write their rows; returns
     each seed's error (None: trained). ``report`` gets an :class:`EpochReport` after every epoch.
     With ``together``, the seeds train together, vectorised (:func:`repair_ray.multiseed.train_together`),
     each with its own checkpoint and row; each seed's numbers do not depend on which or how many
-    seeds share its stack.
+    seeds share its stack. ``device`` replaces the one :func:`setup_worker` picks (a worker of a
+    trial of several workers: the GPU Ray Train gave it).
 
     A NaN loss is the seed's ``failed`` row (with the reason); any other error raises (the driver
     retries the trial, which resumes from its checkpoints)."""
     started_at = utc_now()
-    device = setup_worker(trial.threads)
+    chosen = setup_worker(trial.threads)
+    device = chosen if device is None else device
     dataset = cached_dataset(trial.dataset, device)
     lineage = trial.lineage
     uris = [checkpoint_uri(trial.root, trial.model_key, seed) for seed in trial.seeds]
@@ -118,10 +122,14 @@ def _resumable_epoch(uri: str) -> int:
 def _write_result_row(
     trial: Trial, seed: int, result: Any, dataset: Any, device: Any, resumed_from: int, started_at: Any
 ) -> str | None:
-    """Write the ``models`` row of one trained seed (a :class:`TrainResult`); returns its error (None: ok)."""
+    """Write the ``models`` row of one trained seed (a :class:`TrainResult`); returns its error (None: ok).
+
+    Of a network trained by several workers only rank 0 writes (every rank returns the error)."""
     uri = checkpoint_uri(trial.root, trial.model_key, seed)
     ok = result.status == "ok"
     error = None if ok else f"{result.status}: {result.error}"
+    if not _is_first_worker():
+        return error
     extra = {}
     lineage = trial.lineage
     if lineage.get("imp_round") is not None and lineage.get("sparsity") is None and result.state_dict is not None:
@@ -142,10 +150,17 @@ def _write_result_row(
         finished_at=utc_now(),
         checkpoint_bytes=storage.size(uri) if ok else None,
         history_json=json.dumps(result.history) if result.history is not None else None,
+        workers=trial.workers,
         **result.metrics,
         **extra,
     )
     return error
+
+
+def _is_first_worker() -> bool:
+    """Whether this process writes a trial's rows: always, but among a trial's workers only rank 0."""
+    distributed = torch.distributed
+    return not (distributed.is_available() and distributed.is_initialized()) or distributed.get_rank() == 0
 
 
 def run_trunk(trial: Trial, report: Report) -> dict[int, str | None]:

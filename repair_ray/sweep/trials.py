@@ -21,7 +21,12 @@ DEFAULT_STACK = 16  # seeds to a trial when networks trained together are retrai
 
 
 def trial_spec(
-    config: SweepConfig, plan: ModelPlan, seeds: list[int], threads: float, together: bool | None = None
+    config: SweepConfig,
+    plan: ModelPlan,
+    seeds: list[int],
+    threads: float,
+    together: bool | None = None,
+    gpu: float = 0.0,
 ) -> Trial:
     """The trial that trains ``seeds`` of one model config: ``together`` in the vectorised loop
     (default: when there are several) or one by one; for a model config that imports its networks,
@@ -58,6 +63,8 @@ def trial_spec(
         prune_from=prune_from,
         prune_key=prune_key,
         imp_rate=imp_rate,
+        workers=1 if plan.is_imported else config.workers_per_trial,
+        worker_gpu=gpu if config.workers_per_trial > 1 and not plan.is_imported else 0.0,
         source=source,
         eval_samples=(settings.train_samples, getattr(settings, "test_samples", None), settings.subset_seed),
     )
