@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .datasets import TensorData
+from .datasets import ImageFiles, TensorData
 from .hooks import MomentRecorder, Recorders, output_hooks
 
 
@@ -48,7 +48,11 @@ def interpolate_states(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: TensorData, *, batch_size: int = 1000, record: MomentRecorder | Recorders | None = None
+    model: nn.Module,
+    data: TensorData | ImageFiles,
+    *,
+    batch_size: int = 1000,
+    record: MomentRecorder | Recorders | None = None,
 ) -> dict[str, float]:
     """Mean cross-entropy ``loss`` and ``acc`` (fraction correct) of ``model`` on ``data``, in eval mode.
 

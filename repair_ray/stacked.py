@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .correction import batchnorm_names, safe_scale
-from .datasets import TensorData
+from .datasets import ImageFiles, TensorData
 from .hooks import ChannelMoments, Moments, channel_view, channels_last_2d
 
 # A pass should carry at least this much arithmetic before more α join it: below, a GPU waits on
@@ -72,7 +72,7 @@ class AlphaStack:
     @torch.no_grad()
     def correct(
         self,
-        data: TensorData,
+        data: TensorData | ImageFiles,
         *,
         reset: bool,
         targets: Mapping[str, Sequence[Moments]] | None,
@@ -137,7 +137,7 @@ class AlphaStack:
     @torch.no_grad()
     def evaluate(
         self,
-        data: TensorData,
+        data: TensorData | ImageFiles,
         *,
         batch_size: int,
         carried: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
@@ -194,7 +194,7 @@ class AlphaStack:
 
     def _passes(
         self,
-        data: TensorData,
+        data: TensorData | ImageFiles,
         batch_size: int,
         extra: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
         on_output: Callable[[str, torch.Tensor], torch.Tensor | None],

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..correction import correction_plan, has_batchnorm, remove_carried, repair, reset_batchnorm, target_moments
-from ..datasets import TensorData
+from ..datasets import ImageFiles, TensorData
 from ..hooks import MomentRecorder, Moments
 from ..interpolation import evaluate, interpolate_state
 from ..permutation import PermutationSpec
@@ -32,7 +32,7 @@ class CurvePoints:
         self,
         work: nn.Module,
         spec: PermutationSpec,
-        splits: Mapping[str, TensorData],
+        splits: Mapping[str, TensorData | ImageFiles],
         stat_data: TensorData,
         settings: PairSettings,
         clock: Clock,
