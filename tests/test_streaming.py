@@ -392,6 +392,37 @@ def test_a_split_keeps_no_python_object_per_image(folder: Path) -> None:
     assert part.files.nbytes == sum(a.nbytes for a in arrays[:3]) < 90 * 40  # ~11-byte names, two int64 per file
 
 
+def test_a_pair_analysed_on_a_streamed_dataset_gives_the_rows_of_its_loaded_copy(folder: Path) -> None:
+    """analyse_pair decodes the train samples it needs and evaluates the test split as it streams
+    (a subset, flipped): the rows are those of the same images held in memory."""
+    from repair_ray import PairSettings, analyse_pair
+
+    from .helpers import briefly_trained
+
+    stream = streamed(folder, image_size=8)
+    assert isinstance(stream.train, ImageFiles) and isinstance(stream.test, ImageFiles)
+    memory = Dataset("pets", stream.train.load(), stream.test.load(), 3, (3, 8, 8))
+    assert isinstance(memory.train, TensorData)
+    a = briefly_trained("mlp", memory.train, seed=1, steps=10, width=16, depth=2, num_classes=3)
+    b = briefly_trained("mlp", memory.train, seed=2, steps=10, width=16, depth=2, num_classes=3)
+    settings = PairSettings(
+        aligns=("none", "activation"),
+        corrections=("none", "repair"),
+        alphas=3,
+        train_samples=60,
+        stat_samples=30,
+        eval_batch_size=16,
+        test_samples=20,
+        test_flip=True,
+    )
+    rows, expected = analyse_pair(a, b, stream, settings), analyse_pair(a, b, memory, settings)
+    for x, y in zip(rows.curves, expected.curves, strict=True):
+        assert x == y | {"loss": pytest.approx(y["loss"], rel=1e-6)}
+    assert [r["barrier_test_loss"] for r in rows.pairs] == pytest.approx(
+        [r["barrier_test_loss"] for r in expected.pairs]
+    )
+
+
 def test_a_sweep_over_an_image_folder_keys_only_the_options_it_gives() -> None:
     """The new options have defaults that stay out of the dataset's identity: a config that does
     not set them has the model and analysis keys it had before they existed (pinned: computed with

@@ -53,7 +53,9 @@ def analyse_pair(
 
     ``model_a``, ``model_b`` and ``dataset`` must be on the same device. The train curve is
     evaluated on ``settings.train_samples`` of the train split (held in memory: a streamed split's
-    are decoded), the test curve on the test split (streamed or not). A correction applies at
+    are decoded), the test curve on ``settings.test_samples`` of the test split (streamed or not),
+    both drawn with ``settings.subset_seed``; ``settings.test_flip`` evaluates the test split with
+    flip test-time augmentation (the endpoints' ``endpoint_test_*`` too). A correction applies at
     every α of its curve, the endpoints included (as the REPAIR notebooks do: RESET changes a
     trained BatchNorm network's statistics, so the barrier compares corrected with corrected);
     the uncorrected curve's endpoints are the trained networks, evaluated once per pair, and so
@@ -97,7 +99,7 @@ def _analyse_pair(
     memory_share: float,
 ) -> PairResult:
     train_eval = in_memory(dataset.train.subset(settings.train_samples, seed=settings.subset_seed))
-    test = dataset.test
+    test = dataset.test.subset(settings.test_samples, seed=settings.subset_seed)
     if settings.fold_batchnorm:
         # the plain networks the BatchNorm nets compute; their spec comes from their own graph
         model_a, model_b = fold_batchnorm(model_a), fold_batchnorm(model_b)
@@ -131,7 +133,7 @@ def _analyse_pair(
             train_metrics = evaluate(
                 model, train_eval, batch_size=settings.eval_batch_size, record=Recorders(stats, later)
             )
-            test_metrics = evaluate(model, test, batch_size=settings.eval_batch_size)
+            test_metrics = evaluate(model, test, batch_size=settings.eval_batch_size, flip=settings.test_flip)
             moments.append(stats.result())
             layer_moments.append(later.result())
             endpoint["train"] += (train_metrics,)
