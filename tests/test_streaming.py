@@ -450,3 +450,15 @@ def test_a_sweep_over_an_image_folder_keys_only_the_options_it_gives() -> None:
     assert sized[1:] == (["mlp-w16-d2-none-4a7529d6a3"], {"a5-s128-9dc887b9e4"})
     streamed_keys = keys({"name": "imagefolder:/tmp/rr/folder", "load": "stream"})
     assert streamed_keys[0]["options"] == {"load": "stream"} and streamed_keys[1] != plain[1]
+
+
+def test_in_memory_decodes_a_streamed_split_and_memory_only_refuses_it(folder: Path) -> None:
+    from repair_ray.datasets import in_memory, memory_only
+
+    test = streamed(folder, image_size=8).test
+    assert isinstance(test, ImageFiles)
+    loaded = in_memory(test)
+    assert isinstance(loaded, TensorData) and torch.equal(loaded.y, test.labels)
+    assert in_memory(loaded) is loaded and memory_only(loaded, "here") is loaded
+    with pytest.raises(TypeError, match="Trainer.train_epoch needs a split held in memory"):
+        memory_only(test, "Trainer.train_epoch")

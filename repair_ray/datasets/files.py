@@ -124,7 +124,8 @@ _LISTINGS: dict[str, tuple[tuple, FolderListing]] = {}
 def folder_listing(path: Path) -> FolderListing:
     """Both splits of the image folder at ``path`` (its layout checked by the caller), listed once
     per process: a later call lists again only when a split's or class folder's modification time
-    changed (adding or removing a file changes its folder's)."""
+    changed (adding or removing a file changes its folder's; these times tick every few ms, so a
+    change within the tick of the listing goes unseen until the next one)."""
     train_dir, test_dir = path / "train", evaluation_folder(path)
     assert test_dir is not None, f"{path} has no test split"  # imagefolder_missing said so first
     signature = tuple(
