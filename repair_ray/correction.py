@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .datasets import TensorData
+from .datasets import ImageFiles, TensorData
 from .hooks import ChannelMoments, Moments, channel_moments, channel_view, channels_last_2d, output_hooks
 from .names import BATCHNORM_ONLY, CORRECTIONS
 from .permutation.spec import PermutationSpec
@@ -96,7 +96,7 @@ def correction_plan(correction: str, spec: PermutationSpec, *, batchnorm: bool) 
 
 
 def repair_moments(
-    model: nn.Module, data: TensorData, spec: PermutationSpec, *, batch_size: int = 1000
+    model: nn.Module, data: TensorData | ImageFiles, spec: PermutationSpec, *, batch_size: int = 1000
 ) -> dict[str, Moments]:
     """Per-channel mean and std at every point REPAIR corrects, of an endpoint network (one pass)."""
     return channel_moments(model, data, spec.corrected_points, axes=spec.channel_axes, batch_size=batch_size)
@@ -133,7 +133,7 @@ def _fold_affine(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor) ->
 @torch.no_grad()
 def _corrective_pass(
     model: nn.Module,
-    data: TensorData,
+    data: TensorData | ImageFiles,
     *,
     reset: bool,
     targets: Mapping[str, Moments] | None,
@@ -207,7 +207,7 @@ def remove_carried(model: nn.Module) -> nn.Module:
     return model
 
 
-def reset_batchnorm(model: nn.Module, data: TensorData, *, batch_size: int = 1000) -> nn.Module:
+def reset_batchnorm(model: nn.Module, data: TensorData | ImageFiles, *, batch_size: int = 1000) -> nn.Module:
     """RESET: recompute every BatchNorm's running statistics over ``data`` (in place; returns ``model``).
 
     The running mean and variance become the exact mean and population variance of each
@@ -225,7 +225,7 @@ def repair(
     model: nn.Module,
     a: nn.Module | Mapping[str, Moments],
     b: nn.Module | Mapping[str, Moments],
-    data: TensorData,
+    data: TensorData | ImageFiles,
     *,
     alpha: float,
     spec: PermutationSpec,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .datasets import TensorData
+from .datasets import ImageFiles, TensorData
 
 
 def channels_last_2d(x: torch.Tensor, axis: int = 1) -> torch.Tensor:
@@ -100,7 +100,7 @@ def output_hooks(model: nn.Module, names: Sequence[str], hook: Hook) -> Iterator
 @torch.no_grad()
 def channel_moments(
     model: nn.Module,
-    data: TensorData,
+    data: TensorData | ImageFiles,
     names: Sequence[str],
     *,
     axes: Mapping[str, int] | None = None,

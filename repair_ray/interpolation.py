@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .datasets import TensorData
+from .datasets import ImageFiles, TensorData
 from .hooks import MomentRecorder, Recorders, output_hooks
 
 
@@ -48,24 +48,44 @@ def interpolate_states(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: TensorData, *, batch_size: int = 1000, record: MomentRecorder | Recorders | None = None
+    model: nn.Module,
+    data: TensorData | ImageFiles,
+    *,
+    batch_size: int = 1000,
+    record: MomentRecorder | Recorders | None = None,
+    flip: bool = False,
 ) -> dict[str, float]:
     """Mean cross-entropy ``loss`` and ``acc`` (fraction correct) of ``model`` on ``data``, in eval mode.
 
     ``record`` collects channel statistics during the same pass (see :class:`MomentRecorder`).
+    ``flip``: flip test-time augmentation, the logits of a sample are :func:`flip_averaged`. It is
+    an argument of the evaluation, not a property of the data, because it changes how the model
+    is asked (two forward passes per batch), not which samples it is asked about.
+
+    Raises:
+        ValueError: ``record`` and ``flip`` together (each sample would be recorded twice).
     """
     if record is not None:
+        if flip:
+            raise ValueError("evaluate cannot record statistics with flip: each sample would pass twice")
         with output_hooks(model, record.names, record):
             return evaluate(model, data, batch_size=batch_size)
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=data.device)
     correct = torch.zeros((), dtype=torch.int64, device=data.device)
     for x, y in data.batches(batch_size):
-        logits = model(x)
+        logits = flip_averaged(model, x) if flip else model(x)
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
     n = max(len(data), 1)
     return {"loss": float(total_loss) / n, "acc": float(correct) / n}
+
+
+def flip_averaged(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Flip test-time augmentation: ``(forward(x) + forward(x.flip(-1))) / 2``, the logits averaged
+    over the inputs and their mirror images along the last axis (an image's width), as the REPAIR
+    ImageNet notebook evaluates; loss and accuracy are then those of the averaged logits."""
+    return (forward(x) + forward(x.flip(-1))) / 2
 
 
 def _at(alphas: np.ndarray, values: np.ndarray, target: float) -> float:

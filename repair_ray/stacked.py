@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .correction import batchnorm_names, safe_scale
-from .datasets import TensorData
+from .datasets import ImageFiles, TensorData
 from .hooks import ChannelMoments, Moments, channel_view, channels_last_2d
 
 # A pass should carry at least this much arithmetic before more α join it: below, a GPU waits on
@@ -72,7 +72,7 @@ class AlphaStack:
     @torch.no_grad()
     def correct(
         self,
-        data: TensorData,
+        data: TensorData | ImageFiles,
         *,
         reset: bool,
         targets: Mapping[str, Sequence[Moments]] | None,
@@ -137,19 +137,24 @@ class AlphaStack:
     @torch.no_grad()
     def evaluate(
         self,
-        data: TensorData,
+        data: TensorData | ImageFiles,
         *,
         batch_size: int,
         carried: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
         axes: Mapping[str, int] | None = None,
         record: tuple[Sequence[str], int, int] | None = None,
+        flip: bool = False,
     ) -> tuple[list[dict[str, float]], dict[str, list[Moments]]]:
         """Each network's mean cross-entropy ``loss`` and ``acc`` on ``data`` (eval mode), as
         :func:`~repair_ray.interpolation.evaluate` gives them, with ``carried`` affines applied.
 
         ``record`` = (points, start, stop): also the moments of those points' outputs over samples
         ``[start, stop)`` of the pass, in every network (a :class:`~repair_ray.hooks.MomentRecorder`).
+        ``flip``: flip test-time augmentation (:func:`~repair_ray.interpolation.flip_averaged`
+        logits), as ``evaluate(..., flip=True)``; not with ``record``.
         """
+        if flip and record is not None:
+            raise ValueError("AlphaStack.evaluate cannot record statistics with flip: each sample would pass twice")
         axes = dict(axes or {})
         carried = dict(carried or {})
         points, start, stop = record if record is not None else ((), 0, 0)
@@ -171,7 +176,7 @@ class AlphaStack:
         correct = torch.zeros(self.size, dtype=torch.int64, device=data.device)
         names = list(dict.fromkeys([*carried, *recorded]))
         self.skeleton.eval()
-        for collected, logits, y in self._passes(data, batch_size, carried, on_output, names):
+        for collected, logits, y in self._passes(data, batch_size, carried, on_output, names, flip=flip):
             per_sample = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(self.size), reduction="none")
             total_loss += per_sample.view(self.size, -1).sum(1).double()
             correct += (logits.argmax(-1) == y).sum(1)
@@ -194,19 +199,23 @@ class AlphaStack:
 
     def _passes(
         self,
-        data: TensorData,
+        data: TensorData | ImageFiles,
         batch_size: int,
         extra: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
         on_output: Callable[[str, torch.Tensor], torch.Tensor | None],
         outputs: Sequence[str],
         on_input: Callable[[str, torch.Tensor], None] | None = None,
         inputs: Sequence[str] = (),
+        *,
+        flip: bool = False,
     ) -> Iterator[tuple[dict[str, tuple[torch.Tensor, torch.Tensor, int]], torch.Tensor, torch.Tensor]]:
         """Every network on every batch of ``data``: (what the hooks collected, logits [K, B, classes], labels).
 
         ``on_output(name, y)`` sees (and may replace) each named module's output, ``on_input`` each
         named module's input, both per network; ``extra`` holds per-network tensors ([K, ...]) the
-        hooks read as ``self._state["extra"]`` (inside the program: one network's slice).
+        hooks read as ``self._state["extra"]`` (inside the program: one network's slice). ``flip``:
+        the logits are :func:`~repair_ray.interpolation.flip_averaged` (what the hooks collected is
+        the unflipped pass's).
         """
         state = self._state
 
@@ -221,6 +230,9 @@ class AlphaStack:
             for x, y in data.batches(batch_size):
                 logits, collected = run(self.tensors, dict(extra), x)
                 counts = state["counts"]
+                if flip:
+                    mirrored, _ = run(self.tensors, dict(extra), x.flip(-1))
+                    logits = (logits + mirrored) / 2  # flip_averaged's arithmetic, per network
                 yield {k: (s, ss, counts[k]) for k, (s, ss) in collected.items()}, logits, y
                 state["offset"] += len(y)
         state.clear()

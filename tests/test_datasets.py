@@ -248,12 +248,9 @@ def test_registry_agrees_with_the_loaded_dataset(case: str, tmp_path: Path, mnis
     dataset = load_dataset(name, root=root, **options)
     in_shape = tuple(dataset.train.x.shape[1:])
     assert dataset_in_shape(name, options) == dataset.in_shape == in_shape == tuple(dataset.test.x.shape[1:])
-    sizes = split_sizes(name, options)
-    if case == "imagefolder":
-        assert sizes is None and dataset_num_classes(name, options) is None  # only the files tell
-    else:
-        assert sizes == (len(dataset.train), len(dataset.test))
-        assert dataset_num_classes(name, options) == dataset.num_classes
+    # an image folder on this machine is listed: its sizes and classes are known without decoding
+    assert split_sizes(name, options) == (len(dataset.train), len(dataset.test))
+    assert dataset_num_classes(name, options) == dataset.num_classes
     assert int(dataset.train.y.max()) < dataset.num_classes and int(dataset.test.y.max()) < dataset.num_classes
     assert dataset_options(name) == tuple(DATASETS[case.split("-")[0]].options)
 
@@ -262,8 +259,9 @@ def test_registry_defaults_are_the_loaders_keyword_defaults() -> None:
     signature = inspect.signature(make_synthetic).parameters
     assert DATASETS["synthetic"].defaults == {option: p.default for option, p in signature.items()}
     assert dataset_options("synthetic") == ("shape", "num_classes", "train_size", "test_size", "seed")
-    assert dataset_options("imagefolder:/anywhere") == ("image_size",)
+    assert dataset_options("imagefolder:/anywhere") == ("image_size", "load", "resize_size", "mean", "std")
     assert dataset_in_shape("imagefolder:/anywhere") == (3, 32, 32)
+    assert split_sizes("imagefolder:/anywhere") is None and dataset_num_classes("imagefolder:/anywhere") is None
     assert split_sizes("synthetic", {"test_size": 7}) == (2048, 7)
     assert split_sizes("cifar10") == (50000, 10000) and dataset_num_classes("cifar100") == 100
 

@@ -27,3 +27,34 @@ def test_the_package_keeps_every_name_the_sweep_and_tests_import():
         "sample_forwards",
     ):
         assert hasattr(pair, name), name
+
+
+def test_the_analysis_keys_of_default_settings_are_pinned():
+    """test_samples and test_flip joined the settings later (LATER_FIELDS): at their defaults every
+    key computed before them stays the same (these were computed before they existed)."""
+    from repair_ray.sweep.planning import analysis_key
+
+    mnist = {"name": "mnist", "options": {}}
+    imagenet = {"name": "imagefolder:/data/imagenet", "options": {"image_size": 224}}
+    assert analysis_key(PairSettings(), mnist) == "a21-s5000-b5ca330cc8"
+    assert analysis_key(PairSettings(), imagenet, "weight") == "a21-s5000-3707a01bf6"
+    explicit = PairSettings(test_samples=None, test_flip=False)
+    assert analysis_key(explicit, mnist) == "a21-s5000-b5ca330cc8"
+    keys = {analysis_key(PairSettings(**s), mnist) for s in ({"test_samples": 5000}, {"test_flip": True}, {})}
+    assert len(keys) == 3  # set away from the default, each makes its own rows
+
+
+def test_test_samples_and_test_flip_are_checked():
+    import pytest
+
+    from repair_ray.errors import SettingError
+
+    with pytest.raises(SettingError) as info:
+        PairSettings(test_samples=0, test_flip="yes")
+    assert dict(info.value.problems) == {
+        "test_samples": "must be a positive integer (or None for the whole split), got 0",
+        "test_flip": "must be true or false, got 'yes'",
+    }
+    with pytest.raises(SettingError, match="test_samples"):
+        PairSettings(test_samples=True)
+    assert PairSettings(test_samples=5000, test_flip=True).test_samples == 5000

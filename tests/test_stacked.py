@@ -10,8 +10,8 @@ import torch
 
 from repair_ray import PairSettings, analyse_pair, evaluate, interpolate_state
 from repair_ray.correction import repair, reset_batchnorm, target_moments
-from repair_ray.datasets import Dataset
-from repair_ray.hooks import channel_moments
+from repair_ray.datasets import Dataset, TensorData
+from repair_ray.hooks import MomentRecorder, channel_moments
 from repair_ray.stacked import AlphaStack, auto_alphas_per_pass, chunks, interpolated_tensors
 
 from .helpers import briefly_trained, prototype_data
@@ -73,6 +73,103 @@ def test_several_alphas_per_pass_give_the_rows_of_one_alpha_at_a_time(arch, kwar
         assert (x["alphas_per_pass"], y["alphas_per_pass"]) == (1, 3)
         for key in ("barrier_test_loss", "barrier_train_loss", "midpoint_test_loss", "midpoint_barrier_test_loss"):
             _close(x[key], y[key], f"{key} {x['align']}/{x['correction']}", rel=1e-4, abs_=1e-5)
+
+
+def _same_rows(one, many, what: str) -> None:
+    for x, y in zip(one.curves, many.curves, strict=True):
+        where = f"{what}: {x['align']}/{x['correction']} {x['split']} α={x['alpha']}"
+        assert (x["align"], x["correction"], x["split"], x["alpha"]) == (
+            y["align"],
+            y["correction"],
+            y["split"],
+            y["alpha"],
+        )
+        _close(x["loss"], y["loss"], f"loss {where}")
+        assert abs(x["acc"] - y["acc"]) <= 1.0 / 40 + 1e-12, f"acc {where}"
+
+
+@pytest.mark.parametrize("arch,kwargs,shape", [NETS[1], NETS[3]], ids=["mlp-bn", "resnet20"])
+def test_flip_tta_on_a_test_subset_gives_the_same_rows_on_both_paths(arch, kwargs, shape):
+    a, b, data = _pair(arch, kwargs, shape)
+    settings = PairSettings(
+        aligns=("none", "activation"),
+        corrections=("none", "reset", "repair"),
+        alphas=5,
+        train_samples=128,
+        stat_samples=64,
+        stat_batch_size=32,
+        eval_batch_size=24,
+        test_samples=40,
+        test_flip=True,
+    )
+    one = analyse_pair(a, b, data, settings, alphas_per_pass=1)
+    many = analyse_pair(a, b, data, settings, alphas_per_pass=3)
+    _same_rows(one, many, "flip")
+    plain = analyse_pair(a, b, data, PairSettings(**{**_fields(settings), "test_flip": False}), alphas_per_pass=3)
+    flipped_test = [r["loss"] for r in many.curves if r["split"] == "test"]
+    assert flipped_test != pytest.approx([r["loss"] for r in plain.curves if r["split"] == "test"], rel=1e-4)
+    # the train split is never flipped
+    assert [r["loss"] for r in many.curves if r["split"] == "train"] == [
+        r["loss"] for r in plain.curves if r["split"] == "train"
+    ]
+
+
+def _fields(settings: PairSettings) -> dict:
+    from dataclasses import asdict
+
+    return asdict(settings)
+
+
+@pytest.mark.parametrize("per_pass", [1, 3])
+def test_flip_tta_changes_nothing_on_mirror_symmetric_inputs(per_pass):
+    a, b, data = _pair("mlp", {"width": 24, "depth": 2, "norm": "batch"}, (1, 6, 6))
+    symmetric = TensorData((data.test.x + data.test.x.flip(-1)) / 2, data.test.y)
+    data = Dataset("toy", data.train, symmetric, 10, (1, 6, 6))
+    settings = {"aligns": ("none", "weight"), "corrections": ("none", "repair"), "alphas": 5}
+    sizes = {"train_samples": 96, "stat_samples": 48, "eval_batch_size": 32}
+    flipped = analyse_pair(a, b, data, PairSettings(**settings, **sizes, test_flip=True), alphas_per_pass=per_pass)
+    plain = analyse_pair(a, b, data, PairSettings(**settings, **sizes), alphas_per_pass=per_pass)
+    for x, y in zip(flipped.curves, plain.curves, strict=True):
+        assert (x["loss"], x["acc"]) == (y["loss"], y["acc"]), x  # (l + l) / 2 is l exactly
+
+
+@pytest.mark.parametrize("per_pass", [1, 3])
+def test_test_samples_evaluates_the_test_curve_on_exactly_that_subset(per_pass):
+    a, b, data = _pair("mlp", {"width": 24, "depth": 2, "norm": "batch"}, (1, 6, 6))
+    settings = PairSettings(
+        aligns=("none",),
+        corrections=("none",),
+        alphas=3,
+        train_samples=96,
+        stat_samples=48,
+        test_samples=37,
+        subset_seed=5,
+    )
+    result = analyse_pair(a, b, data, settings, alphas_per_pass=per_pass)
+    subset = data.test.subset(37, seed=5)
+    for model, suffix, alpha in ((a, "a", 0.0), (b, "b", 1.0)):
+        expected = evaluate(model, subset, batch_size=settings.eval_batch_size)
+        assert result.pairs[0][f"endpoint_test_acc_{suffix}"] == expected["acc"]
+        assert result.pairs[0][f"endpoint_test_loss_{suffix}"] == expected["loss"]
+        (row,) = [r for r in result.curves if r["split"] == "test" and r["alpha"] == alpha]
+        assert (row["loss"], row["acc"]) == (expected["loss"], expected["acc"])
+    assert expected != evaluate(b, data.test, batch_size=settings.eval_batch_size)  # the subset mattered
+    flip = PairSettings(**{**_fields(settings), "test_flip": True})
+    flipped = analyse_pair(a, b, data, flip, alphas_per_pass=per_pass)
+    assert flipped.pairs[0]["endpoint_test_loss_a"] == evaluate(a, subset, batch_size=1000, flip=True)["loss"]
+
+
+def test_evaluate_averages_the_logits_of_each_input_and_its_mirror():
+    a, _, data = _pair("resnet20", {"width": 1, "norm": "batch"}, (3, 8, 8), n=64)
+    flipped = evaluate(a, data.test, batch_size=10, flip=True)
+    with torch.no_grad():
+        logits = (a(data.test.x) + a(data.test.x.flip(-1))) / 2
+    expected = torch.nn.functional.cross_entropy(logits, data.test.y).item()
+    assert flipped["loss"] == pytest.approx(expected, rel=1e-5)
+    assert flipped["acc"] == (logits.argmax(1) == data.test.y).float().mean().item()
+    assert flipped["loss"] != pytest.approx(evaluate(a, data.test)["loss"], rel=1e-4)
+    with pytest.raises(ValueError, match="flip"):
+        evaluate(a, data.test, flip=True, record=MomentRecorder(["fc"], 8))
 
 
 def test_a_stack_repairs_each_network_to_its_own_target():

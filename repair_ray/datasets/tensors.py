@@ -1,17 +1,46 @@
-"""The in-memory types every dataset loader produces: tensors on the compute device, no DataLoader workers.
+"""The types every dataset loader produces: in-memory splits (:class:`TensorData`) and the dataset.
 
-Datasets of this project are small enough (MNIST, CIFAR, test-sized synthetic data) to live
-whole on the device that trains on them, so batches are slices of one tensor rather than the
-output of worker processes. :func:`normalise` and :func:`standardise` are the per-channel
-normalisation the loaders share.
+Small datasets (MNIST, CIFAR, test-sized synthetic data, small image folders) live whole on the
+device that trains on them, so batches are slices of one tensor rather than the output of worker
+processes. A large image folder's splits are :class:`~.streaming.ImageFiles` instead, read from
+disk by DataLoader workers; :class:`Dataset` holds either kind. :func:`normalise` and
+:func:`standardise` are the per-channel normalisation the loaders share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+from ..errors import is_int
+
+if TYPE_CHECKING:
+    from .streaming import ImageFiles
+
+
+def check_rank(rank: int, world: int) -> None:
+    """Raise ValueError unless ``world`` is a positive integer and ``rank`` one of ``0 .. world-1``."""
+    if not (is_int(world) and world >= 1):
+        raise ValueError(f"world must be a positive integer, got {world!r}")
+    if not (is_int(rank) and 0 <= rank < world):
+        raise ValueError(f"rank must be an integer in [0, {world}), got {rank!r}")
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """``[start, stop)`` of rank ``rank``'s contiguous part when ``n`` samples are split ``world``
+    ways: the parts cover every sample once, in order, and their sizes differ by at most one (the
+    first ``n % world`` ranks take one more).
+
+    Raises:
+        ValueError: ``world`` is not a positive integer or ``rank`` not in ``[0, world)``.
+    """
+    check_rank(rank, world)
+    size, extra = divmod(n, world)
+    start = rank * size + min(rank, extra)
+    return start, start + size + (1 if rank < extra else 0)
 
 
 @dataclass
@@ -48,6 +77,11 @@ class TensorData:
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].to(self.device)
         return TensorData(self.x[idx], self.y[idx])
 
+    def shard(self, rank: int, world: int) -> TensorData:
+        """Rank ``rank``'s contiguous part of ``world`` (for sharded evaluation; see :func:`shard_bounds`)."""
+        start, stop = shard_bounds(len(self), rank, world)
+        return TensorData(self.x[start:stop], self.y[start:stop])
+
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Consecutive batches in order, the last one possibly smaller."""
         for start in range(0, len(self), batch_size):
@@ -56,17 +90,40 @@ class TensorData:
 
 @dataclass
 class Dataset:
-    """A classification dataset held in memory: normalised train and test tensors plus their shape."""
+    """A classification dataset: normalised train and test splits, each in memory (:class:`TensorData`)
+    or streamed from disk (:class:`~.streaming.ImageFiles`), plus the input shape."""
 
     name: str
-    train: TensorData
-    test: TensorData
+    train: TensorData | ImageFiles
+    test: TensorData | ImageFiles
     num_classes: int
     in_shape: tuple[int, int, int]
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the train split is read from disk (:class:`~.streaming.ImageFiles`) rather than held in memory."""
+        return not isinstance(self.train, TensorData)
+
     def to(self, device: str | torch.device) -> Dataset:
-        """The same dataset with both splits on ``device``."""
+        """The same dataset with both splits on ``device`` (a streamed split's batches land there; no data moves)."""
         return Dataset(self.name, self.train.to(device), self.test.to(device), self.num_classes, self.in_shape)
+
+
+def in_memory(split: TensorData | ImageFiles) -> TensorData:
+    """``split`` as tensors: itself when in memory, else decoded (:meth:`~.streaming.ImageFiles.load`)."""
+    return split if isinstance(split, TensorData) else split.load()
+
+
+def memory_only(split: TensorData | ImageFiles, user: str) -> TensorData:
+    """``split`` itself where ``user`` (a function or class, for the message) indexes tensors and a
+    streamed split cannot serve.
+
+    Raises:
+        TypeError: ``split`` is streamed from disk.
+    """
+    if isinstance(split, TensorData):
+        return split
+    raise TypeError(f"{user} needs a split held in memory (TensorData), got {split!r}")
 
 
 class DatasetNotFoundError(FileNotFoundError):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..datasets import TensorData
+from ..datasets import TensorData, memory_only
 from ..training import NonFiniteLossError, Trainer, augment_batch, compiled, make_optimizer
 from .precision import Bfloat16Matmuls
 
@@ -110,7 +110,8 @@ class Stack:
         back to the snapshot and replays the window step by step, so a failing seed is still left
         exactly before its failing step, with the same error, and the others go on."""
         trainers, first = list(self.trainers), self.trainers[0]
-        train, batch_size, steps = first.dataset.train, self.config.batch_size, first.steps_per_epoch
+        train = memory_only(first.dataset.train, "training seeds together")
+        batch_size, steps = self.config.batch_size, first.steps_per_epoch
         device = train.x.device
         alive = list(range(len(trainers)))  # the trainers (indices) of the stack's rows
         order = torch.stack([torch.randperm(len(train), generator=t.generator) for t in trainers]).to(device)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..datasets import memory_only
 from ..training import NonFiniteLossError, Trainer, TrainResult
 from .stack import SHARED_STATE, Stack, StackedForward
 
@@ -121,7 +122,10 @@ def _has_batchnorm(model: torch.nn.Module) -> bool:
 
 
 def _same_data(a: Trainer, b: Trainer) -> bool:
-    x, y = a.dataset.train, b.dataset.train
+    x, y = (
+        memory_only(a.dataset.train, "training seeds together"),
+        memory_only(b.dataset.train, "training seeds together"),
+    )
     if a.dataset.name != b.dataset.name or x.x.shape != y.x.shape:
         return False
     same_memory = x.x.data_ptr() == y.x.data_ptr() and x.y.data_ptr() == y.y.data_ptr()

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..datasets import TensorData
+from ..datasets import ImageFiles, TensorData, in_memory
 from ..hooks import Moments
 from ..permutation import (
     PermutationSpec,
@@ -32,14 +32,17 @@ def permute_moments(
     return out
 
 
-def learned_data(settings: PairSettings, method: str, train: TensorData, stat_data: TensorData) -> TensorData:
+def learned_data(
+    settings: PairSettings, method: str, train: TensorData | ImageFiles, stat_data: TensorData
+) -> TensorData:
     """The training samples a learned matching (``ste``, ``sinkhorn``) learns on: the statistics
     samples by default, else the first ``samples`` of the training split in the subset seed's
-    order (the statistics samples are the first of those), or all of it."""
+    order (the statistics samples are the first of those), or all of it; in memory (a streamed
+    split's samples are decoded: the matchings draw minibatches by index)."""
     samples = getattr(settings, f"{method}_samples")
     if samples is None:
         return stat_data
-    return train if samples == "all" else train.subset(samples, seed=settings.subset_seed)
+    return in_memory(train if samples == "all" else train.subset(samples, seed=settings.subset_seed))
 
 
 def learned_steps(settings: PairSettings, method: str, n_samples: int) -> tuple[int, int]:
@@ -59,7 +62,7 @@ def align_permutation(
     model_b: nn.Module,
     stat_data: TensorData,
     settings: PairSettings,
-    train: TensorData | None = None,
+    train: TensorData | ImageFiles | None = None,
 ) -> dict[str, torch.Tensor]:
     device = next(model_a.parameters()).device
     weight_options = {"start": settings.weight_matching_start, "restarts": settings.weight_matching_restarts}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..correction import has_batchnorm, target_moments
-from ..datasets import Dataset
+from ..datasets import Dataset, in_memory
 from ..errors import is_int
 from ..hooks import MomentRecorder, Moments, Recorders, std_ratio, variance_ratio
 from ..interpolation import barrier_metrics, evaluate
@@ -51,7 +51,11 @@ def analyse_pair(
 ) -> PairResult:
     """Align B to A by each method, evaluate each correction along the α grid, compute barriers.
 
-    ``model_a``, ``model_b`` and ``dataset`` must be on the same device. A correction applies at
+    ``model_a``, ``model_b`` and ``dataset`` must be on the same device. The train curve is
+    evaluated on ``settings.train_samples`` of the train split (held in memory: a streamed split's
+    are decoded), the test curve on ``settings.test_samples`` of the test split (streamed or not),
+    both drawn with ``settings.subset_seed``; ``settings.test_flip`` evaluates the test split with
+    flip test-time augmentation (the endpoints' ``endpoint_test_*`` too). A correction applies at
     every α of its curve, the endpoints included (as the REPAIR notebooks do: RESET changes a
     trained BatchNorm network's statistics, so the barrier compares corrected with corrected);
     the uncorrected curve's endpoints are the trained networks, evaluated once per pair, and so
@@ -94,14 +98,15 @@ def _analyse_pair(
     alphas_per_pass: int | None,
     memory_share: float,
 ) -> PairResult:
+    train_eval = in_memory(dataset.train.subset(settings.train_samples, seed=settings.subset_seed))
+    test = dataset.test.subset(settings.test_samples, seed=settings.subset_seed)
     if settings.fold_batchnorm:
         # the plain networks the BatchNorm nets compute; their spec comes from their own graph
         model_a, model_b = fold_batchnorm(model_a), fold_batchnorm(model_b)
-        spec = derive_spec(model_a, dataset.train.x[:2])
+        spec = derive_spec(model_a, train_eval.x[:2])
     spec = spec if spec is not None else permutation_spec(model_a)
-    train_eval = dataset.train.subset(settings.train_samples, seed=settings.subset_seed)
     stat_data = train_eval.head(settings.stat_samples)
-    splits = {"train": train_eval, "test": dataset.test}
+    splits = {"train": train_eval, "test": test}
     alphas = sorted(float(a) for a in settings.alpha_points)
     result = PairResult()
     say = progress or (lambda _msg: None)
@@ -128,7 +133,7 @@ def _analyse_pair(
             train_metrics = evaluate(
                 model, train_eval, batch_size=settings.eval_batch_size, record=Recorders(stats, later)
             )
-            test_metrics = evaluate(model, dataset.test, batch_size=settings.eval_batch_size)
+            test_metrics = evaluate(model, test, batch_size=settings.eval_batch_size, flip=settings.test_flip)
             moments.append(stats.result())
             layer_moments.append(later.result())
             endpoint["train"] += (train_metrics,)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..correction import correction_plan, has_batchnorm, remove_carried, repair, reset_batchnorm, target_moments
-from ..datasets import TensorData
+from ..datasets import ImageFiles, TensorData
 from ..hooks import MomentRecorder, Moments
 from ..interpolation import evaluate, interpolate_state
 from ..permutation import PermutationSpec
@@ -21,6 +21,9 @@ from .settings import PairSettings
 
 class CurvePoints:
     """The metrics of one correction's curve at every α: ``{α: {split: metrics, "layers": moments at 0.5}}``.
+
+    The ``test`` split is evaluated with flip test-time augmentation when ``settings.test_flip``
+    says so (:meth:`flips`); the ``train`` split never is (its pass also records statistics).
 
     ``per_pass`` α at a time: one (today's reference path: the interpolated network loaded,
     corrected and evaluated α by α) or several as one vmapped program (:mod:`repair_ray.stacked`),
@@ -32,7 +35,7 @@ class CurvePoints:
         self,
         work: nn.Module,
         spec: PermutationSpec,
-        splits: Mapping[str, TensorData],
+        splits: Mapping[str, TensorData | ImageFiles],
         stat_data: TensorData,
         settings: PairSettings,
         clock: Clock,
@@ -69,6 +72,10 @@ class CurvePoints:
                 out.update(self._stacked(correction, state_a, state_b, moments_b, chunk))
         return out
 
+    def flips(self, split: str) -> bool:
+        """Whether ``split`` is evaluated with flip test-time augmentation: the test split when the settings ask."""
+        return split == "test" and self.settings.test_flip
+
     def _one(
         self,
         correction: str,
@@ -89,7 +96,9 @@ class CurvePoints:
         with self.clock("eval"):
             for split, data in self.splits.items():
                 record = recorder if split == "train" else None
-                measured[split] = evaluate(work, data, batch_size=settings.eval_batch_size, record=record)
+                measured[split] = evaluate(
+                    work, data, batch_size=settings.eval_batch_size, record=record, flip=self.flips(split)
+                )
         if recorder is not None:
             measured["layers"] = recorder.result()
         return measured
@@ -126,7 +135,12 @@ class CurvePoints:
             for split, data in self.splits.items():
                 record = self.record if split == "train" and 0.5 in alphas else None
                 metrics, moments = stack.evaluate(
-                    data, batch_size=settings.eval_batch_size, carried=carried, axes=spec.channel_axes, record=record
+                    data,
+                    batch_size=settings.eval_batch_size,
+                    carried=carried,
+                    axes=spec.channel_axes,
+                    record=record,
+                    flip=self.flips(split),
                 )
                 for k, alpha in enumerate(alphas):
                     out[alpha][split] = metrics[k]

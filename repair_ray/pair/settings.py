@@ -74,7 +74,7 @@ PRECISIONS = ("fp32", "tf32")
 ANALYSIS_VERSION = 3
 # PairSettings fields added after rows were keyed by the others: out of the analysis key at these
 # defaults, so the rows computed before them stay current
-LATER_FIELDS = {"precision": "fp32"}
+LATER_FIELDS = {"precision": "fp32", "test_samples": None, "test_flip": False}
 MAX_ALPHAS = 1001  # a finer grid costs a forward pass per point and pair without changing a barrier
 
 
@@ -124,6 +124,12 @@ class PairSettings:
     corrections: Sequence[str] = ("none", "repair")
     alphas: int | Sequence[float] = 21
     train_samples: int | None = 10000  # training samples on which the train curve is evaluated
+    # test samples on which the test curve is evaluated (None: the whole test split; else a subset
+    # drawn with subset_seed, as the train samples are)
+    test_samples: int | None = None
+    # flip test-time augmentation on the test split: logits averaged over each image and its mirror
+    # (the REPAIR ImageNet notebook evaluates val5k so); the train split is never flipped
+    test_flip: bool = False
     stat_samples: int = 5000  # training samples for matching and REPAIR/RESET statistics
     stat_batch_size: int = 1000
     eval_batch_size: int = 1000
@@ -179,10 +185,12 @@ class PairSettings:
             object.__setattr__(self, "alphas", alpha_grid(self.alphas))
         except ValueError as error:
             problems.add("alphas", str(error))
-        if self.train_samples is not None and not (is_int(self.train_samples) and self.train_samples >= 1):
-            problems.add(
-                "train_samples", f"must be a positive integer (or None for the whole split), got {self.train_samples!r}"
-            )
+        for name in ("train_samples", "test_samples"):
+            value = getattr(self, name)
+            if value is not None and not (is_int(value) and value >= 1):
+                problems.add(name, f"must be a positive integer (or None for the whole split), got {value!r}")
+        if not isinstance(self.test_flip, bool):
+            problems.add("test_flip", f"must be true or false, got {self.test_flip!r}")
         for name in ("ste_lr", "sinkhorn_lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..datasets import TensorData
+from ..datasets import ImageFiles, TensorData
 from ..hooks import channels_last_2d, output_hooks
 from .ops import Permutation, linear_sum_assignment, sum_tensors
 from .spec import PermutationSpec, SpecError
@@ -48,7 +48,7 @@ def correlation_matrices(
     spec: PermutationSpec,
     model_a: nn.Module,
     model_b: nn.Module,
-    data: TensorData,
+    data: TensorData | ImageFiles,
     *,
     batch_size: int = 500,
 ) -> dict[str, torch.Tensor]:
@@ -79,7 +79,7 @@ def activation_matching(
     spec: PermutationSpec,
     model_a: nn.Module,
     model_b: nn.Module,
-    data: TensorData,
+    data: TensorData | ImageFiles,
     *,
     num_samples: int | None = None,
     batch_size: int = 500,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..datasets import Dataset
+from ..datasets import Dataset, memory_only
 from ..interpolation import evaluate
 from ..io import storage
 from ..models import ModelConfig
@@ -146,7 +146,7 @@ class Trainer(Checkpointing):
         config = self.train_config
         if self.epoch >= config.epochs:
             raise RuntimeError(f"all {config.epochs} epochs of this run are done")
-        train = self.dataset.train
+        train = memory_only(self.dataset.train, "Trainer.train_epoch")
         self.model.train()
         started = time.perf_counter()
         order = torch.randperm(len(train), generator=self.generator).to(self.device)
