@@ -79,7 +79,8 @@ def _case(name: str, a, b, dataset, settings: PairSettings, repeats: int) -> dic
 
 
 def run(quick: bool = False, device: str = "cpu", threads: int = 1) -> list[dict[str, Any]]:
-    """Time one pair of the quickstart MLP and one of ResNet20 x4 on CIFAR-shaped synthetic data."""
+    """Time one pair of the quickstart MLP, one of ResNet20 x4 on CIFAR-shaped synthetic data and one
+    of ResNet-50 at 224 px (ImageNet-shaped synthetic data)."""
     torch.set_num_threads(threads)
     rows = []
     # 1. the quickstart's MLP (width 128, depth 4) on MNIST, trained as the quickstart trains it
@@ -116,7 +117,28 @@ def run(quick: bool = False, device: str = "cpu", threads: int = 1) -> list[dict
         eval_batch_size=100,
     )
     rows.append(_case("ResNet20 x4 BN, synthetic 32x32x3", a, b, cifar, resnet, 1))
+    # 3. ResNet-50 (torchvision) at 224 px, the REPAIR paper's ImageNet network (random init: timing only)
+    rows.append(_resnet50(device, quick))
     return rows
+
+
+def _resnet50(device: str, quick: bool) -> dict[str, Any]:
+    """One ResNet-50 pair at 224 px with the ImageNet study's methods (activation matching, RESET,
+    REPAIR), on few samples: what a pair costs against the forward passes it needs at least."""
+    n = 16 if quick else 32
+    data = make_synthetic(shape=(3, 224, 224), num_classes=1000, train_size=2 * n, test_size=n).to(device)
+    torch.manual_seed(0)
+    a, b = (ModelConfig("torchvision:resnet50").build(1000, (3, 224, 224)).to(device).eval() for _ in range(2))
+    settings = PairSettings(
+        aligns=("none", "activation"),
+        corrections=("none", "reset", "repair"),
+        alphas=(0.0, 0.5, 1.0),
+        train_samples=n,
+        stat_samples=n // 2,
+        stat_batch_size=n // 2,
+        eval_batch_size=n // 2,
+    )
+    return _case("ResNet-50 (torchvision) BN, synthetic 224x224x3", a, b, data, settings, 1)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

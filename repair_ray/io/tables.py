@@ -89,6 +89,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("imported", pa.bool_()),
         ("checkpoint_sha256", _STR),
         ("workers", _INT),  # workers that trained it data-parallel (train.workers_per_trial; null: before it)
+        ("data_path", _STR),  # memory: the dataset held in memory; stream: its images read from disk as needed
     ),
     "pairs": _schema(
         *_IDS,
@@ -134,6 +135,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("source_b", _STR),
         ("sha256_a", _STR),
         ("sha256_b", _STR),
+        ("data_path", _STR),  # memory | stream: how the pair's samples were read (streamed: decoded once per worker)
     ),
     "curves": _schema(
         *_IDS,

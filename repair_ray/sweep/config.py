@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from ..datasets import check_dataset, dataset_files
+from ..datasets import check_dataset, dataset_files, dataset_loading
 from ..errors import SettingError, unknown_choice
 from ..io import storage
 from ..models import ModelConfig
@@ -37,7 +37,14 @@ from .designs import branch_points, imp_branch, prunable_weights
 from .imports import Checking, imported_networks, known_files, recorded_networks, training_only_keys
 from .messages import ImportedNetwork
 from .plans import Branch, DatasetSpec, ModelPlan, imported_model_key, model_key, pairing
-from .rules import check_specs, check_sweep_settings, check_workers, mlflow_installed, warn_skipped_corrections
+from .rules import (
+    check_specs,
+    check_streamed,
+    check_sweep_settings,
+    check_workers,
+    mlflow_installed,
+    warn_skipped_corrections,
+)
 from .schema import DatasetSection, ModelGrid, Resources, SweepSection, follows_from, validate_section
 from .stacking import stack_size
 
@@ -62,6 +69,7 @@ class SweepConfig:
     compile: bool  # train.compile: trials train through torch.compile (not part of a model key)
     # train.workers_per_trial: workers that train each network data-parallel (Ray Train; not part of a model key)
     workers_per_trial: int
+    data_path: str | None  # memory | stream: how the dataset is read (None: only its files, not here, tell)
     models: tuple[ModelPlan, ...]
     pair_settings: PairSettings
     alphas_per_pass: int | None  # eval.alphas_per_pass; None: automatic (see repair_ray.analyse_pair)
@@ -93,9 +101,9 @@ class SweepConfig:
         """How many seeds of ``plan`` a trial trains together, vectorised, when trials get ``gpu``
         GPUs and each slot of the cluster has ``per_slot`` seeds to train (``train.seeds_per_trial``;
         ``auto``: :func:`~repair_ray.sweep.stacking.stack_size`). New networks of ``plan`` train
-        together exactly when it is more than 1 (never for imported networks, which are not trained, nor
-        for networks trained across several workers)."""
-        if plan.is_imported or self.workers_per_trial > 1:
+        together exactly when it is more than 1 (never for imported networks, which are not trained, for
+        networks trained across several workers, or on a dataset streamed from disk)."""
+        if plan.is_imported or self.workers_per_trial > 1 or self.data_path == "stream":
             return 1
         key = (plan.model_key, gpu, per_slot)
         if key not in self._stack_sizes:  # estimated on the meta device: once per model config
@@ -210,6 +218,8 @@ _PAIR_KEYS = {
     "alphas": "alphas",
     "train_samples": "eval.train_samples",
     "stat_samples": "eval.stat_samples",
+    "test_samples": "eval.test_samples",
+    "test_flip": "eval.test_flip",
     "stat_batch_size": "eval.stat_batch_size",
     "eval_batch_size": "eval.eval_batch_size",
     "precision": "eval.precision",
@@ -263,6 +273,8 @@ def _expand(
         problems.append(f"name: must be letters, digits, '_', '.', '-' (it names a folder), got {s.name!r}")
 
     dataset = _dataset(s.dataset, problems, check_files, source)
+    loading = dataset_loading(dataset.name, dataset.options) if dataset is not None else None
+    check_streamed(s, loading, problems)
     train = _train(s, problems)
     seeds = _seeds(s.seeds, problems)
     settings = _build(
@@ -272,6 +284,8 @@ def _expand(
             alphas=s.alphas,
             train_samples=s.eval.train_samples,
             stat_samples=s.eval.stat_samples,
+            test_samples=s.eval.test_samples,
+            test_flip=s.eval.test_flip,
             stat_batch_size=s.eval.stat_batch_size,
             eval_batch_size=s.eval.eval_batch_size,
             precision=s.eval.precision,
@@ -352,6 +366,7 @@ def _expand(
         seeds_per_trial=None if s.train.seeds_per_trial == "auto" else s.train.seeds_per_trial,
         compile=s.train.compile,
         workers_per_trial=s.train.workers_per_trial,
+        data_path=loading,
         models=tuple(plans),
         pair_settings=settings,
         alphas_per_pass=None if s.eval.alphas_per_pass == "auto" else s.eval.alphas_per_pass,

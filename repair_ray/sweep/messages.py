@@ -86,8 +86,9 @@ class Trial:
     workers: int = 1  # workers that train each network data-parallel (Ray Train), each with threads CPUs
     worker_gpu: float = 0.0  # ... and this many GPUs (the trial task of several workers holds none itself)
     source: ImportedNetwork | None = None  # an import: the network file
-    # an import: (train samples, test samples, subset seed) its row's metrics are measured on
-    eval_samples: tuple[int | None, int | None, int] = (None, None, 0)
+    # an import: how its row's metrics are measured, as the pair stage measures endpoints: train_samples,
+    # test_samples, seed (of both subsets), flip (test-time flips on the test split), batch_size
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_trunk(self) -> bool:

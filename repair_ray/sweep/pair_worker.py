@@ -18,7 +18,7 @@ from ..pair import PairSettings, analyse_pair
 from ..pruning import weight_sparsity
 from .messages import PairContext, PairJob
 from .rows import model_columns
-from .worker import cached_dataset, error_text, error_trace, node_id, setup_worker, utc_now
+from .worker import analysis_data, cached_dataset, data_path, error_text, error_trace, node_id, setup_worker, utc_now
 
 METRIC_COLUMNS = (
     "barrier_train_loss",
@@ -96,8 +96,13 @@ def pair_task(context: PairContext, job: PairJob) -> Rows:
     started_at = utc_now()
     device = setup_worker(context.threads)
     model_config = ModelConfig(**context.models[job.model_key], allow_import=context.allow_import)
+    settings = _job_settings(context, job)
+    workers = max(1, int(context.threads))
     try:
-        dataset = cached_dataset(context.dataset, device)
+        dataset = analysis_data(
+            context.dataset, device, workers, settings.train_samples, settings.test_samples, settings.subset_seed
+        )
+        path = data_path(cached_dataset(context.dataset, device, workers))
         models = []
         for seed, uri, sha256 in job.checkpoints:
             model = model_config.build(dataset.num_classes, dataset.in_shape)
@@ -114,7 +119,7 @@ def pair_task(context: PairContext, job: PairJob) -> Rows:
             models[0],
             models[1],
             dataset,
-            _job_settings(context, job),
+            settings,
             spec=spec,
             alphas_per_pass=context.alphas_per_pass,
             memory_share=context.memory_share,
@@ -125,7 +130,7 @@ def pair_task(context: PairContext, job: PairJob) -> Rows:
     if lineage.get("imp_round") is not None and lineage.get("sparsity") is None:
         # an IMP round of a dataset whose shape only its files tell: the sparsity of network A's weights
         lineage["sparsity"] = weight_sparsity(models[0])
-    desc = model_columns(context.models[job.model_key], context.dataset, lineage) | _sources(job)
+    desc = model_columns(context.models[job.model_key], context.dataset, lineage) | _sources(job) | {"data_path": path}
     when = {"started_at": started_at, "finished_at": utc_now()}
     return {
         "pairs": [

@@ -91,6 +91,36 @@ def check_workers(s: SweepSection, problems: list[str]) -> None:
             )
 
 
+def check_streamed(s: SweepSection, loading: str | None, problems: list[str]) -> None:
+    """What a dataset streamed from disk (``imagefolder`` with ``load: stream``, or ``auto`` over its
+    memory budget) cannot do: hold a whole split in memory for the pair stage, stack seeds (they
+    index tensors), or translate (augmentation is RandomResizedCrop and flips)."""
+    if loading != "stream":
+        return
+    why = "the dataset is streamed from disk"
+    if s.eval.train_samples is None:
+        problems.append(
+            f"eval.train_samples: must be a number of samples ({why}: the pair stage decodes and holds the samples "
+            "it reads; the whole train split would not fit), got null"
+        )
+    for method in ("ste", "sinkhorn"):
+        if getattr(s, method).samples is not None and method in s.align:
+            problems.append(
+                f"{method}.samples: must be left unset ({why}: learned matchings train on the statistics samples), "
+                f"got {getattr(s, method).samples!r}"
+            )
+    if s.train.seeds_per_trial != "auto" and s.train.seeds_per_trial > 1:
+        problems.append(
+            f"train.seeds_per_trial: must be 1 or auto ({why}: seeds train together only on data held in memory), "
+            f"got {s.train.seeds_per_trial}"
+        )
+    if s.train.model_dump().get("augment") == "translate":
+        problems.append(
+            f"train.augment: translate needs data held in memory ({why}: training crops with RandomResizedCrop and "
+            "flips, or with augment: false uses the evaluation crop)"
+        )
+
+
 def check_specs(
     configs: list[tuple[int, ModelConfig]], dataset: DatasetSpec, settings: PairSettings, problems: list[str]
 ) -> None:

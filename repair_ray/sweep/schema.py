@@ -70,6 +70,9 @@ class EvalSection(_Strict):
 
     train_samples: int | None = 10000
     stat_samples: int = 5000
+    # the test split's samples (null: all of it) and flip test-time augmentation on it
+    test_samples: int | None = _PAIR_DEFAULTS["test_samples"]
+    test_flip: bool = _PAIR_DEFAULTS["test_flip"]
     stat_batch_size: int = 1000
     eval_batch_size: int = 1000
     # how many α one forward pass evaluates: speed only, not an analysis setting (see analyse_pair)

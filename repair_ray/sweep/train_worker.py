@@ -30,7 +30,7 @@ from ..training import TrainConfig, Trainer, next_imp_mask, train_trunk
 from .layout import checkpoint_uri, trunk_snapshot_uri
 from .messages import EpochReport, Trial, TrialOutcome
 from .rows import write_models_row
-from .worker import cached_dataset, node_id, setup_worker, utc_now
+from .worker import cached_dataset, data_path, node_id, setup_worker, utc_now
 
 Report = Callable[[EpochReport], None]
 
@@ -57,7 +57,7 @@ def run_trial(trial: Trial, report: Report, device: torch.device | None = None) 
     started_at = utc_now()
     chosen = setup_worker(trial.threads)
     device = chosen if device is None else device
-    dataset = cached_dataset(trial.dataset, device)
+    dataset = cached_dataset(trial.dataset, device, _loader_workers(trial))
     lineage = trial.lineage
     uris = [checkpoint_uri(trial.root, trial.model_key, seed) for seed in trial.seeds]
     resumed_from = [_resumable_epoch(uri) for uri in uris]
@@ -151,10 +151,16 @@ def _write_result_row(
         checkpoint_bytes=storage.size(uri) if ok else None,
         history_json=json.dumps(result.history) if result.history is not None else None,
         workers=trial.workers,
+        data_path=data_path(dataset),
         **result.metrics,
         **extra,
     )
     return error
+
+
+def _loader_workers(trial: Trial) -> int:
+    """DataLoader processes that decode a streamed dataset's images for a task: one per CPU Ray gave it."""
+    return max(1, int(trial.threads))
 
 
 def _is_first_worker() -> bool:
@@ -167,7 +173,7 @@ def run_trunk(trial: Trial, report: Report) -> dict[int, str | None]:
     """A trunk trial: train (or resume, or check) the trunk's snapshots; it writes no row (a NaN
     loss raises, and its children then fail with the reason)."""
     device = setup_worker(trial.threads)
-    dataset = cached_dataset(trial.dataset, device)
+    dataset = cached_dataset(trial.dataset, device, _loader_workers(trial))
     (seed,) = trial.seeds
     train_trunk(
         _model_config(trial),
@@ -184,16 +190,17 @@ def run_trunk(trial: Trial, report: Report) -> dict[int, str | None]:
 
 def run_import(trial: Trial, report: Report) -> dict[int, str | None]:
     """An import: load the network file (its bytes must still have the hash the sweep named it by),
-    check that it fits the network, evaluate it and write its ``models`` row. The metrics are those
-    of the pair stage's samples (``eval.train_samples`` of the train split, ``eval.test_samples`` of
-    the test split, drawn with the same seed). A file that cannot be used is the network's ``failed``
-    row with the reason (not retried: reading it again would not help)."""
+    check that it fits the network, evaluate it and write its ``models`` row. The metrics are
+    measured as the pair stage measures its endpoints (``eval.train_samples`` of the train split,
+    ``eval.test_samples`` of the test split, drawn with the same seed, ``eval.test_flip``). A file
+    that cannot be used is the network's ``failed`` row with the reason (not retried: reading it
+    again would not help)."""
     source = trial.source
     if source is None:
         raise ValueError(f"{trial.name} is an import without its network file")
     started_at = utc_now()
     device = setup_worker(trial.threads)
-    dataset = cached_dataset(trial.dataset, device)
+    dataset = cached_dataset(trial.dataset, device, _loader_workers(trial))
     (seed,) = trial.seeds
     try:
         state = load_state_dict(source.uri, sha256=source.sha256)
@@ -213,16 +220,18 @@ def run_import(trial: Trial, report: Report) -> dict[int, str | None]:
             **dict.fromkeys(("train_loss", "train_acc", "test_loss", "test_acc"), math.nan),
         )
         return {seed: error_line}
-    train_samples, test_samples, subset_seed = trial.eval_samples
+    how = trial.evaluation
     metrics = {}
-    for split, samples in (("train", train_samples), ("test", test_samples)):
-        data = getattr(dataset, split).subset(samples, seed=subset_seed)
-        result = evaluate(model, data, batch_size=1000)
+    for split in ("train", "test"):
+        data = getattr(dataset, split).subset(how.get(f"{split}_samples"), seed=how.get("seed", 0))
+        flip = split == "test" and bool(how.get("flip"))
+        result = evaluate(model, data, batch_size=how.get("batch_size", 1000), flip=flip)
         metrics[f"{split}_loss"], metrics[f"{split}_acc"] = result["loss"], result["acc"]
     report(EpochReport(seed, 0, metrics))
     write_models_row(
         trial,
         seed,
+        data_path=data_path(dataset),
         status="ok",
         device=str(device),
         node_id=node_id(),

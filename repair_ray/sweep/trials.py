@@ -66,7 +66,13 @@ def trial_spec(
         workers=1 if plan.is_imported else config.workers_per_trial,
         worker_gpu=gpu if config.workers_per_trial > 1 and not plan.is_imported else 0.0,
         source=source,
-        eval_samples=(settings.train_samples, getattr(settings, "test_samples", None), settings.subset_seed),
+        evaluation={
+            "train_samples": settings.train_samples,
+            "test_samples": settings.test_samples,
+            "seed": settings.subset_seed,
+            "flip": settings.test_flip,
+            "batch_size": settings.eval_batch_size,
+        },
     )
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from ..datasets import Dataset, load_dataset
+from ..datasets import Dataset, in_memory, load_dataset
 
 _DATASETS: dict[tuple[str, str], Dataset] = {}
+_SUBSETS: dict[tuple[str, str, int | None, int | None, int], Dataset] = {}
 
 
 def setup_worker(threads: float) -> torch.device:
@@ -31,13 +32,46 @@ def setup_worker(threads: float) -> torch.device:
     return torch.device("cpu")
 
 
-def cached_dataset(spec: dict[str, Any], device: torch.device) -> Dataset:
-    """The dataset of ``spec`` on ``device``, loaded once per worker process (workers are reused)."""
+def cached_dataset(spec: dict[str, Any], device: torch.device, workers: int | None = None) -> Dataset:
+    """The dataset of ``spec`` on ``device``, loaded once per worker process (workers are reused).
+
+    A dataset streamed from disk decodes its images in ``workers`` DataLoader processes (the CPUs
+    Ray gave the task; None: the machine's, at most 8)."""
     key = (json.dumps(spec, sort_keys=True), str(device))
     if key not in _DATASETS:
         _DATASETS.clear()  # one dataset per worker at a time: memory, not speed, is the limit here
-        _DATASETS[key] = load_dataset(spec["name"], device=device, **spec.get("options", {}))
+        _SUBSETS.clear()
+        _DATASETS[key] = load_dataset(spec["name"], device=device, workers=workers, **spec.get("options", {}))
     return _DATASETS[key]
+
+
+def analysis_data(
+    spec: dict[str, Any],
+    device: torch.device,
+    workers: int | None,
+    train_samples: int | None,
+    test_samples: int | None,
+    seed: int,
+) -> Dataset:
+    """The data a pair's analysis reads: the dataset itself when it is in memory; for one streamed
+    from disk, only the samples the analysis asks for (``eval.train_samples`` and
+    ``eval.test_samples``, drawn with ``seed`` as :func:`repair_ray.analyse_pair` draws them),
+    decoded once per worker process and held in memory for every pair it analyses."""
+    dataset = cached_dataset(spec, device, workers)
+    if not dataset.streamed:
+        return dataset
+    key = (json.dumps(spec, sort_keys=True), str(device), train_samples, test_samples, seed)
+    if key not in _SUBSETS:
+        _SUBSETS.clear()
+        train = in_memory(dataset.train.subset(train_samples, seed=seed))
+        test = in_memory(dataset.test.subset(test_samples, seed=seed))
+        _SUBSETS[key] = Dataset(dataset.name, train, test, dataset.num_classes, dataset.in_shape)
+    return _SUBSETS[key]
+
+
+def data_path(dataset: Dataset) -> str:
+    """``stream`` for a dataset read lazily from disk, ``memory`` for one held in memory (rows say which)."""
+    return "stream" if dataset.streamed else "memory"
 
 
 def utc_now() -> datetime.datetime:
