@@ -48,6 +48,15 @@ class TensorData:
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].to(self.device)
         return TensorData(self.x[idx], self.y[idx])
 
+    def shard(self, rank: int, world: int) -> TensorData:
+        """Part ``rank`` of ``world`` contiguous parts that cover the data once, in order (rank r's part
+        comes before rank r+1's), their sizes differing by at most 1: what one of ``world`` data-parallel
+        processes evaluates. A view, no copy."""
+        if not 0 <= rank < world:
+            raise ValueError(f"shard {rank} of {world}: the rank must be in [0, {world})")
+        start, stop = len(self) * rank // world, len(self) * (rank + 1) // world
+        return TensorData(self.x[start:stop], self.y[start:stop])
+
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Consecutive batches in order, the last one possibly smaller."""
         for start in range(0, len(self), batch_size):
