@@ -323,6 +323,7 @@ def test_sync_batchnorm_at_its_default_keeps_the_model_keys_and_on_makes_new_one
 
     quickstart = yaml.safe_load(example_text("quickstart"))
     keys = {p.model_key for p in parse_config(quickstart).models}
+    assert "mlp-w32-d4-none-44bb9847d9" in keys  # the key the quickstart's networks had before the field
     off = {**quickstart, "train": {**quickstart["train"], "sync_batchnorm": False}}
     assert {p.model_key for p in parse_config(off).models} == keys
     on = {**quickstart, "train": {**quickstart["train"], "sync_batchnorm": True}}
