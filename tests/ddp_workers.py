@@ -21,7 +21,8 @@ import torch.multiprocessing as mp
 
 from repair_ray.datasets import Dataset, make_synthetic
 from repair_ray.models import ModelConfig
-from repair_ray.training import TrainConfig, Trainer, init_from_env
+from repair_ray.pruning import Mask, dense_mask, magnitude_prune
+from repair_ray.training import TrainConfig, Trainer, init_from_env, train_model, train_trunk
 from repair_ray.training import checkpointing as checkpointing_module
 
 from .conftest import free_port
@@ -114,7 +115,33 @@ def many(rank: int, out: Path) -> dict[str, Any]:
     results["nan"] = nan_in_one_slice(rank, out)
     results["epochs"] = epochs_reported(rank, out)
     results["batches"] = first_epoch_batches(rank, out)
+    results["lineage"] = lineage(out)
     return results
+
+
+def prune_half(model: torch.nn.Module) -> Mask:
+    """Half of the network's prunable weights kept, by magnitude: an IMP round's mask."""
+    return magnitude_prune(model.state_dict(), dense_mask(model), 0.5)
+
+
+def lineage(out: Path) -> dict[str, Any]:
+    """A trunk snapshotted after epoch 1, and an IMP child branched from that snapshot, half of it
+    pruned, with its own data order (what ``train_trunk`` and ``train_model`` do alone, in ``out``)."""
+    dataset = data(GREY)
+    trunk = train_trunk(MLP, MLP_TRAIN, dataset, seed=7, epochs=[1], snapshot_uri=lambda e: str(out / f"trunk-{e}.pt"))
+    child = train_model(
+        MLP,
+        MLP_TRAIN,
+        dataset,
+        seed=0,
+        init_seed=7,
+        data_seed=0,
+        branch_epoch=1,
+        branch_from=str(out / "trunk-1.pt"),
+        imp_round=1,
+        mask=prune_half,
+    )
+    return {"trunk": trunk, "status": child.status, "state_dict": child.state_dict, "history": child.history}
 
 
 def first_epoch_batches(rank: int, out: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:

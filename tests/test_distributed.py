@@ -25,6 +25,7 @@ import torch
 from repair_ray.datasets import Dataset, TensorData, make_synthetic
 from repair_ray.io.checkpoint import load_checkpoint
 from repair_ray.models import ModelConfig
+from repair_ray.pruning import dense_mask
 from repair_ray.training import (
     TrainConfig,
     Trainer,
@@ -165,6 +166,26 @@ def test_a_run_resumed_by_new_workers_equals_the_uninterrupted_run(
         expected = alone["mlp"].state_dict
         assert expected is not None
         assert_weights_close(run["state_dict"], expected)
+
+
+def test_a_trunk_and_a_pruned_branch_of_it_train_on_two_workers_as_one_process_does(
+    spawned: tuple[list[dict[str, Any]], Path], tmp_path: Path
+) -> None:
+    """Snapshots, branching and IMP masks need nothing of their own under DDP: the trunk's snapshot is
+    written once and read by every rank, the mask computed alike on every rank, and the child is one
+    process's child (half its prunable weights zero on every rank)."""
+    results, out = spawned
+    expected = workers.lineage(tmp_path)
+    prunable = list(dense_mask(workers.MLP.build(10, workers.GREY["shape"])))
+    assert load_checkpoint(out / "trunk-1.pt").meta["status"] == "trunk"
+    for run in (r["lineage"] for r in results):
+        assert run["status"] == "ok" == expected["status"]
+        assert run["trunk"][1]["test_loss"] == pytest.approx(expected["trunk"][1]["test_loss"], abs=LOSS)
+        assert_weights_close(run["state_dict"], expected["state_dict"])
+        assert_same_history(run["history"], expected["history"], len(workers.data(workers.GREY).test))
+        pruned = [run["state_dict"][name] == 0 for name in prunable]
+        assert all(torch.equal(p, expected["state_dict"][n] == 0) for p, n in zip(pruned, prunable, strict=True))
+        assert sum(int(p.sum()) for p in pruned) == pytest.approx(sum(p.numel() for p in pruned) / 2, abs=1)
 
 
 def test_a_batch_size_the_workers_cannot_split_evenly_is_refused_naming_train_batch_size(
