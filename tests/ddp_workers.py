@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -175,6 +176,8 @@ def interrupted(rank: int, out: Path) -> dict[str, Any]:
     uri = str(out / "interrupted.pt")
     assert trainer.prepare_run(uri, None) is None
     trainer.finish_epoch(trainer.train_epoch(), checkpoint_uri=uri, checkpoint_every=1, on_epoch=None)
+    if rank == 0:  # kept as it is after epoch 1 (resuming writes over the other)
+        shutil.copyfile(uri, out / "interrupted-epoch-1.pt")
     return {"epoch": trainer.epoch}
 
 

@@ -16,6 +16,7 @@ flip (none does here).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,23 @@ def test_a_run_resumed_by_new_workers_equals_the_uninterrupted_run(
         expected = alone["mlp"].state_dict
         assert expected is not None
         assert_weights_close(run["state_dict"], expected)
+
+
+def test_a_checkpoint_of_two_workers_resumes_in_one_process(
+    spawned: tuple[list[dict[str, Any]], Path], alone: dict[str, TrainResult], tmp_path: Path
+) -> None:
+    """How many processes trained a run is not part of it: one process finishes what two began."""
+    _, out = spawned
+    uri = tmp_path / "interrupted.pt"
+    shutil.copyfile(out / "interrupted-epoch-1.pt", uri)
+    model, train, options = RUNS["mlp"]
+    trainer = Trainer(model, train, workers.data(options), seed=3, data_seed=4)
+    result = trainer.run(checkpoint_uri=str(uri))
+    expected = alone["mlp"]
+    assert result.status == "ok" and trainer.history[0]["epoch"] == 1 and not trainer.data_parallel
+    assert result.state_dict is not None and expected.state_dict is not None and expected.history is not None
+    assert_weights_close(result.state_dict, expected.state_dict)
+    assert_same_history(trainer.history, expected.history, len(workers.data(options).test))
 
 
 def test_a_trunk_and_a_pruned_branch_of_it_train_on_two_workers_as_one_process_does(
