@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import (  # noqa: E402
+    ddp,
     loader,
     pair_throughput,
     scale,
@@ -54,6 +55,7 @@ SECTIONS = {
     "scaling": ("Scaling: 1 vs 2 workers, Ray overhead per task", scaling, "Target: 2 workers at least 1.8x faster."),
     "training": ("Training throughput and thread settings", training, ""),
     "loader": ("Image loading: streamed from disk vs in memory", loader, ""),
+    "ddp": ("Data-parallel training: 1 vs 2 processes per network", ddp, ""),
     "train_stage": (
         "Train stage: efficiency and per-trial overhead",
         train_stage,

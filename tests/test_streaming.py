@@ -462,3 +462,29 @@ def test_in_memory_decodes_a_streamed_split_and_memory_only_refuses_it(folder: P
     assert in_memory(loaded) is loaded and memory_only(loaded, "here") is loaded
     with pytest.raises(TypeError, match="Trainer.train_epoch needs a split held in memory"):
         memory_only(test, "Trainer.train_epoch")
+
+
+def test_a_network_trains_on_a_streamed_split_and_resumes_exactly(folder: Path, tmp_path: Path) -> None:
+    """Training reads a streamed split's batches (their order and crops a function of the data seed and
+    the epoch), learns from them, and a run interrupted after its first epoch resumes bit for bit."""
+    from repair_ray.models import ModelConfig
+    from repair_ray.training import TrainConfig, Trainer
+
+    dataset = streamed(folder, image_size=16)
+    model = ModelConfig("mlp", 32, 1)
+    config = TrainConfig(epochs=3, batch_size=15, lr=0.05, warmup_epochs=0.5)
+    whole = Trainer(model, config, dataset, seed=1).run()
+    assert whole.status == "ok" and whole.metrics["test_acc"] > 0.6  # 3 classes of distinct colours; chance 1/3
+    uri = str(tmp_path / "run.pt")
+    interrupted = Trainer(model, config, dataset, seed=1)
+    interrupted.prepare_run(uri, None)
+    interrupted.finish_epoch(interrupted.train_epoch(), checkpoint_uri=uri, checkpoint_every=1, on_epoch=None)
+    resumed = Trainer(model, config, dataset, seed=1).run(checkpoint_uri=uri)
+    assert resumed.state_dict is not None and whole.state_dict is not None
+    assert all(torch.equal(resumed.state_dict[k], whole.state_dict[k]) for k in whole.state_dict)
+    assert resumed.history == whole.history
+    another = Trainer(model, config, dataset, seed=1, data_seed=2).run()  # another data order: other weights
+    assert another.state_dict is not None
+    assert not all(torch.equal(another.state_dict[k], whole.state_dict[k]) for k in whole.state_dict)
+    with pytest.raises(ValueError, match="translate"):
+        Trainer(model, TrainConfig(augment="translate"), dataset, seed=1)

@@ -314,6 +314,23 @@ def test_model_keys_of_existing_runs_never_change_when_settings_are_added(tmp_pa
     assert not {p.model_key for p in parse_config(bf16).models} & keys
 
 
+def test_sync_batchnorm_at_its_default_keeps_the_model_keys_and_on_makes_new_ones(tmp_path):
+    """train.sync_batchnorm (added after runs were named) is left out of the keys at false; true
+    trains BatchNorm nets differently on several processes, so it names other networks."""
+    import yaml
+
+    from repair_ray.cli import example_text
+
+    quickstart = yaml.safe_load(example_text("quickstart"))
+    keys = {p.model_key for p in parse_config(quickstart).models}
+    assert "mlp-w32-d4-none-44bb9847d9" in keys  # the key the quickstart's networks had before the field
+    off = {**quickstart, "train": {**quickstart["train"], "sync_batchnorm": False}}
+    assert {p.model_key for p in parse_config(off).models} == keys
+    on = {**quickstart, "train": {**quickstart["train"], "sync_batchnorm": True}}
+    assert parse_config(on).train.sync_batchnorm is True
+    assert not {p.model_key for p in parse_config(on).models} & keys
+
+
 def test_seeds_per_trial_changes_how_seeds_train_not_which_networks_the_sweep_names(tmp_path):
     alone = parse_config(tiny_sweep("spt", str(tmp_path)))
     data = tiny_sweep("spt", str(tmp_path))

@@ -78,7 +78,9 @@ class TensorData:
         return TensorData(self.x[idx], self.y[idx])
 
     def shard(self, rank: int, world: int) -> TensorData:
-        """Rank ``rank``'s contiguous part of ``world`` (for sharded evaluation; see :func:`shard_bounds`)."""
+        """Part ``rank`` of ``world`` contiguous parts that cover the data once, in order (rank r's part
+        comes before rank r+1's), their sizes differing by at most 1 (:func:`shard_bounds`): what one of
+        ``world`` data-parallel processes evaluates. A view, no copy."""
         start, stop = shard_bounds(len(self), rank, world)
         return TensorData(self.x[start:stop], self.y[start:stop])
 

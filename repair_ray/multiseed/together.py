@@ -48,7 +48,8 @@ def train_together(
 
     Raises:
         ValueError: when the trainers differ in network, training config, dataset, device or
-            memory format, when one is listed twice, or when a per-trainer list has another length.
+            memory format, when one is listed twice, when a per-trainer list has another length, or
+            when one trains data-parallel (a stack is one process's).
         RuntimeError: from a callback or the network, as ``run`` would (the checkpoints written
             until then stay, so calling again resumes).
     """
@@ -96,6 +97,12 @@ def _check_together(trainers: list[Trainer]) -> None:
         if id(trainer) in seen:
             raise ValueError(f"trainers[{i}] is trainers[{seen[id(trainer)]}] again: each run can train only once")
         seen[id(trainer)] = i
+        if trainer.data_parallel:
+            raise ValueError(
+                f"trainers[{i}] trains data-parallel over {trainer.world.world_size} processes, but train_together "
+                "stacks seeds in one process: build its trainers with distributed=False, or train it alone "
+                "(Trainer.run)"
+            )
         for field in ("model_config", "train_config", "device", "channels_last", "compile"):
             mine, theirs = getattr(trainer, field), getattr(first, field)
             if mine != theirs:

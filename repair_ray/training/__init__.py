@@ -7,14 +7,27 @@
 - :mod:`.lineage`: trunks and their snapshots (:func:`train_trunk`), IMP's next mask (:func:`next_imp_mask`).
 - :mod:`.steps`: the pieces of a step shared with :mod:`repair_ray.multiseed` (optimizer, augmentation,
   ``torch.compile``).
+- :mod:`.batches`: the batches of an epoch, one process's slice of each (in memory or streamed).
+- :mod:`.distributed`: this process's place in a ``torch.distributed`` process group (:class:`World`,
+  :func:`init_from_env`) and the collectives a data-parallel run uses.
+- :mod:`.parallel`: when a run trains data-parallel, what it refuses, its ``DistributedDataParallel``.
 """
 
 from __future__ import annotations
 
 from .checkpointing import Checkpointing
 from .config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+from .distributed import World, current_world, init_from_env
 from .lineage import next_imp_mask, train_trunk
-from .steps import CompileError, augment_batch, compiled, make_optimizer, use_fast_cuda_kernels
+from .steps import (
+    CompileError,
+    apply_augmentation,
+    augment_batch,
+    compiled,
+    draw_augmentation,
+    make_optimizer,
+    use_fast_cuda_kernels,
+)
 from .trainer import EVAL_BATCH_SIZE, METRIC_KEYS, NonFiniteLossError, Trainer, TrainResult, train_model
 
 __all__ = [
@@ -29,8 +42,13 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "World",
+    "apply_augmentation",
     "augment_batch",
     "compiled",
+    "current_world",
+    "draw_augmentation",
+    "init_from_env",
     "make_optimizer",
     "next_imp_mask",
     "train_model",

@@ -4,6 +4,9 @@
 weights, :meth:`~Checkpointing.checkpoint_meta` and :meth:`~Checkpointing.training_state`: epoch,
 step, optimizer, data order, history, IMP mask), resumes it bit for bit, and starts a branch from a
 trunk's snapshot (:func:`~repair_ray.training.train_trunk`).
+
+A run trained data-parallel is checkpointed by rank 0 alone (the same file as one process writes),
+and its processes resume from the same file.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..models import ModelConfig
 from ..pruning import Mask
 from .config import TrainConfig
+from .distributed import World, barrier, broadcast_decision
 
 
 class Checkpointing:
@@ -44,6 +48,8 @@ class Checkpointing:
     step: int
     seconds: float
     history: list[dict[str, float]]
+    world: World
+    data_parallel: bool
     mask: Mask | None
     _masked: list[tuple[torch.Tensor, torch.Tensor]]
     set_mask: Callable[..., None]  # Trainer.set_mask: prunes the run (a resumed IMP round's mask)
@@ -101,8 +107,25 @@ class Checkpointing:
         }
 
     def save(self, uri: str | os.PathLike[str], metrics: dict[str, float], *, status: str) -> None:
-        """Checkpoint the weights, :meth:`checkpoint_meta` and :meth:`training_state` to ``uri``."""
-        save_checkpoint(uri, self.model, self.checkpoint_meta(metrics, status), training_state=self.training_state())
+        """Checkpoint the weights, :meth:`checkpoint_meta` and :meth:`training_state` to ``uri``.
+
+        Data-parallel, rank 0 writes and every process waits until it has written. The weights are
+        rank 0's (every process holds the same: ``DistributedDataParallel`` keeps the parameters equal,
+        and the trainer copies rank 0's buffers, BatchNorm's running statistics, to the others after
+        every epoch). How many processes trained the run is not recorded: it is how the run was
+        computed, not which run it is, so a run may resume on another number of processes.
+        """
+        if self.world.is_main:
+            save_checkpoint(
+                uri, self.model, self.checkpoint_meta(metrics, status), training_state=self.training_state()
+            )
+        if self.data_parallel:
+            barrier()
+
+    def decided(self, decision: bool) -> bool:
+        """Rank 0's ``decision`` on every process of a data-parallel run (``decision`` itself alone),
+        for the branches all of them must take alike."""
+        return broadcast_decision(decision) if self.data_parallel else decision
 
     def resume(self, uri: str | os.PathLike[str]) -> dict[str, Any]:
         """Load weights and training state from the checkpoint at ``uri``; returns its meta.

@@ -16,7 +16,7 @@ SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 # Fields added to TrainConfig after runs were named by it: left out of a run's identity (its model key,
 # its checkpoints' meta) at these defaults, so every run made before them keeps its key and checkpoints.
-_LATER_FIELDS = {"precision": "fp32"}
+_LATER_FIELDS = {"precision": "fp32", "sync_batchnorm": False}
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class TrainConfig:
     ``weight_decay`` is coupled L2 for both optimizers (``torch.optim.SGD`` / ``Adam``).
     ``precision="bf16"`` runs each training step's forward pass and loss under bfloat16 autocast
     (weights, gradients and optimizer state stay float32; evaluation is float32).
+    ``sync_batchnorm=True`` makes a network trained by several data-parallel processes normalise
+    with the BatchNorm statistics of the whole global batch (``torch.nn.SyncBatchNorm``) instead of
+    each process's slice of it; it changes nothing for one process, and needs GPUs (PyTorch's
+    SyncBatchNorm refuses CPU tensors).
     """
 
     epochs: int = 10
@@ -45,6 +49,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: bool | str | None = None
     precision: str = "fp32"
+    sync_batchnorm: bool = False
 
     def identity(self) -> dict[str, Any]:
         """The fields that name a run (model keys, checkpoint meta): all of them, but those added
@@ -90,6 +95,7 @@ class TrainConfig:
             "true, false, translate or null (automatic)",
         )
         check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
+        check("sync_batchnorm", isinstance(self.sync_batchnorm, bool), "true or false")
         problems.raise_if_any()
 
     def uses_augmentation(self, in_shape: tuple[int, ...]) -> bool:

@@ -51,6 +51,7 @@ def train_trunk(
     snapshot_uri: Callable[[int], str | os.PathLike[str]],
     device: str | torch.device = "cpu",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    distributed: bool | None = None,
 ) -> dict[int, dict[str, float]]:
     """Train one trunk (seed ``seed``) on the run's schedule up to the last of ``epochs``, writing a
     snapshot (weights and training state) at each of them to ``snapshot_uri(epoch)``.
@@ -58,6 +59,9 @@ def train_trunk(
     Children branch from the snapshots (:func:`train_model` with ``branch_from``). A trunk
     resumes from its newest readable snapshot, so it is trained once however often it is asked
     for; snapshots already there are kept. Returns each snapshot epoch's test metrics.
+
+    ``distributed`` as for :class:`Trainer`: data-parallel, rank 0 writes the snapshots and alone
+    calls ``on_epoch``.
 
     Raises:
         NonFiniteLossError: when the trunk's loss is NaN or infinite (no later snapshot is written).
@@ -67,29 +71,35 @@ def train_trunk(
         raise ValueError(
             f"branch epochs must be 0 .. {train_config.epochs - 1} (the run has {train_config.epochs}), got {wanted}"
         )
-    trainer = Trainer(model_config, train_config, dataset, seed=seed, device=device)
+    trainer = Trainer(model_config, train_config, dataset, seed=seed, device=device, distributed=distributed)
     # resume from the last snapshot of the longest run of readable ones from the first: a missing or
     # damaged earlier snapshot is trained (deterministically, the same bits) again
+    newest = None
     for epoch in wanted:
         uri = snapshot_uri(epoch)
-        if not storage.exists(uri):
+        if not trainer.decided(storage.exists(uri)):
             break
-        try:
-            probe = Trainer(model_config, train_config, dataset, seed=seed, device=device)
-            probe.resume(uri)
+        try:  # a probe, one process's: readable, and of this trunk?
+            Trainer(model_config, train_config, dataset, seed=seed, device=device, distributed=False).resume(uri)
+            readable = True
         except (CheckpointError, ValueError):
-            storage.remove(uri, missing_ok=True)  # damaged or of another run: written again below
+            readable = False
+        if not trainer.decided(readable):
+            if trainer.world.is_main:
+                storage.remove(uri, missing_ok=True)  # damaged or of another run: written again below
             break
-        trainer = probe
+        newest = uri
+    if newest is not None:
+        trainer.resume(newest)
     metrics: dict[int, dict[str, float]] = {}
 
     def snapshot() -> None:
         metrics[trainer.epoch] = {"epoch": trainer.epoch, **trainer.evaluate(("test",))}
         trainer.save(snapshot_uri(trainer.epoch), metrics[trainer.epoch], status="trunk")
-        if on_epoch is not None:
+        if on_epoch is not None and trainer.world.is_main:
             on_epoch(trainer.epoch, metrics[trainer.epoch])
 
-    if trainer.epoch == 0 and 0 in wanted and not storage.exists(snapshot_uri(0)):
+    if trainer.epoch == 0 and 0 in wanted and not trainer.decided(storage.exists(snapshot_uri(0))):
         snapshot()
     while trainer.epoch < wanted[-1]:
         trainer.train_epoch()

@@ -50,15 +50,35 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, padding: int =
     The random offsets and flips are drawn on the CPU from ``generator`` whatever the device of
     ``x``, so the augmentation is the same on every device. On CUDA they travel through pinned memory
     without blocking (a copy from pageable memory would wait for the GPU's queue to drain every step).
+    It is :func:`draw_augmentation` then :func:`apply_augmentation`.
     """
-    n, channels, height, width = x.shape
-    offsets = _to_device(torch.randint(0, 2 * padding + 1, (2, n), generator=generator), x.device)
+    return apply_augmentation(x, draw_augmentation(len(x), generator, padding=padding, flips=flips), padding=padding)
+
+
+def draw_augmentation(
+    n: int, generator: torch.Generator, *, padding: int = 4, flips: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random draws of :func:`augment_batch` for ``n`` samples, on the CPU: crop offsets ``(2, n)``
+    in ``[0, 2 * padding]`` (rows, columns) and flips ``(n,)`` (all False, none drawn, without ``flips``).
+
+    Drawn apart from their use so that a data-parallel process can draw a whole global batch's (the
+    generator advancing exactly as in one process) and apply only its own slice of them.
+    """
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5 if flips else torch.zeros(n, dtype=torch.bool)
-    flips_on = _to_device(flip, x.device)
+    return offsets, flip
+
+
+def apply_augmentation(x: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor], *, padding: int = 4) -> torch.Tensor:
+    """``x`` (N, C, H, W) cropped and flipped by ``draws`` (:func:`draw_augmentation` of N samples), in one gather."""
+    n, channels, height, width = x.shape
+    offsets, flip = (_to_device(draw, x.device) for draw in draws)
+    if offsets.shape != (2, n) or flip.shape != (n,):
+        raise ValueError(f"augmentation draws of {flip.shape[0]} samples for a batch of {n}")
     padded = F.pad(x, (padding, padding, padding, padding))
     rows = offsets[0, :, None] + torch.arange(height, device=x.device)
     columns = torch.arange(width, device=x.device)
-    columns = torch.where(flips_on[:, None], width - 1 - columns, columns) + offsets[1, :, None]
+    columns = torch.where(flip[:, None], width - 1 - columns, columns) + offsets[1, :, None]
     return padded[
         torch.arange(n, device=x.device)[:, None, None, None],
         torch.arange(channels, device=x.device)[None, :, None, None],

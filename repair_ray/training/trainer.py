@@ -3,6 +3,9 @@
 Data stays in memory as tensors on the compute device; shuffling and augmentation draw from one
 ``torch.Generator`` seeded by the data seed, and the model is initialised under its own seed, so
 a run is a pure function of (model config, train config, dataset, init seed, data seed).
+
+A run may be trained data-parallel by the processes of a ``torch.distributed`` process group
+(:mod:`.parallel`): the same run, each process computing its slice of every batch.
 """
 
 from __future__ import annotations
@@ -11,21 +14,30 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..datasets import Dataset, memory_only
+from ..datasets import Dataset, ImageFiles
 from ..interpolation import evaluate
 from ..io import storage
 from ..models import ModelConfig
 from ..pruning import Mask, apply_mask
+from .batches import Batch, in_memory_batches, streamed_batches
 from .checkpointing import Checkpointing
 from .config import TrainConfig
-from .steps import augment_batch, compiled, make_optimizer, use_fast_cuda_kernels
+from .distributed import all_reduce_sum, broadcast_buffers, collective_device, weighted_means
+from .parallel import (
+    check_data_parallel,
+    data_parallel,
+    data_parallel_device,
+    resolve_world,
+    with_sync_batchnorm,
+)
+from .steps import compiled, make_optimizer, use_fast_cuda_kernels
 
 EVAL_BATCH_SIZE = 1000
 METRIC_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -58,10 +70,25 @@ class Trainer(Checkpointing):
 
     Saving, resuming and starting from a trunk's snapshot are :class:`Checkpointing`'s.
 
+    ``distributed`` says whether the run is trained data-parallel (see :func:`.parallel.resolve_world`):
+    None (the default) when an initialised ``torch.distributed`` process group has several processes,
+    True over any initialised group, False never. Every process of the group then makes its own
+    Trainer with the same arguments; ``train.batch_size`` stays the global batch (divisible by the
+    number of processes), each process trains on its slice of every batch with the model wrapped in
+    ``DistributedDataParallel``, and the run computes what one process would on the same batches, up
+    to float rounding (BatchNorm aside: each process normalises with its slice's statistics, unless
+    ``train.sync_batchnorm``). Every epoch's metrics and every evaluation cover the whole data and
+    are the same on every process. Rank 0 writes the checkpoints (the others wait for it) and calls
+    ``on_epoch``; every process resumes from the same checkpoint. A CUDA ``device`` without an index
+    is the process's own GPU, ``cuda:<LOCAL_RANK>``.
+
     Attributes:
-        model: the network, on ``device``.
+        model: the network, on ``device`` (the bare module, also under data-parallel training:
+            evaluation and checkpoints use it).
         epoch: completed epochs.
         step: completed optimizer steps.
+        world: this process's place in the run's processes (rank 0 of 1 when it trains alone).
+        data_parallel: whether the run trains data-parallel.
     """
 
     def __init__(
@@ -79,6 +106,7 @@ class Trainer(Checkpointing):
         device: str | torch.device = "cpu",
         channels_last: bool | None = None,
         compile: bool = False,
+        distributed: bool | None = None,
     ) -> None:
         self.model_config = model_config
         # torch.compile the training steps' forward pass (evaluation stays eager): the same network up
@@ -96,11 +124,21 @@ class Trainer(Checkpointing):
         self.seed = seed
         self.init_seed = seed if init_seed is None else init_seed
         self.data_seed = seed if data_seed is None else data_seed
+        self.world, self.data_parallel = resolve_world(distributed)
         self.device = torch.device(device)
+        if self.data_parallel:
+            self.device = data_parallel_device(self.device, self.world)
         self.dataset = dataset.to(self.device)
+        self.streamed = dataset.streamed
+        if self.streamed and train_config.augment == "translate":
+            raise ValueError("train.augment: translate is for data in memory; streamed data takes true or false")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.init_seed)
             model = model_config.build(dataset.num_classes, dataset.in_shape)
+        if self.data_parallel:
+            check_data_parallel(train_config, self.world, len(self.dataset.train), self.device, model)
+            if train_config.sync_batchnorm:
+                model = with_sync_batchnorm(model)
         if self.device.type == "cuda":
             use_fast_cuda_kernels()
         # channels-last memory (NHWC) for convolutional nets, where cuDNN's fastest kernels want it;
@@ -110,7 +148,9 @@ class Trainer(Checkpointing):
         model = model.to(self.device)
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         self.optimizer = self._make_optimizer()
-        self.forward = compiled(self.model, f"the {model_config.label} network") if self.compile else self.model
+        # the training steps' forward pass; evaluation and checkpoints use the bare model
+        forward: torch.nn.Module = data_parallel(self.model, self.device) if self.data_parallel else self.model
+        self.forward = compiled(forward, f"the {model_config.label} network") if self.compile else forward
         self.generator = torch.Generator().manual_seed(self.data_seed)
         self.augment = train_config.augmentation(dataset.in_shape)
         # The last partial batch is dropped (a new shuffle every epoch uses it next time); a
@@ -138,26 +178,49 @@ class Trainer(Checkpointing):
             return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
         return config.lr * (1 - progress)
 
-    def train_epoch(self) -> dict[str, float]:
-        """Train one epoch; ``train_loss`` and ``train_acc`` are averages over its batches.
+    def epoch_batches(self) -> Iterator[Batch]:
+        """This process's inputs and labels of every batch of the epoch to train (all of each batch
+        when it trains alone), augmented, on the device: drawn from the run's generator for data in
+        memory, made by the split itself (from the data seed and the epoch) for streamed data."""
+        rank, world = self.world.rank, self.world.world_size
+        config = self.train_config
+        train = self.dataset.train
+        if isinstance(train, ImageFiles):
+            return streamed_batches(
+                train,
+                batch_size=config.batch_size,
+                seed=self.data_seed,
+                epoch=self.epoch,
+                augment=config.augment is not False,
+                rank=rank,
+                world=world,
+            )
+        return in_memory_batches(
+            train,
+            batch_size=config.batch_size,
+            steps=self.steps_per_epoch,
+            generator=self.generator,
+            augment=self.augment,
+            rank=rank,
+            world=world,
+        )
 
-        Raises NonFiniteLossError, before updating the weights, as soon as a loss is NaN or inf.
+    def train_epoch(self) -> dict[str, float]:
+        """Train one epoch; ``train_loss`` and ``train_acc`` are averages over its batches (over the
+        global batches, the same on every process, when training data-parallel).
+
+        Raises NonFiniteLossError, before updating the weights, as soon as a loss is NaN or inf
+        (data-parallel: the loss of the global batch, so every process raises at the same step).
         """
         config = self.train_config
         if self.epoch >= config.epochs:
             raise RuntimeError(f"all {config.epochs} epochs of this run are done")
-        train = memory_only(self.dataset.train, "Trainer.train_epoch")
         self.model.train()
         started = time.perf_counter()
-        order = torch.randperm(len(train), generator=self.generator).to(self.device)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        seen = 0
-        for batch in range(self.steps_per_epoch):
-            index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
-            x, y = train.x[index], train.y[index]
-            if self.augment:
-                x = augment_batch(x, self.generator, flips=self.augment == "crop_flip")
+        seen = batches = 0
+        for batch, (x, y) in enumerate(self.epoch_batches()):
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             lr = self.learning_rate(self.step)
@@ -166,8 +229,9 @@ class Trainer(Checkpointing):
             with self._autocast():
                 logits = self.forward(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            if not torch.isfinite(loss):
-                raise self.non_finite_loss(loss.item(), batch, lr)
+            batch_loss = self.global_loss(loss.detach())
+            if not torch.isfinite(batch_loss):
+                raise self.non_finite_loss(batch_loss.item(), batch, lr)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -176,12 +240,26 @@ class Trainer(Checkpointing):
                     for param, keep in self._masked:
                         param.mul_(keep)
             self.step += 1
-            loss_sum += loss.detach()
+            loss_sum += batch_loss
             correct += (logits.argmax(dim=1) == y).sum()
             seen += len(y)
+            batches += 1
+        if self.data_parallel:
+            counts = torch.stack([correct, torch.tensor(seen, device=self.device)]).to(collective_device())
+            all_reduce_sum(counts)
+            correct, seen = counts[0], int(counts[1])
+            broadcast_buffers(self.model)  # every process holds rank 0's network, the one checkpointed
         self.epoch += 1
         self.seconds += time.perf_counter() - started
-        return {"train_loss": loss_sum.item() / self.steps_per_epoch, "train_acc": correct.item() / seen}
+        return {"train_loss": loss_sum.item() / max(1, batches), "train_acc": correct.item() / max(1, seen)}
+
+    def global_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The mean loss of the global batch from this process's mean ``loss`` of its (equal) slice:
+        averaged over the processes when training data-parallel, ``loss`` itself alone."""
+        if not self.data_parallel:
+            return loss
+        total = all_reduce_sum(loss.to(collective_device(), copy=True))
+        return (total / self.world.world_size).to(loss.device)
 
     def non_finite_loss(self, loss: float, batch: int, lr: float) -> NonFiniteLossError:
         """The error of a NaN or infinite ``loss`` at batch ``batch`` (0-based) of the epoch being trained."""
@@ -197,13 +275,23 @@ class Trainer(Checkpointing):
         return contextlib.nullcontext()
 
     def evaluate(self, splits: tuple[str, ...] = ("train", "test")) -> dict[str, float]:
-        """``<split>_loss`` and ``<split>_acc`` in eval mode, without augmentation, on whole splits."""
+        """``<split>_loss`` and ``<split>_acc`` in eval mode, without augmentation, on whole splits.
+
+        Data-parallel, each process evaluates its shard of each split and the sums are all-reduced:
+        the same numbers on every process, those of one process evaluating the whole split (up to
+        float rounding).
+        """
         was_training = self.model.training
         self.model.eval()
         metrics: dict[str, float] = {}
         try:
             for split in splits:
-                result = evaluate(self.model, getattr(self.dataset, split), batch_size=EVAL_BATCH_SIZE)
+                data = getattr(self.dataset, split)
+                if self.data_parallel:
+                    part = data.shard(self.world.rank, self.world.world_size)
+                    result = weighted_means(evaluate(self.model, part, batch_size=EVAL_BATCH_SIZE), len(part))
+                else:
+                    result = evaluate(self.model, data, batch_size=EVAL_BATCH_SIZE)
                 metrics[f"{split}_loss"], metrics[f"{split}_acc"] = result["loss"], result["acc"]
         finally:
             self.model.train(was_training)
@@ -238,6 +326,11 @@ class Trainer(Checkpointing):
         split. A checkpoint (with training state) is written before ``on_epoch`` every
         ``checkpoint_every`` epochs (never when None or 0) and after the last epoch. A NaN or
         infinite loss ends the run with status ``nan_loss`` and writes no checkpoint.
+
+        Data-parallel, every process calls ``run`` alike and gets the same result; ``on_epoch`` is
+        called on rank 0 only (the metrics are the same everywhere), which alone writes checkpoints.
+        ``checkpoint_uri`` must name storage every process reads (rank 0's view of whether it exists
+        decides for all).
         """
         done = self.prepare_run(checkpoint_uri, branch_from)
         if done is not None:
@@ -264,7 +357,7 @@ class Trainer(Checkpointing):
         """Resume from ``checkpoint_uri`` when a checkpoint is there, else start afresh (from the trunk
         snapshot ``branch_from``, then pruned by the run's mask). Returns the result of a run that the
         checkpoint shows finished, None when there is training left."""
-        if checkpoint_uri is not None and storage.exists(checkpoint_uri):
+        if checkpoint_uri is not None and self.decided(storage.exists(checkpoint_uri)):
             meta = self.resume(checkpoint_uri)
             stored = meta.get("metrics") or {}
             if self.epoch == self.train_config.epochs and all(k in stored for k in METRIC_KEYS):
@@ -301,7 +394,7 @@ class Trainer(Checkpointing):
         due = bool(checkpoint_every and self.epoch % checkpoint_every == 0)
         if checkpoint_uri is not None and (last or due):
             self.save(checkpoint_uri, metrics, status="ok" if last else "running")
-        if on_epoch is not None:
+        if on_epoch is not None and self.world.is_main:
             on_epoch(self.epoch, metrics)
         return metrics if last else None
 
@@ -340,8 +433,12 @@ def train_model(
     branch_from: str | os.PathLike[str] | None = None,
     imp_round: int | None = None,
     mask: Mask | Callable[[torch.nn.Module], Mask] | None = None,
+    distributed: bool | None = None,
 ) -> TrainResult:
     """Train (or resume and finish) one run: ``Trainer(...).run(...)``.
+
+    ``distributed``: whether to train data-parallel over the processes of the ``torch.distributed``
+    process group (None: when one with several processes is initialised); see :class:`Trainer`.
 
     A branch of a trunk (Frankle et al.'s instability analysis): ``init_seed`` is the trunk's seed,
     ``branch_epoch`` the trunk epoch it branches at, and ``branch_from`` the trunk's snapshot at
@@ -368,6 +465,7 @@ def train_model(
         imp_round=imp_round,
         mask=mask,
         device=device,
+        distributed=distributed,
     )
     return trainer.run(
         checkpoint_uri=checkpoint_uri,
