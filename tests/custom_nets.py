@@ -5,6 +5,8 @@ They are importable as ``tests.custom_nets:<factory>``, so sweeps in the tests c
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -253,3 +255,43 @@ class Attention(nn.Module):
     def forward(self, x):
         t = self.embed(x.flatten(2))  # (N, 3 tokens, 4) -> (N, 3, 16)
         return self.head(self.attn(t, t, t, need_weights=False)[0].mean(1))
+
+
+class DyingMLP(nn.Module):
+    """An MLP whose process exits (as a killed worker's would) at training step ``after_steps`` of the
+    rank ``rank`` of a data-parallel group, once: the first time, while the file ``marker`` exists
+    (it is removed first). Elsewhere, and after that, a plain MLP."""
+
+    def __init__(
+        self,
+        in_shape=(1, 28, 28),
+        num_classes: int = 10,
+        width: int = 16,
+        marker: str = "",
+        after_steps: int = 1,
+        rank: int = 1,
+    ) -> None:
+        super().__init__()
+        features = 1
+        for size in in_shape:
+            features *= size
+        self.flatten = nn.Flatten()
+        self.hidden = nn.Linear(features, width)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(width, num_classes)
+        self.marker, self.after_steps, self.rank, self.steps = marker, after_steps, rank, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        distributed = torch.distributed.is_initialized()
+        if self.training and self.marker and distributed and torch.distributed.get_rank() == self.rank:
+            self.steps += 1
+            if self.steps >= self.after_steps and os.path.exists(self.marker):
+                os.remove(self.marker)
+                os._exit(1)
+        return self.head(self.relu(self.hidden(self.flatten(x))))
+
+
+def dying_mlp(
+    in_shape=(1, 28, 28), num_classes: int = 10, width: int = 16, marker: str = "", after_steps: int = 1
+) -> nn.Module:
+    return DyingMLP(in_shape, num_classes, width, marker, after_steps)

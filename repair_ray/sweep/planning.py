@@ -300,7 +300,8 @@ def forward_flops(model: ModelConfig, dataset: str, options: dict[str, Any]) -> 
 
 
 def sample_forward_passes(config: SweepConfig) -> int | None:
-    """Samples the pair stage pushes through a network over all pairs (see :func:`sample_forwards`).
+    """Samples the pair stage pushes through a network over all pairs (see :func:`sample_forwards`;
+    ``eval.test_samples`` of the test split, twice with ``eval.test_flip``).
 
     None when the dataset's split sizes are known only from its files.
     """
@@ -310,6 +311,7 @@ def sample_forward_passes(config: SweepConfig) -> int | None:
     n_train, n_test = sizes
     s = config.pair_settings
     train_eval = n_train if s.train_samples is None else min(n_train, s.train_samples)
+    n_test = (n_test if s.test_samples is None else min(n_test, s.test_samples)) * (2 if s.test_flip else 1)
     return sum(
         len(plan.pairs)
         * sample_forwards(s, train_eval, n_test, batchnorm=config.batchnorm[plan.model_key], n_train=n_train)
