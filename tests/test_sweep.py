@@ -426,11 +426,11 @@ def test_zoo_model_keys_stay_what_they_were():
     old_payload = {
         "model": {"arch": "mlp", "width": 16, "depth": 2, "norm": "none"},
         # the training fields keys were first made of (fields added later are left out at their defaults)
-        "train": {k: v for k, v in asdict(config.train).items() if k != "precision"},
+        "train": {k: v for k, v in asdict(config.train).items() if k not in ("precision", "sync_batchnorm")},
         "dataset": config.dataset.as_dict(),
     }
     digest = hashlib.sha256(json.dumps(old_payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    assert plan.model_key == f"mlp-w16-d2-none-{digest}"
+    assert plan.model_key == f"mlp-w16-d2-none-{digest}" == "mlp-w16-d2-none-94a481c10d"
 
 
 def test_adding_a_learned_align_computes_only_its_rows_and_its_settings_key_only_its_rows(ray_session, tmp_path):

@@ -134,6 +134,11 @@ def validate(
     config = load_sweep(config_path, example, storage_uri, allow_import)
     click.echo(f"sweep {config.name} -> {config.root}")
     click.echo(f"dataset: {config.dataset.name} {config.dataset.options or ''}".rstrip())
+    if config.data_path == "stream":
+        click.echo(
+            "  streamed from disk by DataLoader workers (one per CPU of a task); the pair stage decodes "
+            "eval.train_samples and eval.test_samples of it once per worker"
+        )
     imported = sum(len(plan.seeds) for plan in config.models if plan.is_imported)
     trained = config.n_trials - imported
     if trained or not imported:

@@ -68,9 +68,11 @@ def log_trials(
                 tags["error"] = row["error"][:5000]
             run = client.create_run(experiment_id, run_name=f"{row['model_key']} seed {int(row['seed'])}", tags=tags)
             now = int(time.time() * 1000)
+            history = row.get("history_json")  # none in a failed trial's row or an imported network's
+            epochs = json.loads(history) if isinstance(history, str) else []
             metrics = [
                 Metric(name, float(value), now, int(epoch["epoch"]))
-                for epoch in json.loads(row["history_json"] or "[]")
+                for epoch in epochs
                 for name, value in epoch.items()
                 if name != "epoch" and isinstance(value, (int, float)) and math.isfinite(value)
             ]
