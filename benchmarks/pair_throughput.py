@@ -40,12 +40,12 @@ def _flops_per_sample(model: torch.nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / len(x)
 
 
-def _case(name: str, a, b, dataset, settings: PairSettings, repeats: int) -> dict[str, Any]:
+def _case(name: str, a, b, dataset, settings: PairSettings, repeats: int, spec=None) -> dict[str, Any]:
     n_train_eval = min(settings.train_samples or len(dataset.train), len(dataset.train))
     times, splits = [], []
     for _ in range(repeats):
         started = time.perf_counter()
-        result = analyse_pair(a, b, dataset, settings)
+        result = analyse_pair(a, b, dataset, settings, spec=spec)
         times.append(time.perf_counter() - started)
         split = {k: sum(r[k] for r in result.pairs) for k in ("stat_seconds", "eval_seconds")}
         # every (align, correction) row repeats its alignment's time: count each alignment once
@@ -53,7 +53,7 @@ def _case(name: str, a, b, dataset, settings: PairSettings, repeats: int) -> dic
         splits.append(split)
     best = sorted(range(repeats), key=lambda i: times[i])[repeats // 2]
     with FlopCounterMode(display=False) as counter:
-        analyse_pair(a, b, dataset, settings)
+        analyse_pair(a, b, dataset, settings, spec=spec)
     measured = counter.get_total_flops()
     per_sample = _flops_per_sample(a, dataset.test.x[:64])
     floor = sample_forwards(settings, n_train_eval, len(dataset.test), batchnorm=has_batchnorm(a)) * per_sample
@@ -128,7 +128,8 @@ def _resnet50(device: str, quick: bool) -> dict[str, Any]:
     n = 16 if quick else 32
     data = make_synthetic(shape=(3, 224, 224), num_classes=1000, train_size=2 * n, test_size=n).to(device)
     torch.manual_seed(0)
-    a, b = (ModelConfig("torchvision:resnet50").build(1000, (3, 224, 224)).to(device).eval() for _ in range(2))
+    network = ModelConfig("torchvision:resnet50")
+    a, b = (network.build(1000, (3, 224, 224)).to(device).eval() for _ in range(2))
     settings = PairSettings(
         aligns=("none", "activation"),
         corrections=("none", "reset", "repair"),
@@ -138,7 +139,8 @@ def _resnet50(device: str, quick: bool) -> dict[str, Any]:
         stat_batch_size=n // 2,
         eval_batch_size=n // 2,
     )
-    return _case("ResNet-50 (torchvision) BN, synthetic 224x224x3", a, b, data, settings, 1)
+    spec = network.permutation_spec(1000, (3, 224, 224))  # derived from the graph, as a sweep derives it
+    return _case("ResNet-50 (torchvision) BN, synthetic 224x224x3", a, b, data, settings, 1, spec)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

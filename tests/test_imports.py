@@ -370,3 +370,36 @@ def test_a_pair_task_refuses_a_file_rewritten_after_its_network_was_named(ray_se
     assert failed["error"].str.contains("content changed since the sweep named it").all()
     named = next(n.seed for n in config.models[0].imported or () if n.uri == str(paths[0]))
     assert set(failed["unloadable_seed"]) == {named}  # the network is imported (checked) again next run
+
+
+def test_an_imported_network_is_evaluated_with_its_batchnorm_statistics_as_stored(tmp_path):
+    """The import task evaluates the file's network as it is: its BatchNorm running statistics are the
+    stored ones, not statistics measured again (which give measurably other numbers here)."""
+    from repair_ray import evaluate, reset_batchnorm
+    from repair_ray.io.networks import load_into
+    from repair_ray.io.tables import read_table
+    from repair_ray.sweep.train_worker import run_import
+    from repair_ray.sweep.trials import trial_spec
+
+    dataset = make_synthetic(shape=(1, 8, 8), num_classes=4, train_size=512, test_size=256)
+    model = ModelConfig("mlp", 16, 2, "batch")
+    folder = tmp_path / "nets"
+    folder.mkdir()
+    for seed in (0, 1):
+        state = train_model(model, TrainConfig(epochs=1, batch_size=64, lr=0.05), dataset, seed=seed).state_dict
+        torch.save(state, folder / f"bn-{seed}.pt")
+    data = sweep("bn", tmp_path / "runs", str(folder / "*.pt"))
+    data["models"][0]["norm"] = "batch"
+    config = parse_config(data)
+    (plan,) = config.models
+    network = plan.imported[0] if plan.imported else None
+    assert network is not None
+    errors = run_import(trial_spec(config, plan, [network.seed], 1), lambda _report: None)
+    assert errors == {network.seed: None}
+    row = read_table(config.root, "models").iloc[0]
+    assert (row["seed"], row["status"], row["checkpoint_sha256"]) == (network.seed, "ok", network.sha256)
+    stored = load_into(model.build(4, (1, 8, 8)), load_state_dict(network.uri), network.uri).eval()
+    as_stored = evaluate(stored, dataset.test)
+    assert row["test_loss"] == pytest.approx(as_stored["loss"], rel=1e-6)
+    remeasured = evaluate(reset_batchnorm(stored, dataset.train).eval(), dataset.test)
+    assert abs(remeasured["loss"] - as_stored["loss"]) > 1e-3  # the test could tell them apart

@@ -93,3 +93,49 @@ def test_the_number_of_workers_is_not_part_of_a_networks_identity(tmp_path):
     two = parse_config(group_sweep("k", str(tmp_path), ""), allow_import=ALLOW)
     assert [p.model_key for p in one.models] == [p.model_key for p in two.models]
     assert one.train == two.train and (one.workers_per_trial, two.workers_per_trial) == (1, 2)
+
+
+def test_validate_with_an_address_judges_the_workers_against_that_cluster(ray_session, tmp_path):
+    from click.testing import CliRunner
+
+    from repair_ray.cli import main
+
+    from .helpers import write_yaml
+
+    address = ray_session.get_runtime_context().gcs_address
+    data = group_sweep("v", str(tmp_path / "runs"), "")
+    fits = CliRunner().invoke(main, ["validate", write_yaml(tmp_path / "two.yaml", data), "--allow-import", ALLOW[0]])
+    assert fits.exit_code == 0 and "validate --address HEAD checks it now" in fits.output, fits.output
+    data["train"]["workers_per_trial"] = 4
+    path = write_yaml(tmp_path / "four.yaml", data)
+    unjudged = CliRunner().invoke(main, ["validate", path, "--allow-import", ALLOW[0]])
+    assert unjudged.exit_code == 0, unjudged.output  # the cluster is unknown without an address
+    judged = CliRunner().invoke(main, ["validate", path, "--allow-import", ALLOW[0], "--address", address])
+    assert judged.exit_code == 2 and "each network's workers need 4 CPU at once" in judged.output, judged.output
+    assert ray_session.is_initialized()  # the session's connection is left as it was
+
+
+def test_no_pair_starts_while_a_trial_waits_for_its_workers(ray_session, tmp_path):
+    """The pair stage holds new tasks while ``workers_wanted`` is set (a trial of several workers waits
+    for all of them), so what running pairs release goes to those workers; it goes on once cleared."""
+    import threading
+    import time
+
+    from repair_ray.sweep.pair_stage import run_pair_stage
+    from repair_ray.sweep.train_stage import run_train_stage
+
+    config = parse_config(tiny_sweep("held", str(tmp_path / "runs"), seeds=2, align=["none"], correction=["none"]))
+    run_train_stage(config, say=lambda _line: None)
+    wanted = threading.Event()
+    wanted.set()
+    summaries = []
+    stage = threading.Thread(
+        target=lambda: summaries.append(run_pair_stage(config, say=lambda _line: None, workers_wanted=wanted))
+    )
+    stage.start()
+    time.sleep(4.0)  # a pair of these networks takes well under a second
+    assert stage.is_alive() and not load_tables(config.root)["pairs"].shape[0]
+    wanted.clear()
+    stage.join(timeout=60)
+    assert not stage.is_alive() and summaries[0].ran == 1
+    assert (load_tables(config.root)["pairs"]["status"] == "ok").all()

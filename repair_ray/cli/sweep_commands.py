@@ -213,6 +213,7 @@ def _check_cluster(config: SweepConfig, address: str) -> None:
     from ..sweep.config import ConfigError
     from ..sweep.runner import check_resources
 
+    joined = not ray.is_initialized()  # a process already connected keeps its connection
     connect(address)
     try:
         check_resources(config)
@@ -220,7 +221,8 @@ def _check_cluster(config: SweepConfig, address: str) -> None:
     except ConfigError as error:
         fail(str(error))
     finally:
-        ray.shutdown()
+        if joined:
+            ray.shutdown()
 
 
 @main.command()
