@@ -288,6 +288,19 @@ def test_a_grid_with_checkpoints_is_one_model_config(tmp_path, states):
         parse_config(data)
 
 
+def test_imported_networks_take_no_init_and_their_key_and_rows_name_none(tmp_path, states):
+    """An imported network was initialised elsewhere: ``init`` beside checkpoints is refused, and its
+    model key is what it was before init was a knob (the zoo's default init is not in it)."""
+    write_networks(tmp_path / "nets", states)
+    data = sweep("i", tmp_path / "runs", str(tmp_path / "nets" / "*"))
+    with_init = {**data, "models": [{**data["models"][0], "init": "torch"}]}
+    with pytest.raises(ConfigError, match=r"models\[0\]\.init: the networks in checkpoints are trained already"):
+        parse_config(with_init)
+    plan = parse_config(data).models[0]
+    assert plan.model_key == "mlp-w16-d2-none-imported-64cc4716e1"  # computed with main's code before init
+    assert "init" in plan.model.described() and plan.fields()["init"] is None
+
+
 def test_a_sweep_that_also_trains_may_keep_its_training_keys(tmp_path, states):
     write_networks(tmp_path / "nets", states)
     data = sweep("m", tmp_path / "runs", str(tmp_path / "nets" / "*"), seeds=2, train={"epochs": 1, "batch_size": 64})

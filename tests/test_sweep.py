@@ -416,12 +416,15 @@ def test_a_network_whose_symmetry_cannot_be_derived_fails_validation_naming_the_
 
 
 def test_zoo_model_keys_stay_what_they_were():
-    """Keys name checkpoints and rows of running studies: a zoo network's key must not change."""
+    """Keys name checkpoints and rows of running studies: a zoo network's key must not change (init:
+    he is the zoo's init from before the knob; the default, torch, names other networks)."""
     import hashlib
     import json
     from dataclasses import asdict
 
-    config = parse_config(tiny_sweep("keys", "/tmp/unused"))
+    config = parse_config(
+        tiny_sweep("keys", "/tmp/unused", models=[{"arch": "mlp", "width": 16, "depth": 2, "init": "he"}])
+    )
     plan = config.models[0]
     old_payload = {
         "model": {"arch": "mlp", "width": 16, "depth": 2, "norm": "none"},

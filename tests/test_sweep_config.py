@@ -313,6 +313,7 @@ def test_model_keys_of_existing_runs_never_change_when_settings_are_added(tmp_pa
     from repair_ray.cli import example_text
 
     quickstart = yaml.safe_load(example_text("quickstart"))
+    quickstart["models"][0]["init"] = "he"  # the zoo's init when these keys were made
     keys = {p.model_key for p in parse_config(quickstart).models}
     assert "mlp-w32-d4-none-44bb9847d9" in keys and "mlp-w128-d2-none-90a763ba41" in keys
     explicit = {**quickstart, "train": {**quickstart["train"], "precision": "fp32"}}
@@ -329,6 +330,7 @@ def test_sync_batchnorm_at_its_default_keeps_the_model_keys_and_on_makes_new_one
     from repair_ray.cli import example_text
 
     quickstart = yaml.safe_load(example_text("quickstart"))
+    quickstart["models"][0]["init"] = "he"  # the zoo's init when these keys were made
     keys = {p.model_key for p in parse_config(quickstart).models}
     assert "mlp-w32-d4-none-44bb9847d9" in keys  # the key the quickstart's networks had before the field
     off = {**quickstart, "train": {**quickstart["train"], "sync_batchnorm": False}}

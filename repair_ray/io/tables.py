@@ -46,6 +46,7 @@ _MODEL_DESC = (
     ("width", _F64),
     ("depth", _INT),
     ("norm", _STR),
+    ("init", _STR),  # the zoo's initialisation (torch, he, lecun); null outside the zoo and for imported networks
     ("model_kwargs", _STR),  # a network's keyword arguments as canonical JSON (architectures outside the zoo)
     ("layer_widths", _STR),  # per-layer widths as JSON ("[300, 100]"; then width is null)
 )

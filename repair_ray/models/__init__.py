@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import Problems, unknown_choice
 from ..permutation.derive import derive_spec
 from ..permutation.spec import HasPermutationSpec, PermutationSpec, SpecError
-from .common import NORMS
+from .common import DEFAULT_INIT, INITS, NORMS, TODAYS_INIT
 from .external import (
     DATA_ARGS,
     KNOBS,
@@ -77,7 +77,9 @@ class ModelConfig:
     ``arch`` is a zoo name (``mlp``, ``vgg``, ...), ``torchvision:<name>`` or
     ``package.module:factory``. For the zoo, ``width`` counts hidden units for ``mlp`` (an
     integer) and is a channel multiplier for the others; ``depth`` None means the
-    architecture's default and ``norm`` None means ``none``. For other architectures a knob that
+    architecture's default and ``norm`` None means ``none``; ``init`` (``torch``, ``he`` or ``lecun``,
+    see :func:`repair_ray.models.common.initialise`) None means :data:`DEFAULT_INIT`. For other
+    architectures (which initialise themselves, so take no ``init``) a knob that
     is given is passed to the factory, which must name it as a parameter; ``kwargs`` (a mapping,
     kept as canonical JSON so configs compare and hash by value) are passed as they are.
     Raises :class:`repair_ray.SettingError` naming every offending field.
@@ -95,6 +97,7 @@ class ModelConfig:
     depth: int | None = None
     norm: str | None = None
     kwargs: str | dict[str, Any] = ""
+    init: str | None = None
     allow_import: InitVar[Iterable[str] | str | None] = ()
 
     def __post_init__(self, allow_import: Iterable[str] | str | None = ()) -> None:
@@ -106,6 +109,8 @@ class ModelConfig:
             problems.add("allow_import", str(error))
         kwargs = self._canonical_kwargs(problems)
         if is_external(self.arch):
+            if self.init is not None:
+                problems.add("init", f"applies to the zoo's architectures; {self.arch} initialises its own network")
             self._check_external(kwargs, problems)
             problems.raise_if_any()
             return
@@ -149,11 +154,15 @@ class ModelConfig:
         norm = "none" if self.norm is None else self.norm
         if norm not in info.norms:
             problems.add("norm", f"{self.arch} supports norm {', '.join(info.norms)}; got {norm!r}")
+        init = DEFAULT_INIT if self.init is None else self.init
+        if init not in INITS:
+            problems.add("init", unknown_choice("init", init, list(INITS)))
         problems.raise_if_any()
         if isinstance(self.width, (int, float)):  # a tuple of per-layer widths is settled above
             object.__setattr__(self, "width", int(self.width) if info.integer_width else float(self.width))
         object.__setattr__(self, "depth", depth)
         object.__setattr__(self, "norm", norm)
+        object.__setattr__(self, "init", init)
 
     def _canonical_kwargs(self, problems: Problems) -> dict[str, Any]:
         raw = self.kwargs
@@ -202,11 +211,16 @@ class ModelConfig:
         return import_allowed(self.arch, self.allowed_imports)
 
     def described(self) -> dict[str, Any]:
-        """The config as plain data for keys and checkpoints; without ``kwargs`` when there are none, so
-        the keys and checkpoints of networks without keyword arguments stay what they were."""
+        """The config as plain data for keys and checkpoints; without ``kwargs`` when there are none
+        and without ``init`` when it is ``he`` (the zoo's only init before it was a knob), so the
+        keys and checkpoints of networks made before either existed stay what they were."""
         width = list(self.width) if isinstance(self.width, tuple) else self.width
-        out = {"arch": self.arch, "width": width, "depth": self.depth, "norm": self.norm}
-        return {**out, "kwargs": self.kwargs} if self.kwargs else out
+        out: dict[str, Any] = {"arch": self.arch, "width": width, "depth": self.depth, "norm": self.norm}
+        if self.kwargs:
+            out["kwargs"] = self.kwargs
+        if self.init is not None and self.init != TODAYS_INIT:
+            out["init"] = self.init
+        return out
 
     @property
     def options(self) -> dict[str, Any]:
@@ -246,7 +260,12 @@ class ModelConfig:
             knobs = {k: getattr(self, k) for k in KNOBS}
             return build_external(self.arch, self.options, knobs, num_classes, tuple(in_shape), allowed)
         model = ARCHS[self.arch].build(
-            width=self.width, depth=self.depth, norm=self.norm, num_classes=num_classes, in_shape=tuple(in_shape)
+            width=self.width,
+            depth=self.depth,
+            norm=self.norm,
+            num_classes=num_classes,
+            in_shape=tuple(in_shape),
+            init=self.init,
         )
         model.arch = self.arch  # type: ignore[assignment]  # torch types Module attributes as tensors or modules
         return model
@@ -321,6 +340,7 @@ def build_model(
     width: float | Sequence[int] | None = None,
     depth: int | None = None,
     norm: str | None = None,
+    init: str | None = None,
     num_classes: int = 10,
     in_shape: tuple[int, ...] = (1, 28, 28),
     allow_import: Iterable[str] | str | None = None,
@@ -336,6 +356,7 @@ def build_model(
         depth: hidden layers for ``mlp``; 11/13/16/19 for ``vgg``; 6n+2 for ``cifar_resnet``;
             None for the architecture's default.
         norm: ``none``, ``batch`` or ``layer`` (resnets: ``batch`` or ``layer``).
+        init: ``torch`` (PyTorch's default), ``he`` or ``lecun`` for the zoo; None for the default.
         num_classes: outputs of the classifier.
         in_shape: (channels, height, width) of one input.
         allow_import: the modules (or packages above them) a ``package.module:factory`` may import;
@@ -344,7 +365,7 @@ def build_model(
     """
     # ModelConfig takes any sequence of per-layer widths and keeps it as a tuple
     config_width = cast("float | tuple[int, ...] | None", width)
-    return ModelConfig(arch, config_width, depth, norm, kwargs, allow_import).build(num_classes, in_shape)
+    return ModelConfig(arch, config_width, depth, norm, kwargs, init, allow_import).build(num_classes, in_shape)
 
 
 def permutation_spec(model: nn.Module, example_input: Any = None) -> PermutationSpec:

@@ -1,12 +1,18 @@
-"""Building blocks shared by the model zoo: norm layers by name and He initialisation."""
+"""Building blocks shared by the model zoo: norm layers by name and the initialisations."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal, TypeVar
 
 from torch import nn
 
 NORMS = ("none", "batch", "layer")
+# torch: PyTorch's own init of each layer (the REPAIR notebooks); he: Kaiming normal, fan-in, ReLU
+# gain (open_lth); lecun: LeCun normal (Flax's default, so Git Re-Basin's). See docs/science.md.
+INITS = ("torch", "he", "lecun")
+TODAYS_INIT = "he"  # the zoo's only init before the knob existed: left out of model keys
+DEFAULT_INIT = "torch"  # chosen by measurement: docs/science.md#initialisation
 
 
 def make_norm(kind: str, channels: int, *, spatial: bool) -> nn.Module | None:
@@ -45,11 +51,29 @@ def modules_of(container: nn.ModuleList, kind: type[M]) -> list[M]:
     return out
 
 
+def initialise(model: nn.Module, init: str, head: nn.Module | None = None) -> None:
+    """Initialise a freshly built zoo network by ``init`` (one of :data:`INITS`).
+
+    ``torch`` keeps what each layer's constructor drew (PyTorch's default: uniform weights of
+    variance 1/(3·fan_in), uniform biases); ``he`` and ``lecun`` redraw every conv/linear weight
+    and zero its bias, and reset norm layers to unit scale and zero shift.
+    """
+    if init == "torch":
+        return
+    if init == "he":
+        he_init(model, head=head)
+    elif init == "lecun":
+        lecun_init(model)
+    else:
+        raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
+
+
 def he_init(model: nn.Module, head: nn.Module | None = None) -> None:
     """Kaiming-normal (fan-in, ReLU gain) weights and zero biases for every conv/linear.
 
-    Deep plain nets do not train from PyTorch's default init; this init trains them (DESIGN.md).
-    The classifier ``head`` gets unit gain since no ReLU follows it.
+    The classifier ``head`` gets unit gain since no ReLU follows it. This was the zoo's only init
+    until ``init`` became a knob; what it does to the REPAIR paper's numbers, against PyTorch's
+    default, was measured and is in docs/science.md.
     """
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
@@ -57,12 +81,31 @@ def he_init(model: nn.Module, head: nn.Module | None = None) -> None:
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity=gain)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif (
-            isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm))
-            and module.weight is not None
-        ):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        _reset_norm(module)
+
+
+# jax.nn.initializers.variance_scaling's truncated normal: cut at ±2 standard deviations, then
+# rescaled so the variance is the target (the std of a unit normal truncated at ±2).
+_TRUNCATED_STD = 0.87962566103423978
+
+
+def lecun_init(model: nn.Module) -> None:
+    """LeCun normal as Flax draws it (``lecun_normal``: truncated normal of variance 1/fan_in) for
+    every conv/linear weight, the classifier's included, and zero biases (Flax's defaults)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            fan_in = module.weight[0].numel()
+            std = math.sqrt(1.0 / fan_in) / _TRUNCATED_STD
+            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        _reset_norm(module)
+
+
+def _reset_norm(module: nn.Module) -> None:
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)) and module.weight is not None:
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 def scaled(base: int, width: float) -> int:

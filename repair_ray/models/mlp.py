@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..permutation.spec import PermutationSpec, SpecBuilder
-from .common import he_init, make_norm, modules_of
+from .common import TODAYS_INIT, initialise, make_norm, modules_of
 
 
 class DenseBlock(nn.Module):
@@ -34,7 +34,14 @@ class MLP(nn.Module):
     one width per hidden layer (then ``depth`` is its length)."""
 
     def __init__(
-        self, *, width: int | Sequence[int], depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]
+        self,
+        *,
+        width: int | Sequence[int],
+        depth: int,
+        norm: str,
+        num_classes: int,
+        in_shape: tuple[int, ...],
+        init: str = TODAYS_INIT,
     ) -> None:
         super().__init__()
         widths = [int(w) for w in width] if isinstance(width, Sequence) else [int(width)] * depth
@@ -44,7 +51,7 @@ class MLP(nn.Module):
         sizes = [math.prod(in_shape), *widths]
         self.layers = nn.ModuleList(DenseBlock(sizes[i], sizes[i + 1], norm) for i in range(depth))
         self.head = nn.Linear(sizes[-1], num_classes)
-        he_init(self, head=self.head)
+        initialise(self, init, head=self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.flatten(x)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..permutation.spec import PermutationSpec, SpecBuilder
-from .common import he_init, modules_of, norm_layer, scaled
+from .common import TODAYS_INIT, initialise, modules_of, norm_layer, scaled
 
 
 class Shortcut(nn.Module):
@@ -153,6 +153,7 @@ class ResNet(nn.Module):
         num_classes: int,
         in_shape: tuple[int, ...],
         imagenet_stem: bool,
+        init: str = TODAYS_INIT,
     ) -> None:
         super().__init__()
         if norm not in ("batch", "layer"):
@@ -171,7 +172,7 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.head = nn.Linear(c, num_classes)
-        he_init(self, head=self.head)
+        initialise(self, init, head=self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -202,7 +203,9 @@ class ResNet(nn.Module):
         return b.build(self)
 
 
-def cifar_resnet(*, width: float, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]) -> ResNet:
+def cifar_resnet(
+    *, width: float, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...], init: str = TODAYS_INIT
+) -> ResNet:
     """CIFAR ResNet (He et al. 2016, section 4.2): depth = 6n+2, 16·width channels in stage 1."""
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"resnet20-family depth must be 6n+2 (8, 14, 20, 32, 44, 56, ...), got {depth}")
@@ -215,10 +218,11 @@ def cifar_resnet(*, width: float, depth: int, norm: str, num_classes: int, in_sh
         num_classes=num_classes,
         in_shape=in_shape,
         imagenet_stem=False,
+        init=init,
     )
 
 
-def _imagenet_resnet(block, blocks, *, width, norm, num_classes, in_shape) -> ResNet:
+def _imagenet_resnet(block, blocks, *, width, norm, num_classes, in_shape, init) -> ResNet:
     # Small images (CIFAR, MNIST) get the 3x3 stride-1 stem without max-pool, as in the REPAIR
     # paper's CIFAR-10 ResNet18; larger ones the 7x7 stride-2 stem with max-pool.
     return ResNet(
@@ -229,18 +233,23 @@ def _imagenet_resnet(block, blocks, *, width, norm, num_classes, in_shape) -> Re
         num_classes=num_classes,
         in_shape=in_shape,
         imagenet_stem=min(in_shape[1:]) > 64,
+        init=init,
     )
 
 
-def resnet18(*, width: float, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]) -> ResNet:
+def resnet18(
+    *, width: float, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...], init: str = TODAYS_INIT
+) -> ResNet:
     """ResNet18 (BasicBlock, 2-2-2-2) with a width multiplier on 64-128-256-512 channels."""
     return _imagenet_resnet(
-        BasicBlock, [2, 2, 2, 2], width=width, norm=norm, num_classes=num_classes, in_shape=in_shape
+        BasicBlock, [2, 2, 2, 2], width=width, norm=norm, num_classes=num_classes, in_shape=in_shape, init=init
     )
 
 
-def resnet50(*, width: float, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]) -> ResNet:
+def resnet50(
+    *, width: float, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...], init: str = TODAYS_INIT
+) -> ResNet:
     """ResNet50 (Bottleneck, 3-4-6-3) with a width multiplier on 64-128-256-512 planes."""
     return _imagenet_resnet(
-        Bottleneck, [3, 4, 6, 3], width=width, norm=norm, num_classes=num_classes, in_shape=in_shape
+        Bottleneck, [3, 4, 6, 3], width=width, norm=norm, num_classes=num_classes, in_shape=in_shape, init=init
     )

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..permutation.spec import PermutationSpec, SpecBuilder
-from .common import he_init, make_norm, modules_of, scaled
+from .common import TODAYS_INIT, initialise, make_norm, modules_of, scaled
 
 # Channels per conv, "M" = 2x2 max-pool (Simonyan & Zisserman 2015, configurations A, B, D, E).
 VGG_LAYERS: dict[int, list[int | str]] = {
@@ -63,7 +63,16 @@ class VGG(nn.Module):
     A pool is skipped once the feature map is 1 pixel wide, so 28x28 inputs work.
     """
 
-    def __init__(self, *, width: float, depth: int, norm: str, num_classes: int, in_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        *,
+        width: float,
+        depth: int,
+        norm: str,
+        num_classes: int,
+        in_shape: tuple[int, ...],
+        init: str = TODAYS_INIT,
+    ) -> None:
         super().__init__()
         if depth not in VGG_LAYERS:
             raise ValueError(f"vgg depth must be one of {sorted(VGG_LAYERS)}, got {depth}")
@@ -82,7 +91,7 @@ class VGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.head = nn.Linear(c_in, num_classes)
-        he_init(self, head=self.head)
+        initialise(self, init, head=self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.features:

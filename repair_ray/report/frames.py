@@ -13,12 +13,13 @@ import pandas as pd
 
 from ..names import ALIGNS, CORRECTIONS, LINEAGE
 
-OPTIONAL_KEYS = ("layer_widths", *LINEAGE)
+OPTIONAL_KEYS = ("init", "layer_widths", *LINEAGE)
 """Description columns that most sweeps leave null: shown only where they have values."""
 GROUP_KEYS = (
     "arch",
     "dataset",
     "norm",
+    "init",
     "width",
     "layer_widths",
     "depth",
@@ -51,7 +52,7 @@ def barrier_columns(pairs: pd.DataFrame) -> list[str]:
 def pairs_of(data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     frame = with_analysis_key(data["pairs"] if isinstance(data, Mapping) else data)
     missing = {
-        k: pd.Series(pd.NA, index=frame.index, dtype="string" if k == "layer_widths" else "Int64")
+        k: pd.Series(pd.NA, index=frame.index, dtype="string" if k in ("init", "layer_widths") else "Int64")
         for k in OPTIONAL_KEYS
         if k not in frame.columns
     }

@@ -463,8 +463,9 @@ def _model_grid(
     out = []
     for i, g in enumerate(grids):
         widths, depths, norms = _as_list(g.width), _as_list(g.depth), _as_list(g.norm)  # None: not set
-        if not (widths and depths and norms):
-            problems.append(f"models[{i}]: width, depth and norm must not be empty lists")
+        inits = _as_list(g.init)
+        if not (widths and depths and norms and inits):
+            problems.append(f"models[{i}]: width, depth, norm and init must not be empty lists")
             continue
         found = len(problems)
         if g.checkpoints is not None and len(widths) * len(depths) * len(norms) > 1:
@@ -473,8 +474,12 @@ def _model_grid(
                 "networks of one model config; give each model config its own entry)"
             )
             continue
-        for w, d, n in itertools.product(widths, depths, norms):
-            config = _build(functools.partial(ModelConfig, g.arch, w, d, n, g.kwargs, allowed), _grid_key(i), problems)
+        if g.checkpoints is not None and g.init is not None:
+            problems.append(f"models[{i}].init: the networks in checkpoints are trained already; leave init out")
+            continue
+        for w, d, n, init in itertools.product(widths, depths, norms, inits):
+            build = functools.partial(ModelConfig, g.arch, w, d, n, g.kwargs, init, allowed)
+            config = _build(build, _grid_key(i), problems)
             if config is not None and refuse and not config.importable:
                 problems.append(f"models[{i}].arch: {refusal(g.arch)}")
             elif config is not None:

@@ -79,6 +79,12 @@ class ModelPlan:
         """Whether its networks are files trained elsewhere, not trained by the sweep."""
         return self.imported is not None
 
+    def fields(self) -> dict[str, Any]:
+        """The model config as the fields ``ModelConfig(**fields)`` takes, for tasks and rows; an
+        imported network's ``init`` is None (it was initialised elsewhere, so its rows say nothing)."""
+        fields = asdict(self.model)
+        return {**fields, "init": None} if self.is_imported else fields
+
     def network(self, seed: int) -> ImportedNetwork | None:
         """The imported network file numbered ``seed`` (None for a network the sweep trains)."""
         return next((n for n in self.imported or () if n.seed == seed), None)
@@ -117,8 +123,10 @@ def model_key(model: ModelConfig, train: TrainConfig, dataset: dict[str, Any], b
 def imported_model_key(model: ModelConfig, dataset: dict[str, Any]) -> str:
     """The key of a model config whose networks are imported: its shape plus a hash of the model
     config and the dataset (``...-imported-<hash>``). The files are not in it: each network is
-    named by its content (its seed), so adding files keeps the key and computes only new pairs."""
-    described = {"model": model.described(), "dataset": dataset, "source": "imported"}
+    named by its content (its seed), so adding files keeps the key and computes only new pairs.
+    An imported network was initialised elsewhere: ``init`` is not part of it."""
+    shape = {k: v for k, v in model.described().items() if k != "init"}
+    described = {"model": shape, "dataset": dataset, "source": "imported"}
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{model.label}-imported-{digest}"
 

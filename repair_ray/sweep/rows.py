@@ -26,12 +26,13 @@ def _widths(width: Any) -> dict[str, Any]:
 def model_columns(
     model: dict[str, Any], dataset: dict[str, Any], lineage: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """``arch, dataset, width, layer_widths, depth, norm, model_kwargs`` and the lineage columns of a
+    """``arch, dataset, width, layer_widths, depth, norm, init, model_kwargs`` and the lineage columns of a
     row, from a job's model config, dataset and lineage (:meth:`ModelPlan.lineage`, as dicts).
 
     An mlp with one width per layer has a null ``width`` and its widths in ``layer_widths`` (JSON,
     ``"[300, 100]"``; null otherwise). Knobs a network outside the zoo is not given are null;
-    ``model_kwargs`` is its keyword arguments as canonical JSON (null when there are none);
+    ``model_kwargs`` is its keyword arguments as canonical JSON (null when there are none); ``init``
+    is a zoo network's initialisation (null outside the zoo and for imported networks);
     ``trunk_seed`` and ``branch_epoch`` are null for independent seeds; ``imp_round`` and ``sparsity``
     (the fraction of prunable weights the round's mask removes) are null outside IMP.
     """
@@ -43,6 +44,7 @@ def model_columns(
         **_widths(model["width"]),
         "depth": model["depth"],
         "norm": model["norm"],
+        "init": model.get("init"),
         "model_kwargs": model.get("kwargs") or None,
     }
 

@@ -35,6 +35,7 @@ class ModelGrid(_Strict):
     width: Number | list[Number | list[int]] | None = None  # a list inside the list: per-layer widths
     depth: int | list[int] | None = None
     norm: str | list[str] | None = None
+    init: str | list[str] | None = None  # the zoo's initialisation: torch, he or lecun (a list varies it)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     # networks trained elsewhere: a glob or a list of state_dict / safetensors files (local, file://, s3://, gs://)
     checkpoints: str | list[str] | None = None

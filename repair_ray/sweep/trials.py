@@ -49,7 +49,7 @@ def trial_spec(
         root=config.root,
         model_key=plan.model_key,
         seeds=tuple(seeds),
-        model=asdict(plan.model),
+        model=plan.fields(),
         train=asdict(config.train),
         dataset=config.dataset.as_dict(),
         threads=threads,
