@@ -22,7 +22,7 @@ from repair_ray.pruning import (
 )
 from repair_ray.training import TrainConfig, Trainer, next_imp_mask, train_model, train_trunk
 
-MLP = ModelConfig("mlp", width=32, depth=2)
+MLP = ModelConfig("mlp", width=32, depth=2, init="he")  # the scale its learning rates were chosen at
 TRAIN = TrainConfig(epochs=3, batch_size=128, lr=0.05)
 
 
