@@ -285,7 +285,7 @@ def _mains_imagefolder(path: Path, image_size: int) -> tuple[torch.Tensor, torch
 
     train_x, train_y = split(train_dir)
     test_x, test_y = split(test_dir)
-    train_x, test_x = standardise(train_x, test_x)
+    train_x, test_x, _ = standardise(train_x, test_x)
     return train_x, train_y, test_x, test_y
 
 
