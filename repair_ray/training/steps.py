@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,6 +41,28 @@ def use_fast_cuda_kernels() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What training does to inputs held in memory, as data: ``kind`` (``crop_flip`` or
+    ``translate``, :meth:`TrainConfig.augmentation`) padded with ``fill`` (:meth:`TrainConfig.pad_fill`),
+    so that others (a pair's statistics, ``eval.stat_augment``) can augment as the training did."""
+
+    kind: str
+    fill: tuple[float, ...] | None = None
+
+    @staticmethod
+    def of(
+        config: TrainConfig, in_shape: tuple[int, ...], black: tuple[float, ...] | None, dataset: str = "the dataset"
+    ) -> Augmentation | None:
+        """The augmentation ``config`` trains inputs of ``in_shape`` held in memory with (None: none)."""
+        kind = config.augmentation(in_shape)
+        return None if kind is None else Augmentation(kind, config.pad_fill(black, dataset))
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``x`` augmented by draws from ``generator`` (:func:`augment_batch`)."""
+        return augment_batch(x, generator, flips=self.kind == "crop_flip", fill=self.fill)
 
 
 def augment_batch(
