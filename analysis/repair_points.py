@@ -27,7 +27,6 @@ import dataclasses
 from torch import nn
 
 import repair_ray
-from repair_ray.datasets import Dataset
 from repair_ray.io.checkpoint import load_checkpoint
 from repair_ray.io.storage import join
 from repair_ray.models import ModelConfig
@@ -61,7 +60,7 @@ def main() -> None:
         raise SystemExit(f"{args.sweep}: no finished pair with an activation/reset row")
     data = repair_ray.load_dataset(config.dataset.name, **config.dataset.options)
     if args.test_samples is not None:
-        data = Dataset(data.name, data.train, data.test.head(args.test_samples), data.num_classes, data.in_shape)
+        data = dataclasses.replace(data, test=data.test.head(args.test_samples))
     plans = {plan.model_key: plan.model for plan in config.models}
     header = "| variant | pair | carried points | midpoint test-loss barrier: reset | repair |"
     print(header + " test-error barrier: reset | repair |")

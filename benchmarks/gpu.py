@@ -190,7 +190,7 @@ def ray_sweep(device: torch.device, quick: bool) -> list[dict[str, Any]]:
 
 
 def train_resnet(device: torch.device, quick: bool) -> list[dict[str, Any]]:
-    from repair_ray.datasets import Dataset, make_synthetic
+    from repair_ray.datasets import make_synthetic
     from repair_ray.models import ModelConfig
     from repair_ray.training import TrainConfig, Trainer
 
@@ -198,7 +198,7 @@ def train_resnet(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     width = 0.25 if quick else 4
     shape = (3, 16, 16) if quick else (3, 32, 32)
     data = make_synthetic(shape=shape, num_classes=10, train_size=batch * steps, test_size=batch, seed=0)
-    data = Dataset(data.name, data.train, data.test, 10, shape).to(device)
+    data = dataclasses.replace(data, num_classes=10, in_shape=shape).to(device)
     model = ModelConfig("resnet20", width, None, "batch", {})
     bf16, augmented = {"precision": "bf16", "augment": False}, {"precision": "bf16", "augment": True}
     variants: list[tuple[str, dict[str, Any], dict[str, Any], int]] = [
@@ -246,14 +246,14 @@ def _epoch(trainers: list) -> None:
 
 
 def seeds_mlp(device: torch.device, quick: bool) -> list[dict[str, Any]]:
-    from repair_ray.datasets import Dataset, make_synthetic
+    from repair_ray.datasets import make_synthetic
     from repair_ray.models import ModelConfig
     from repair_ray.multiseed import train_together
     from repair_ray.training import TrainConfig, Trainer
 
     batch, batches = 128, (5 if quick else 40)
     data = make_synthetic(shape=(1, 28, 28), num_classes=10, train_size=batch * batches, test_size=1000, seed=0)
-    data = Dataset(data.name, data.train, data.test, 10, (1, 28, 28)).to(device)
+    data = dataclasses.replace(data, num_classes=10, in_shape=(1, 28, 28)).to(device)
     config = TrainConfig(epochs=2, batch_size=batch, lr=0.05)
     counts = (1, 4) if quick else (1, 16, 64)
     rows = []
@@ -287,7 +287,7 @@ def pair_resnet(device: torch.device, quick: bool) -> list[dict[str, Any]]:
 
     from repair_ray import PairSettings, analyse_pair
     from repair_ray.correction import has_batchnorm
-    from repair_ray.datasets import Dataset, make_synthetic
+    from repair_ray.datasets import make_synthetic
     from repair_ray.pair import sample_forwards
 
     width = 0.25 if quick else 4
@@ -301,7 +301,7 @@ def pair_resnet(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     cases = [
         (
             f"{small} samples, 11 α",
-            Dataset(full.name, full.train, full.test.head(small), 10, full.in_shape),
+            dataclasses.replace(full, test=full.test.head(small), num_classes=10),
             PairSettings(aligns, corrections, alphas=11, train_samples=small, stat_samples=small),
         ),
         (
@@ -363,7 +363,7 @@ def pair_resnet(device: torch.device, quick: bool) -> list[dict[str, Any]]:
 
 def stack_probe(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     """Which networks train stacked (vmap) on this device: 4 seeds, one epoch of 5 steps each."""
-    from repair_ray.datasets import Dataset, make_synthetic
+    from repair_ray.datasets import make_synthetic
     from repair_ray.models import ModelConfig
     from repair_ray.multiseed import Stack
     from repair_ray.training import TrainConfig, Trainer
@@ -379,7 +379,7 @@ def stack_probe(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     rows = []
     for label, model, shape, cudnn in cases:
         data = make_synthetic(shape=shape, num_classes=10, train_size=128 * 5, test_size=128, seed=0)
-        data = Dataset(data.name, data.train, data.test, 10, shape).to(device)
+        data = dataclasses.replace(data, num_classes=10, in_shape=shape).to(device)
         config = TrainConfig(epochs=2, batch_size=128, lr=0.05, augment=False)
         layout = {"channels_last": False} if cudnn is None else {}
         try:

@@ -18,6 +18,7 @@ so the times are of compiled steps, not of compiling (which a trial pays once pe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
@@ -41,10 +42,9 @@ MODELS = [
 
 def _data(batches: int):
     from repair_ray import load_dataset
-    from repair_ray.datasets import Dataset
 
     mnist = load_dataset("mnist")
-    return Dataset("mnist", mnist.train.head(BATCH * batches), mnist.test.head(1000), 10, mnist.in_shape)
+    return dataclasses.replace(mnist, train=mnist.train.head(BATCH * batches), test=mnist.test.head(1000))
 
 
 def _trainers(knobs: dict[str, Any], epochs: int, data, seeds: int, compile: bool = False, device: str = "cpu") -> list:

@@ -293,8 +293,8 @@ def test_without_a_process_group_a_run_is_one_process_and_distributed_true_is_re
 
 
 def test_sync_batchnorm_is_a_later_field_left_out_of_identities_at_its_default() -> None:
-    assert "sync_batchnorm" not in TrainConfig().identity()
-    assert TrainConfig(sync_batchnorm=True).identity()["sync_batchnorm"] is True
+    assert "sync_batchnorm" not in TrainConfig().identity((1, 28, 28))
+    assert TrainConfig(sync_batchnorm=True).identity((1, 28, 28))["sync_batchnorm"] is True
     with pytest.raises(ValueError, match="sync_batchnorm: must be true or false"):
         TrainConfig(sync_batchnorm="yes")  # type: ignore[arg-type]
 

@@ -285,7 +285,7 @@ def _mains_imagefolder(path: Path, image_size: int) -> tuple[torch.Tensor, torch
 
     train_x, train_y = split(train_dir)
     test_x, test_y = split(test_dir)
-    train_x, test_x = standardise(train_x, test_x)
+    train_x, test_x, _ = standardise(train_x, test_x)
     return train_x, train_y, test_x, test_y
 
 
@@ -426,27 +426,32 @@ def test_a_pair_analysed_on_a_streamed_dataset_gives_the_rows_of_its_loaded_copy
 def test_a_sweep_over_an_image_folder_keys_only_the_options_it_gives() -> None:
     """The new options have defaults that stay out of the dataset's identity: a config that does
     not set them has the model and analysis keys it had before they existed (pinned: computed with
-    main's code before this change)."""
+    main's code before this change). Its 32x32 RGB images are augmented, so since ``train.pad``
+    their networks keep those keys with ``pad: mean``, the padding they were trained with."""
     from repair_ray.sweep.config import parse_config
     from repair_ray.sweep.planning import analysis_keys
 
     from .helpers import tiny_sweep
 
-    def keys(dataset: object) -> tuple[dict, list[str], set[str]]:
+    def keys(dataset: object, **train: object) -> tuple[dict, list[str], set[str]]:
         he = [{"arch": "mlp", "width": 16, "depth": 2, "init": "he"}]  # the zoo's init when the keys were pinned
-        config = parse_config(tiny_sweep("k", "/tmp/unused", dataset=dataset, models=he), check_files=False)
+        data = tiny_sweep("k", "/tmp/unused", dataset=dataset, models=he)
+        data["train"] = {**data["train"], **train}
+        config = parse_config(data, check_files=False)
         return (
             config.dataset.as_dict(),
             [p.model_key for p in config.models],
             set(analysis_keys(config.pair_settings, config.dataset.as_dict()).values()),
         )
 
-    plain = keys("imagefolder:/tmp/rr/folder")
+    plain = keys("imagefolder:/tmp/rr/folder", pad="mean")
     assert plain == (
         {"name": "imagefolder:/tmp/rr/folder", "options": {}},
         ["mlp-w16-d2-none-6fa8e74307"],
         {"a5-s128-58abb124ca"},
     )
+    black = keys("imagefolder:/tmp/rr/folder")  # padded with black: other networks, the same analysis
+    assert black[1] != plain[1] and black[2] == plain[2]
     sized = keys({"name": "imagefolder:/tmp/rr/folder", "image_size": 16})
     assert sized[1:] == (["mlp-w16-d2-none-4a7529d6a3"], {"a5-s128-9dc887b9e4"})
     streamed_keys = keys({"name": "imagefolder:/tmp/rr/folder", "load": "stream"})

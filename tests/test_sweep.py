@@ -429,7 +429,7 @@ def test_zoo_model_keys_stay_what_they_were():
     old_payload = {
         "model": {"arch": "mlp", "width": 16, "depth": 2, "norm": "none"},
         # the training fields keys were first made of (fields added later are left out at their defaults)
-        "train": {k: v for k, v in asdict(config.train).items() if k not in ("precision", "sync_batchnorm")},
+        "train": {k: v for k, v in asdict(config.train).items() if k not in ("precision", "sync_batchnorm", "pad")},
         "dataset": config.dataset.as_dict(),
     }
     digest = hashlib.sha256(json.dumps(old_payload, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -37,7 +37,7 @@ from .imagefolder import (
 )
 from .streaming import ImageFiles
 from .synthetic import make_synthetic
-from .tensors import Dataset, DatasetNotFoundError, TensorData, in_memory, memory_only
+from .tensors import Dataset, DatasetNotFoundError, TensorData, black_of, in_memory, memory_only
 from .vision import DATA_ENV, TORCHVISION_DATASETS, data_root, load_torchvision
 
 Rule = Callable[[Any], str | None]  # a value -> what is wrong with it (None when it is fine)
@@ -418,6 +418,7 @@ __all__ = [
     "ImageFiles",
     "Option",
     "TensorData",
+    "black_of",
     "check_dataset",
     "data_root",
     "dataset_in_shape",

@@ -31,7 +31,7 @@ import torch
 
 from .files import IMAGE_EXTENSIONS, FileList, FolderListing, evaluation_folder, folder_listing, open_rgb
 from .streaming import Channels, ImageFiles, Transforms, channel_statistics, default_workers
-from .tensors import Dataset, DatasetNotFoundError, TensorData, normalise, standardise
+from .tensors import Dataset, DatasetNotFoundError, TensorData, black_of, normalise, standardise
 
 MEMORY_BUDGET = 2 * 1024**3  # load: auto holds an image folder in memory up to this many bytes of float32
 LOADINGS = ("auto", "memory", "stream")
@@ -123,12 +123,13 @@ def load_imagefolder(
         train_x = _decoded(listing.train, image_size, resize_size)
         test_x = _decoded(listing.test, image_size, resize_size)
         if mean is None or std is None:
-            train_x, test_x = standardise(train_x, test_x)
+            train_x, test_x, black = standardise(train_x, test_x)
         else:
             train_x, test_x = normalise(train_x, mean, std), normalise(test_x, mean, std)
+            black = black_of(mean, std)
         train = TensorData(train_x, torch.from_numpy(listing.train.labels.copy()))
         test = TensorData(test_x, torch.from_numpy(listing.test.labels.copy()))
-        return Dataset(name, train, test, len(listing.classes), in_shape)
+        return Dataset(name, train, test, len(listing.classes), in_shape, black)
     workers = default_workers() if workers is None else workers
     resize = default_resize(image_size) if resize_size is None else resize_size
     if mean is None or std is None:
@@ -140,7 +141,7 @@ def load_imagefolder(
     transforms = Transforms(image_size, resize, _three(mean), _three(std))
     train_files = ImageFiles(listing.train, transforms, num_workers=workers)
     test_files = ImageFiles(listing.test, transforms, num_workers=workers)
-    return Dataset(name, train_files, test_files, len(listing.classes), in_shape)
+    return Dataset(name, train_files, test_files, len(listing.classes), in_shape, black_of(mean, std))
 
 
 def _three(values: tuple[float, float, float] | list[float]) -> Channels:

@@ -49,8 +49,8 @@ def make_synthetic(
         return TensorData(prototypes[y] * amplitude + nuisance + 2.0 * noise, y)
 
     train, test = split(int(train_size)), split(int(test_size))  # train first: test_size never changes train
-    train.x, test.x = standardise(train.x, test.x)
-    return Dataset("synthetic", train, test, num_classes, in_shape)
+    train.x, test.x, black = standardise(train.x, test.x)
+    return Dataset("synthetic", train, test, num_classes, in_shape, black)
 
 
 def _smooth_images(generator: torch.Generator, n: int, shape: tuple[int, int, int]) -> torch.Tensor:

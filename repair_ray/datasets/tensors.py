@@ -4,11 +4,13 @@ Small datasets (MNIST, CIFAR, test-sized synthetic data, small image folders) li
 device that trains on them, so batches are slices of one tensor rather than the output of worker
 processes. A large image folder's splits are :class:`~.streaming.ImageFiles` instead, read from
 disk by DataLoader workers; :class:`Dataset` holds either kind. :func:`normalise` and
-:func:`standardise` are the per-channel normalisation the loaders share.
+:func:`standardise` are the per-channel normalisation the loaders share; :func:`black_of` is where a
+black pixel lands after it (what a translation's padding fills in).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -93,13 +95,19 @@ class TensorData:
 @dataclass
 class Dataset:
     """A classification dataset: normalised train and test splits, each in memory (:class:`TensorData`)
-    or streamed from disk (:class:`~.streaming.ImageFiles`), plus the input shape."""
+    or streamed from disk (:class:`~.streaming.ImageFiles`), plus the input shape.
+
+    ``black``: each channel's normalised value of a raw 0 (a black pixel: ``-mean / std`` of the
+    normalisation, :func:`black_of`), what training pads translated inputs with
+    (``train.pad: black``); None where the loader does not say (a dataset built by hand).
+    """
 
     name: str
     train: TensorData | ImageFiles
     test: TensorData | ImageFiles
     num_classes: int
     in_shape: tuple[int, int, int]
+    black: tuple[float, ...] | None = None
 
     @property
     def streamed(self) -> bool:
@@ -108,7 +116,7 @@ class Dataset:
 
     def to(self, device: str | torch.device) -> Dataset:
         """The same dataset with both splits on ``device`` (a streamed split's batches land there; no data moves)."""
-        return Dataset(self.name, self.train.to(device), self.test.to(device), self.num_classes, self.in_shape)
+        return dataclasses.replace(self, train=self.train.to(device), test=self.test.to(device))
 
 
 def in_memory(split: TensorData | ImageFiles) -> TensorData:
@@ -138,12 +146,18 @@ def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return x.sub_(torch.tensor(mean, dtype=x.dtype).view(shape)).div_(torch.tensor(std, dtype=x.dtype).view(shape))
 
 
-def standardise(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both splits normalised in place by the per-channel mean and std of the train split.
+def black_of(mean: Sequence[float], std: Sequence[float]) -> tuple[float, ...]:
+    """Each channel's value of a raw 0 (a black pixel) after :func:`normalise` by ``mean`` and ``std``."""
+    return tuple(-float(m) / float(s) for m, s in zip(mean, std, strict=True))
+
+
+def standardise(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...]]:
+    """Both splits normalised in place by the per-channel mean and std of the train split, and
+    where a raw 0 lands (:func:`black_of`).
 
     For datasets without published statistics (generated data, image folders); the test split
     never contributes, so its size cannot change how the train split is scaled.
     """
     mean = train_x.mean(dim=(0, 2, 3)).tolist()
     std = train_x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
-    return normalise(train_x, mean, std), normalise(test_x, mean, std)
+    return normalise(train_x, mean, std), normalise(test_x, mean, std), black_of(mean, std)

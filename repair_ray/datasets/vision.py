@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .tensors import Dataset, DatasetNotFoundError, TensorData, normalise
+from .tensors import Dataset, DatasetNotFoundError, TensorData, black_of, normalise
 
 DATA_ENV = "REPAIR_RAY_DATA"
 
@@ -85,7 +85,7 @@ def load_torchvision(name: str, root: Path | None = None) -> Dataset:
         x = normalise(x.to(torch.float32).div_(255), spec.mean, spec.std).contiguous()
         return TensorData(x, torch.as_tensor(targets, dtype=torch.int64))
 
-    return Dataset(name, split(True), split(False), spec.num_classes, spec.in_shape)
+    return Dataset(name, split(True), split(False), spec.num_classes, spec.in_shape, black_of(spec.mean, spec.std))
 
 
 def _torchvision_split(name: str, root: Path, train: bool) -> tuple[torch.Tensor, Any]:

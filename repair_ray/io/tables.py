@@ -155,6 +155,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("std_ratio", _F64),
         ("mean_var_ratio", _F64),
         ("analysis_key", _STR),
+        # which samples the two ratios were measured on, never REPAIR's own: train | test, and how many
+        ("held_out", _STR),
+        ("held_out_samples", _INT),
     ),
 }
 TABLES = tuple(SCHEMAS)

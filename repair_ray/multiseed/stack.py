@@ -130,7 +130,12 @@ class Stack:
             x, y = gather(train, order[:, batch * batch_size : (batch + 1) * batch_size])
             if first.augment:
                 flips = first.augment == "crop_flip"
-                x = torch.stack([augment_batch(x[k], trainers[i].generator, flips=flips) for k, i in enumerate(alive)])
+                x = torch.stack(
+                    [
+                        augment_batch(x[k], trainers[i].generator, flips=flips, fill=first.pad_fill)
+                        for k, i in enumerate(alive)
+                    ]
+                )
             lr = first.learning_rate(start + batch)
             with self._precision():
                 losses, logits = self._losses_and_logits(x, y)

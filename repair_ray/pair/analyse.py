@@ -7,7 +7,7 @@ and only adds identifiers to the rows it returns.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..correction import has_batchnorm, target_moments
-from ..datasets import Dataset, in_memory
+from ..datasets import Dataset, ImageFiles, TensorData, in_memory
 from ..errors import is_int
 from ..hooks import MomentRecorder, Moments, Recorders, std_ratio, variance_ratio
 from ..interpolation import barrier_metrics, evaluate
@@ -24,8 +24,9 @@ from ..models.fold import fold_batchnorm
 from ..permutation import PermutationSpec, apply_permutation
 from ..permutation.derive import derive_spec
 from ..stacked import auto_alphas_per_pass
+from ..training import Augmentation
 from .align import align_permutation, permute_moments
-from .curve import Clock, CurvePoints
+from .curve import Clock, CurvePoints, HeldOut
 from .settings import PairSettings
 
 
@@ -48,6 +49,7 @@ def analyse_pair(
     progress: Callable[[str], None] | None = None,
     alphas_per_pass: int | None = None,
     memory_share: float = 1.0,
+    augmentation: Augmentation | None = None,
 ) -> PairResult:
     """Align B to A by each method, evaluate each correction along the α grid, compute barriers.
 
@@ -61,6 +63,13 @@ def analyse_pair(
     the uncorrected curve's endpoints are the trained networks, evaluated once per pair, and so
     are the ``endpoint_*`` columns. A ``reset`` on a network without BatchNorm is skipped (no rows).
 
+    The matching activations and the REPAIR/RESET statistics are measured on the first
+    ``settings.stat_samples`` of the train-curve samples (``all``: every one, the whole train split);
+    with ``settings.stat_augment`` on them augmented once by ``augmentation`` (what training did to
+    its inputs, :meth:`~repair_ray.training.Augmentation.of`), drawn from ``settings.subset_seed``.
+    The ``layers`` rows measure on held-out samples, disjoint from those (:class:`~.curve.HeldOut`;
+    their ``held_out`` column says which split gave them).
+
     ``settings.precision`` holds for every forward pass of the analysis, whatever the process did
     before (a worker that trained a network has TF32 switched on for training): ``fp32`` computes in
     full float32 (on a GPU as on the CPU, up to summation order), ``tf32`` lets CUDA matrix products
@@ -73,7 +82,9 @@ def analyse_pair(
     analysis setting: it changes how fast the rows come, not what they say.
     """
     with float_precision(settings.precision):
-        return _analyse_pair(model_a, model_b, dataset, settings, spec, progress, alphas_per_pass, memory_share)
+        return _analyse_pair(
+            model_a, model_b, dataset, settings, spec, progress, alphas_per_pass, memory_share, augmentation
+        )
 
 
 @contextmanager
@@ -97,6 +108,7 @@ def _analyse_pair(
     progress: Callable[[str], None] | None,
     alphas_per_pass: int | None,
     memory_share: float,
+    augmentation: Augmentation | None,
 ) -> PairResult:
     train_eval = in_memory(dataset.train.subset(settings.train_samples, seed=settings.subset_seed))
     test = dataset.test.subset(settings.test_samples, seed=settings.subset_seed)
@@ -105,7 +117,7 @@ def _analyse_pair(
         model_a, model_b = fold_batchnorm(model_a), fold_batchnorm(model_b)
         spec = derive_spec(model_a, train_eval.x[:2])
     spec = spec if spec is not None else permutation_spec(model_a)
-    stat_data = train_eval.head(settings.stat_samples)
+    stat_data = statistics_samples(train_eval, settings, augmentation)
     splits = {"train": train_eval, "test": test}
     alphas = sorted(float(a) for a in settings.alpha_points)
     result = PairResult()
@@ -113,27 +125,28 @@ def _analyse_pair(
 
     clock = Clock()
     points = spec.repair_points
-    # The variance collapse (``layers``) is measured on training samples that REPAIR did not
-    # use, so a repaired ratio near 1 is a finding and not true by construction: the next
-    # stat_samples of the train-curve samples (the same ones when there are no others).
-    held_out = (len(stat_data), min(2 * len(stat_data), len(train_eval)))
-    if held_out[0] >= held_out[1]:
-        held_out = (0, len(stat_data))
+    held = held_out_samples(points, train_eval, test, len(stat_data))
     if alphas_per_pass is not None and not (is_int(alphas_per_pass) and alphas_per_pass >= 1):
         raise ValueError(f"alphas_per_pass must be a positive integer or None (automatic), got {alphas_per_pass!r}")
     endpoint: dict[str, tuple[dict[str, float], ...]] = {"train": (), "test": ()}
     moments: list[dict[str, Moments]] = []
     layer_moments: list[dict[str, Moments]] = []
     with clock("eval"):
-        # The endpoints' statistics are recorded during their train evaluation, which passes
-        # over the statistics samples (its first samples) and the held-out ones anyway.
+        # The endpoints' statistics are recorded during their train evaluation, which passes over
+        # the statistics samples (its first samples) and held-out train samples anyway; augmented
+        # statistics samples and held-out test samples take a pass of their own.
         for model in (model_a, model_b):
             stats = MomentRecorder(spec.corrected_points, len(stat_data), axes=spec.channel_axes)
-            later = MomentRecorder(points, held_out[1], held_out[0], axes=spec.channel_axes)
+            later = held.recorder(spec.channel_axes)
+            riding = [r for r, rides in ((stats, not settings.stat_augment), (later, held.rides_on_train)) if rides]
             train_metrics = evaluate(
-                model, train_eval, batch_size=settings.eval_batch_size, record=Recorders(stats, later)
+                model, train_eval, batch_size=settings.eval_batch_size, record=Recorders(*riding) if riding else None
             )
             test_metrics = evaluate(model, test, batch_size=settings.eval_batch_size, flip=settings.test_flip)
+            if settings.stat_augment:
+                evaluate(model, stat_data, batch_size=settings.eval_batch_size, record=stats)
+            if not held.rides_on_train:
+                evaluate(model, held.data, batch_size=settings.eval_batch_size, record=later)
             moments.append(stats.result())
             layer_moments.append(later.result())
             endpoint["train"] += (train_metrics,)
@@ -151,9 +164,7 @@ def _analyse_pair(
         points=len(alphas),
         memory_share=memory_share,
     )
-    curve_points = CurvePoints(
-        work, spec, splits, stat_data, settings, clock, (points, *held_out), moments_a, endpoint, per_pass
-    )
+    curve_points = CurvePoints(work, spec, splits, stat_data, settings, clock, held, moments_a, endpoint, per_pass)
     for align in settings.aligns:
         with clock("align"):
             perm = align_permutation(align, spec, model_a, model_b, stat_data, settings, dataset.train)
@@ -184,6 +195,8 @@ def _analyse_pair(
                     "layer_index": i,
                     "std_ratio": ratios[p],
                     "mean_var_ratio": var_ratios[p],
+                    "held_out": held.split,
+                    "held_out_samples": held.stop - held.start,
                 }
                 for i, p in enumerate(points)
             ]
@@ -204,6 +217,36 @@ def _analyse_pair(
             row["alphas_per_pass"] = per_pass
             result.pairs.append(row)
     return result
+
+
+def statistics_samples(train_eval: TensorData, settings: PairSettings, augmentation: Augmentation | None) -> TensorData:
+    """The samples matching and REPAIR/RESET measure on: the first ``settings.stat_samples`` of the
+    train-curve samples (all of them for ``all``), with ``settings.stat_augment`` augmented once by
+    ``augmentation``, drawn from a generator seeded with ``settings.subset_seed`` (every pair of a
+    sweep sees the same augmented samples, as it sees the same subset).
+
+    Raises:
+        ValueError: ``stat_augment`` without an augmentation to apply.
+    """
+    stat_data = train_eval.head(settings.stat_count(len(train_eval)))
+    if not settings.stat_augment:
+        return stat_data
+    if augmentation is None:
+        raise ValueError("eval.stat_augment: true needs the training's augmentation, and none was given")
+    generator = torch.Generator().manual_seed(settings.subset_seed)
+    return TensorData(augmentation(stat_data.x, generator), stat_data.y)
+
+
+def held_out_samples(
+    points: Sequence[str], train_eval: TensorData, test: TensorData | ImageFiles, n_stat: int
+) -> HeldOut:
+    """The ``layers`` table's samples, disjoint from the ``n_stat`` statistics samples (the first of
+    ``train_eval``): the next ``n_stat`` train-curve samples where there are any, else the first
+    ``n_stat`` of the test curve's (:class:`~.curve.HeldOut`)."""
+    if len(train_eval) > n_stat:
+        return HeldOut(points, "train", train_eval, n_stat, min(2 * n_stat, len(train_eval)))
+    n = min(n_stat, len(test))
+    return HeldOut(points, "test", test.head(n), 0, n)
 
 
 def _column(key: str, split: str) -> str:

@@ -15,12 +15,18 @@ def sample_forwards(
     statistics samples; activation matching runs both networks on the statistics samples; an
     uncorrected curve evaluates each interior α once on the train-curve and test samples; a
     corrected one (``reset`` only on BatchNorm nets) evaluates every α, endpoints included, after
-    one statistics pass each. The endpoints' and the ``layers`` statistics ride on evaluation
-    passes, so they cost nothing extra.
+    one statistics pass each. The endpoints' and the ``layers`` statistics ride on the train
+    evaluation, so they cost nothing extra, except augmented statistics samples
+    (``stat_augment``: one more pass per endpoint) and held-out samples of the test split (one more
+    pass per endpoint and per curve at α = 0.5).
     """
-    stat = min(settings.stat_samples, n_train_eval)
+    stat = settings.stat_count(n_train_eval)
     interior = sum(1 for a in settings.alpha_points if 0 < a < 1)
     total = 2 * (n_train_eval + n_test) + 2 * stat
+    if settings.stat_augment:
+        total += 2 * stat
+    if n_train_eval <= stat:  # held out on the test split
+        total += (2 + len(settings.methods(batchnorm=batchnorm))) * min(stat, n_test)
     total += sum(2 * stat for a in settings.aligns if a == "activation")
     # a learned matching: a minibatch per step (backward passes not counted) and two full scorings
     for method in ("ste", "sinkhorn"):

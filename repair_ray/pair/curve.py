@@ -6,6 +6,7 @@ import copy
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,6 +18,35 @@ from ..interpolation import evaluate, interpolate_state
 from ..permutation import PermutationSpec
 from ..stacked import AlphaStack, chunks, interpolated_tensors
 from .settings import PairSettings
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Where the ``layers`` table measures the variance collapse: samples ``[start, stop)`` of ``data``,
+    disjoint from the statistics samples REPAIR was fitted on, so a repaired ratio near 1 is a
+    finding and not true by construction. ``split`` names them (the ``held_out`` column): ``train``
+    samples are the train-curve samples after the statistics samples, measured during the train
+    curve's own pass; ``test`` samples (when no train-curve sample is left over) are the first of the
+    test curve's, measured in a pass of their own (the test curve may be evaluated with flips)."""
+
+    points: Sequence[str]
+    split: str
+    data: TensorData | ImageFiles
+    start: int
+    stop: int
+
+    @property
+    def rides_on_train(self) -> bool:
+        """Whether the held-out samples are recorded during the train curve's evaluation."""
+        return self.split == "train"
+
+    @property
+    def record(self) -> tuple[Sequence[str], int, int]:
+        """``(points, start, stop)``, what a stacked evaluation records."""
+        return self.points, self.start, self.stop
+
+    def recorder(self, axes: Mapping[str, int]) -> MomentRecorder:
+        return MomentRecorder(self.points, self.stop, self.start, axes=axes)
 
 
 class CurvePoints:
@@ -39,13 +69,13 @@ class CurvePoints:
         stat_data: TensorData,
         settings: PairSettings,
         clock: Clock,
-        record: tuple[Sequence[str], int, int],
+        held_out: HeldOut,
         moments_a: Mapping[str, Moments],
         endpoint: Mapping[str, tuple[dict[str, float], ...]],
         per_pass: int,
     ) -> None:
         self.work, self.spec, self.splits, self.stat_data = work, spec, splits, stat_data
-        self.settings, self.clock, self.record = settings, clock, record
+        self.settings, self.clock, self.held_out = settings, clock, held_out
         self.moments_a, self.endpoint, self.per_pass = moments_a, endpoint, per_pass
         self.skeleton = copy.deepcopy(work).to("meta") if per_pass > 1 else None  # the stacks' architecture
 
@@ -89,16 +119,18 @@ class CurvePoints:
         remove_carried(work)  # the previous point's carried affines
         with self.clock("stat"):
             correct(work, correction, self.moments_a, moments_b, self.stat_data, alpha, self.spec, settings)
-        points, start, stop = self.record
-        # at alpha = 0.5 the train evaluation also measures the variance collapse (``layers``)
-        recorder = MomentRecorder(points, stop, start, axes=self.spec.channel_axes) if alpha == 0.5 else None
+        held = self.held_out
+        # at alpha = 0.5 the variance collapse (``layers``) is measured on the held-out samples too
+        recorder = held.recorder(self.spec.channel_axes) if alpha == 0.5 else None
         measured: dict = {}
         with self.clock("eval"):
             for split, data in self.splits.items():
-                record = recorder if split == "train" else None
+                record = recorder if split == "train" and held.rides_on_train else None
                 measured[split] = evaluate(
                     work, data, batch_size=settings.eval_batch_size, record=record, flip=self.flips(split)
                 )
+            if recorder is not None and not held.rides_on_train:
+                evaluate(work, held.data, batch_size=settings.eval_batch_size, record=recorder)
         if recorder is not None:
             measured["layers"] = recorder.result()
         return measured
@@ -131,9 +163,10 @@ class CurvePoints:
                     carried=frozenset(plan.carried),
                 )
         out: dict[float, dict] = {alpha: {} for alpha in alphas}
+        held = self.held_out
         with self.clock("eval"):
             for split, data in self.splits.items():
-                record = self.record if split == "train" and 0.5 in alphas else None
+                record = held.record if split == "train" and held.rides_on_train and 0.5 in alphas else None
                 metrics, moments = stack.evaluate(
                     data,
                     batch_size=settings.eval_batch_size,
@@ -146,6 +179,16 @@ class CurvePoints:
                     out[alpha][split] = metrics[k]
                     if alpha == 0.5 and record is not None:
                         out[alpha]["layers"] = {point: moments[point][k] for point in moments}
+            if 0.5 in alphas and not held.rides_on_train:
+                _, moments = stack.evaluate(
+                    held.data,
+                    batch_size=settings.eval_batch_size,
+                    carried=carried,
+                    axes=spec.channel_axes,
+                    record=held.record,
+                )
+                k = list(alphas).index(0.5)
+                out[0.5]["layers"] = {point: moments[point][k] for point in moments}
         return out
 
 

@@ -74,7 +74,7 @@ PRECISIONS = ("fp32", "tf32")
 ANALYSIS_VERSION = 3
 # PairSettings fields added after rows were keyed by the others: out of the analysis key at these
 # defaults, so the rows computed before them stay current
-LATER_FIELDS = {"precision": "fp32", "test_samples": None, "test_flip": False}
+LATER_FIELDS = {"precision": "fp32", "test_samples": None, "test_flip": False, "stat_augment": False}
 MAX_ALPHAS = 1001  # a finer grid costs a forward pass per point and pair without changing a barrier
 
 
@@ -130,7 +130,12 @@ class PairSettings:
     # flip test-time augmentation on the test split: logits averaged over each image and its mirror
     # (the REPAIR ImageNet notebook evaluates val5k so); the train split is never flipped
     test_flip: bool = False
-    stat_samples: int = 5000  # training samples for matching and REPAIR/RESET statistics
+    # training samples for matching and REPAIR/RESET statistics: the first of the train-curve
+    # samples, or "all" (the whole train split; then train_samples is None, the whole split too)
+    stat_samples: int | str = 5000
+    # the statistics samples augmented as training augments them (one draw per sample, from the
+    # subset seed), for the matching activations and REPAIR/RESET statistics
+    stat_augment: bool = False
     stat_batch_size: int = 1000
     eval_batch_size: int = 1000
     subset_seed: int = 0
@@ -234,8 +239,12 @@ class PairSettings:
             object.__setattr__(self, "sinkhorn_temperatures", temps)
         else:
             problems.add("sinkhorn_temperatures", f"must be two positive numbers [first, last], got {temps!r}")
+        stat = self.stat_samples
+        if stat != "all" and not (is_int(stat) and cast(int, stat) >= 1):
+            problems.add("stat_samples", f"must be a positive integer or 'all', got {self.stat_samples!r}")
+        if not isinstance(self.stat_augment, bool):
+            problems.add("stat_augment", f"must be true or false, got {self.stat_augment!r}")
         for name in (
-            "stat_samples",
             "stat_batch_size",
             "eval_batch_size",
             "weight_matching_max_iter",
@@ -248,13 +257,33 @@ class PairSettings:
         for name in ("subset_seed", "weight_matching_seed"):
             if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
                 problems.add(name, f"must be a non-negative integer, got {getattr(self, name)!r}")
-        if not problems and self.train_samples is not None and self.stat_samples > self.train_samples:
+        if not problems and self.train_samples is not None and self.stat_samples == "all":
+            problems.add(
+                "stat_samples",
+                f"'all' takes the statistics over the whole train split, which are the first of the "
+                f"train-curve samples, so train_samples must be null (the whole split), got {self.train_samples}",
+            )
+        elif not problems and self.train_samples is not None and cast(int, self.stat_samples) > self.train_samples:
             problems.add(
                 "stat_samples",
                 f"the statistics samples are taken from the train-curve samples, so stat_samples "
                 f"({self.stat_samples}) must not exceed train_samples ({self.train_samples})",
             )
         problems.raise_if_any()
+
+    def stat_count(self, n_train_eval: int) -> int:
+        """How many statistics samples a pair uses when its train curve has ``n_train_eval`` samples."""
+        return n_train_eval if self.stat_samples == "all" else min(cast(int, self.stat_samples), n_train_eval)
+
+    def held_out_split(self, n_train: int | None = None) -> str:
+        """Where the held-out samples of the ``layers`` table come from: ``train`` (the train-curve
+        samples after the statistics samples) when there are any, else ``test`` (the first samples
+        of the test curve's): never the samples REPAIR's statistics were measured on. ``n_train``:
+        the train split's size, where it is known (it decides when ``train_samples`` is None)."""
+        if self.stat_samples == "all":
+            return "test"
+        n_eval = n_train if self.train_samples is None else min(self.train_samples, n_train or self.train_samples)
+        return "train" if n_eval is None or n_eval > self.stat_count(n_eval) else "test"
 
     @property
     def alpha_points(self) -> tuple[float, ...]:

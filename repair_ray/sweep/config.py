@@ -39,6 +39,7 @@ from .messages import ImportedNetwork
 from .plans import Branch, DatasetSpec, ModelPlan, imported_model_key, model_key, pairing
 from .rules import (
     check_specs,
+    check_stat_augment,
     check_streamed,
     check_sweep_settings,
     check_workers,
@@ -218,6 +219,7 @@ _PAIR_KEYS = {
     "alphas": "alphas",
     "train_samples": "eval.train_samples",
     "stat_samples": "eval.stat_samples",
+    "stat_augment": "eval.stat_augment",
     "test_samples": "eval.test_samples",
     "test_flip": "eval.test_flip",
     "stat_batch_size": "eval.stat_batch_size",
@@ -284,6 +286,7 @@ def _expand(
             alphas=s.alphas,
             train_samples=s.eval.train_samples,
             stat_samples=s.eval.stat_samples,
+            stat_augment=s.eval.stat_augment,
             test_samples=s.eval.test_samples,
             test_flip=s.eval.test_flip,
             stat_batch_size=s.eval.stat_batch_size,
@@ -310,6 +313,7 @@ def _expand(
     if problems or dataset is None or train is None or seeds is None or settings is None:
         return None
     check_specs([(i, mc) for i, mc in model_configs if mc.importable], dataset, settings, problems)
+    check_stat_augment(s, train, dataset, imports, problems)
     if problems:
         return None
 

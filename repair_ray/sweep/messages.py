@@ -168,6 +168,8 @@ class PairContext:
     batchnorm: dict[str, bool]
     allow_import: tuple[str, ...]  # what the driver was allowed to import, not the worker's env
     lineage: dict[str, dict[str, Any]]
+    # the sweep's TrainConfig as a dict: how its networks' inputs were augmented (eval.stat_augment)
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

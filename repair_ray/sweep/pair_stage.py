@@ -62,6 +62,7 @@ def stage_context(config: SweepConfig, threads: float, gpu: float = 0.0) -> Pair
         batchnorm=dict(config.batchnorm),
         allow_import=tuple(config.allow_import),
         lineage={plan.model_key: plan.lineage() for plan in config.models},
+        train=asdict(config.train),
     )
 
 

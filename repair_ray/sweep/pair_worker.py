@@ -16,6 +16,7 @@ from ..io.networks import NetworkFileError, load_into, load_state_dict
 from ..models import ModelConfig
 from ..pair import PairSettings, analyse_pair
 from ..pruning import weight_sparsity
+from ..training import Augmentation, TrainConfig
 from .messages import PairContext, PairJob
 from .rows import model_columns
 from .worker import analysis_data, cached_dataset, data_path, error_text, error_trace, node_id, setup_worker, utc_now
@@ -115,6 +116,10 @@ def pair_task(context: PairContext, job: PairJob) -> Rows:
                 return failed_rows(context, job, error_text(error), str(device), error_trace(error), seed)
             models.append(model.to(device).eval())
         spec = model_config.permutation_spec(dataset.num_classes, dataset.in_shape)
+        augmentation = None
+        if settings.stat_augment:  # the statistics samples augmented as the sweep's training augmented its inputs
+            train = TrainConfig(**context.train)
+            augmentation = Augmentation.of(train, dataset.in_shape, dataset.black, f"dataset {dataset.name}")
         result = analyse_pair(
             models[0],
             models[1],
@@ -123,6 +128,7 @@ def pair_task(context: PairContext, job: PairJob) -> Rows:
             spec=spec,
             alphas_per_pass=context.alphas_per_pass,
             memory_share=context.memory_share,
+            augmentation=augmentation,
         )
     except Exception as error:  # noqa: BLE001 - every failure of a pair is data for its row
         return failed_rows(context, job, error_text(error), str(device), error_trace(error))

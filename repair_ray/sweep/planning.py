@@ -171,8 +171,9 @@ def analysis_key(settings: PairSettings, dataset: dict[str, Any], align: str | N
     """A readable, stable key of every setting that determines a pair's rows, besides the networks.
 
     Alphas, evaluation and statistics sample counts and batch sizes, the subset and matching
-    seeds, iterations and the dataset; not the lists of aligns and corrections, since each row is
-    about one (align, correction): adding a method keeps every row already computed. The settings
+    seeds, iterations, the dataset and where the held-out samples come from; not the lists of
+    aligns and corrections, since each row is about one (align, correction): adding a method keeps
+    every row already computed. The settings
     of a learned matching (``ste``, ``sinkhorn``) are in the key of that align's rows only, so
     changing them recomputes those rows and no others.
     """
@@ -189,6 +190,12 @@ def analysis_key(settings: PairSettings, dataset: dict[str, Any], align: str | N
     payload: dict[str, Any] = {"settings": fields, "dataset": dataset}
     if ANALYSIS_VERSION > 1:
         payload["version"] = ANALYSIS_VERSION
+    # Held-out samples from the test split (no train-curve sample is left over after the statistics
+    # samples): rows computed before they were held out measured on REPAIR's own samples, so these
+    # keys differ from theirs; every other key stays
+    sizes = split_sizes(dataset["name"], dataset.get("options"))
+    if settings.held_out_split(sizes[0] if sizes is not None else None) == "test":
+        payload["held_out"] = "test"
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
     alphas = settings.alphas  # a grid once PairSettings has checked it
     return f"a{alphas if isinstance(alphas, int) else len(alphas)}-s{settings.stat_samples}-{digest}"

@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..datasets import dataset_in_shape
 from ..models import ModelConfig
 from ..training import TrainConfig
 from .layout import checkpoint_uri
@@ -109,8 +110,12 @@ class ModelPlan:
 def model_key(model: ModelConfig, train: TrainConfig, dataset: dict[str, Any], branch: Branch | None = None) -> str:
     """A readable, stable key: the model's shape plus a hash of model, training and dataset config
     (and, for the children of a trunk, the trunk seed and branch epoch: ``...-t0-e2-<hash>``; for
-    a round of IMP also the round: ``...-t0-e1-r3-<hash>``)."""
-    described = {"model": model.described(), "train": train.identity(), "dataset": dataset}
+    a round of IMP also the round: ``...-t0-e1-r3-<hash>``). The training config is named as it
+    acts on the dataset's inputs (:meth:`TrainConfig.identity`: ``pad`` only where they are augmented)."""
+    in_shape = dataset_in_shape(dataset["name"], dataset.get("options"))
+    # every dataset kind knows its input shape from its options; were one not to, automatic
+    # augmentation would count as off (an explicit one still names its padding)
+    described = {"model": model.described(), "train": train.identity(in_shape or (0, 0, 0)), "dataset": dataset}
     if branch is not None:
         described["branch"] = branch.identity()
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 from ..datasets import dataset_in_shape, dataset_num_classes
 from ..models import ModelConfig
 from ..models.fold import fold_problem
 from ..pair import PairSettings, correction_applies
 from ..permutation import SpecError
+from ..training import TrainConfig
 from .plans import DatasetSpec, ModelPlan
 from .schema import FirstPairs, SweepSection
 
@@ -118,6 +120,36 @@ def check_streamed(s: SweepSection, loading: str | None, problems: list[str]) ->
         problems.append(
             f"train.augment: translate needs data held in memory ({why}: training crops with RandomResizedCrop and "
             "flips, or with augment: false uses the evaluation crop)"
+        )
+    if s.eval.stat_samples == "all":
+        problems.append(
+            f"eval.stat_samples: all needs data held in memory ({why}: it would decode the whole train split); "
+            "give a number of samples"
+        )
+    if s.eval.stat_augment:
+        problems.append(
+            f"eval.stat_augment: true needs data held in memory ({why}: the pair stage reads its samples with the "
+            "evaluation crop)"
+        )
+
+
+def check_stat_augment(
+    s: SweepSection, train: TrainConfig, dataset: DatasetSpec, imports: Mapping[int, Any], problems: list[str]
+) -> None:
+    """``eval.stat_augment`` augments the statistics samples as the sweep's training augments its
+    inputs: there must be such an augmentation, and networks the sweep trained with it."""
+    if not s.eval.stat_augment:
+        return
+    if imports:
+        problems.append(
+            f"eval.stat_augment: augments as the sweep trains, but models[{min(imports)}] imports networks "
+            "trained elsewhere (their augmentation is not the sweep's)"
+        )
+    in_shape = dataset_in_shape(dataset.name, dataset.options)
+    if in_shape is not None and train.augmentation(in_shape) is None:
+        problems.append(
+            f"eval.stat_augment: true augments the statistics samples as training does, but the training config "
+            f"augments nothing on inputs of shape {tuple(in_shape)} (train.augment: {train.augment!r})"
         )
 
 

@@ -70,7 +70,10 @@ class EvalSection(_Strict):
     """``eval``: how many training samples the train curve and the statistics use."""
 
     train_samples: int | None = 10000
-    stat_samples: int = 5000
+    # the first train_samples for matching and REPAIR statistics, or all (the whole train split)
+    stat_samples: int | Literal["all"] = 5000
+    # those samples augmented as training augments its inputs
+    stat_augment: bool = _PAIR_DEFAULTS["stat_augment"]
     # the test split's samples (null: all of it) and flip test-time augmentation on it
     test_samples: int | None = _PAIR_DEFAULTS["test_samples"]
     test_flip: bool = _PAIR_DEFAULTS["test_flip"]

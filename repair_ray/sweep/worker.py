@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import re
@@ -65,7 +66,7 @@ def analysis_data(
         _SUBSETS.clear()
         train = in_memory(dataset.train.subset(train_samples, seed=seed))
         test = in_memory(dataset.test.subset(test_samples, seed=seed))
-        _SUBSETS[key] = Dataset(dataset.name, train, test, dataset.num_classes, dataset.in_shape)
+        _SUBSETS[key] = dataclasses.replace(dataset, train=train, test=test)
     return _SUBSETS[key]
 
 

@@ -20,6 +20,7 @@ from .config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 from .distributed import World, current_world, init_from_env
 from .lineage import next_imp_mask, train_trunk
 from .steps import (
+    Augmentation,
     CompileError,
     apply_augmentation,
     augment_batch,
@@ -31,6 +32,7 @@ from .steps import (
 from .trainer import EVAL_BATCH_SIZE, METRIC_KEYS, NonFiniteLossError, Trainer, TrainResult, train_model
 
 __all__ = [
+    "Augmentation",
     "EVAL_BATCH_SIZE",
     "METRIC_KEYS",
     "OPTIMIZERS",

@@ -34,13 +34,15 @@ def in_memory_batches(
     augment: str | None,
     rank: int = 0,
     world: int = 1,
+    fill: tuple[float, ...] | None = None,
 ) -> Iterator[Batch]:
     """Process ``rank``'s slice of each of the epoch's ``steps`` global batches of ``train``, drawn lazily.
 
     The epoch order is drawn from ``generator`` first, then each batch's augmentation (``crop_flip``
     or ``translate``, see :meth:`TrainConfig.augmentation`) for the whole global batch, so the
     generator advances exactly as it does for one process; only the slice's inputs are gathered and
-    augmented. The last partial batch is dropped, except when the split is smaller than one batch.
+    augmented (the padding ``fill`` per channel, None: 0). The last partial batch is dropped, except
+    when the split is smaller than one batch.
     """
     order = torch.randperm(len(train), generator=generator).to(train.device)
     part = local_slice(batch_size, rank, world) if world > 1 else None
@@ -51,7 +53,7 @@ def in_memory_batches(
             index = index[part]
             draws = (draws[0][:, part], draws[1][part]) if draws is not None else None
         x, y = train.x[index], train.y[index]
-        yield (apply_augmentation(x, draws) if draws is not None else x), y
+        yield (apply_augmentation(x, draws, fill=fill) if draws is not None else x), y
 
 
 def streamed_batches(

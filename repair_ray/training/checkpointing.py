@@ -91,7 +91,7 @@ class Checkpointing:
         """What a checkpoint of this run records besides the weights."""
         return {
             "model_config": self.model_config.described(),
-            "train_config": self.train_config.identity(),
+            "train_config": self.train_config.identity(self.dataset.in_shape),
             "seed": self.seed,
             "init_seed": self.init_seed,
             "data_seed": self.data_seed,

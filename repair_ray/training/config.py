@@ -14,6 +14,7 @@ from ..errors import Problems, is_int, is_real
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
+PADS = ("black", "mean")
 # Fields added to TrainConfig after runs were named by it: left out of a run's identity (its model key,
 # its checkpoints' meta) at these defaults, so every run made before them keeps its key and checkpoints.
 _LATER_FIELDS = {"precision": "fp32", "sync_batchnorm": False}
@@ -31,6 +32,11 @@ class TrainConfig:
     ``weight_decay`` is coupled L2 for both optimizers (``torch.optim.SGD`` / ``Adam``).
     ``precision="bf16"`` runs each training step's forward pass and loss under bfloat16 autocast
     (weights, gradients and optimizer state stay float32; evaluation is float32).
+    ``pad``: what a crop or translation fills the border with: ``black`` (a raw pixel 0, the
+    normalised value ``-mean / std`` per channel: the papers' loaders, FFCV ``RandomTranslate`` and
+    torchvision ``RandomCrop(padding=4)`` before ``Normalize``) or ``mean`` (a normalised 0, the
+    dataset's mean colour: what runs trained before this field padded with). Streamed data crops
+    with ``RandomResizedCrop``, which never pads.
     ``sync_batchnorm=True`` makes a network trained by several data-parallel processes normalise
     with the BatchNorm statistics of the whole global batch (``torch.nn.SyncBatchNorm``) instead of
     each process's slice of it; it changes nothing for one process, and needs GPUs (PyTorch's
@@ -50,14 +56,20 @@ class TrainConfig:
     augment: bool | str | None = None
     precision: str = "fp32"
     sync_batchnorm: bool = False
+    pad: str = "black"
 
-    def identity(self) -> dict[str, Any]:
-        """The fields that name a run (model keys, checkpoint meta): all of them, but those added
-        later left out at their defaults (so older runs keep their keys and checkpoints)."""
+    def identity(self, in_shape: tuple[int, ...]) -> dict[str, Any]:
+        """The fields that name a run on inputs of ``in_shape`` (model keys, checkpoint meta): all
+        of them, but those added later left out at their defaults (so older runs keep their keys
+        and checkpoints). ``pad`` came later with a new default: ``mean`` (what every older run
+        did) is left out, and ``black`` too where nothing is augmented (nothing is padded), so
+        only augmented runs padded with black get new keys."""
         fields = asdict(self)
         for name, default in _LATER_FIELDS.items():
             if fields.get(name) == default:
                 fields.pop(name)
+        if self.pad == "mean" or self.augmentation(in_shape) is None:
+            fields.pop("pad")
         return fields
 
     def __post_init__(self) -> None:
@@ -96,11 +108,29 @@ class TrainConfig:
         )
         check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
         check("sync_batchnorm", isinstance(self.sync_batchnorm, bool), "true or false")
+        check("pad", self.pad in PADS, f"one of {', '.join(PADS)}")
         problems.raise_if_any()
 
     def uses_augmentation(self, in_shape: tuple[int, ...]) -> bool:
         """Whether inputs of ``in_shape`` are augmented (``augment``, or automatic when None)."""
         return self.augmentation(in_shape) is not None
+
+    def pad_fill(self, black: tuple[float, ...] | None, dataset: str = "the dataset") -> tuple[float, ...] | None:
+        """What :func:`augment_batch` pads with: ``black`` (each channel's normalised black, the
+        dataset's :attr:`~repair_ray.datasets.Dataset.black`) for ``pad: black``, None (a normalised
+        0) for ``pad: mean``.
+
+        Raises:
+            ValueError: ``pad: black`` and the dataset does not say where black lies.
+        """
+        if self.pad == "mean":
+            return None
+        if black is None:
+            raise ValueError(
+                f"train.pad: black needs the normalised value of a black pixel, which {dataset} does not "
+                "give (Dataset.black); pad: mean pads with its mean colour"
+            )
+        return black
 
     def augmentation(self, in_shape: tuple[int, ...]) -> str | None:
         """``"crop_flip"``, ``"translate"`` or None: what :func:`augment_batch` does to inputs of ``in_shape``."""

@@ -6,7 +6,8 @@ that never falls back silently, and the CUDA kernel switches.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,17 +43,49 @@ def use_fast_cuda_kernels() -> None:
     torch.backends.cudnn.benchmark = True
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, flips: bool = True) -> torch.Tensor:
-    """Random crops (zero padding of ``padding`` pixels) and horizontal flips, per sample, in one gather.
+@dataclass(frozen=True)
+class Augmentation:
+    """What training does to inputs held in memory, as data: ``kind`` (``crop_flip`` or
+    ``translate``, :meth:`TrainConfig.augmentation`) padded with ``fill`` (:meth:`TrainConfig.pad_fill`),
+    so that others (a pair's statistics, ``eval.stat_augment``) can augment as the training did."""
+
+    kind: str
+    fill: tuple[float, ...] | None = None
+
+    @staticmethod
+    def of(
+        config: TrainConfig, in_shape: tuple[int, ...], black: tuple[float, ...] | None, dataset: str = "the dataset"
+    ) -> Augmentation | None:
+        """The augmentation ``config`` trains inputs of ``in_shape`` held in memory with (None: none)."""
+        kind = config.augmentation(in_shape)
+        return None if kind is None else Augmentation(kind, config.pad_fill(black, dataset))
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``x`` augmented by draws from ``generator`` (:func:`augment_batch`)."""
+        return augment_batch(x, generator, flips=self.kind == "crop_flip", fill=self.fill)
+
+
+def augment_batch(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    padding: int = 4,
+    flips: bool = True,
+    fill: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Random crops (``padding`` pixels of padding) and horizontal flips, per sample, in one gather.
 
     ``flips=False``: crops only, i.e. random translations by up to ``padding`` pixels (no flip is drawn).
+    ``fill``: each channel's value of the padding (:meth:`TrainConfig.pad_fill`: a black pixel,
+    normalised); None pads with 0, the normalised mean.
 
     The random offsets and flips are drawn on the CPU from ``generator`` whatever the device of
     ``x``, so the augmentation is the same on every device. On CUDA they travel through pinned memory
     without blocking (a copy from pageable memory would wait for the GPU's queue to drain every step).
     It is :func:`draw_augmentation` then :func:`apply_augmentation`.
     """
-    return apply_augmentation(x, draw_augmentation(len(x), generator, padding=padding, flips=flips), padding=padding)
+    draws = draw_augmentation(len(x), generator, padding=padding, flips=flips)
+    return apply_augmentation(x, draws, padding=padding, fill=fill)
 
 
 def draw_augmentation(
@@ -69,13 +102,20 @@ def draw_augmentation(
     return offsets, flip
 
 
-def apply_augmentation(x: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor], *, padding: int = 4) -> torch.Tensor:
-    """``x`` (N, C, H, W) cropped and flipped by ``draws`` (:func:`draw_augmentation` of N samples), in one gather."""
+def apply_augmentation(
+    x: torch.Tensor,
+    draws: tuple[torch.Tensor, torch.Tensor],
+    *,
+    padding: int = 4,
+    fill: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """``x`` (N, C, H, W) cropped and flipped by ``draws`` (:func:`draw_augmentation` of N samples), in
+    one gather; the padding is ``fill`` per channel (None: 0)."""
     n, channels, height, width = x.shape
     offsets, flip = (_to_device(draw, x.device) for draw in draws)
     if offsets.shape != (2, n) or flip.shape != (n,):
         raise ValueError(f"augmentation draws of {flip.shape[0]} samples for a batch of {n}")
-    padded = F.pad(x, (padding, padding, padding, padding))
+    padded = pad_with(x, padding, fill)
     rows = offsets[0, :, None] + torch.arange(height, device=x.device)
     columns = torch.arange(width, device=x.device)
     columns = torch.where(flip[:, None], width - 1 - columns, columns) + offsets[1, :, None]
@@ -85,6 +125,20 @@ def apply_augmentation(x: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor]
         rows[:, None, :, None],
         columns[:, None, None, :],
     ]
+
+
+def pad_with(x: torch.Tensor, padding: int, fill: Sequence[float] | None) -> torch.Tensor:
+    """``x`` (N, C, H, W) with ``padding`` pixels on every side of value ``fill[c]`` in channel c
+    (None: 0); the inside is ``x`` exactly."""
+    if fill is None:
+        return F.pad(x, (padding, padding, padding, padding))
+    n, channels, height, width = x.shape
+    if len(fill) != channels:
+        raise ValueError(f"a padding value per channel: {len(fill)} for {channels} channels")
+    values = torch.tensor([float(v) for v in fill], dtype=x.dtype).to(x.device).view(1, channels, 1, 1)
+    padded = values.expand(n, channels, height + 2 * padding, width + 2 * padding).clone()
+    padded[:, :, padding : padding + height, padding : padding + width] = x
+    return padded
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -153,6 +153,12 @@ class Trainer(Checkpointing):
         self.forward = compiled(forward, f"the {model_config.label} network") if self.compile else forward
         self.generator = torch.Generator().manual_seed(self.data_seed)
         self.augment = train_config.augmentation(dataset.in_shape)
+        # what translated inputs are padded with (a streamed split's crops never pad)
+        self.pad_fill = (
+            train_config.pad_fill(dataset.black, f"dataset {dataset.name}")
+            if self.augment and not self.streamed
+            else None
+        )
         # The last partial batch is dropped (a new shuffle every epoch uses it next time); a
         # train split smaller than one batch is a single batch.
         self.steps_per_epoch = max(1, len(self.dataset.train) // train_config.batch_size)
@@ -203,6 +209,7 @@ class Trainer(Checkpointing):
             augment=self.augment,
             rank=rank,
             world=world,
+            fill=self.pad_fill,
         )
 
     def train_epoch(self) -> dict[str, float]:
