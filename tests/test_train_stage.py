@@ -116,7 +116,8 @@ def test_seeds_per_trial_trains_seeds_together_each_with_its_own_row_checkpoint_
     from repair_ray.io.checkpoint import load_checkpoint
     from repair_ray.sweep.runner import run_sweep
 
-    data = tiny_sweep("together", str(tmp_path), seeds=4, align=["weight"], correction=["none"])
+    he = [{"arch": "mlp", "width": 16, "depth": 2, "init": "he"}]  # 3 epochs learn this data from He init
+    data = tiny_sweep("together", str(tmp_path), seeds=4, align=["weight"], correction=["none"], models=he)
     data["train"] = {**data["train"], "epochs": 3, "seeds_per_trial": 3}
     config = parse_config(data)
     lines: list[str] = []

@@ -60,7 +60,7 @@ def test_on_epoch_gets_metrics_and_checkpoints_carry_meta(synthetic: Dataset, tm
     checkpoint = load_checkpoint(uri)
     meta = checkpoint.meta
     assert meta["status"] == "ok" and meta["epoch"] == 2
-    assert meta["model_config"] == {"arch": "mlp", "width": 32, "depth": 2, "norm": "none"}
+    assert meta["model_config"] == {"arch": "mlp", "width": 32, "depth": 2, "norm": "none", "init": "torch"}
     assert meta["train_config"]["lr"] == 0.05
     assert (meta["seed"], meta["init_seed"], meta["data_seed"]) == (5, 5, 6)
     assert meta["dataset"] == "synthetic" and meta["num_classes"] == 10 and meta["in_shape"] == [1, 28, 28]
