@@ -512,7 +512,7 @@ def test_method_table_diff_is_paired_per_model_config(sweep):
     # weight: repair 0.5, 1, 1 against none 1, 2, 4 on the same pairs: -0.5, -1, -3
     line = rows[("weight/repair − weight/none", "mlp-w8-d1-none-aaaa", "3")]
     half = T_975_2 * np.std([-0.5, -1, -3], ddof=1) / math.sqrt(3)
-    assert f"-1.500 [{-1.5 - half:+.3f}, {-1.5 + half:+.3f}]" in line and "3/3 below" in line
+    assert f"-1.500 [{-1.5 - half:+.3f}, {-1.5 + half:+.3f}]" in line and "3/3 better" in line
     assert "0.25 (sign)" in line  # both signs of 3 pairs: 2 / 2**3
     assert ("weight/repair − weight/none", "mlp-w8-d2-none-cccc", "2") in rows  # its failed pair left out
     assert len(rows) == 2 * 4  # per align and model config, never pooled

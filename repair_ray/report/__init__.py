@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "PLOT_METRICS": ".frames",
     "REDUCTION_COLUMNS": ".frames",
     "barrier_columns": ".frames",
+    "better_direction": ".frames",
     "ci95": ".intervals",
     "compact_summary": ".cells",
     "default_model_key": ".frames",
@@ -102,6 +103,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "REDUCTION_COLUMNS",
     "barrier_columns",
     "baseline_differences",
+    "better_direction",
     "ci95",
     "compact_differences",
     "compact_summary",
@@ -146,6 +148,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         PLOT_METRICS,
         REDUCTION_COLUMNS,
         barrier_columns,
+        better_direction,
         default_model_key,
         ok_tables,
     )
