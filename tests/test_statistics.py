@@ -260,3 +260,47 @@ def test_summary_bounds_and_small_cells():
     assert report.MIN_PAIRS == 5 and len(report.small_cells(summary, minimum=6)) == 2
     cells = report.compact_summary(summary)
     assert cells.loc[0, "barrier_test_loss"] == f"{7 / 3:.4f} ± {expected.high - expected.mean:.4f} (n=3)"
+
+
+# ----------------------------------------------------------------------------- children of trunks
+
+
+def trunk_pairs(losses_per_trunk: dict[int, list[float]], branch_epoch: int = 2) -> pd.DataFrame:
+    """Pairs of the children of each trunk (its own model key, as a stability sweep writes them)."""
+    frames = []
+    for trunk, losses in losses_per_trunk.items():
+        rows = method_rows(f"t{trunk}-e{branch_epoch}", "none/none", losses)
+        frames.append(pairs_table(rows).assign(trunk_seed=trunk, branch_epoch=branch_epoch))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_pairs_of_children_of_two_trunks_give_an_interval_over_two_trunks_not_over_their_pairs():
+    # 12 pairs per trunk, identical within a trunk: two observations, not 24
+    pairs = trunk_pairs({0: [1.0] * 12, 1: [3.0] * 12})
+    pooled = report.summarise_over_trunks(pairs)
+    assert len(pooled) == 1
+    r = pooled.iloc[0]
+    assert (r["trunks"], r["pairs"], r["interval_over"]) == (2, 24, "trunks")
+    assert r["barrier_test_loss_mean"] == pytest.approx(2.0)
+    half = stats.t.ppf(0.975, 1) * np.std([1.0, 3.0], ddof=1) / math.sqrt(2)  # n = 2 trunks
+    assert r["barrier_test_loss_ci95"] == pytest.approx(half)
+    assert (r["barrier_test_loss_low"], r["barrier_test_loss_high"]) == pytest.approx((2 - half, 2 + half))
+    naive = report.interval(pairs["barrier_test_loss"])  # 24 pairs as if independent: far narrower
+    assert naive.high - naive.mean < half / 10
+    # the instability plot draws the same interval
+    from repair_ray.report.plot_data import barrier_panels
+
+    line = barrier_panels(pairs, "branch_epoch", ["barrier_test_loss"]).panels[0].lines[0]
+    assert line["barrier_test_loss_ci95"].iloc[0] == pytest.approx(half)
+    # unequal numbers of pairs: each trunk weighs the same
+    r = report.summarise_over_trunks(trunk_pairs({0: [1.0] * 3, 1: [3.0] * 30})).iloc[0]
+    assert r["barrier_test_loss_mean"] == pytest.approx(2.0) and r["pairs"] == 33
+
+
+def test_one_trunk_keeps_the_interval_over_its_pairs_and_says_so():
+    pairs = trunk_pairs({0: [1.0, 2.0, 4.0]})
+    r = report.summarise_over_trunks(pairs).iloc[0]
+    assert (r["trunks"], r["interval_over"]) == (1, "pairs of one trunk")
+    assert r["barrier_test_loss_ci95"] == pytest.approx(report.summarise(pairs).iloc[0]["barrier_test_loss_ci95"])
+    # independent seeds have no trunk: nothing to pool
+    assert report.summarise_over_trunks(pairs.assign(trunk_seed=pd.NA)).empty

@@ -66,6 +66,8 @@ _EXPORTS: dict[str, str] = {
     "relative_reduction": ".statistics",
     "summarise": ".statistics",
     "summarise_models": ".statistics",
+    "summarise_over_trunks": ".statistics",
+    "clustered_aggregate": ".intervals",
     "DESCRIPTION_KEYS": ".frames",
     "Interval": ".intervals",
     "MIN_PAIRS": ".frames",
@@ -105,6 +107,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "baseline_differences",
     "better_direction",
     "ci95",
+    "clustered_aggregate",
     "compact_differences",
     "compact_summary",
     "default_model_key",
@@ -126,6 +129,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "small_cells",
     "summarise",
     "summarise_models",
+    "summarise_over_trunks",
     "to_markdown",
     "write_report",
 ]
@@ -152,7 +156,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         default_model_key,
         ok_tables,
     )
-    from .intervals import Interval, ci95, interval
+    from .intervals import Interval, ci95, clustered_aggregate, interval
     from .page import to_markdown, write_report
     from .plots import (
         PLOT_FORMATS,
@@ -167,4 +171,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         plot_training_curves,
         plot_variance_collapse,
     )
-    from .statistics import failed_pairs, relative_reduction, small_cells, summarise, summarise_models
+    from .statistics import (
+        failed_pairs,
+        relative_reduction,
+        small_cells,
+        summarise,
+        summarise_models,
+        summarise_over_trunks,
+    )
