@@ -553,3 +553,33 @@ def test_instability_and_imp_tables_take_the_trunk_as_the_unit(tmp_path):
         assert "over trunks" in result.stdout
     acc_half = T_975_1 * math.sqrt(2 * 0.01**2) / math.sqrt(2)  # accuracies 0.90 and 0.92: over 2 trunks
     assert f"0.9100 ± {acc_half:.4f} |" in result.stdout
+
+
+def test_repair_paper_table_gives_the_plain_variance_ratio_a_verdict_by_the_same_rule():
+    """Table 2 of analysis/repair_paper_table.py: a verdict (within a factor of 1.5) for plain as for aligned."""
+    sys.path.insert(0, str(REPO / "analysis"))
+    try:
+        import repair_paper_table as script
+    finally:
+        sys.path.remove(str(REPO / "analysis"))
+    paper = {
+        "variance_ratio": {
+            "var_ratios_mlp_e50_l7_h128": {"var_ratio_vanilla": [0.5, 0.1], "var_ratio_permute": [0.9, 0.8]}
+        }
+    }
+    pairs = pd.DataFrame([{"model_key": "k", "depth": 8, "width": 128}])
+    ours = {("none", "none"): [0.6, 0.2], ("activation", "none"): [0.85, 0.32], ("activation", "repair"): [1.0, 1.0]}
+    layers = pd.DataFrame(
+        [
+            {"model_key": "k", "seed_a": 0, "align": a, "correction": c, "layer_index": i + 1, "mean_var_ratio": v}
+            for (a, c), values in ours.items()
+            for i, v in enumerate(values)
+        ]
+    )
+    lines = script.variance_table(layers, pairs, paper)
+    header = next(li for li in lines if li.startswith("| layer"))
+    assert "| plain reproduced? |" in header and "| aligned reproduced? |" in header
+    rows = [li for li in lines if li.startswith("| 1 ") or li.startswith("| 2 ")]
+    # layer 1: plain 0.6 / 0.5 (x1.2) yes, aligned 0.85 / 0.9 yes; layer 2: plain x2 no, aligned x0.4 no
+    assert rows[0] == "| 1 | 0.6 / 0.5 | yes (x1.20) | 0.85 / 0.9 | yes (x0.94) | 1.000 |"
+    assert rows[1] == "| 2 | 0.2 / 0.1 | **no** (x2.00) | 0.32 / 0.8 | **no** (x0.40) | 1.000 |"
