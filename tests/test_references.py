@@ -183,7 +183,7 @@ def test_learned_matchings_against_the_brute_force_midpoint_loss():
         )  # fmt: skip
         sinkhorn = sinkhorn_matching(
             spec, a, b, data, init="identity", select="last", optimizer="adamw", lr=0.1, temperatures=(1.0, 1.0),
-            steps=100, batch_size=128,
+            steps=100, batch_size=128, order="columns", gradient="implicit",
         )  # fmt: skip
         for name, perm in (("ste", ste), ("sinkhorn", sinkhorn), ("random", random_permutation(spec, seed=pair))):
             value = loss(perm)
