@@ -113,7 +113,9 @@ DIFFERENCES_TEXT = (
     "difference with its 95% t-interval [low, high], the two-sided p values of the paired t-test and of "
     "the exact sign test, and the pairs where a's barrier is lower (better). Each correction against no "
     "correction with the same alignment, and each alignment against none with the same correction; the "
-    "spread between pairs cancels, so a steady difference shows even where the methods' intervals overlap."
+    "spread between pairs cancels, so a steady difference shows even where the methods' intervals overlap. "
+    "In a stability or IMP study each trunk is its own model config: these intervals and tests are over "
+    "the pairs of one trunk (not independent of each other) and hold for that trunk alone."
 )
 
 
