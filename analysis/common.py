@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 import repair_ray
-from repair_ray.report.intervals import ci95
+from repair_ray.report.intervals import ci95, clustered_aggregate
 
 METRIC = ("--metric", {"default": "barrier_test_loss", "help": "any column of the pairs table"})
 """The ``--metric`` option of :func:`parse_args`: the column of the pairs table to plot."""
@@ -57,6 +57,27 @@ def mean_ci95(frame: pd.DataFrame, keys: Sequence[str], column: str) -> pd.DataF
     stats = frame.groupby(list(keys))[column].agg(["mean", "std", "count"]).reset_index()
     stats["ci95"] = ci95(stats["std"], stats["count"])
     return stats
+
+
+def trunk_mean_ci95(frame: pd.DataFrame, keys: Sequence[str], column: str) -> pd.DataFrame:
+    """:func:`mean_ci95` with trunks as the unit, for the children of stability and IMP studies.
+
+    Pairs (or children) of one trunk share its first epochs: they are one observation, not
+    independent ones. ``mean`` and ``ci95`` are over the trunks' means of ``column`` (each trunk
+    averaged first, :func:`repair_ray.report.intervals.clustered_aggregate`), or over the rows of
+    the only trunk where a group has one (an interval for that trunk alone); ``count`` is the rows
+    and ``trunks`` the trunks of each group.
+    """
+    found = clustered_aggregate(frame, keys, [column], "trunk_seed")
+    stats = pd.DataFrame(
+        {
+            "mean": found[f"{column}_mean"],
+            "ci95": found[f"{column}_ci95"],
+            "count": frame[frame["trunk_seed"].notna()].groupby(list(keys), dropna=False)[column].count(),
+            "trunks": found["clusters"],
+        }
+    )
+    return stats.reset_index()
 
 
 def draw_methods(ax, stats: pd.DataFrame, x: str) -> None:

@@ -4,15 +4,18 @@
 
 Frankle et al. (2020)'s instability is the error barrier between two children that share the
 trunk's first k epochs (``barrier_test_error`` of unaligned, uncorrected pairs: ``align none``,
-``correction none``). One row per (model config, branch epoch), every trunk's pairs pooled; ± is the
-95% t-interval over pairs. The table REPRODUCTION.md shows for the stability study.
+``correction none``). One row per (model config, branch epoch), every trunk's pairs pooled with the
+trunk as the unit: the pairs of one trunk share its first k epochs, so they are averaged per trunk
+first and ± is the 95% t-interval over the trunks' means (over the pairs, marked ``*``, where a
+branch epoch has one trunk: an interval for that trunk alone). The table REPRODUCTION.md shows for
+the stability study.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from common import load_ok_pairs, mean_ci95
+from common import load_ok_pairs, trunk_mean_ci95
 
 DEFAULT = ("barrier_test_error", "barrier_test_loss", "midpoint_test_acc")
 
@@ -33,12 +36,13 @@ def main() -> None:
         raise SystemExit(f"{args.sweep}: no finished pairs of branched children with align {args.align!r}")
     described = pairs.assign(network=pairs["layer_widths"].fillna(pairs["width"].astype(str)))
     keys = ["arch", "network", "depth", "norm", "branch_epoch"]
-    stats = {c: mean_ci95(described, keys, c).set_index(keys) for c in args.columns}
+    stats = {c: trunk_mean_ci95(described, keys, c).set_index(keys) for c in args.columns}
     print("| network | branch epoch | trunks | pairs | " + " | ".join(args.columns) + " |")
     print("|---|---:|---:|---:|" + "---:|" * len(args.columns))
     trunks = described.groupby(keys)["trunk_seed"].nunique()
     for key in sorted(stats[args.columns[0]].index, key=lambda k: (str(k[:4]), k[4])):
-        cells = [f"{stats[c].loc[key, 'mean']:.4f} ± {stats[c].loc[key, 'ci95']:.4f}" for c in args.columns]
+        mark = "" if trunks.loc[key] >= 2 else " *"
+        cells = [f"{stats[c].loc[key, 'mean']:.4f} ± {stats[c].loc[key, 'ci95']:.4f}{mark}" for c in args.columns]
         count = int(stats[args.columns[0]].loc[key, "count"])
         name = f"{key[0]} {key[1]} ({key[3]})"
         print(f"| {name} | {int(key[4])} | {trunks.loc[key]} | {count} | " + " | ".join(cells) + " |")
@@ -46,7 +50,9 @@ def main() -> None:
     ok = models[models["status"] == "ok"]
     print(
         f"\n{len(ok)} children, test accuracy {ok['test_acc'].mean():.4f} "
-        f"(min {ok['test_acc'].min():.4f}, max {ok['test_acc'].max():.4f}); ± is the 95% t-interval over pairs."
+        f"(min {ok['test_acc'].min():.4f}, max {ok['test_acc'].max():.4f}); ± is the 95% t-interval over "
+        "trunks (their pairs averaged first: the pairs of one trunk are not independent); * over the pairs "
+        "of the only trunk, an interval for that trunk alone."
     )
 
 

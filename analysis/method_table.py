@@ -8,7 +8,8 @@ the order the sweep lists them); any barrier column of the pairs table can be as
 ``--diff A B`` adds, per align and model config, the per-pair difference correction A minus
 correction B (paired: the same two networks; ``align/correction`` methods compare those two):
 :func:`repair_ray.paired_differences`'s pairs n, mean difference with its 95% t-interval, p values
-of the paired t-test and of the sign test, and how many pairs have A below B.
+of the paired t-test and of the sign test, and on how many pairs A is better than B (lower on
+barriers, losses and errors, higher on accuracies; ``?`` on a column whose name says neither).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from common import load_ok_pairs, mean_ci95
 
 from repair_ray import paired_differences
+from repair_ray.report.cells import format_value
 
 DEFAULT = ("midpoint_barrier_test_loss", "max_barrier_test_loss", "barrier_test_loss", "barrier_test_error")
 ORDER = ("none", "weight", "activation", "ste", "sinkhorn")
@@ -75,7 +77,7 @@ def print_differences(pairs, columns, a: str, b: str) -> None:
             bounds = f" [{low:+.3f}, {high:+.3f}]" if not pd.isna(low) else ""
             cells.append(
                 f"{r[f'{c}_diff_mean']:+.3f}{bounds}, p {r[f'{c}_p_t']:.2g} (t) {r[f'{c}_p_sign']:.2g} (sign), "
-                f"{int(r[f'{c}_a_better'])}/{int(r['n'])} below"
+                f"{format_value(r[f'{c}_a_better'])}/{int(r['n'])} better"
             )
         model = r["model_key"] + (f"/{r['analysis_key']}" if r["analysis_key"] else "")
         print(f"| {r['a']} − {r['b']} | {model} | {int(r['n'])} | " + " | ".join(cells) + " |")

@@ -50,10 +50,13 @@ def test_ste_recovers_a_planted_permutation(norm):
     assert all(torch.equal(found[g], invert_permutation(perm)[g]) for g in spec.sizes)
 
 
-def test_sinkhorn_recovers_a_planted_permutation_from_the_identity():
+@pytest.mark.parametrize(("order", "gradient"), [("rows", "unrolled"), ("columns", "implicit")])
+def test_sinkhorn_recovers_a_planted_permutation_from_the_identity(order, gradient):
     a, b, spec, perm = planted(width=12, depth=2)
     identity = {g: torch.arange(n) for g, n in spec.sizes.items()}
-    found = sinkhorn_matching(spec, a, b, None, objective="distance", steps=150, lr=0.1, init_perm=identity)
+    found = sinkhorn_matching(
+        spec, a, b, None, objective="distance", steps=150, lr=0.1, init_perm=identity, order=order, gradient=gradient
+    )
     assert is_permutation(found, spec)
     aligned = apply_permutation(spec, found, b)
     for name, value in a.state_dict().items():
@@ -198,6 +201,8 @@ METHOD_SETTINGS = {
     "sinkhorn_select": "last",
     "sinkhorn_batchnorm": "running",
     "sinkhorn_temperatures": (1.0, 1.0),
+    "sinkhorn_order": "columns",
+    "sinkhorn_gradient": "implicit",
     "fold_batchnorm": True,
 }
 
@@ -241,6 +246,7 @@ def test_presets_select_the_published_methods_and_keys_beside_them_override(tmp_
         "batch",
     )
     assert (s.sinkhorn_lr, s.sinkhorn_optimizer, s.sinkhorn_temperatures) == (0.5, "adamw", (1.0, 1.0))
+    assert (s.sinkhorn_order, s.sinkhorn_gradient) == ("columns", "implicit")  # as fagp/sinkhorn-rebasin
     # steps given beside a preset replace its epochs
     steps = parse_config(tiny_sweep("p", str(tmp_path), align=["ste"], ste={"preset": "git-rebasin", "steps": 30}))
     assert (steps.pair_settings.ste_steps, steps.pair_settings.ste_epochs) == (30, None)
@@ -281,3 +287,67 @@ def test_the_yaml_sections_of_the_learned_matchings_offer_exactly_their_settings
     for method, section in (("ste", SteSection), ("sinkhorn", SinkhornSection)):
         keys = set(section.model_fields) - {"preset"}
         assert keys == {field.removeprefix(f"{method}_") for field in METHOD_FIELDS[method]}, method
+
+
+# ----------------------------------------------------------------------------- the Sinkhorn operator
+
+
+def test_one_sinkhorn_iteration_normalises_columns_then_rows_as_pena_et_al_or_rows_then_columns():
+    from repair_ray.permutation.sinkhorn import sinkhorn
+
+    logits = torch.tensor([[0.0, 1.0, 2.0], [0.5, -1.0, 0.0], [3.0, 0.2, -0.4]], dtype=torch.float64)
+    k = logits.exp()
+    by_columns = k / k.sum(0, keepdim=True)
+    columns_then_rows = by_columns / by_columns.sum(1, keepdim=True)
+    by_rows = k / k.sum(1, keepdim=True)
+    rows_then_columns = by_rows / by_rows.sum(0, keepdim=True)
+    for gradient in ("unrolled", "implicit"):
+        found = sinkhorn(logits, 1, order="columns", gradient=gradient)
+        torch.testing.assert_close(found, columns_then_rows)
+        torch.testing.assert_close(found.sum(1), torch.ones(3, dtype=torch.float64))  # rows exact, as upstream
+        torch.testing.assert_close(sinkhorn(logits, 1, order="rows", gradient=gradient), rows_then_columns)
+    assert not torch.allclose(columns_then_rows, rows_then_columns)
+
+
+def test_the_implicit_sinkhorn_gradient_is_the_fixed_points_and_the_unrolled_one_at_convergence():
+    from repair_ray.permutation.sinkhorn import ImplicitSinkhorn, sinkhorn
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: ImplicitSinkhorn.apply(z, 1000, "columns"), (logits,), atol=1e-6)
+    weights = torch.randn(5, 5, generator=gen, dtype=torch.float64)
+    grads = {}
+    for gradient in ("unrolled", "implicit"):
+        z = logits.detach().clone().requires_grad_(True)
+        (sinkhorn(z, 500, order="columns", gradient=gradient) * weights).sum().backward()
+        grads[gradient] = z.grad
+    torch.testing.assert_close(grads["implicit"], grads["unrolled"], rtol=1e-8, atol=1e-10)
+    # after a few iterations the two differ: the implicit gradient is not the unrolled one's shortcut there
+    z = logits.detach().clone().requires_grad_(True)
+    (sinkhorn(z, 1, order="columns") * weights).sum().backward()
+    assert not torch.allclose(z.grad, grads["implicit"], atol=1e-3)
+
+
+def test_the_sinkhorn_rows_of_earlier_settings_keep_their_key_and_the_preset_gets_a_new_one():
+    """order and gradient joined the settings later (LATER_FIELDS): sinkhorn rows computed before
+    them keep their key at the old values (rows first, unrolled); the pena2023 preset now normalises
+    columns first with the implicit gradient, as upstream, so its rows get a new key and the rows it
+    computed the old way stop being current (the keys below were computed before the fields existed)."""
+    from repair_ray.pair import PRESETS
+
+    mnist = {"name": "mnist", "options": {}}
+    assert analysis_keys(PairSettings(aligns=("sinkhorn",)), mnist)["sinkhorn"] == "a21-s5000-53778f9ac7"
+    preset = {f"sinkhorn_{k}": v for k, v in PRESETS["sinkhorn"]["pena2023"].items()}
+    old_way = {**preset, "sinkhorn_order": "rows", "sinkhorn_gradient": "unrolled"}
+    assert analysis_keys(PairSettings(aligns=("sinkhorn",), **old_way), mnist)["sinkhorn"] == "a21-s5000-0450aad365"
+    new = analysis_keys(PairSettings(aligns=("sinkhorn",), **preset), mnist)["sinkhorn"]
+    assert new not in ("a21-s5000-0450aad365", "a21-s5000-53778f9ac7")
+
+
+def test_sinkhorn_order_and_gradient_are_checked():
+    from repair_ray.errors import SettingError
+
+    with pytest.raises(SettingError) as info:
+        PairSettings(sinkhorn_order="diagonal", sinkhorn_gradient="implict")
+    problems = dict(info.value.problems)
+    assert "sinkhorn_order" in problems and "did you mean 'implicit'" in problems["sinkhorn_gradient"]

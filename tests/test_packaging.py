@@ -88,6 +88,7 @@ def test_validate_spells_out_each_method_a_preset_selects(tmp_path):
     assert "weight matching: start identity, 1 restart(s)" in out.stdout
     assert "ste: init identity, 250 epochs over all training samples, sgd lr 0.01, select batch" in out.stdout
     assert "sinkhorn: init identity, 20 epochs over 9000 training samples, adamw lr 0.1, select last" in out.stdout
+    assert "temperatures [1.0, 1.0], columns normalised first, implicit gradient" in out.stdout
 
 
 def test_a_built_wheel_carries_the_examples_and_the_typed_marker(tmp_path):

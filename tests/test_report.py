@@ -25,6 +25,8 @@ from repair_ray.io.tables import table_file, write_rows
 REPO = Path(__file__).resolve().parents[1]
 T_975_2 = 4.302652729911275  # Student t quantile 0.975 with 2 degrees of freedom (from a t table)
 T_975_1 = 12.706204736174707  # ... with 1 degree of freedom
+# the scripts import this checkout's repair_ray (not another installed copy)
+SCRIPT_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 CONFIGS = [  # model_key, width, depth
     ("mlp-w8-d1-none-aaaa", 8.0, 1),
@@ -456,7 +458,7 @@ def run_script(name: str, sweep: Path, out: Path) -> str:
     result = subprocess.run(
         [sys.executable, str(REPO / "analysis" / f"{name}.py"), str(sweep), "--out", str(out)],
         cwd=out.parent,
-        env={**os.environ, "MPLBACKEND": "Agg"},
+        env={**SCRIPT_ENV, "MPLBACKEND": "Agg"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -501,6 +503,7 @@ def test_analysis_scripts_plot_the_reports_interval(sweep, summary, tmp_path):
 def test_method_table_diff_is_paired_per_model_config(sweep):
     result = subprocess.run(
         [sys.executable, str(REPO / "analysis" / "method_table.py"), str(sweep), "--diff", "repair", "none"],
+        env=SCRIPT_ENV,
         capture_output=True,
         text=True,
         timeout=120,
@@ -512,7 +515,71 @@ def test_method_table_diff_is_paired_per_model_config(sweep):
     # weight: repair 0.5, 1, 1 against none 1, 2, 4 on the same pairs: -0.5, -1, -3
     line = rows[("weight/repair − weight/none", "mlp-w8-d1-none-aaaa", "3")]
     half = T_975_2 * np.std([-0.5, -1, -3], ddof=1) / math.sqrt(3)
-    assert f"-1.500 [{-1.5 - half:+.3f}, {-1.5 + half:+.3f}]" in line and "3/3 below" in line
+    assert f"-1.500 [{-1.5 - half:+.3f}, {-1.5 + half:+.3f}]" in line and "3/3 better" in line
     assert "0.25 (sign)" in line  # both signs of 3 pairs: 2 / 2**3
     assert ("weight/repair − weight/none", "mlp-w8-d2-none-cccc", "2") in rows  # its failed pair left out
     assert len(rows) == 2 * 4  # per align and model config, never pooled
+
+
+def test_instability_and_imp_tables_take_the_trunk_as_the_unit(tmp_path):
+    """Pairs of children of one trunk are one observation: 2 trunks give an interval over 2, not over their pairs."""
+    half = T_975_1 * math.sqrt(2) / math.sqrt(2)  # std of (1, 3) is sqrt(2); n = 2 trunks
+    for script, imp in (("instability_table", {}), ("imp_table", {"imp_round": 1, "sparsity": 0.5})):
+        root = tmp_path / script
+        desc = {"sweep": root.name, "arch": "mlp", "dataset": "mnist", "width": 8.0, "depth": 2, "norm": "none"}
+        for trunk, loss in ((0, 1.0), (1, 3.0)):  # six children per trunk, 15 pairs, identical within a trunk
+            key = {"model_key": f"mlp-t{trunk}-e2", "trunk_seed": trunk, "branch_epoch": 2, **imp}
+            for seed in range(6):
+                row = {**desc, **key, "seed": seed, "epochs": 2, "test_acc": 0.9 + 0.02 * trunk, "train_acc": 0.95}
+                row.update(test_loss=0.3, status="ok")
+                write_rows(table_file(str(root), "models", f"t{trunk}__{seed}"), "models", [row])
+            rows = [
+                {**desc, **key, "seed_a": a, "seed_b": b, "align": "none", "correction": "none", "status": "ok"}
+                | {"barrier_test_error": loss, "barrier_test_loss": loss, "midpoint_test_acc": 0.5}
+                for a in range(6)
+                for b in range(a + 1, 6)
+            ]
+            write_rows(table_file(str(root), "pairs", f"t{trunk}"), "pairs", rows)
+        result = subprocess.run(
+            [sys.executable, str(REPO / "analysis" / f"{script}.py"), str(root), "--columns", "barrier_test_error"],
+            env=SCRIPT_ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        line = next(li for li in result.stdout.splitlines() if li.startswith("| mlp"))
+        assert f"2.0000 ± {half:.4f} |" in line and "| 30 |" in line, line
+        assert "over trunks" in result.stdout
+    acc_half = T_975_1 * math.sqrt(2 * 0.01**2) / math.sqrt(2)  # accuracies 0.90 and 0.92: over 2 trunks
+    assert f"0.9100 ± {acc_half:.4f} |" in result.stdout
+
+
+def test_repair_paper_table_gives_the_plain_variance_ratio_a_verdict_by_the_same_rule():
+    """Table 2 of analysis/repair_paper_table.py: a verdict (within a factor of 1.5) for plain as for aligned."""
+    sys.path.insert(0, str(REPO / "analysis"))
+    try:
+        import repair_paper_table as script
+    finally:
+        sys.path.remove(str(REPO / "analysis"))
+    paper = {
+        "variance_ratio": {
+            "var_ratios_mlp_e50_l7_h128": {"var_ratio_vanilla": [0.5, 0.1], "var_ratio_permute": [0.9, 0.8]}
+        }
+    }
+    pairs = pd.DataFrame([{"model_key": "k", "depth": 8, "width": 128}])
+    ours = {("none", "none"): [0.6, 0.2], ("activation", "none"): [0.85, 0.32], ("activation", "repair"): [1.0, 1.0]}
+    layers = pd.DataFrame(
+        [
+            {"model_key": "k", "seed_a": 0, "align": a, "correction": c, "layer_index": i + 1, "mean_var_ratio": v}
+            for (a, c), values in ours.items()
+            for i, v in enumerate(values)
+        ]
+    )
+    lines = script.variance_table(layers, pairs, paper)
+    header = next(li for li in lines if li.startswith("| layer"))
+    assert "| plain reproduced? |" in header and "| aligned reproduced? |" in header
+    rows = [li for li in lines if li.startswith("| 1 ") or li.startswith("| 2 ")]
+    # layer 1: plain 0.6 / 0.5 (x1.2) yes, aligned 0.85 / 0.9 yes; layer 2: plain x2 no, aligned x0.4 no
+    assert rows[0] == "| 1 | 0.6 / 0.5 | yes (x1.20) | 0.85 / 0.9 | yes (x0.94) | 1.000 |"
+    assert rows[1] == "| 2 | 0.2 / 0.1 | **no** (x2.00) | 0.32 / 0.8 | **no** (x0.40) | 1.000 |"

@@ -130,6 +130,39 @@ def test_paired_differences_find_a_steady_difference_that_overlapping_intervals_
         report.paired_differences(pairs, "weight", "weight/none")
 
 
+def test_a_better_counts_higher_accuracy_and_lower_barriers_as_better():
+    # REPAIR lowers the barrier on 5 of 6 pairs, so its midpoint accuracy (0.9 - loss / 10) is higher there
+    repaired, plain = [0.5, 1.0, 1.5, 2.0, 2.5, 9.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    pairs = pairs_table(method_rows("k", "weight/repair", repaired) + method_rows("k", "weight/none", plain))
+    columns = ["barrier_test_loss", "midpoint_test_acc", "endpoint_test_acc_a"]
+    r = report.paired_differences(pairs, "weight/repair", "weight/none", columns).iloc[0]
+    assert r["barrier_test_loss_a_better"] == 5 and r["barrier_test_loss_a_lower"] == 5  # lower is better
+    assert r["midpoint_test_acc_a_better"] == 5 and r["midpoint_test_acc_a_lower"] == 1  # higher is better
+    assert r["endpoint_test_acc_a_a_better"] == 0 and r["endpoint_test_acc_a_a_lower"] == 0  # the same networks
+    text = report.compact_differences(
+        report.paired_differences(pairs, "weight/repair", "weight/none", columns), columns
+    )
+    assert text.loc[0, "midpoint_test_acc a better"] == "5/6" and text.loc[0, "test_loss a better"] == "5/6"
+    # a column whose name says neither: no count of better unless told which way is better
+    pairs["spread"] = pairs["barrier_test_loss"]
+    unknown = report.paired_differences(pairs, "weight/repair", "weight/none", ["spread"]).iloc[0]
+    assert math.isnan(unknown["spread_a_better"]) and unknown["spread_a_lower"] == 5
+    told = report.paired_differences(pairs, "weight/repair", "weight/none", ["spread"], better={"spread": "higher"})
+    assert told.iloc[0]["spread_a_better"] == 1
+    assert (
+        report.compact_differences(
+            report.paired_differences(pairs, "weight/repair", "weight/none", ["spread"]), ["spread"]
+        ).loc[0, "spread a better"]
+        == "?/6"
+    )
+    assert [
+        report.better_direction(c)
+        for c in ("midpoint_barrier_test_error", "midpoint_test_loss", "test_acc", "align_seconds", "n")
+    ] == ["lower", "lower", "higher", "lower", None]
+    with pytest.raises(ValueError, match="lower"):
+        report.paired_differences(pairs, "weight/repair", "weight/none", ["spread"], better={"spread": "up"})
+
+
 def test_paired_differences_count_only_pairs_ok_in_both_methods():
     a = method_rows("k", "none/repair", [1.0, 2.0, 3.0, 100.0, 4.0, 5.0])
     b = method_rows("k", "none/none", [2.0, 4.0, 6.0, 8.0, 100.0])  # no pair 0-6
@@ -202,7 +235,7 @@ def test_baseline_differences_compare_each_method_with_its_baseline_only():
     ]  # no weight/repair_bn - none/repair_bn: align none has no repair_bn rows
     assert (diff["n"] == 3).all()
     text = report.compact_differences(diff)
-    assert text.loc[0, "a − b"] == "none/repair − none/none" and text.loc[0, "test_loss a lower"] == "3/3"
+    assert text.loc[0, "a − b"] == "none/repair − none/none" and text.loc[0, "test_loss a better"] == "3/3"
 
 
 # ----------------------------------------------------------------------------- summary and small cells
@@ -227,3 +260,47 @@ def test_summary_bounds_and_small_cells():
     assert report.MIN_PAIRS == 5 and len(report.small_cells(summary, minimum=6)) == 2
     cells = report.compact_summary(summary)
     assert cells.loc[0, "barrier_test_loss"] == f"{7 / 3:.4f} ± {expected.high - expected.mean:.4f} (n=3)"
+
+
+# ----------------------------------------------------------------------------- children of trunks
+
+
+def trunk_pairs(losses_per_trunk: dict[int, list[float]], branch_epoch: int = 2) -> pd.DataFrame:
+    """Pairs of the children of each trunk (its own model key, as a stability sweep writes them)."""
+    frames = []
+    for trunk, losses in losses_per_trunk.items():
+        rows = method_rows(f"t{trunk}-e{branch_epoch}", "none/none", losses)
+        frames.append(pairs_table(rows).assign(trunk_seed=trunk, branch_epoch=branch_epoch))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_pairs_of_children_of_two_trunks_give_an_interval_over_two_trunks_not_over_their_pairs():
+    # 12 pairs per trunk, identical within a trunk: two observations, not 24
+    pairs = trunk_pairs({0: [1.0] * 12, 1: [3.0] * 12})
+    pooled = report.summarise_over_trunks(pairs)
+    assert len(pooled) == 1
+    r = pooled.iloc[0]
+    assert (r["trunks"], r["pairs"], r["interval_over"]) == (2, 24, "trunks")
+    assert r["barrier_test_loss_mean"] == pytest.approx(2.0)
+    half = stats.t.ppf(0.975, 1) * np.std([1.0, 3.0], ddof=1) / math.sqrt(2)  # n = 2 trunks
+    assert r["barrier_test_loss_ci95"] == pytest.approx(half)
+    assert (r["barrier_test_loss_low"], r["barrier_test_loss_high"]) == pytest.approx((2 - half, 2 + half))
+    naive = report.interval(pairs["barrier_test_loss"])  # 24 pairs as if independent: far narrower
+    assert naive.high - naive.mean < half / 10
+    # the instability plot draws the same interval
+    from repair_ray.report.plot_data import barrier_panels
+
+    line = barrier_panels(pairs, "branch_epoch", ["barrier_test_loss"]).panels[0].lines[0]
+    assert line["barrier_test_loss_ci95"].iloc[0] == pytest.approx(half)
+    # unequal numbers of pairs: each trunk weighs the same
+    r = report.summarise_over_trunks(trunk_pairs({0: [1.0] * 3, 1: [3.0] * 30})).iloc[0]
+    assert r["barrier_test_loss_mean"] == pytest.approx(2.0) and r["pairs"] == 33
+
+
+def test_one_trunk_keeps_the_interval_over_its_pairs_and_says_so():
+    pairs = trunk_pairs({0: [1.0, 2.0, 4.0]})
+    r = report.summarise_over_trunks(pairs).iloc[0]
+    assert (r["trunks"], r["interval_over"]) == (1, "pairs of one trunk")
+    assert r["barrier_test_loss_ci95"] == pytest.approx(report.summarise(pairs).iloc[0]["barrier_test_loss_ci95"])
+    # independent seeds have no trunk: nothing to pool
+    assert report.summarise_over_trunks(pairs.assign(trunk_seed=pd.NA)).empty

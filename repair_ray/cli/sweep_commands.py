@@ -61,7 +61,12 @@ def method_lines(s: PairSettings) -> list[str]:
             budget = f"{get('epochs')} epochs" if get("epochs") is not None else f"{get('steps')} steps"
             n = get("samples")
             samples = {None: "the statistics samples", "all": "all training samples"}.get(n, f"{n} training samples")
-            extra = f", temperatures {list(get('temperatures'))}" if method == "sinkhorn" else ""
+            extra = (
+                f", temperatures {list(get('temperatures'))}, {get('order')} normalised first, "
+                f"{get('gradient')} gradient"
+                if method == "sinkhorn"
+                else ""
+            )
             lines.append(
                 f"{method}: init {get('init')}, {budget} over {samples}, {get('optimizer')} lr {get('lr'):g}, "
                 f"select {get('select')}, BatchNorm {get('batchnorm')} statistics{extra}"

@@ -103,6 +103,8 @@ def align_permutation(
             data,
             objective=settings.sinkhorn_objective,
             temperatures=settings.sinkhorn_temperatures,
+            order=settings.sinkhorn_order,
+            gradient=settings.sinkhorn_gradient,
             **common,
         )
     raise ValueError(f"unknown align {align!r}")

@@ -20,20 +20,21 @@ from ..permutation.learned import (
     SINKHORN_SELECTS,
     STE_SELECTS,
 )
+from ..permutation.sinkhorn import SINKHORN_GRADIENTS, SINKHORN_ORDERS
 from ..permutation.weight_matching import WEIGHT_STARTS
 
 _LEARNED = ("steps", "epochs", "lr", "optimizer", "batch_size", "samples", "init", "select", "batchnorm")
 METHOD_FIELDS = {
     "ste": tuple(f"ste_{f}" for f in (*_LEARNED, "momentum")),
-    "sinkhorn": tuple(f"sinkhorn_{f}" for f in (*_LEARNED, "objective", "temperatures")),
+    "sinkhorn": tuple(f"sinkhorn_{f}" for f in (*_LEARNED, "objective", "temperatures", "order", "gradient")),
 }
 # The published methods by name (``ste: {preset: git-rebasin}``): every setting each paper's code
 # uses; settings given beside a preset override it. Sources: samuela/git-re-basin
 # ``src/mnist_mlp_ste2.py`` (250 epochs of the 60k MNIST training images, batch 1000, SGD lr 1e-2
 # momentum 0.9, from the identity, the best projection by minibatch loss); fagp/sinkhorn-rebasin's
 # MLP example (20 epochs of 9,000 training images, batch 1000, AdamW lr 0.1, temperature 1, 20
-# Sinkhorn iterations, from the identity plus noise, the final permutation; BatchNorm with batch
-# statistics).
+# Sinkhorn iterations, each normalising columns then rows, differentiated implicitly at the fixed
+# point; from the identity plus noise, the final permutation; BatchNorm with batch statistics).
 PRESETS: dict[str, dict[str, dict[str, object]]] = {
     "ste": {
         "git-rebasin": {
@@ -56,6 +57,8 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
             "optimizer": "adamw",
             "lr": 0.1,
             "temperatures": (1.0, 1.0),
+            "order": "columns",
+            "gradient": "implicit",
             "objective": "midpoint",
             "init": "identity",
             "select": "last",
@@ -74,7 +77,14 @@ PRECISIONS = ("fp32", "tf32")
 ANALYSIS_VERSION = 3
 # PairSettings fields added after rows were keyed by the others: out of the analysis key at these
 # defaults, so the rows computed before them stay current
-LATER_FIELDS = {"precision": "fp32", "test_samples": None, "test_flip": False, "stat_augment": False}
+LATER_FIELDS = {
+    "precision": "fp32",
+    "test_samples": None,
+    "test_flip": False,
+    "stat_augment": False,
+    "sinkhorn_order": "rows",
+    "sinkhorn_gradient": "unrolled",
+}
 MAX_ALPHAS = 1001  # a finer grid costs a forward pass per point and pair without changing a barrier
 
 
@@ -167,6 +177,11 @@ class PairSettings:
     sinkhorn_batchnorm: str = "batch"
     sinkhorn_objective: str = "midpoint"
     sinkhorn_temperatures: tuple[float, float] = (1.0, 0.05)
+    # each Sinkhorn iteration normalises rows then columns ("rows", this tool's first version) or
+    # columns then rows ("columns", Peña et al.); its gradient through the iterations ("unrolled")
+    # or of their fixed point ("implicit", Peña et al.)
+    sinkhorn_order: str = "rows"
+    sinkhorn_gradient: str = "unrolled"
     precision: str = "fp32"
     # fold each BatchNorm into the layer before it, then analyse the plain network (the REPAIR
     # paper's depth sweep: MLPs trained with BatchNorm, fused before matching)
@@ -215,6 +230,8 @@ class PairSettings:
             ("sinkhorn_init", LEARNED_INITS),
             ("sinkhorn_select", SINKHORN_SELECTS),
             ("sinkhorn_batchnorm", BATCHNORM_MODES),
+            ("sinkhorn_order", SINKHORN_ORDERS),
+            ("sinkhorn_gradient", SINKHORN_GRADIENTS),
         ):
             if getattr(self, name) not in known:
                 problems.add(name, unknown_choice(name.rsplit("_", 1)[1], getattr(self, name), known))

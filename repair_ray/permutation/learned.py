@@ -36,6 +36,7 @@ from torch.func import functional_call
 from ..datasets import TensorData
 from ..interpolation import interpolate_state
 from .ops import Permutation, apply_permutation, identity_permutation, linear_sum_assignment, sum_tensors
+from .sinkhorn import SINKHORN_GRADIENTS, SINKHORN_ORDERS, sinkhorn
 from .spec import PermutationSpec
 from .weight_matching import matched_states, weight_matching
 
@@ -243,15 +244,6 @@ def ste_matching(
     return {g: p.clone() for g, p in chosen.items()}
 
 
-def _log_sinkhorn(logits: torch.Tensor, iters: int) -> torch.Tensor:
-    """A doubly stochastic matrix from ``logits`` by alternating row and column normalisation (in log space)."""
-    log_p = logits
-    for _ in range(iters):
-        log_p = log_p - torch.logsumexp(log_p, dim=1, keepdim=True)
-        log_p = log_p - torch.logsumexp(log_p, dim=0, keepdim=True)
-    return log_p.exp()
-
-
 def _soft_axis(tensor: torch.Tensor, axis: int, entry, soft: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """``tensor`` with the units along ``axis`` mixed by each group's soft permutation (row i ← Σ_j S[i, j]·unit j)."""
     if isinstance(entry, str):
@@ -312,6 +304,8 @@ def sinkhorn_matching(
     batch_size: int = 500,
     temperatures: tuple[float, float] = (1.0, 0.05),
     iters: int = 20,
+    order: str = "rows",
+    gradient: str = "unrolled",
     seed: int = 0,
     init_perm: Mapping[str, torch.Tensor] | None = None,
     init: str = "weight",
@@ -334,6 +328,11 @@ def sinkhorn_matching(
         temperatures: the Sinkhorn temperature anneals geometrically from the first to the second
             (Peña et al.: a constant 1).
         iters: Sinkhorn normalisation iterations per step.
+        order: ``columns``: each iteration normalises the columns, then the rows, as Peña et al.;
+            ``rows``: the rows first (this tool's first version).
+        gradient: ``implicit``: the gradient of the Sinkhorn fixed point (one linear solve per
+            group), as Peña et al.; ``unrolled``: backpropagation through the ``iters`` iterations
+            (this tool's first version). See :mod:`repair_ray.permutation.sinkhorn`.
         seed: seeds the minibatch order, the identity start's noise and the weight matching.
         init_perm: start here (as ``init="weight"``, without computing it).
         init: ``identity``: as Peña et al. (``sinkhorn-rebasin`` examples), the logits start at
@@ -348,6 +347,8 @@ def sinkhorn_matching(
         ("init", init, LEARNED_INITS),
         ("select", select, SINKHORN_SELECTS),
         ("batchnorm", batchnorm, BATCHNORM_MODES),
+        ("order", order, SINKHORN_ORDERS),
+        ("gradient", gradient, SINKHORN_GRADIENTS),
     ):
         _check_choice(name, value, known)
     if objective not in SINKHORN_OBJECTIVES:
@@ -396,7 +397,7 @@ def sinkhorn_matching(
     t0, t1 = temperatures
     for step in range(steps):
         tau = t0 * (t1 / t0) ** (step / max(steps - 1, 1))
-        soft = {g: _log_sinkhorn(z / tau, iters) for g, z in logits.items()}
+        soft = {g: sinkhorn(z / tau, iters, order=order, gradient=gradient) for g, z in logits.items()}
         mixed = soft_permute(spec, float_b, soft)
         if objective == "midpoint":
             x, y = batches.next()

@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "PLOT_METRICS": ".frames",
     "REDUCTION_COLUMNS": ".frames",
     "barrier_columns": ".frames",
+    "better_direction": ".frames",
     "ci95": ".intervals",
     "compact_summary": ".cells",
     "default_model_key": ".frames",
@@ -65,6 +66,8 @@ _EXPORTS: dict[str, str] = {
     "relative_reduction": ".statistics",
     "summarise": ".statistics",
     "summarise_models": ".statistics",
+    "summarise_over_trunks": ".statistics",
+    "clustered_aggregate": ".intervals",
     "DESCRIPTION_KEYS": ".frames",
     "Interval": ".intervals",
     "MIN_PAIRS": ".frames",
@@ -102,7 +105,9 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "REDUCTION_COLUMNS",
     "barrier_columns",
     "baseline_differences",
+    "better_direction",
     "ci95",
+    "clustered_aggregate",
     "compact_differences",
     "compact_summary",
     "default_model_key",
@@ -124,6 +129,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "small_cells",
     "summarise",
     "summarise_models",
+    "summarise_over_trunks",
     "to_markdown",
     "write_report",
 ]
@@ -146,10 +152,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         PLOT_METRICS,
         REDUCTION_COLUMNS,
         barrier_columns,
+        better_direction,
         default_model_key,
         ok_tables,
     )
-    from .intervals import Interval, ci95, interval
+    from .intervals import Interval, ci95, clustered_aggregate, interval
     from .page import to_markdown, write_report
     from .plots import (
         PLOT_FORMATS,
@@ -164,4 +171,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         plot_training_curves,
         plot_variance_collapse,
     )
-    from .statistics import failed_pairs, relative_reduction, small_cells, summarise, summarise_models
+    from .statistics import (
+        failed_pairs,
+        relative_reduction,
+        small_cells,
+        summarise,
+        summarise_models,
+        summarise_over_trunks,
+    )

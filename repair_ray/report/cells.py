@@ -89,7 +89,9 @@ def _shown_keys(frame: pd.DataFrame, keys: Sequence[str]) -> list[str]:
 def compact_differences(differences: pd.DataFrame, columns: Sequence[str] = PLOT_METRICS) -> pd.DataFrame:
     """A :func:`paired_differences` (or :func:`baseline_differences`) table as text for reading:
     ``a − b`` and ``n``, then per column the mean difference with its interval ``[low, high]``,
-    the p values of the t and sign tests, and the pairs where ``a`` is lower, as ``k/n``."""
+    the p values of the t and sign tests, and the pairs where ``a`` is better (lower on barriers,
+    losses, errors; higher on accuracies: :func:`.frames.better_direction`), as ``k/n`` (``?/n``
+    where the column's direction is unknown)."""
     columns = [c for c in columns if f"{c}_diff_mean" in differences.columns]
     keys = _shown_keys(differences, DESCRIPTION_KEYS)
     rows = []
@@ -105,7 +107,7 @@ def compact_differences(differences: pd.DataFrame, columns: Sequence[str] = PLOT
             row[f"{name} a − b"] = text
             row[f"{name} p (t)"] = _p(r[f"{column}_p_t"])
             row[f"{name} p (sign)"] = _p(r[f"{column}_p_sign"])
-            row[f"{name} a lower"] = f"{int(r[f'{column}_a_better'])}/{int(r['n'])}"
+            row[f"{name} a better"] = f"{format_value(r[f'{column}_a_better'])}/{int(r['n'])}"
         rows.append(row)
-    names = [f"{c.removeprefix('barrier_')} {s}" for c in columns for s in ("a − b", "p (t)", "p (sign)", "a lower")]
+    names = [f"{c.removeprefix('barrier_')} {s}" for c in columns for s in ("a − b", "p (t)", "p (sign)", "a better")]
     return pd.DataFrame(rows, columns=[*keys, "a − b", "n", *names])

@@ -11,7 +11,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .frames import DESCRIPTION_KEYS, PAIR_ID, PLOT_METRICS, dtype_of, is_ok, pairs_of, sort_rows
+from .frames import (
+    DESCRIPTION_KEYS,
+    PAIR_ID,
+    PLOT_METRICS,
+    better_direction,
+    dtype_of,
+    is_ok,
+    pairs_of,
+    sort_rows,
+)
 from .intervals import INTERVAL_METHODS, interval
 
 
@@ -52,6 +61,7 @@ def paired_differences(
     *,
     method: str = "t",
     confidence: float = 0.95,
+    better: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Method ``a`` minus method ``b`` on the same pairs (the same two networks), per model description.
 
@@ -67,22 +77,32 @@ def paired_differences(
     Args:
         data: a ``pairs`` DataFrame, or the dict of :func:`repair_ray.load_tables`.
         a, b: the methods compared.
-        columns: columns of the pairs table (barriers: lower is better).
+        columns: columns of the pairs table.
         method, confidence: the interval of the mean difference (see :func:`interval`).
+        better: ``{column: "lower" | "higher"}``, which values of a column are better, where its
+            name does not say (see :func:`better_direction`: barriers, losses, errors and times
+            lower, accuracies higher).
 
     Returns:
         One row per description with at least one shared pair: the description, ``a`` and ``b``
         (``align/correction``), ``n`` (pairs in both), and for each column ``<col>_diff_mean``,
         ``<col>_diff_low``, ``<col>_diff_high`` (the interval of the mean of ``a - b``),
-        ``<col>_a_better`` (pairs where ``a < b``), ``<col>_p_t`` (two-sided paired t-test, NaN for
-        n < 2; 0 where every pair differs by the same non-zero amount, 1 where none differs) and
+        ``<col>_a_better`` (pairs where ``a`` is better: ``a < b`` on a lower-is-better column,
+        ``a > b`` on a higher-is-better one; NaN where the column's direction is unknown),
+        ``<col>_a_lower`` (pairs where ``a < b``, whatever the direction), ``<col>_p_t``
+        (two-sided paired t-test, NaN for n < 2; 0 where every pair differs by the same non-zero
+        amount, 1 where none differs) and
         ``<col>_p_sign`` (two-sided exact sign test over the pairs that differ; 1 where none does).
         A pair with a null in a column is left out of that column's statistics.
     """
     (align_a, correction_a), (align_b, correction_b) = _method(a), _method(b)
     pairs = pairs_of(data)
     columns = [c for c in columns if c in pairs.columns]
-    stats_of = ("diff_mean", "diff_low", "diff_high", "a_better", "p_t", "p_sign")
+    stats_of = ("diff_mean", "diff_low", "diff_high", "a_better", "a_lower", "p_t", "p_sign")
+    directions = {c: (better or {}).get(c) or better_direction(c) for c in columns}
+    for column, direction in directions.items():
+        if direction not in (None, "lower", "higher"):
+            raise ValueError(f"better[{column!r}] must be 'lower' or 'higher', got {direction!r}")
     keys = list(DESCRIPTION_KEYS)
     out_columns = [*keys, "a", "b", "n", *(f"{c}_{s}" for c in columns for s in stats_of)]
     empty = pd.DataFrame({c: pd.Series(dtype=dtype_of(pairs, c) if c in keys else float) for c in out_columns})
@@ -124,12 +144,15 @@ def paired_differences(
             d = (group[column].astype(float) - group[f"{column}__b"].astype(float)).dropna().to_numpy()
             found = interval(d, method=method, confidence=confidence)
             p_t, p_sign = _p_values(d)
+            lower, higher = int((d < 0).sum()), int((d > 0).sum())
+            a_better = {"lower": lower, "higher": higher}.get(directions[column] or "", math.nan)
             record.update(
                 {
                     f"{column}_diff_mean": found.mean,
                     f"{column}_diff_low": found.low,
                     f"{column}_diff_high": found.high,
-                    f"{column}_a_better": int((d < 0).sum()),
+                    f"{column}_a_better": a_better,
+                    f"{column}_a_lower": lower,
                     f"{column}_p_t": p_t,
                     f"{column}_p_sign": p_sign,
                 }

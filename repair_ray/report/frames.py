@@ -40,6 +40,10 @@ ALIGN_ORDER = ALIGNS
 CORRECTION_ORDER = CORRECTIONS
 DESCRIPTION_KEYS = tuple(k for k in GROUP_KEYS if k not in ("align", "correction"))
 """A summary's groups without the method: the pairs two methods are compared on (never two keys)."""
+LOWER_IS_BETTER = ("barrier", "loss", "error", "seconds")
+"""Words of a column name that make lower values better (barriers, losses, errors, times)."""
+HIGHER_IS_BETTER = ("acc",)
+"""Words of a column name that make higher values better (accuracies)."""
 MIN_PAIRS = 5
 """Cells with fewer ok pairs than this get a warning in the report: their intervals say little."""
 
@@ -47,6 +51,19 @@ MIN_PAIRS = 5
 def barrier_columns(pairs: pd.DataFrame) -> list[str]:
     """The barrier columns of a ``pairs`` table: ``barrier_*``, ``max_barrier_*`` and ``midpoint_barrier_*``."""
     return [c for c in pairs.columns if c.startswith(("barrier_", "max_barrier_", "midpoint_barrier_"))]
+
+
+def better_direction(column: str) -> str | None:
+    """``"lower"`` or ``"higher"``: which values of ``column`` are better, from the words of its name
+    (:data:`LOWER_IS_BETTER` first: ``midpoint_barrier_test_error``, ``barrier_test_loss``,
+    ``align_seconds`` are lower-is-better; ``midpoint_test_acc``, ``endpoint_test_acc_a`` higher);
+    None for a column whose name says neither."""
+    words = set(column.split("_"))
+    if words & set(LOWER_IS_BETTER):
+        return "lower"
+    if words & set(HIGHER_IS_BETTER):
+        return "higher"
+    return None
 
 
 def pairs_of(data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFrame:

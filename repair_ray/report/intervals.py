@@ -104,3 +104,27 @@ def aggregate(
             out[f"{column}_low"] = found.map(lambda i: i.low).astype(float)
             out[f"{column}_high"] = found.map(lambda i: i.high).astype(float)
     return out
+
+
+def clustered_aggregate(
+    frame: pd.DataFrame, keys: Sequence[str], columns: Sequence[str], cluster: str, bounds: str | None = None
+) -> pd.DataFrame:
+    """:func:`aggregate` over clusters, for rows that are not independent: the children of one trunk
+    of a stability study share its first epochs, so their pairs are one observation of that trunk.
+
+    Each column is first averaged within every (group, ``cluster``); ``<col>_mean/_std/_ci95`` (and
+    ``_low/_high`` with ``bounds``) are then those of the cluster means, the interval's n the
+    number of clusters (not of rows). A group of a single cluster cannot say how clusters vary: it
+    keeps the statistics over its rows, an interval that holds for that cluster only. ``clusters``
+    is each group's number of clusters; rows with a null ``cluster`` are left out.
+    """
+    frame = frame[frame[cluster].notna()]
+    keys = list(keys)
+    clusters = frame.groupby(keys, dropna=False, sort=False)[cluster].nunique().rename("clusters")
+    over_rows = aggregate(frame, keys, columns, bounds)
+    means = frame.groupby([*keys, cluster], dropna=False, sort=False)[list(columns)].mean().reset_index()
+    over_clusters = aggregate(means, keys, columns, bounds) if not means.empty else over_rows
+    one = clusters.reindex(over_rows.index) < 2
+    out = over_clusters.reindex(over_rows.index)
+    out[one.to_numpy()] = over_rows[one.to_numpy()]
+    return out.join(clusters)

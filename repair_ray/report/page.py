@@ -113,7 +113,9 @@ DIFFERENCES_TEXT = (
     "difference with its 95% t-interval [low, high], the two-sided p values of the paired t-test and of "
     "the exact sign test, and the pairs where a's barrier is lower (better). Each correction against no "
     "correction with the same alignment, and each alignment against none with the same correction; the "
-    "spread between pairs cancels, so a steady difference shows even where the methods' intervals overlap."
+    "spread between pairs cancels, so a steady difference shows even where the methods' intervals overlap. "
+    "In a stability or IMP study each trunk is its own model config: these intervals and tests are over "
+    "the pairs of one trunk (not independent of each other) and hold for that trunk alone."
 )
 
 
@@ -195,14 +197,17 @@ def write_report(
             "barrier_vs_branch_epoch",
             "Barrier vs branch epoch (instability)",
             "Children of one trunk, branched after k epochs of shared training: max-over-α barrier, "
-            "mean over pairs (all trunks pooled) with 95% CI. Stable once the barrier is ~0 (Frankle et al.).",
+            "mean over trunks (each trunk's pairs averaged first: the pairs of one trunk are not independent) "
+            "with the 95% CI over the trunks, or over the pairs where there is one trunk (an interval for that "
+            "trunk alone). Stable once the barrier is ~0 (Frankle et al.).",
         ),
         _Plot(
             "sparsity",
             "Lottery tickets: accuracy and barrier vs sparsity",
             "Rounds of IMP with rewinding: the children's test accuracy (dotted: the dense round's) and the "
-            "max-over-α barrier between two children of a round, vs the weights that remain; mean over the "
-            "children of all trunks with 95% CI. A round is a matching ticket while it reaches the dense "
+            "max-over-α barrier between two children of a round, vs the weights that remain; mean over trunks "
+            "(each trunk's children and pairs averaged first) with the 95% CI over the trunks, or over the "
+            "children and pairs of the only trunk. A round is a matching ticket while it reaches the dense "
             "accuracy, and stable while its barrier is ~0 (Frankle et al.).",
         ),
         _Plot("curves", "Loss and accuracy along the linear path", "Mean over the pairs of one model config."),

@@ -16,8 +16,8 @@ import pandas as pd
 
 from .cells import format_value
 from .frames import PAIR_ID, default_model_key, is_ok, sort_rows
-from .intervals import aggregate
-from .statistics import summarise
+from .intervals import aggregate, clustered_aggregate
+from .statistics import summarise, summarise_over_trunks
 
 Method = tuple[str, str]  # (align, correction)
 
@@ -108,9 +108,11 @@ def barrier_panels(pairs: pd.DataFrame, x: str, metrics: Sequence[str]) -> Barri
             branched &= pairs["imp_round"].isna()
         if not branched.any():
             raise ValueError("no pairs of branched children (this sweep has no branch section)")
-        # pool the trunks: one point per branch epoch (each trunk and epoch has its own model key)
-        pairs = pairs[branched].assign(trunk_seed=pd.NA, model_key="children")
-    summary = summarise(pairs)
+        # pool the trunks: one point per branch epoch, its interval over the trunks (their pairs are
+        # not independent), or over the pairs of the only trunk
+        summary = summarise_over_trunks(pairs[branched])
+    else:
+        summary = summarise(pairs)
     summary = summary[(summary["pairs"] > 0) & summary[x].notna()]
     if summary.empty:
         raise ValueError(f"no ok pairs with a known {x} to plot")
@@ -167,10 +169,13 @@ def sparsity_panels(models: pd.DataFrame, pairs: pd.DataFrame, metrics: Sequence
         raise ValueError("no trained rounds of IMP (this sweep has no imp section)")
     keys = [k for k in ("arch", "dataset", "norm", "width", "layer_widths", "depth", "branch_epoch") if k in nets]
     keys = [k for k in keys if nets[k].notna().any()]
-    accuracy = aggregate(nets, [*keys, "remaining"], ["test_acc"]).reset_index()
+    if "trunk_seed" in nets and nets["trunk_seed"].notna().all():  # the children of a trunk: one observation
+        accuracy = clustered_aggregate(nets, [*keys, "remaining"], ["test_acc"], "trunk_seed").reset_index()
+    else:
+        accuracy = aggregate(nets, [*keys, "remaining"], ["test_acc"]).reset_index()
     barriers = pd.DataFrame()
     if not pairs.empty:
-        summary = summarise(pairs.assign(trunk_seed=pd.NA, imp_round=pd.NA, model_key="rounds"))
+        summary = summarise_over_trunks(pairs.assign(imp_round=pd.NA))  # trunks as the unit, as above
         summary = summary.assign(remaining=100.0 * (1.0 - summary["sparsity"].astype(float)))
         barriers = summary[summary["pairs"] > 0]
     metrics = [m for m in metrics if f"{m}_mean" in barriers.columns]

@@ -86,7 +86,8 @@ def plot_barrier_vs(
 
     One row of panels per (arch, dataset, norm, other axes), one column per metric; only ``ok``
     pairs. A single ``x`` value gives single points. Against ``branch_epoch`` (Frankle et al.'s
-    instability plot) only children of trunks are drawn, the pairs of every trunk pooled.
+    instability plot) only children of trunks are drawn, the trunks pooled with the trunk as the unit
+    (:func:`.statistics.summarise_over_trunks`: the interval over the trunks' means).
     Writes ``<stem>.png`` and ``<stem>.svg``.
 
     Returns:
@@ -129,7 +130,8 @@ def plot_barrier_vs(
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize=9)
     context = data.context
-    fig.suptitle(f"Barrier vs {x}{': ' + context if context else ''} (mean over pairs, 95% CI)", fontsize=11)
+    over = "trunks, 95% CI over trunks" if x == "branch_epoch" else "pairs, 95% CI"
+    fig.suptitle(f"Barrier vs {x}{': ' + context if context else ''} (mean over {over})", fontsize=11)
     return _save(fig, stem)
 
 
@@ -155,7 +157,8 @@ def plot_sparsity(
     metrics: Sequence[str] = PLOT_METRICS,
 ) -> list[Path]:
     """Lottery tickets: test accuracy and barrier vs the weights that remain after each round of IMP
-    (log scale, densest on the left, as in Frankle et al.), the children of every trunk pooled.
+    (log scale, densest on the left, as in Frankle et al.), the children of every trunk pooled with
+    the trunk as the unit (means and intervals over the trunks' means; over the only trunk's rows).
 
     One row of panels per network (and rewind epoch); the first column is the children's test
     accuracy (the dense round's mean as a dotted line: a round "matches" while it reaches it), the
@@ -214,7 +217,7 @@ def plot_sparsity(
     context = data.context
     fig.suptitle(
         f"Lottery tickets (IMP with rewinding){': ' + context if context else ''}: accuracy and "
-        "instability vs sparsity (mean over children of all trunks, 95% CI)",
+        "instability vs sparsity (mean over trunks, 95% CI over trunks)",
         fontsize=11,
     )
     return _save(fig, stem)

@@ -31,6 +31,7 @@ from .frames import (
     PLOT_METRICS,
     REDUCTION_COLUMNS,
     barrier_columns,
+    better_direction,
     default_model_key,
     dtype_of,
     is_ok,
@@ -38,7 +39,7 @@ from .frames import (
     pairs_of,
     sort_rows,
 )
-from .intervals import INTERVAL_METHODS, Interval, aggregate, ci95, interval
+from .intervals import INTERVAL_METHODS, Interval, aggregate, ci95, clustered_aggregate, interval
 
 __all__ = [  # the summaries defined here, and the report's numbers defined beside them
     "ALIGN_ORDER",
@@ -57,7 +58,9 @@ __all__ = [  # the summaries defined here, and the report's numbers defined besi
     "aggregate",
     "barrier_columns",
     "baseline_differences",
+    "better_direction",
     "ci95",
+    "clustered_aggregate",
     "compact_differences",
     "compact_summary",
     "default_model_key",
@@ -71,6 +74,7 @@ __all__ = [  # the summaries defined here, and the report's numbers defined besi
     "small_cells",
     "summarise",
     "summarise_models",
+    "summarise_over_trunks",
 ]
 
 
@@ -204,6 +208,68 @@ def summarise(
                 }
             )
         )
+    return _finish(out, columns, keys)
+
+
+def summarise_over_trunks(
+    data: pd.DataFrame | Mapping[str, pd.DataFrame],
+    reduction_columns: Sequence[str] = REDUCTION_COLUMNS,
+    *,
+    interval: str = "t",
+) -> pd.DataFrame:
+    """The children of every trunk of a stability study (or IMP) pooled, with trunks as the unit.
+
+    Pairs of children of one trunk are not independent observations: they share its first epochs
+    (and, in a round of IMP, its mask), so an interval over all pairs would be too narrow by as much
+    as the trunks differ. Here each statistic of :func:`summarise` is first averaged within each
+    trunk (each trunk and branch epoch is its own model config), then ``<col>_mean/_std/_ci95`` and
+    ``_low/_high`` are over the trunks' means (:func:`clustered_aggregate`), so their n is the number
+    of trunks. A group with one trunk keeps the interval over its pairs, which holds for that
+    trunk only: ``interval_over`` says which (``trunks`` or ``pairs of one trunk``).
+
+    Rows without a ``trunk_seed`` (independent seeds) are left out. Returns :func:`summarise`'s
+    columns without ``trunk_seed`` and ``model_key`` (pooled), with ``trunks`` (trunks with an
+    ``ok`` pair), ``pairs`` and ``failed`` summed over them, and ``interval_over``.
+    """
+    if interval not in INTERVAL_METHODS:
+        raise ValueError(f"interval must be one of {', '.join(INTERVAL_METHODS)}, got {interval!r}")
+    pairs = pairs_of(data)
+    pairs = pairs[pairs["trunk_seed"].notna()]
+    per_trunk = summarise(pairs, reduction_columns, interval=interval)
+    keys = [k for k in GROUP_KEYS if k not in ("trunk_seed", "model_key")]
+    barriers = barrier_columns(pairs)
+    reductions = [f"rel_reduction_{c}" for c in reduction_columns if c in pairs.columns]
+    stat_columns = [f"{c}_{s}" for c in barriers for s in ("mean", "std", "ci95", "low", "high")]
+    red_columns = [f"rel_reduction_{c}_{s}" for c in reductions for s in ("mean", "std", "ci95")]
+    acc_columns = ["endpoint_test_acc_mean", "endpoint_test_acc_min", "midpoint_test_acc_mean"]
+    columns = [*keys, "trunks", "pairs", "failed", "model_keys", *stat_columns]
+    columns += [*red_columns, *acc_columns, "interval_over"]
+    if per_trunk.empty:
+        return pd.DataFrame({c: pd.Series(dtype=dtype_of(pairs, c) if c in keys else float) for c in columns})
+    by = per_trunk.groupby(keys, dropna=False, sort=False)
+    out = pd.DataFrame({"pairs": by["pairs"].sum(), "failed": by["failed"].sum(), "model_keys": by["model_key"].size()})
+    ok = pairs[is_ok(pairs)]
+    if not ok.empty:
+        out = out.join(clustered_aggregate(ok, keys, barriers, "trunk_seed", interval))
+        reduction = relative_reduction(ok, reduction_columns)
+        if not reduction.empty:
+            red = clustered_aggregate(reduction, keys, reductions, "trunk_seed").drop(columns="clusters")
+            out = out.join(red)
+        trunks = per_trunk[per_trunk["pairs"] > 0].groupby(keys, dropna=False, sort=False)
+        out = out.join(
+            pd.DataFrame(
+                {
+                    "endpoint_test_acc_mean": trunks["endpoint_test_acc_mean"].mean(),
+                    "endpoint_test_acc_min": trunks["endpoint_test_acc_min"].min(),
+                    "midpoint_test_acc_mean": trunks["midpoint_test_acc_mean"].mean(),
+                }
+            )
+        )
+    out = out.rename(columns={"clusters": "trunks"})
+    out["trunks"] = out["trunks"].fillna(0).astype(int) if "trunks" in out else 0
+    out["interval_over"] = np.where(
+        out["trunks"] >= 2, "trunks", np.where(out["trunks"] == 1, "pairs of one trunk", "")
+    )
     return _finish(out, columns, keys)
 
 

@@ -123,6 +123,8 @@ class SinkhornSection(_LearnedSection):
 
     objective: str | None = None
     temperatures: list[float] | None = None
+    order: str | None = None  # rows or columns first in each Sinkhorn iteration
+    gradient: str | None = None  # unrolled or implicit
 
 
 class ResourceSpec(_Strict):
