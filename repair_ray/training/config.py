@@ -68,7 +68,7 @@ class TrainConfig:
         for name, default in _LATER_FIELDS.items():
             if fields.get(name) == default:
                 fields.pop(name)
-        if self.pad == "mean" or self.augmentation(in_shape) is None:
+        if self.pad == "mean" or not self.uses_augmentation(in_shape):
             fields.pop("pad")
         return fields
 
