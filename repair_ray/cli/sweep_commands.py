@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -28,6 +30,7 @@ from .app import (
 if TYPE_CHECKING:
     from ..pair import PairSettings
     from ..sweep.config import SweepConfig
+    from ..training import TrainConfig
 
 
 @main.command()
@@ -104,6 +107,13 @@ def design_line(config: SweepConfig) -> str | None:
             "is trained once, to the last branch epoch"
         )
     return None
+
+
+def recipe_line(train: TrainConfig, override: dict[str, Any]) -> str:
+    """A recipe as ``key=value`` pairs; the keys ``override`` set (``models[i].train``) are marked ``*``."""
+    return " ".join(f"{k}={v}{'*' if k in override else ''}" for k, v in asdict(train).items()) + (
+        "   (* models[i].train, merged over the sweep's train)" if override else ""
+    )
 
 
 @main.command()
@@ -183,6 +193,11 @@ def validate(
                 click.echo(f"    network {network.seed}: {storage.redact(network.uri)} sha256 {network.sha256[:16]}")
             continue
         click.echo(f"  {plan.model_key}: {' '.join([m.arch, *knobs])} seeds={list(plan.seeds)} pairs={len(plan.pairs)}")
+        if plan.train_override is not None:
+            click.echo(f"    train: {recipe_line(plan.recipe(config.train), json.loads(plan.train_override))}")
+    if any(not plan.is_imported for plan in config.models):
+        overridden = any(plan.train_override is not None for plan in config.models)
+        click.echo(f"train{' (the others)' if overridden else ''}: {recipe_line(config.train, {})}")
     design = design_line(config)
     if design is not None:
         click.echo(design)

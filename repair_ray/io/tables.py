@@ -49,6 +49,7 @@ _MODEL_DESC = (
     ("init", _STR),  # the zoo's initialisation (torch, he, lecun); null outside the zoo and for imported networks
     ("model_kwargs", _STR),  # a network's keyword arguments as canonical JSON (architectures outside the zoo)
     ("layer_widths", _STR),  # per-layer widths as JSON ("[300, 100]"; then width is null)
+    ("train_override", _STR),  # models[i].train as written (canonical JSON); null: the sweep's train alone
 )
 _PAIR_IDS = (("seed_a", _INT), ("seed_b", _INT), ("align", _STR), ("correction", _STR))
 _WHEN = (("started_at", _TIME), ("finished_at", _TIME))

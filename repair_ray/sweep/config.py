@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 
 from ..datasets import check_dataset, dataset_files, dataset_loading
-from ..errors import SettingError, unknown_choice
+from ..errors import unknown_choice
 from ..io import storage
 from ..models import ModelConfig
 from ..models.external import allowed_modules, refusal
@@ -37,6 +38,7 @@ from .designs import branch_points, imp_branch, prunable_weights
 from .imports import Checking, imported_networks, known_files, recorded_networks, training_only_keys
 from .messages import ImportedNetwork
 from .plans import Branch, DatasetSpec, ModelPlan, imported_model_key, model_key, pairing
+from .recipes import built, grid_trains, sweep_train, train_overrides
 from .rules import (
     check_specs,
     check_stat_augment,
@@ -110,7 +112,7 @@ class SweepConfig:
         if key not in self._stack_sizes:  # estimated on the meta device: once per model config
             self._stack_sizes[key] = stack_size(
                 plan,
-                self.train,
+                plan.recipe(self.train),
                 self.dataset.as_dict(),
                 seeds_per_trial=self.seeds_per_trial,
                 gpu=gpu,
@@ -203,15 +205,6 @@ def _invalid(source: str, problems: list[str]) -> str:
     return f"{source}: invalid sweep config:\n" + "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
 
 
-def _build(make: Callable[[], Any], key_of: Callable[[str], str], problems: list[str]) -> Any:
-    """``make()``, or None with its :class:`SettingError` problems recorded under their YAML keys."""
-    try:
-        return make()
-    except SettingError as error:
-        problems.extend(f"{key_of(setting)}: {message}" for setting, message in error.problems)
-        return None
-
-
 # PairSettings field -> the YAML key that sets it
 _PAIR_KEYS = {
     "aligns": "align",
@@ -277,9 +270,9 @@ def _expand(
     dataset = _dataset(s.dataset, problems, check_files, source)
     loading = dataset_loading(dataset.name, dataset.options) if dataset is not None else None
     check_streamed(s, loading, problems)
-    train = _train(s, problems)
+    train = sweep_train(s, problems)
     seeds = _seeds(s.seeds, problems)
-    settings = _build(
+    settings = built(
         lambda: PairSettings(
             aligns=s.align,
             corrections=s.correction,
@@ -310,10 +303,12 @@ def _expand(
     model_configs = _model_grid(s.models, problems, allowed, refuse=not stored)
     imports = {i: g.checkpoints for i, g in enumerate(s.models) if g.checkpoints is not None}
     training_only_keys(s, raw, imports, problems)
+    trains = grid_trains(s, train, imports, problems)
     if problems or dataset is None or train is None or seeds is None or settings is None:
         return None
     check_specs([(i, mc) for i, mc in model_configs if mc.importable], dataset, settings, problems)
-    check_stat_augment(s, train, dataset, imports, problems)
+    recipes = {i: trains.get(i, train) for i in range(len(s.models)) if i not in imports}
+    check_stat_augment(s, recipes, dataset, imports, problems)
     if problems:
         return None
 
@@ -323,6 +318,7 @@ def _expand(
         return None
     plans = []
     seen: dict[str, int] = {}
+    overrides_json = {i: json.dumps(o, sort_keys=True) for i, o in train_overrides(s).items()}
     if recorded is None and imports and checking != "skip":
         recorded = _recorded(storage.join(storage_override or s.storage, s.name))
     for i, mc in model_configs:
@@ -339,17 +335,19 @@ def _expand(
             numbers = [n.seed for n in networks]
             plans.append(ModelPlan(key, mc, tuple(numbers), tuple(pairing(numbers, s.pairs)), imported=networks))
             continue
-        key = model_key(mc, train, dataset.as_dict())
+        recipe = trains.get(i, train)  # the sweep's train, or the grid's merged over it
+        key = model_key(mc, recipe, dataset.as_dict())
         if key in seen:
             problems.append(f"models[{i}]: repeats a model config of models[{seen[key]}] ({key})")
             continue
         seen[key] = i
+        override = overrides_json.get(i)
         if branches is None:
-            plans.append(ModelPlan(key, mc, tuple(seeds), tuple(pair_list)))
+            plans.append(ModelPlan(key, mc, tuple(seeds), tuple(pair_list), train=recipe, train_override=override))
         prunable = prunable_weights(mc, dataset) if s.imp is not None and mc.importable else None
         keys: dict[Branch, str] = {}
         for branch in branches or ():
-            child_key = keys[branch] = model_key(mc, train, dataset.as_dict(), branch)
+            child_key = keys[branch] = model_key(mc, recipe, dataset.as_dict(), branch)
             extra: dict[str, Any] = {}
             if branch.imp_round is not None and s.imp is not None:  # a round of IMP
                 rate = s.imp.rate
@@ -357,7 +355,19 @@ def _expand(
                 if branch.imp_round > 0:
                     before = imp_branch(branch.trunk_seed, branch.epoch, branch.imp_round - 1, rate, seeds[0])
                     extra["prune_from"] = keys[before]
-            plans.append(ModelPlan(child_key, mc, tuple(seeds), tuple(pair_list), branch, key, **extra))
+            plans.append(
+                ModelPlan(
+                    child_key,
+                    mc,
+                    tuple(seeds),
+                    tuple(pair_list),
+                    branch,
+                    key,
+                    train=recipe,
+                    train_override=override,
+                    **extra,
+                )
+            )
     batchnorm = {plan.model_key: plan.model.has_batchnorm for plan in plans if plan.model.importable}
     warn_skipped_corrections(plans, batchnorm, settings, source)
     return SweepConfig(
@@ -408,7 +418,7 @@ def _dataset(value: str | DatasetSection, problems: list[str], check_files: bool
         check_dataset(name, options)
         return True
 
-    ok = _build(check, key_of, problems)
+    ok = built(check, key_of, problems)
     if ok and check_files:
         missing, downloads = dataset_files(name, options)
         if missing is not None and downloads:
@@ -416,20 +426,6 @@ def _dataset(value: str | DatasetSection, problems: list[str], check_files: bool
         elif missing is not None:
             problems.append(f"{prefix}: {missing} (on this machine)")
     return DatasetSpec(name, options) if ok else None
-
-
-def _train(s: SweepSection, problems: list[str]) -> TrainConfig | None:
-    fields = s.train.model_dump()
-    fields.pop("compile")  # the sweep's: how trials run, not what they train
-    for key in ("checkpoint_every", "seeds_per_trial", "workers_per_trial"):  # the sweep's, not the core's
-        value = fields.pop(key)
-        if value != "auto" and value < 1:
-            expected = "a positive integer" + (" or auto" if key == "seeds_per_trial" else "")
-            problems.append(f"train.{key}: must be {expected}, got {value}")
-    if isinstance(fields["epochs"], int) and fields["epochs"] < 1:  # a sweep trains; the core allows 0 epochs
-        problems.append(f"train.epochs: must be a positive integer, got {fields['epochs']}")
-        return None
-    return _build(lambda: TrainConfig(**fields), lambda setting: f"train.{setting}", problems)
 
 
 def _seeds(value: int | list[int], problems: list[str]) -> list[int] | None:
@@ -483,7 +479,7 @@ def _model_grid(
             continue
         for w, d, n, init in itertools.product(widths, depths, norms, inits):
             build = functools.partial(ModelConfig, g.arch, w, d, n, g.kwargs, init, allowed)
-            config = _build(build, _grid_key(i), problems)
+            config = built(build, _grid_key(i), problems)
             if config is not None and refuse and not config.importable:
                 problems.append(f"models[{i}].arch: {refusal(g.arch)}")
             elif config is not None:

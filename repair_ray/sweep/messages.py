@@ -89,6 +89,7 @@ class Trial:
     # an import: how its row's metrics are measured, as the pair stage measures endpoints: train_samples,
     # test_samples, seed (of both subsets), flip (test-time flips on the test split), batch_size
     evaluation: dict[str, Any] = field(default_factory=dict)
+    train_override: str | None = None  # models[i].train as written (JSON), for the rows' train_override column
 
     @property
     def is_trunk(self) -> bool:
@@ -168,8 +169,10 @@ class PairContext:
     batchnorm: dict[str, bool]
     allow_import: tuple[str, ...]  # what the driver was allowed to import, not the worker's env
     lineage: dict[str, dict[str, Any]]
-    # the sweep's TrainConfig as a dict: how its networks' inputs were augmented (eval.stat_augment)
-    train: dict[str, Any] = field(default_factory=dict)
+    # per model key, its recipe (TrainConfig) as a dict: how its networks' inputs were augmented (eval.stat_augment)
+    train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # per model key, models[i].train as written (JSON; absent: none), for the rows' train_override column
+    train_override: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

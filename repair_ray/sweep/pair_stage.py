@@ -62,7 +62,8 @@ def stage_context(config: SweepConfig, threads: float, gpu: float = 0.0) -> Pair
         batchnorm=dict(config.batchnorm),
         allow_import=tuple(config.allow_import),
         lineage={plan.model_key: plan.lineage() for plan in config.models},
-        train=asdict(config.train),
+        train={plan.model_key: asdict(plan.recipe(config.train)) for plan in config.models if not plan.is_imported},
+        train_override={plan.model_key: plan.train_override for plan in config.models if plan.train_override},
     )
 
 

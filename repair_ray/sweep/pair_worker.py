@@ -61,7 +61,12 @@ def failed_rows(
     rows = [
         {
             **_identity(context, job, align),
-            **model_columns(model, context.dataset, context.lineage.get(job.model_key)),
+            **model_columns(
+                model,
+                context.dataset,
+                context.lineage.get(job.model_key),
+                train_override=context.train_override.get(job.model_key),
+            ),
             **_sources(job),
             "align": align,
             "correction": correction,
@@ -118,7 +123,7 @@ def pair_task(context: PairContext, job: PairJob) -> Rows:
         spec = model_config.permutation_spec(dataset.num_classes, dataset.in_shape)
         augmentation = None
         if settings.stat_augment:  # the statistics samples augmented as the sweep's training augmented its inputs
-            train = TrainConfig(**context.train)
+            train = TrainConfig(**context.train[job.model_key])
             augmentation = Augmentation.of(train, dataset.in_shape, dataset.black, f"dataset {dataset.name}")
         result = analyse_pair(
             models[0],
@@ -136,7 +141,9 @@ def pair_task(context: PairContext, job: PairJob) -> Rows:
     if lineage.get("imp_round") is not None and lineage.get("sparsity") is None:
         # an IMP round of a dataset whose shape only its files tell: the sparsity of network A's weights
         lineage["sparsity"] = weight_sparsity(models[0])
-    desc = model_columns(context.models[job.model_key], context.dataset, lineage) | _sources(job) | {"data_path": path}
+    override = context.train_override.get(job.model_key)
+    desc = model_columns(context.models[job.model_key], context.dataset, lineage, train_override=override)
+    desc |= _sources(job) | {"data_path": path}
     when = {"started_at": started_at, "finished_at": utc_now()}
     return {
         "pairs": [

@@ -74,6 +74,10 @@ class ModelPlan:
     prune_from: str | None = None  # an IMP round >= 1: the model key of the previous round
     # networks trained elsewhere (``models[i].checkpoints``), one per seed (None: the sweep trains them)
     imported: tuple[ImportedNetwork, ...] | None = None
+    # the recipe its networks train with: the sweep's ``train``, or ``models[i].train`` merged over it (None: imported)
+    train: TrainConfig | None = None
+    # ``models[i].train`` as written (canonical JSON; None: the grid has none), for the rows' train_override column
+    train_override: str | None = None
 
     @property
     def is_imported(self) -> bool:
@@ -85,6 +89,10 @@ class ModelPlan:
         imported network's ``init`` is None (it was initialised elsewhere, so its rows say nothing)."""
         fields = asdict(self.model)
         return {**fields, "init": None} if self.is_imported else fields
+
+    def recipe(self, sweep: TrainConfig) -> TrainConfig:
+        """The training config of its networks (``sweep``, the sweep's ``train``, for a plan made without one)."""
+        return self.train or sweep
 
     def network(self, seed: int) -> ImportedNetwork | None:
         """The imported network file numbered ``seed`` (None for a network the sweep trains)."""

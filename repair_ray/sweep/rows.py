@@ -24,7 +24,11 @@ def _widths(width: Any) -> dict[str, Any]:
 
 
 def model_columns(
-    model: dict[str, Any], dataset: dict[str, Any], lineage: dict[str, Any] | None = None
+    model: dict[str, Any],
+    dataset: dict[str, Any],
+    lineage: dict[str, Any] | None = None,
+    *,
+    train_override: str | None = None,
 ) -> dict[str, Any]:
     """``arch, dataset, width, layer_widths, depth, norm, init, model_kwargs`` and the lineage columns of a
     row, from a job's model config, dataset and lineage (:meth:`ModelPlan.lineage`, as dicts).
@@ -34,7 +38,9 @@ def model_columns(
     ``model_kwargs`` is its keyword arguments as canonical JSON (null when there are none); ``init``
     is a zoo network's initialisation (null outside the zoo and for imported networks);
     ``trunk_seed`` and ``branch_epoch`` are null for independent seeds; ``imp_round`` and ``sparsity``
-    (the fraction of prunable weights the round's mask removes) are null outside IMP.
+    (the fraction of prunable weights the round's mask removes) are null outside IMP;
+    ``train_override`` is the grid's ``models[i].train`` as written (canonical JSON; null without one:
+    the whole recipe of a trained network is its ``models`` row's ``config_json``).
     """
     lineage = lineage or {}
     return {
@@ -46,6 +52,7 @@ def model_columns(
         "norm": model["norm"],
         "init": model.get("init"),
         "model_kwargs": model.get("kwargs") or None,
+        "train_override": train_override,
     }
 
 
@@ -60,7 +67,7 @@ def models_row(trial: Trial, seed: int, **values: Any) -> dict[str, Any]:
         row: dict[str, Any] = {
             "sweep": trial.sweep,
             "model_key": trial.model_key,
-            **model_columns(trial.model, trial.dataset, trial.lineage),
+            **model_columns(trial.model, trial.dataset, trial.lineage, train_override=trial.train_override),
             "seed": seed,
             "checkpoint_uri": source.uri,
             "checkpoint_sha256": source.sha256,
@@ -73,7 +80,7 @@ def models_row(trial: Trial, seed: int, **values: Any) -> dict[str, Any]:
     row = {
         "sweep": trial.sweep,
         "model_key": trial.model_key,
-        **model_columns(trial.model, trial.dataset, trial.lineage),
+        **model_columns(trial.model, trial.dataset, trial.lineage, train_override=trial.train_override),
         "seed": seed,
         "init_seed": seed if trunk is None else trunk,
         "data_seed": seed,

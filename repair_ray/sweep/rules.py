@@ -134,10 +134,15 @@ def check_streamed(s: SweepSection, loading: str | None, problems: list[str]) ->
 
 
 def check_stat_augment(
-    s: SweepSection, train: TrainConfig, dataset: DatasetSpec, imports: Mapping[int, Any], problems: list[str]
+    s: SweepSection,
+    trains: Mapping[int, TrainConfig],
+    dataset: DatasetSpec,
+    imports: Mapping[int, Any],
+    problems: list[str],
 ) -> None:
     """``eval.stat_augment`` augments the statistics samples as the sweep's training augments its
-    inputs: there must be such an augmentation, and networks the sweep trained with it."""
+    inputs: there must be such an augmentation in the recipe of every grid the sweep trains
+    (``trains``: grid index -> its recipe), and networks the sweep trained with it."""
     if not s.eval.stat_augment:
         return
     if imports:
@@ -146,11 +151,15 @@ def check_stat_augment(
             "trained elsewhere (their augmentation is not the sweep's)"
         )
     in_shape = dataset_in_shape(dataset.name, dataset.options)
-    if in_shape is not None and train.augmentation(in_shape) is None:
-        problems.append(
-            f"eval.stat_augment: true augments the statistics samples as training does, but the training config "
-            f"augments nothing on inputs of shape {tuple(in_shape)} (train.augment: {train.augment!r})"
-        )
+    for i, train in trains.items():
+        if in_shape is not None and train.augmentation(in_shape) is None:
+            where = f"models[{i}].train" if s.models[i].train is not None else "train"
+            problems.append(
+                f"eval.stat_augment: true augments the statistics samples as training does, but the training config "
+                f"of models[{i}] augments nothing on inputs of shape {tuple(in_shape)} "
+                f"({where}.augment: {train.augment!r})"
+            )
+            return  # once is enough
 
 
 def check_specs(

@@ -28,19 +28,6 @@ class _Strict(BaseModel):
 Number = int | float
 
 
-class ModelGrid(_Strict):
-    """One entry of ``models``: every combination of the listed values is a model config."""
-
-    arch: str
-    width: Number | list[Number | list[int]] | None = None  # a list inside the list: per-layer widths
-    depth: int | list[int] | None = None
-    norm: str | list[str] | None = None
-    init: str | list[str] | None = None  # the zoo's initialisation: torch, he or lecun (a list varies it)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    # networks trained elsewhere: a glob or a list of state_dict / safetensors files (local, file://, s3://, gs://)
-    checkpoints: str | list[str] | None = None
-
-
 class _TrainExtras(_Strict):
     """The keys of ``train`` that are the sweep's, not the core's TrainConfig's."""
 
@@ -60,6 +47,31 @@ if TYPE_CHECKING:
     TrainSection = _TrainExtras
 else:
     TrainSection = create_model("TrainSection", __base__=_TrainExtras, **_TRAIN_FIELDS)
+
+
+# ``models[i].train``: any of the core's TrainConfig fields, each replacing the sweep's value for that
+# grid's model configs (how trials run, the sweep's own keys above, stays the sweep's).
+if TYPE_CHECKING:
+    TrainOverride = _Strict
+else:
+    TrainOverride = create_model(
+        "TrainOverride", __base__=_Strict, **{name: (kind | None, None) for name, (kind, _) in _TRAIN_FIELDS.items()}
+    )
+
+
+class ModelGrid(_Strict):
+    """One entry of ``models``: every combination of the listed values is a model config."""
+
+    arch: str
+    width: Number | list[Number | list[int]] | None = None  # a list inside the list: per-layer widths
+    depth: int | list[int] | None = None
+    norm: str | list[str] | None = None
+    init: str | list[str] | None = None  # the zoo's initialisation: torch, he or lecun (a list varies it)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    # networks trained elsewhere: a glob or a list of state_dict / safetensors files (local, file://, s3://, gs://)
+    checkpoints: str | list[str] | None = None
+    # the sweep's ``train`` with these keys replaced, for this grid's model configs (part of their keys)
+    train: TrainOverride | None = None
 
 
 # The defaults of the analysis settings are PairSettings' own (one home).

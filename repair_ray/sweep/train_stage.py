@@ -94,7 +94,6 @@ def run_train_stage(
         say(f"[train] {len(trunks)} trunk(s) to train or check before their children branch")
     progress = Progress("train", len(todo), say, unit="trials")
     trunk_progress = Progress("trunks", len(trunks), say, unit="trunks")
-    epochs = config.train.epochs
     last_line: dict[tuple[str, int], float] = {}
 
     def epoch_done(trial: Trial, report: EpochReport) -> None:
@@ -104,6 +103,7 @@ def run_train_stage(
             return
         network, now = (trial.model_key, report.seed), time.monotonic()
         # the clock starts at a trial's first epoch: short trials print only their last one
+        epochs = trial.train["epochs"]  # the trial's recipe (models[i].train may set its own)
         if now - last_line.setdefault(network, now) < EPOCH_LINE_SECONDS and report.epoch < epochs:
             return
         last_line[network] = now

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict
 
-from ..models import ModelConfig
 from .cluster import ClusterShape, tasks_in_flight
 from .config import SweepConfig
 from .layout import checkpoint_uri, trunk_snapshot_uri
@@ -50,7 +49,8 @@ def trial_spec(
         model_key=plan.model_key,
         seeds=tuple(seeds),
         model=plan.fields(),
-        train=asdict(config.train),
+        train=asdict(plan.recipe(config.train)),
+        train_override=plan.train_override,
         dataset=config.dataset.as_dict(),
         threads=threads,
         allow_import=tuple(config.allow_import),
@@ -88,12 +88,12 @@ def trunk_specs(config: SweepConfig, todo: list[tuple[ModelPlan, int]], threads:
     after epoch 0; each trains to the last branch epoch of its config (once: it resumes from its
     snapshots, and checks them)."""
     epochs: dict[Network, set[int]] = {}
-    model: dict[str, ModelConfig] = {}
+    model: dict[str, ModelPlan] = {}
     for plan in config.models:
         trunk = _trunk_of(plan)
         if trunk is not None and plan.branch is not None:
             epochs.setdefault(trunk, set()).add(plan.branch.epoch)
-            model[trunk.model_key] = plan.model
+            model[trunk.model_key] = plan
     needed = {trunk for plan, _ in todo if (trunk := _trunk_of(plan)) is not None}
     return [
         Trial(
@@ -103,9 +103,9 @@ def trunk_specs(config: SweepConfig, todo: list[tuple[ModelPlan, int]], threads:
             model_key=trunk.model_key,
             seeds=(trunk.seed,),
             epochs=tuple(sorted(epochs[trunk])),
-            model=asdict(model[trunk.model_key]),
+            model=asdict(model[trunk.model_key].model),
             allow_import=tuple(config.allow_import),
-            train=asdict(config.train),
+            train=asdict(model[trunk.model_key].recipe(config.train)),
             dataset=config.dataset.as_dict(),
             threads=threads,
         )
