@@ -11,7 +11,7 @@ scipy, Ray, pyarrow) happen inside the commands, so ``--help`` is instant.
 
 from __future__ import annotations
 
-from . import job_commands, sweep_commands  # noqa: F401 - registers the commands on main
+from . import job_commands, sweep_commands, tune_commands  # noqa: F401 - registers the commands on main
 from .app import (
     EXIT_FAILED,
     EXIT_INFRASTRUCTURE,

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from .files import CorruptImageError, FileList, open_rgb
-from .tensors import TensorData, check_rank, shard_bounds
+from .tensors import TensorData, check_rank, shard_bounds, split_positions
 
 STATISTICS_SAMPLES = 1000  # train images (seed 0) whose pixels give the normalisation when none is configured
 LOAD_BATCH = 256  # batch of the DataLoader that fills ImageFiles.load's tensors and the statistics
@@ -203,6 +203,11 @@ class ImageFiles:
             return self
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return self._with(order.numpy().astype(np.int64))
+
+    def split_off(self, n: int, *, seed: int = 0) -> tuple[ImageFiles, ImageFiles]:
+        """``(held, rest)`` exactly as :meth:`TensorData.split_off` splits (the same positions)."""
+        held, rest = split_positions(len(self), n, seed)
+        return self._with(held.numpy().astype(np.int64)), self._with(rest.numpy().astype(np.int64))
 
     def head(self, n: int | None) -> ImageFiles:
         """The first ``n`` samples (all when ``n`` is None or not smaller than the split)."""

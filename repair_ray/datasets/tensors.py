@@ -45,6 +45,19 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     return start, start + size + (1 if rank < extra else 0)
 
 
+def split_positions(size: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions of ``split_off``: the first ``n`` of a seeded ``torch.randperm(size)`` (the
+    samples ``subset(n, seed=seed)`` draws, in that order), and the others, sorted.
+
+    Raises:
+        ValueError: ``n`` leaves no sample on one side.
+    """
+    if not 0 < n < size:
+        raise ValueError(f"cannot hold out {n} of {size} samples: at least one must stay on each side")
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    return order[:n], order[n:].sort().values
+
+
 @dataclass
 class TensorData:
     """Inputs ``x`` (N, C, H, W float32, normalised) and labels ``y`` (N int64) on one device."""
@@ -78,6 +91,14 @@ class TensorData:
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].to(self.device)
         return TensorData(self.x[idx], self.y[idx])
+
+    def split_off(self, n: int, *, seed: int = 0) -> tuple[TensorData, TensorData]:
+        """``(held, rest)``: the ``n`` samples :meth:`subset` draws with ``seed``, and every other
+        sample in its original order: a validation split and what trains, disjoint and covering the data."""
+        held, rest = split_positions(len(self), n, seed)
+        return TensorData(self.x[held.to(self.device)], self.y[held.to(self.device)]), TensorData(
+            self.x[rest.to(self.device)], self.y[rest.to(self.device)]
+        )
 
     def shard(self, rank: int, world: int) -> TensorData:
         """Part ``rank`` of ``world`` contiguous parts that cover the data once, in order (rank r's part

@@ -160,6 +160,31 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("held_out", _STR),
         ("held_out_samples", _INT),
     ),
+    # repair-ray tune: one row per Tune trial of a model config's recipe
+    "recipes": _schema(
+        *_IDS,
+        ("tune_key", _STR),  # a hash of the tune section and the recipe it tunes (another tune: other rows)
+        ("trial_id", _STR),
+        *_MODEL_DESC,
+        ("grid", _INT),  # which models[i] it tunes
+        ("sampled_json", _STR),  # the sampled values, as trained: {"lr": 0.0312, ...}
+        ("recipe_json", _STR),  # the whole recipe the trial trained with
+        ("seeds_json", _STR),  # the seeds it trained and averaged
+        ("metric", _STR),
+        ("mode", _STR),
+        ("value", _F64),  # the metric after its last epoch (NaN unless ok)
+        ("epochs", _INT),
+        ("max_epochs", _INT),  # what it would have trained, had it not been stopped
+        ("stopped_early", pa.bool_()),  # stopped by the scheduler (ASHA) before max_epochs
+        ("history_json", _STR),  # every epoch's val_acc, val_loss, train_loss, train_acc
+        ("scheduler", _STR),
+        ("val_samples", _INT),
+        ("val_seed", _INT),
+        ("status", _STR),  # ok | diverged (a NaN loss) | error
+        ("error", _STR),
+        ("best", pa.bool_()),  # the best complete ok trial of its model_key and tune_key: the recipe
+        ("finished_at", _TIME),
+    ),
 }
 TABLES = tuple(SCHEMAS)
 
@@ -170,6 +195,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "pairs": ("model_key", "analysis_key", "seed_a", "seed_b", "align", "correction"),
     "curves": ("model_key", "analysis_key", "seed_a", "seed_b", "align", "correction", "split", "alpha"),
     "layers": ("model_key", "analysis_key", "seed_a", "seed_b", "align", "correction", "layer"),
+    "recipes": ("model_key", "tune_key", "trial_id"),
 }
 
 _STAMP = re.compile(r"^(\d{8}T\d{12}Z)-")
@@ -420,7 +446,8 @@ def load_tables(
             ``{"model_key": [...], "analysis_key": [...]}``.
 
     Returns:
-        ``{"models": ..., "pairs": ..., "curves": ..., "layers": ...}``; a table with no rows yet
+        ``{"models": ..., "pairs": ..., "curves": ..., "layers": ..., "recipes": ...}`` (``recipes``:
+        every trial of ``repair-ray tune``, whatever ``keys`` says); a table with no rows yet
         is an empty DataFrame with its columns. Each fact comes once (the newest); unreadable
         files are skipped with a warning naming them.
     """
@@ -437,7 +464,7 @@ def load_tables(
     tables = {}
     for name in TABLES:
         frame = read_table(root, name)
-        if selection:
+        if selection and name != "recipes":  # the search before a study, not a fact of its current keys
             kept = select_keys(frame, selection)
             if not kept.all():
                 hint = "load_tables(..., keys='all') returns them" if keys == "current" else "as asked"

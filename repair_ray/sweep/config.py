@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ..datasets import check_dataset, dataset_files, dataset_loading
+from ..datasets import check_dataset, dataset_files, dataset_loading, split_sizes
 from ..errors import unknown_choice
 from ..io import storage
 from ..models import ModelConfig
@@ -34,11 +34,12 @@ from ..models.external import allowed_modules, refusal
 from ..pair import METHOD_FIELDS, PRESETS, PairSettings
 from ..pruning import imp_sparsity
 from ..training import TrainConfig
+from ..tuning.space import TuneSettings
 from .designs import branch_points, imp_branch, prunable_weights
 from .imports import Checking, imported_networks, known_files, recorded_networks, training_only_keys
 from .messages import ImportedNetwork
 from .plans import Branch, DatasetSpec, ModelPlan, imported_model_key, model_key, pairing
-from .recipes import built, grid_trains, sweep_train, train_overrides
+from .recipes import built, grid_trains, sweep_train, train_overrides, tune_settings
 from .rules import (
     check_specs,
     check_stat_augment,
@@ -90,6 +91,7 @@ class SweepConfig:
     # may be built, else from what the sweep folder recorded (a stored config whose code is not imported)
     batchnorm: Mapping[str, bool] = field(default_factory=dict)
     mlflow_uri: str | None = None  # tracking.mlflow: one MLflow run per trained network
+    tune: TuneSettings | None = None  # the tune section: how `repair-ray tune` tunes each model config's recipe
     # stack_size's estimates, once per model config (init=False: a copy made by dataclasses.replace starts empty)
     _stack_sizes: dict[tuple[str, float, int | None], int] = field(
         default_factory=dict, init=False, compare=False, repr=False
@@ -309,6 +311,7 @@ def _expand(
     check_specs([(i, mc) for i, mc in model_configs if mc.importable], dataset, settings, problems)
     recipes = {i: trains.get(i, train) for i in range(len(s.models)) if i not in imports}
     check_stat_augment(s, recipes, dataset, imports, problems)
+    tune = tune_settings(s, recipes, problems, split_sizes(dataset.name, dataset.options) if s.tune else None)
     if problems:
         return None
 
@@ -333,7 +336,9 @@ def _expand(
             if networks is None:
                 networks = imported_networks(i, imports[i], mc, dataset, problems, checking=checking, known=known)
             numbers = [n.seed for n in networks]
-            plans.append(ModelPlan(key, mc, tuple(numbers), tuple(pairing(numbers, s.pairs)), imported=networks))
+            plans.append(
+                ModelPlan(key, mc, tuple(numbers), tuple(pairing(numbers, s.pairs)), imported=networks, grid=i)
+            )
             continue
         recipe = trains.get(i, train)  # the sweep's train, or the grid's merged over it
         key = model_key(mc, recipe, dataset.as_dict())
@@ -343,7 +348,9 @@ def _expand(
         seen[key] = i
         override = overrides_json.get(i)
         if branches is None:
-            plans.append(ModelPlan(key, mc, tuple(seeds), tuple(pair_list), train=recipe, train_override=override))
+            plans.append(
+                ModelPlan(key, mc, tuple(seeds), tuple(pair_list), train=recipe, train_override=override, grid=i)
+            )
         prunable = prunable_weights(mc, dataset) if s.imp is not None and mc.importable else None
         keys: dict[Branch, str] = {}
         for branch in branches or ():
@@ -365,6 +372,7 @@ def _expand(
                     key,
                     train=recipe,
                     train_override=override,
+                    grid=i,
                     **extra,
                 )
             )
@@ -395,6 +403,7 @@ def _expand(
         allow_import=allowed,
         batchnorm=batchnorm,
         mlflow_uri=s.tracking.mlflow,
+        tune=tune,
     )
 
 

@@ -78,6 +78,7 @@ class ModelPlan:
     train: TrainConfig | None = None
     # ``models[i].train`` as written (canonical JSON; None: the grid has none), for the rows' train_override column
     train_override: str | None = None
+    grid: int = 0  # which entry of ``models`` it comes from (models[grid])
 
     @property
     def is_imported(self) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import SettingError
 from ..training import TrainConfig
+from ..tuning.space import TuneSettings
 from .schema import SweepSection
 
 
@@ -75,3 +76,25 @@ def grid_trains(
         elif train is not None and (merged := merged_train(i, train, override, problems)) is not None:
             out[i] = merged
     return out
+
+
+def tune_settings(
+    s: SweepSection, recipes: Mapping[int, TrainConfig], problems: list[str], sizes: tuple[int, int] | None
+) -> TuneSettings | None:
+    """The ``tune`` section, its space checked against the recipe of every grid the sweep trains
+    (``recipes``: grid index -> recipe) and its validation split against the dataset's (train, test)
+    ``sizes`` (None: unknown here); None without one (or with problems, recorded under ``tune.``)."""
+    if s.tune is None:
+        return None
+    if not recipes:
+        problems.append("tune: every model config imports its networks (models[i].checkpoints): no recipe to tune")
+        return None
+    data = {k: v for k, v in s.tune.model_dump().items() if v is not None}
+    named = {f"models[{i}]": recipe for i, recipe in recipes.items()}
+    settings = built(lambda: TuneSettings.parse(data, named), lambda setting: f"tune.{setting}", problems)
+    if settings is not None and sizes is not None and settings.val_samples >= sizes[0]:
+        problems.append(
+            f"tune.val_samples: the validation split is carved from the {sizes[0]:,} training samples and must "
+            f"leave some to train on, got {settings.val_samples:,}"
+        )
+    return settings

@@ -8,9 +8,11 @@ points), checked before Ray starts. This module imports no Ray.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..datasets import dataset_in_shape, dataset_num_classes
 from ..models import ModelConfig
@@ -20,6 +22,19 @@ from ..permutation import SpecError
 from ..training import TrainConfig
 from .plans import DatasetSpec, ModelPlan
 from .schema import FirstPairs, SweepSection
+
+
+def uri_credentials(uri: str) -> str | None:
+    """Why a tracking URI is refused: a user, password or token in it (it is saved in sweep.yaml and in
+    what Tune writes, and printed); None when it holds none."""
+    parts = urlsplit(uri)
+    keys = [item.split("=", 1)[0] for item in parts.query.split("&") if item]
+    if parts.username or parts.password or any(re.search(r"secret|token|password|key|auth", k, re.I) for k in keys):
+        return (
+            "the URI holds credentials, which would be saved and logged; give them as MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the environment instead"
+        )
+    return None
 
 
 def mlflow_installed() -> bool:
@@ -51,6 +66,8 @@ def check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
     for key in ("pair_retries", "train_retries"):
         if getattr(s, key) < 0:
             problems.append(f"{key}: must be 0 or more, got {getattr(s, key)}")
+    if s.tracking.mlflow is not None and (reason := uri_credentials(s.tracking.mlflow)) is not None:
+        problems.append(f"tracking.mlflow: {reason}")
     if s.tracking.mlflow is not None and not mlflow_installed():
         problems.append(
             "tracking.mlflow: the mlflow package is not installed here; "

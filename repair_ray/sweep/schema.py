@@ -190,6 +190,25 @@ class ImpSection(_Strict):
     trunks: int | list[int] = 1
 
 
+class TuneSection(_Strict):
+    """``tune``: how ``repair-ray tune`` tunes each model config's recipe (:class:`~repair_ray.tuning.TuneSettings`
+    checks the values; its defaults are there, ``mode`` has none)."""
+
+    # recipe key -> {choice: [...]} | {grid: [...]} | {uniform: [low, high]} | {loguniform: [low, high]}
+    space: dict[str, Any]
+    mode: str | None = None
+    metric: str | None = None
+    num_samples: int | None = None
+    scheduler: str | None = None
+    seeds: int | None = None
+    max_concurrent: int | None = None
+    max_epochs: int | None = None
+    grace_period: int | None = None
+    reduction_factor: int | None = None
+    val_samples: int | None = None
+    val_seed: int | None = None
+
+
 class FirstPairs(_Strict):
     first: int
 
@@ -225,6 +244,7 @@ class SweepSection(_Strict):
     max_trials_in_flight: int | None = None
     flush: FlushSection = Field(default_factory=FlushSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    tune: TuneSection | None = None
     pair_retries: int = 3
     train_retries: int = 1
 

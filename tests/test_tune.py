@@ -1,0 +1,270 @@
+"""``repair-ray tune``: Ray Tune over each model config's recipe, before a seed study (issue 32)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from repair_ray import load_tables
+from repair_ray.cli import main
+from repair_ray.cli.tune_commands import tuned_config
+from repair_ray.datasets import load_dataset
+from repair_ray.io import storage
+from repair_ray.io.tables import read_table
+from repair_ray.models import ModelConfig
+from repair_ray.sweep.config import ConfigError, parse_config
+from repair_ray.sweep.lease import Lease
+from repair_ray.sweep.runner import run_sweep
+from repair_ray.sweep.tune_stage import run_tune_stage
+from repair_ray.training import TrainConfig
+from repair_ray.tuning import TuneRun, holdout
+
+from .helpers import tiny_sweep, write_yaml
+from .processes import wait_for_idle_cluster
+
+SPACE = {"lr": {"grid": [0.1, 1e-6, 1e-7]}, "weight_decay": {"choice": [0.0]}}
+
+
+def tuned_sweep(name: str, storage_uri: str, **tune) -> dict:
+    data = tiny_sweep(name, storage_uri, seeds=2, align=["none"], correction=["none"], alphas=3)
+    data["train"] = {**data["train"], "epochs": 4}
+    data["tune"] = {"space": SPACE, "mode": "max", "num_samples": 1, "seeds": 2, "max_concurrent": 1}
+    data["tune"].update({"val_samples": 128, **tune})
+    return data
+
+
+# --- bad input: exit 2 naming the key, before Ray --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tune", "expected"),
+    [
+        ({"space": {"lrr": {"choice": [0.1]}}}, r"tune\.space\.lrr: unknown recipe key 'lrr'; did you mean 'lr'\?"),
+        ({"space": {"lr": {"normal": [0, 1]}}}, r"tune\.space\.lr: unknown distribution 'normal'"),
+        ({"space": {"lr": {"loguniform": [0.5, 0.1]}}}, r"tune\.space\.lr\.loguniform: needs low < high"),
+        ({"space": {"batch_size": {"uniform": [16, 64]}}}, r"tune\.space\.batch_size\.uniform: samples floats"),
+        ({"space": {"optimizer": {"choice": ["sgd", "lion"]}}}, r"tune\.space\.optimizer\.choice: 'lion' over"),
+        ({"metric": "test_acc"}, r"tune\.metric: unknown metric 'test_acc'.*\(what each trial reports\)"),
+        ({"metric": "val_loss", "mode": "max"}, r"tune\.mode: val_loss is better lower: mode min"),
+        ({"mode": None}, r"tune\.mode: is required: max or min"),
+        ({"val_samples": 512}, r"tune\.val_samples: the validation split is carved from the 512 training samples"),
+        ({"max_epochs": 9}, r"tune\.max_epochs: must be at most the recipe's epochs \(4\) of models\[0\]"),
+        ({"schedular": "asha"}, r"tune\.schedular: unknown key; did you mean 'scheduler'\?"),
+    ],
+)
+def test_bad_tune_sections_exit_2_naming_the_key(tmp_path, tune, expected):
+    data = tuned_sweep("bad", str(tmp_path))
+    data["tune"].update(tune)
+    data["tune"] = {k: v for k, v in data["tune"].items() if v is not None}
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(data)
+    out = CliRunner().invoke(main, ["tune", write_yaml(tmp_path / "sweep.yaml", data)])
+    assert out.exit_code == 2, out.output
+    assert not (tmp_path / "bad").exists()  # nothing written
+
+
+def test_tune_without_a_tune_section_is_a_usage_error(tmp_path):
+    out = CliRunner().invoke(main, ["tune", write_yaml(tmp_path / "sweep.yaml", tiny_sweep("plain", str(tmp_path)))])
+    assert out.exit_code == 2 and "has no tune section" in out.output
+
+
+# --- the core: validation split, lock-step seeds, exact resumption -----------------------------
+
+
+def _synthetic():
+    return load_dataset("synthetic", shape=[1, 8, 8], num_classes=4, train_size=512, test_size=256)
+
+
+def test_the_validation_split_is_carved_from_train_seeded_and_the_test_split_is_never_seen():
+    dataset = _synthetic()
+    held = holdout(dataset, 100, seed=3)
+    assert len(held.test) == 100 and len(held.train) == 412
+    rows = lambda split: {tuple(x.flatten().tolist()) for x in split.x}  # noqa: E731
+    assert rows(held.test) | rows(held.train) == rows(dataset.train)  # the train split, whole
+    assert not rows(held.test) & rows(held.train)  # disjoint
+    assert not rows(held.test) & rows(dataset.test)  # never the test split
+    assert torch.equal(holdout(dataset, 100, seed=3).test.x, held.test.x)  # seeded
+    assert not torch.equal(holdout(dataset, 100, seed=4).test.x, held.test.x)
+
+
+def test_a_tune_run_resumed_from_its_checkpoints_continues_exactly(tmp_path):
+    dataset = holdout(_synthetic(), 128, seed=0)
+    model, recipe = ModelConfig("mlp", 16, 2), TrainConfig(epochs=3, batch_size=64, lr=0.05)
+    straight = TuneRun(model, recipe, dataset, (0, 1), 3)
+    expected = [straight.epoch_step() for _ in range(3)]
+    first = TuneRun(model, recipe, dataset, (0, 1), 3, checkpoint_dir=str(tmp_path))
+    metrics = first.epoch_step()
+    assert metrics == expected[0]
+    first.save(metrics)
+    resumed = TuneRun(model, recipe, dataset, (0, 1), 3, checkpoint_dir=str(tmp_path))
+    assert resumed.epoch == 1
+    assert [resumed.epoch_step() for _ in range(2)] == expected[1:]
+    assert resumed.done
+    # the mean of the seeds: one seed alone reports something else
+    assert TuneRun(model, recipe, dataset, (0,), 3).epoch_step() != expected[0]
+
+
+# --- on Ray: ASHA stops trials, the best recipe is written and runs -----------------------------
+
+
+def test_asha_stops_trailing_trials_and_the_written_recipe_runs(ray_session, tmp_path):
+    config = parse_config(tuned_sweep("tuned", str(tmp_path)))
+    lines: list[str] = []
+    summary = run_tune_stage(config, say=lines.append)
+    assert any("[tune] 3/3 trials done" in line for line in lines), lines
+    recipes = read_table(config.root, "recipes")
+    key = config.models[0].model_key
+    assert len(recipes) == 3 and set(recipes["model_key"]) == {key}
+    by_lr = {json.loads(r.sampled_json)["lr"]: r for r in recipes.itertuples()}
+    good = by_lr[0.1]
+    assert good.status == "ok" and good.epochs == 4 and not good.stopped_early and good.best
+    history = json.loads(good.history_json)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[-1]["val_acc"] == good.value
+    # learning rates a million times too small trail at the first rung: ASHA stops them there
+    assert all(by_lr[lr].stopped_early and by_lr[lr].epochs == 1 and not by_lr[lr].best for lr in (1e-6, 1e-7))
+    assert set(recipes["val_samples"]) == {128} and set(recipes["seeds_json"]) == {"[0, 1]"}
+    assert json.loads(good.recipe_json)["epochs"] == 4 and json.loads(good.recipe_json)["batch_size"] == 64
+
+    [best] = summary.best
+    assert best.sampled == {"lr": 0.1, "weight_decay": 0.0} and best.value == good.value
+    written = tuned_config(config, summary.best)
+    path = write_yaml(tmp_path / "tuned.yaml", written)
+    tuned = parse_config(yaml.safe_load(open(path)))
+    [plan] = tuned.models
+    assert plan.train.lr == 0.1 and plan.train.weight_decay == 0.0 and plan.train.epochs == 4
+    run_sweep(tuned, say=lambda line: None)
+    models = load_tables(tuned.root)["models"]
+    models = models[models["model_key"] == plan.model_key]
+    assert len(models) == 2 and (models["status"] == "ok").all()
+    assert {json.loads(c)["train"]["lr"] for c in models["config_json"]} == {0.1}
+
+    # a second tune finds every trial done: nothing trains, the same rows come back
+    lines.clear()
+    run_tune_stage(config, say=lines.append)
+    assert any("restored" in line for line in lines)
+    again = read_table(config.root, "recipes")
+    assert len(again) == 3 and sorted(again["value"].dropna()) == sorted(recipes["value"].dropna())
+
+
+def test_each_model_config_of_a_grid_gets_its_own_recipe_entry(ray_session, tmp_path):
+    data = tuned_sweep("grid", str(tmp_path), space={"lr": {"grid": [0.1, 1e-6]}}, scheduler="fifo")
+    data["models"] = [{"arch": "mlp", "width": [8, 16], "depth": 2, "train": {"momentum": 0.8}}]
+    data["train"]["epochs"] = 2
+    config = parse_config(data)
+    summary = run_tune_stage(config, say=lambda line: None)
+    assert len(summary.best) == 2
+    recipes = read_table(config.root, "recipes")
+    assert len(recipes) == 4 and not recipes["stopped_early"].any()  # fifo stops nothing
+    written = tuned_config(config, summary.best)
+    assert [(m["width"], m["train"]) for m in written["models"]] == [
+        (8, {"momentum": 0.8, "lr": 0.1}),
+        (16, {"momentum": 0.8, "lr": 0.1}),
+    ]
+
+
+def test_tune_on_mnist_with_a_tiny_space(ray_session, tmp_path):
+    data = {
+        "name": "mnist-tune",
+        "storage": str(tmp_path),
+        "dataset": "mnist",
+        "models": [{"arch": "mlp", "width": 32, "depth": 1}],
+        "seeds": 2,
+        "train": {"epochs": 2, "batch_size": 256, "lr": 0.05},
+        "tune": {"space": {"lr": {"loguniform": [0.01, 0.2]}}, "mode": "min", "metric": "val_loss",
+                 "num_samples": 2, "scheduler": "fifo", "val_samples": 5000},
+    }  # fmt: skip
+    config = parse_config(data)
+    summary = run_tune_stage(config, say=lambda line: None)
+    recipes = read_table(config.root, "recipes")
+    assert len(recipes) == 2 and (recipes["status"] == "ok").all()
+    lrs = [json.loads(s)["lr"] for s in recipes["sampled_json"]]
+    assert all(0.01 <= lr <= 0.2 for lr in lrs) and lrs[0] != lrs[1]
+    [best] = summary.best
+    assert best.value == recipes["value"].min() < 0.5  # a 32-wide MLP after 2 epochs of real MNIST
+    assert recipes.loc[recipes["best"], "value"].item() == best.value
+
+
+def test_tune_takes_the_sweeps_lease(ray_session, tmp_path):
+    data = tuned_sweep("leased", str(tmp_path))
+    config = parse_config(data)
+    with Lease(config.root):
+        out = CliRunner().invoke(main, ["tune", write_yaml(tmp_path / "sweep.yaml", data)])
+    assert out.exit_code == 3, out.output
+    assert "lease" in out.output.lower()
+    assert not storage.exists(storage.join(config.root, "tables", "recipes"))
+
+
+# --- a killed tune, run again, keeps what was finished; on S3, no secret in what Tune writes ---------
+
+
+def _tune_driver(config_path: str, address: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "repair_ray.cli", "tune", config_path, "--address", address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+def test_a_killed_tune_run_again_finishes_without_redoing_finished_trials(ray_session, s3_bucket, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address
+    root = f"{s3_bucket}/tune-{uuid.uuid4().hex[:6]}"
+    data = tuned_sweep("killed", root, space={"lr": {"grid": [0.01, 0.02, 0.05, 0.1]}}, scheduler="fifo")
+    data["dataset"] = {**data["dataset"], "train_size": 4096}
+    data["train"] = {**data["train"], "epochs": 8}
+    config_path = write_yaml(tmp_path / "sweep.yaml", data)
+    driver = _tune_driver(config_path, address)
+    finished_before: list[str] = []
+    assert driver.stdout is not None
+    for line in driver.stdout:
+        if "trials done" in line:
+            finished_before.append(line.split("lr=")[1].split(",")[0])
+        if len(finished_before) == 2:
+            break
+    time.sleep(3)  # Tune snapshots its state every 2 s: the two trial ends are in it
+    killed_at = time.time()
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    wait_for_idle_cluster(ray_session)
+    assert storage.exists(f"{root}/killed/tune")
+    assert not storage.exists(f"{root}/killed/tables/recipes")  # rows come when an experiment ends
+
+    out = subprocess.run(
+        [sys.executable, "-m", "repair_ray.cli", "tune", config_path, "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "restored: finished trials are kept" in out.stdout
+    recipes = read_table(f"{root}/killed", "recipes")
+    assert len(recipes) == 4 and not recipes.duplicated("trial_id").any() and (recipes["status"] == "ok").all()
+    assert (recipes["epochs"] == 8).all()
+    finished = {json.loads(r.sampled_json)["lr"]: r.finished_at.timestamp() for r in recipes.itertuples()}
+    for lr in finished_before:  # kept from before the kill, not trained again
+        assert finished[float(lr)] < killed_at
+    assert sum(t > killed_at for t in finished.values()) == 2
+
+    # nothing Tune wrote to the bucket holds the credentials the driver used
+    import boto3
+
+    s3 = boto3.client("s3")
+    bucket, prefix = root.removeprefix("s3://").split("/", 1)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/killed/tune/")["Contents"]]
+    assert any(k.endswith("tuner.pkl") for k in keys) and any(k.endswith("experiment_state") or "experiment_state" in k for k in keys)
+    secret, key_id = os.environ["AWS_SECRET_ACCESS_KEY"].encode(), os.environ["AWS_ACCESS_KEY_ID"].encode()
+    for k in keys:
+        body = s3.get_object(Bucket=bucket, Key=k)["Body"].read()
+        assert secret not in body and key_id not in body, k
