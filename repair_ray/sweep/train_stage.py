@@ -112,7 +112,8 @@ def run_train_stage(
             + (f", test accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else "")
         )
 
-    def seed_done(trial: Trial, seed: int, ok: bool) -> None:
+    def seed_done(trial: Trial, seed: int, error: str | None) -> None:
+        ok = error is None
         note = f"{trial.model_key} {trial.kind} {seed}" + ("" if ok else " FAILED")
         if trial.is_trunk:
             trunk_progress.advance(ok=ok, note=note)
