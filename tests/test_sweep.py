@@ -610,7 +610,7 @@ def test_an_imp_round_whose_pruned_network_failed_fails_naming_it(tmp_path):
     first, second, third = config.models
     told = []
     specs = [trial_spec(config, plan, [seed], 1) for plan in config.models for seed in plan.seeds]
-    scheduler = TrialScheduler(specs, lambda spec, seed, ok: told.append((spec.model_key, seed, ok)))
+    scheduler = TrialScheduler(specs, lambda spec, seed, error: told.append((spec.model_key, seed, error is None)))
     # round 0 starts; rounds 1 and 2 wait for the network each prunes
     assert [(s.model_key, s.seeds) for s in scheduler.ready] == [(first.model_key, (0,)), (first.model_key, (1,))]
     scheduler.ready.clear()
@@ -644,7 +644,7 @@ def test_children_start_when_their_trunk_is_trained_and_fail_naming_it_when_it_f
     trunks = trunk_specs(config, todo, 1)
     children = [trial_spec(config, plan, [seed], 1) for plan, seed in todo]
     assert len(trunks) == 2 and all(c.trunk is not None for c in children)
-    scheduler = TrialScheduler(trunks + children, lambda spec, seed, ok: None)
+    scheduler = TrialScheduler(trunks + children, lambda spec, seed, error: None)
     assert list(scheduler.ready) == trunks  # every child waits for its trunk
     scheduler.ready.clear()
     scheduler.finished(trunks[0], {trunks[0].seeds[0]: None})

@@ -21,10 +21,11 @@ Need = tuple[Literal["trunk", "model"], str, int]
 class TrialScheduler:
     """The trials ready to start (``ready``, trunks first), released as the ones they wait for end.
 
-    ``seed_done(trial, seed, ok)`` is called once for every seed of every trial as it ends.
+    ``seed_done(trial, seed, error)`` is called once for every seed of every trial as it ends
+    (``error`` None: it trained).
     """
 
-    def __init__(self, trials: list[Trial], seed_done: Callable[[Trial, int, bool], None]) -> None:
+    def __init__(self, trials: list[Trial], seed_done: Callable[[Trial, int, str | None], None]) -> None:
         self.seed_done = seed_done
         self.waiting: dict[Need, list[Trial]] = {}
         self.missing: dict[int, int] = {}  # id(trial) -> how many of its needs have not ended yet
@@ -43,7 +44,7 @@ class TrialScheduler:
         """``trial`` ended: each seed's error (None: trained); what waits for it goes on."""
         for need, seed in zip(provides(trial), trial.seeds, strict=True):
             error = errors.get(seed, "the trial ended without its outcome")
-            self.seed_done(trial, seed, error is None)
+            self.seed_done(trial, seed, error)
             if error is not None:
                 what = "its trunk (seed" if need[0] == "trunk" else f"the network it prunes ({need[1]} seed"
                 error = f"{what} {seed}) failed: {error}"

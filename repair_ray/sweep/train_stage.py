@@ -8,8 +8,9 @@ The work is split by concern: :mod:`.trials` groups what is left into :class:`~.
 messages, :mod:`.train_worker` is what a task runs in its worker, :mod:`.train_scheduler` releases
 the trials that wait for others (children for their trunk, an IMP round for the network it
 prunes). This driver keeps as many trials in flight as the cluster has slots, retries a trial that
-raised (it resumes from its checkpoints), and prints progress. A task releases its CPUs when it
-ends, so pair tasks get them as soon as training no longer fills the cluster.
+raised (it resumes from its checkpoints), and prints progress; with ``tracking.mlflow`` it also
+logs each network's epochs to MLflow as their reports arrive (:mod:`.tracking`). A task releases
+its CPUs when it ends, so pair tasks get them as soon as training no longer fills the cluster.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .config import SweepConfig
 from .messages import EpochReport, Trial, TrialOutcome, TrialStarted
 from .planning import TrialPlan, plan_trials
 from .progress import Progress
+from .tracking import LiveTracking
 from .train_group import make_remote_group_trial_task
 from .train_scheduler import TrialScheduler
 from .train_worker import trial_task
@@ -95,8 +97,12 @@ def run_train_stage(
     progress = Progress("train", len(todo), say, unit="trials")
     trunk_progress = Progress("trunks", len(trunks), say, unit="trunks")
     last_line: dict[tuple[str, int], float] = {}
+    # MLflow, live from the driver: each network's run grows epoch by epoch (repair_ray.sweep.tracking)
+    tracking = LiveTracking(config.mlflow_uri, config.name, say) if config.mlflow_uri else None
 
     def epoch_done(trial: Trial, report: EpochReport) -> None:
+        if tracking is not None:
+            tracking.epoch_done(trial, report)
         accuracy = report.metrics.get("test_acc")
         if trial.role == "import":  # its evaluation, once: how well the imported network does here
             say(f"[train] {trial.model_key} network {report.seed} imported: test accuracy {accuracy:.4f}")
@@ -112,7 +118,10 @@ def run_train_stage(
             + (f", test accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else "")
         )
 
-    def seed_done(trial: Trial, seed: int, ok: bool) -> None:
+    def seed_done(trial: Trial, seed: int, error: str | None) -> None:
+        if tracking is not None:
+            tracking.seed_done(trial, seed, error)
+        ok = error is None
         note = f"{trial.model_key} {trial.kind} {seed}" + ("" if ok else " FAILED")
         if trial.is_trunk:
             trunk_progress.advance(ok=ok, note=note)
@@ -141,6 +150,7 @@ def run_train_stage(
         if workers_wanted is not None and not waiting:
             workers_wanted.clear()
 
+    completed = False
     try:
         while scheduler.ready or running:
             while scheduler.ready and len(running) < limit:
@@ -173,17 +183,18 @@ def run_train_stage(
                 else:
                     epoch_done(attempt.trial, item)
                 running[gen] = attempt  # more to come
+        completed = True
     finally:
         for gen in running:  # interrupted: the trials in flight stop; they resume from their checkpoints
             ray.cancel(gen, force=True)
         if workers_wanted is not None:
             workers_wanted.clear()
+        if tracking is not None and not completed:  # what is queued is dropped: the next sweep run continues it
+            tracking.close(wait=False)
     failed = progress.failed
     say(f"[train] done in {time.time() - started:.0f}s: {total - failed} ok, {failed} failed")
-    if config.mlflow_uri:  # from the driver, after the fact: see repair_ray.sweep.tracking
-        from .tracking import log_trials
-
-        log_trials(config.mlflow_uri, config.root, config.name, [(p.model_key, s) for p, s in todo], say)
+    if tracking is not None:
+        tracking.close()  # waits for the MLflow calls still queued
     return TrainStageSummary(total, total - len(todo), len(todo), failed, time.time() - started)
 
 
