@@ -123,12 +123,15 @@ def tune_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
         run = TuneRun(
             ModelConfig(**spec.model), recipe, dataset, spec.seeds, epochs, device=device, checkpoint_dir=folder
         )
+        if run.done and run.saved is not None:  # it ended after Tune's last snapshot: report its end again
+            tune.report({**run.saved, "reported_at": time.time()})
         while not run.done:
             try:
-                metrics = {**run.epoch_step(), "diverged": 0.0}
+                metrics = {**run.epoch_step(), "diverged": 0.0, "reported_at": time.time()}
             except NonFiniteLossError:  # a sample that diverged ends here; it is never the best
                 nan = math.nan
-                tune.report({"epoch": float(run.epoch + 1), "val_acc": nan, "val_loss": nan, "diverged": 1.0})
+                ended = {"epoch": float(run.epoch + 1), "val_acc": nan, "val_loss": nan, "diverged": 1.0}
+                tune.report({**ended, "reported_at": time.time()})
                 return
             if run.done or run.epoch % spec.checkpoint_every == 0:
                 run.save(metrics)
@@ -191,9 +194,9 @@ def _tuner(
             metric=settings.metric,
             mode=settings.mode,
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=SEARCH_SEED),
+            # the concurrency cap goes to the generator itself: Tune ignores max_concurrent_trials beside it
+            search_alg=BasicVariantGenerator(random_state=SEARCH_SEED, max_concurrent=settings.max_concurrent or 0),
             num_samples=settings.num_samples,
-            max_concurrent_trials=settings.max_concurrent,
             reuse_actors=True,  # one worker process (torch imported, dataset loaded) serves trial after trial
             trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
         ),
@@ -201,7 +204,10 @@ def _tuner(
             name=name,
             storage_path=where,
             callbacks=callbacks,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # every checkpoint is kept while the experiment runs: a snapshot taken before a kill may name
+            # one that num_to_keep would have deleted since ("does not exist on storage anymore" on restore);
+            # they are removed when the experiment ends (finished trials are never trained again)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=config.train_retries),
             verbose=0,  # the progress lines are ours (one per trial), not Tune's tables
         ),
@@ -326,12 +332,27 @@ def _history(result: Any) -> list[dict[str, float]]:
 
 
 def _finished_at(metrics: dict[str, Any]) -> Any:
-    stamp = metrics.get("timestamp")
+    """When the trial reported last (the trainable's clock; Tune's own ``timestamp`` is whole seconds)."""
+    stamp = metrics.get("reported_at", metrics.get("timestamp"))
     if isinstance(stamp, (int, float)):
         import datetime
 
         return datetime.datetime.fromtimestamp(stamp, datetime.UTC)
     return utc_now()
+
+
+def _remove_checkpoints(results: Any) -> None:
+    """Delete the checkpoints of an experiment whose trials all ended: a restore never trains them
+    again, and a recipe is a few numbers, not weights (the study trains its own networks)."""
+    for result in results:
+        filesystem = getattr(result, "filesystem", None)
+        if filesystem is None or not result.path:
+            continue
+        from pyarrow import fs as pafs
+
+        for info in filesystem.get_file_info(pafs.FileSelector(result.path, allow_not_found=True)):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                filesystem.delete_dir(info.path)
 
 
 @dataclass
@@ -351,6 +372,7 @@ def run_tune_stage(config: SweepConfig, *, say: Callable[[str], None] = print) -
     started = time.time()
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_SECONDS)  # read by each Tuner's controller
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # frequent, wanted
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment tables between our lines
     shape = cluster_shape()
     resources = resolve_resources(config.resources.train, "resources.train", say, shape)
     best, untuned = [], []
@@ -380,6 +402,7 @@ def run_tune_stage(config: SweepConfig, *, say: Callable[[str], None] = print) -
         results = tuner.fit()
         rows, tuned = recipe_rows(config, target, settings, results)
         write_rows(table_file(config.root, "recipes", new_stem(f"{target.model_key}-tune")), "recipes", rows)
+        _remove_checkpoints(results)
         trials += len(rows)
         failed += sum(r["status"] == "error" for r in rows)
         if tuned is None:

@@ -53,10 +53,19 @@ class TuneRun:
         self.seeds = tuple(seeds)
         self.checkpoint_dir = checkpoint_dir
         self.trainers = [Trainer(model_config, recipe, dataset, seed=seed, device=device) for seed in self.seeds]
-        for seed, trainer in zip(self.seeds, self.trainers, strict=True):
-            trainer.prepare_run(self.checkpoint(seed), None)  # resumes where a checkpoint is
+        # what the last save reported (None: nothing resumed), for a sample whose checkpoints are its end
+        self.saved: dict[str, float] | None = None
+        saved = [self._resume(seed, trainer) for seed, trainer in zip(self.seeds, self.trainers, strict=True)]
         if len({t.epoch for t in self.trainers}) > 1:  # seeds checkpointed at different epochs: start over
             self.trainers = [Trainer(model_config, recipe, dataset, seed=seed, device=device) for seed in self.seeds]
+        elif saved and saved[0] is not None:
+            self.saved = saved[0]
+
+    def _resume(self, seed: int, trainer: Trainer) -> dict[str, float] | None:
+        uri = self.checkpoint(seed)
+        if uri is None or not os.path.exists(uri):
+            return None
+        return dict(trainer.resume(uri).get("metrics") or {})
 
     @property
     def epoch(self) -> int:
@@ -91,7 +100,8 @@ class TuneRun:
         return {"epoch": float(self.epoch), **{k: v / len(self.trainers) for k, v in sums.items()}}
 
     def save(self, metrics: dict[str, float]) -> None:
-        """Checkpoint every seed to ``checkpoint_dir`` (weights and training state: exact resumption)."""
+        """Checkpoint every seed to ``checkpoint_dir`` (weights and training state: exact resumption), with
+        ``metrics`` (what :attr:`saved` gives back on resuming)."""
         for seed, trainer in zip(self.seeds, self.trainers, strict=True):
             uri = self.checkpoint(seed)
             if uri is not None:
