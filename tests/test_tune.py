@@ -279,3 +279,29 @@ def test_a_killed_tune_run_again_finishes_without_redoing_finished_trials(ray_se
         body = s3.get_object(Bucket=bucket, Key=k)["Body"].read()
         for credential in (secret, key_id):  # as it is, and hex-encoded as Tune's state holds pickles
             assert credential not in body and credential.hex().encode() not in body, k
+
+
+def test_tracking_logs_each_tune_trial_to_mlflow(ray_session, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = f"file://{tmp_path}/mlruns"
+    data = {**tuned_sweep("tracked", str(tmp_path / "runs")), "tracking": {"mlflow": uri}}
+    config = parse_config(data)
+    run_tune_stage(config, say=lambda line: None)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("tracked-tune")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(float(r.data.params["lr"]) for r in runs) == [1e-7, 1e-6, 0.1]
+    for run in runs:
+        assert run.data.tags["model_key"] == config.models[0].model_key
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) in (1, 4)  # stopped at the rung, or all
+
+
+def test_a_tracking_uri_with_credentials_is_refused(tmp_path):
+    data = {**tuned_sweep("creds", str(tmp_path)), "tracking": {"mlflow": "https://alice:hunter2@mlflow.example.com"}}
+    with pytest.raises(ConfigError, match=r"tracking\.mlflow: the URI holds credentials") as error:
+        parse_config(data)
+    assert "hunter2" not in str(error.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import warnings
 from dataclasses import asdict
@@ -201,6 +202,14 @@ def validate(
     design = design_line(config)
     if design is not None:
         click.echo(design)
+    if config.tune is not None:
+        t = config.tune
+        space = ", ".join(f"{key} {d.kind} {list(d.values)}" for key, d in t.space.items())
+        trials = t.num_samples * math.prod(len(d.values) for d in t.space.values() if d.kind == "grid")
+        click.echo(
+            f"tune (`repair-ray tune`): {trials} trials x {t.seeds} seed(s) per model config, {t.scheduler}, "
+            f"{t.mode} {t.metric} on {t.val_samples:,} held-out training samples; space: {space}"
+        )
     s = config.pair_settings
     alphas = alpha_grid(s.alphas)  # the grid PairSettings checked, as a tuple
     click.echo(f"pairs: {config.n_pairs}; align {list(s.aligns)} x correction {list(s.corrections)}")

@@ -145,8 +145,10 @@ def best_recipes_text(config: SweepConfig, best: list[TunedRecipe]) -> str:
 
 def tuned_config(config: SweepConfig, best: list[TunedRecipe]) -> dict[str, Any]:
     """A copy of the config whose tuned grids are split into one entry per model config, each with
-    its best recipe; grids that got none (and imported ones) stay as they were."""
+    its best recipe; grids that got none (and imported ones) stay as they were. Its ``storage`` is
+    where the tune ran (``--storage`` included): the study lives beside its recipes."""
     data = copy.deepcopy(config.raw)
+    data["storage"] = config.storage
     by_grid: dict[int, list[TunedRecipe]] = {}
     for tuned in best:
         by_grid.setdefault(tuned.target.grid, []).append(tuned)
