@@ -194,10 +194,11 @@ def test_a_tune_without_any_value_still_gets_its_table_and_says_why_no_plot(tmp_
         trial(NARROW, "bad", "b2", {"lr": 9.0}, [], status="error"),
     ]
     write_rows(table_file(str(tmp_path / "bad"), "recipes", "x"), "recipes", rows)
-    page = (report.write_report(tmp_path / "bad").parent / "tuning.html").read_text()
+    path = report.write_report(tmp_path / "bad").parent / "tuning.html"
+    page = path.read_text()
     assert "not drawn: no trial of" in page and "no recipe: no trial trained every epoch ok" in page
-    _, trials = page_tables(report.write_report(tmp_path / "bad").parent / "tuning.html")
-    assert list(trials["trial"]) == ["b1", "b2"]
+    _, trials = page_tables(path)
+    assert list(trials["trial"]) == ["b1", "b2"] and list(trials["status"]) == ["diverged", "error"]
 
 
 @pytest.mark.parametrize(
