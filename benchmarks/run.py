@@ -29,6 +29,7 @@ from benchmarks import (  # noqa: E402
     spec_derivation,
     train_stage,
     training,
+    tune_overhead,
     weight_matching,
 )
 from benchmarks.common import machine  # noqa: E402
@@ -60,6 +61,12 @@ SECTIONS = {
         "Train stage: efficiency and per-trial overhead",
         train_stage,
         "Targets (issue 15): per-trial overhead <= 0.3 s; efficiency >= 80 % on the quickstart grid.",
+    ),
+    "tune_overhead": (
+        "Tune's per-trial overhead in `tune` against the train stage's",
+        tune_overhead,
+        "No target (issue 32, item 6): the ratio says what a trial of `repair-ray tune` costs beyond its training, "
+        "against a trial of the train stage that a seed study runs on.",
     ),
     "seeds_per_trial": (
         "Seeds trained together (train.seeds_per_trial)",
@@ -117,6 +124,13 @@ def verdicts(name: str, rows: list[dict]) -> list[str]:
             else:
                 cost = r["overhead_per_trial_s"]
                 out.append(f"{r['grid']}, {r['stage']}: {cost:.2f} s per trial ({'met' if cost <= 0.3 else 'NOT met'})")
+    elif name == "tune_overhead":
+        for r in rows:
+            if "ratio" in r:
+                out.append(
+                    f"round {r['round']}: {r['overhead_per_trial_s']:.2f} s per trial in tune, {r['ratio']:.1f}x the "
+                    "train stage's"
+                )
     elif name == "seeds_per_trial":
         for r in rows:
             if r["seeds"] > 1 and r["model"].startswith("mlp"):

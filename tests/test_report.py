@@ -182,7 +182,7 @@ def test_load_tables_plain_dtypes_and_old_files_give_nulls(tmp_path):
         [{"sweep": "old", "model_key": "k", "width": 8.0, "depth": 3, "seed_a": 0, "seed_b": 2, "align": "none"}],
     )
     tables = load_tables(root)
-    assert set(tables) == {"models", "pairs", "curves", "layers"}
+    assert set(tables) == {"models", "pairs", "curves", "layers", "recipes"}
     pairs = tables["pairs"].sort_values("seed_b").reset_index(drop=True)
     assert "midpoint_barrier_test_loss" in pairs.columns and "depth" in pairs.columns  # never dropped
     assert pairs["midpoint_barrier_test_loss"].isna().all()

@@ -130,6 +130,7 @@ def test_asha_stops_trailing_trials_and_the_written_recipe_runs(ray_session, tmp
     assert good.status == "ok" and good.epochs == 4 and not good.stopped_early and good.best
     history = json.loads(good.history_json)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[-1]["val_acc"] == good.value
+    assert all(0 < h["seconds"] < 60 for h in history)  # each epoch's own training and validation time
     # learning rates a million times too small trail at the first rung: ASHA stops them there
     assert all(by_lr[lr].stopped_early and by_lr[lr].epochs == 1 and not by_lr[lr].best for lr in (1e-6, 1e-7))
     assert set(recipes["val_samples"]) == {128} and set(recipes["seeds_json"]) == {"[0, 1]"}

@@ -409,13 +409,15 @@ def compact(sweep_path: str, every: bool) -> None:
     type=click.Choice(["current", "all"]),
     default="current",
     show_default=True,
-    help="Rows of the current config's model and analysis keys, or every row (keys never pooled).",
+    help="Rows of the current config's model and analysis keys, or every row (keys never pooled); on the "
+    "tuning page, each model config's newest tune, or every tune.",
 )
 def report(sweep_path: str, out_dir: str | None, model_key: str | None, keys: str) -> None:
-    """Write summary tables, plots and an index.html for the sweep at STORAGE/SWEEP.
+    """Write summary tables, plots and an index.html for the sweep at STORAGE/SWEEP (and tuning.html
+    for the trials of `repair-ray tune`, linked from it).
 
-    Works while the sweep is still running and when some pairs failed (they are counted and
-    listed, not plotted). The output folder is always local.
+    Works while the sweep is still running, when some pairs failed (they are counted and listed,
+    not plotted), and on a sweep only tuned so far. The output folder is always local.
     """
     from ..io import storage
     from ..report import write_report

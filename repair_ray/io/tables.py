@@ -176,7 +176,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("epochs", _INT),
         ("max_epochs", _INT),  # what it would have trained, had it not been stopped
         ("stopped_early", pa.bool_()),  # stopped by the scheduler (ASHA) before max_epochs
-        ("history_json", _STR),  # every epoch's val_acc, val_loss, train_loss, train_acc
+        ("history_json", _STR),  # every epoch's val_acc, val_loss, train_loss, train_acc, seconds
         ("scheduler", _STR),
         ("val_samples", _INT),
         ("val_seed", _INT),

@@ -13,7 +13,8 @@ the numbers import no matplotlib:
 - :mod:`.cells`: tables as text (``mean ± ci (n=N)`` cells);
 - :mod:`.plot_data`: what each plot draws, computed from the tables;
 - :mod:`.plots`: the figures, drawn from :mod:`.plot_data` only;
-- :mod:`.page`: the report folder (tables and ``index.html``).
+- :mod:`.tuning`: the trials of ``repair-ray tune`` (the ``recipes`` table) as the report shows them;
+- :mod:`.page`: the report folder (tables and ``index.html``), and :mod:`.tuning_page` its ``tuning.html``.
 
 Rules shared by every function:
 
@@ -35,7 +36,8 @@ Public API: :func:`summarise`, :func:`relative_reduction`, :func:`summarise_mode
 :func:`failed_pairs`, :func:`ok_tables`, :func:`plot_barrier_vs_width`,
 :func:`plot_barrier_vs_depth`, :func:`plot_barrier_vs_branch_epoch`, :func:`plot_sparsity`, :func:`plot_curves`,
 :func:`plot_variance_collapse`,
-:func:`plot_endpoint_accuracy`, :func:`plot_training_curves`, :func:`write_report`.
+:func:`plot_endpoint_accuracy`, :func:`plot_training_curves`, :func:`plot_tuning_values`,
+:func:`plot_tuning_curves`, :func:`tuning_experiments`, :func:`write_report`.
 
 The names are loaded on first use (PEP 562): ``from repair_ray.report.statistics import ci95``
 imports neither matplotlib nor the page code.
@@ -87,7 +89,10 @@ _EXPORTS: dict[str, str] = {
     "plot_training_curves": ".plots",
     "plot_variance_collapse": ".plots",
     "plot_timeline": ".plots",
+    "plot_tuning_curves": ".plots",
+    "plot_tuning_values": ".plots",
     "to_markdown": ".page",
+    "tuning_experiments": ".tuning",
     "write_report": ".page",
 }
 
@@ -125,12 +130,15 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "plot_training_curves",
     "plot_variance_collapse",
     "plot_timeline",
+    "plot_tuning_curves",
+    "plot_tuning_values",
     "relative_reduction",
     "small_cells",
     "summarise",
     "summarise_models",
     "summarise_over_trunks",
     "to_markdown",
+    "tuning_experiments",
     "write_report",
 ]
 
@@ -169,6 +177,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         plot_sparsity,
         plot_timeline,
         plot_training_curves,
+        plot_tuning_curves,
+        plot_tuning_values,
         plot_variance_collapse,
     )
     from .statistics import (
@@ -179,3 +189,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         summarise_models,
         summarise_over_trunks,
     )
+    from .tuning import tuning_experiments

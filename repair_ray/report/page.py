@@ -1,7 +1,8 @@
 """The report of a sweep: summary tables (CSV, Markdown), the plots, and an ``index.html`` page.
 
 :func:`write_report` reads a sweep's tables, computes the statistics (:mod:`.statistics`), draws
-the plots (:mod:`.plots`) and writes them into one local folder with a page that shows them all.
+the plots (:mod:`.plots`) and writes them into one local folder with a page that shows them all;
+a sweep's tunes get a page of their own (:mod:`.tuning_page`), linked from it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..io.tables import load_tables
 from .cells import compact_differences, compact_summary, format_value
 from .differences import baseline_differences
 from .frames import LINEAGE, MIN_PAIRS, PAIR_ID, is_ok, ok_tables
+from .markup import head, html_table
 from .plots import (
     PLOT_FORMATS,
     plot_barrier_vs_branch_epoch,
@@ -36,6 +38,7 @@ from .plots import (
     plot_variance_collapse,
 )
 from .statistics import failed_pairs, small_cells, summarise, summarise_models
+from .tuning_page import PAGE, index_section, overview, write_tuning_page
 
 
 @dataclass
@@ -67,12 +70,6 @@ def to_markdown(frame: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
-
-
-def _html_table(frame: pd.DataFrame) -> str:
-    if frame.empty:
-        return "<p><em>(no rows)</em></p>"
-    return frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0, classes="table")
 
 
 def _round(frame: pd.DataFrame) -> pd.DataFrame:
@@ -130,10 +127,12 @@ def write_report(
     notes: Sequence[str] = (),
     keys: str = "current",
 ) -> Path:
-    """Write the report of a sweep: ``summary.csv``, ``summary.md``, ``paired_differences.csv``, plots, ``index.html``.
+    """Write the report of a sweep: ``summary.csv``, ``summary.md``, ``paired_differences.csv``, plots, ``index.html``,
+    and, when it has trials of ``repair-ray tune``, ``tuning.html`` (:mod:`.tuning_page`).
 
     Works on a sweep that is still running (empty or partial tables: it writes what it can and
-    says what is missing) and on one with failed pairs (counted and listed, never plotted).
+    says what is missing), on one with failed pairs (counted and listed, never plotted), and on one
+    that is only tuned so far (the tuning page, and notes that the rest is to come).
 
     Args:
         sweep_path: the sweep's folder ``<storage>/<name>`` (local, ``s3://`` or ``gs://``).
@@ -143,6 +142,7 @@ def write_report(
         notes: extra lines for the top of ``index.html`` (e.g. the sweep's progress).
         keys: ``current`` (the config the sweep last ran with) or ``all`` (see
             :func:`repair_ray.load_tables`); the summary never pools two model or analysis keys.
+            The tuning page shows each model config's newest tune, or with ``all`` every tune.
 
     Returns:
         The path of ``index.html``.
@@ -183,10 +183,16 @@ def write_report(
     models_summary.to_csv(out / "models.csv", index=False)
     failures.to_csv(out / "failed_pairs.csv", index=False)
 
+    tuning = write_tuning_page(tables["recipes"], out, sweep, every=keys == "all")
     missing: list[str] = []
     for name, frame in tables.items():
-        if frame.empty:
+        if frame.empty and name != "recipes":  # a sweep need not be tuned
             missing.append(f"the {name} table has no rows yet")
+    if tuning.path is not None and tables["models"].empty:
+        missing.append(
+            f"tuned but not run yet: {tuning.path.name} shows the tunes; `repair-ray run` trains the networks "
+            "this page reports on (`repair-ray tune --write` gives a config with the chosen recipes)"
+        )
     if not tables["pairs"].empty and ok["pairs"].empty:
         missing.append("no pair has finished successfully yet")
     n_ok = int(ok["pairs"][list(PAIR_ID)].drop_duplicates().shape[0]) if not ok["pairs"].empty else 0
@@ -262,6 +268,9 @@ def write_report(
     md = [f"# Sweep report: {storage.basename(sweep)}", "", f"Sweep: `{sweep}`", ""]
     md += [f"- {line}" for line in [*notes, *missing]] + ([""] if notes or missing else [])
     md += [f"Finished pairs: {n_ok}; failed pairs: {len(failures)}.", ""]
+    if tuning.path is not None:
+        md += ["## Tuning", "", f"{tuning.trials} trials of `repair-ray tune`; plots and every trial: {PAGE}.", ""]
+        md += [to_markdown(overview(tuning))]
     md += ["## Barriers per model config and method", "", "Mean ± 95% CI over n pairs (t-interval); "]
     md[-1] += "reductions are per pair against the same alignment without correction, then averaged.\n"
     if small:
@@ -287,6 +296,7 @@ def write_report(
             small=small,
             cells=cells,
             compact_diff=compact_diff,
+            tuning=index_section(tuning),
         ),
         encoding="utf-8",
     )
@@ -294,26 +304,32 @@ def write_report(
 
 
 def _html(
-    sweep, notes, missing, n_ok, compact, models_summary, failures, failed_models, plots, *, small, cells, compact_diff
+    sweep,
+    notes,
+    missing,
+    n_ok,
+    compact,
+    models_summary,
+    failures,
+    failed_models,
+    plots,
+    *,
+    small,
+    cells,
+    compact_diff,
+    tuning,
 ) -> str:
     e = html.escape
     now = _dt.datetime.now().isoformat(timespec="seconds")
     parts = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>repair-ray report: {e(storage.basename(sweep))}</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
-        "table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #ddd;"
-        "text-align:right}th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee}"
-        ".note{color:#a05a00}figure{margin:1.5em 0}"
-        ".warning{background:#fff4e5;border-left:4px solid #e69500;padding:0.4em 1em;margin:1em 0}</style>"
-        "</head><body>",
+        *head(f"repair-ray report: {storage.basename(sweep)}"),
         f"<h1>Sweep report: {e(storage.basename(sweep))}</h1>",
         f"<p>Sweep <code>{e(sweep)}</code>, report written {e(now)}. Finished pairs: {n_ok}; "
         f"failed pairs: {len(failures)}; failed networks: {len(failed_models)}.</p>",
     ]
     if notes or missing:
         parts.append("<ul>" + "".join(f'<li class="note">{e(line)}</li>' for line in [*notes, *missing]) + "</ul>")
+    parts += tuning  # the search before the study: first
     parts += [
         "<h2>Barriers per model config and method</h2>",
         "<p>Mean ± 95% confidence interval over n pairs (Student t; empty for fewer than 2 pairs). "
@@ -333,10 +349,10 @@ def _html(
             f'<div class="warning"><strong>Warning:</strong> {e(_small_cell_warning(small, cells))}{listed}</div>'
         )
     parts += [
-        _html_table(compact),
+        html_table(compact),
         "<h2>Paired differences</h2>",
         f'<p>{e(DIFFERENCES_TEXT)} Every column: <a href="paired_differences.csv">paired_differences.csv</a>.</p>',
-        _html_table(compact_diff),
+        html_table(compact_diff),
     ]
     for plot in plots:
         parts.append(f"<h2>{e(plot.title)}</h2>")
@@ -349,11 +365,11 @@ def _html(
             )
         if plot.note:
             parts.append(f'<p class="note">{e(plot.note)}</p>')
-    parts += ["<h2>Trained networks</h2>", _html_table(_round(models_summary))]
+    parts += ["<h2>Trained networks</h2>", html_table(_round(models_summary))]
     parts += ["<h2>Failed pairs</h2>", "<p>Counted in the summary's <code>failed</code> column, never plotted.</p>"]
-    parts += [_html_table(failures)]
+    parts += [html_table(failures)]
     if not failed_models.empty:
         cols = [c for c in ("model_key", "seed", "status", "error") if c in failed_models.columns]
-        parts += ["<h2>Failed networks</h2>", _html_table(failed_models[cols])]
+        parts += ["<h2>Failed networks</h2>", html_table(failed_models[cols])]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -126,8 +126,17 @@ def tune_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
         if run.done and run.saved is not None:  # it ended after Tune's last snapshot: report its end again
             tune.report({**run.saved, "reported_at": time.time()})
         while not run.done:
+            started = time.perf_counter()
             try:
-                metrics = {**run.epoch_step(), "diverged": 0.0, "reported_at": time.time()}
+                step = run.epoch_step()
+                # the epoch's own training and validation time (as the models table's train_seconds counts a
+                # network's), apart from the trainable's start and Tune's reporting: what Tune costs is the rest
+                metrics = {
+                    **step,
+                    "seconds": time.perf_counter() - started,
+                    "diverged": 0.0,
+                    "reported_at": time.time(),
+                }
             except NonFiniteLossError:  # a sample that diverged ends here; it is never the best
                 nan = math.nan
                 ended = {"epoch": float(run.epoch + 1), "val_acc": nan, "val_loss": nan, "diverged": 1.0}
@@ -324,7 +333,7 @@ def _history(result: Any) -> list[dict[str, float]]:
     frame = result.metrics_dataframe
     if frame is None or frame.empty:
         return []
-    keep = [c for c in ("epoch", "val_acc", "val_loss", "train_loss", "train_acc") if c in frame.columns]
+    keep = [c for c in ("epoch", "val_acc", "val_loss", "train_loss", "train_acc", "seconds") if c in frame.columns]
     out = []
     for record in frame[keep].to_dict("records"):
         out.append({k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)})
