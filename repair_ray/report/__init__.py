@@ -89,8 +89,8 @@ _EXPORTS: dict[str, str] = {
     "plot_training_curves": ".plots",
     "plot_variance_collapse": ".plots",
     "plot_timeline": ".plots",
-    "plot_tuning_curves": ".plots",
-    "plot_tuning_values": ".plots",
+    "plot_tuning_curves": ".tuning_plots",
+    "plot_tuning_values": ".tuning_plots",
     "to_markdown": ".page",
     "tuning_experiments": ".tuning",
     "write_report": ".page",
@@ -177,8 +177,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         plot_sparsity,
         plot_timeline,
         plot_training_curves,
-        plot_tuning_curves,
-        plot_tuning_values,
         plot_variance_collapse,
     )
     from .statistics import (
@@ -190,3 +188,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         summarise_over_trunks,
     )
     from .tuning import tuning_experiments
+    from .tuning_plots import plot_tuning_curves, plot_tuning_values

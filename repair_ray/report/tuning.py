@@ -2,8 +2,8 @@
 experiment per model config and tune key, its trials ranked best first, the axis each tuned key
 needs, and each trial's learning curve.
 
-Plain pandas: no matplotlib. The figures are :func:`.plots.plot_tuning_values` and
-:func:`.plots.plot_tuning_curves`; the page is :mod:`.tuning_page`.
+Plain pandas: no matplotlib. The figures are :func:`.tuning_plots.plot_tuning_values` and
+:func:`.tuning_plots.plot_tuning_curves`; the page is :mod:`.tuning_page`.
 """
 
 from __future__ import annotations

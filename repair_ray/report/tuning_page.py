@@ -16,8 +16,9 @@ import pandas as pd
 
 from ..io import storage
 from .markup import head, html_table
-from .plots import PLOT_FORMATS, plot_tuning_curves, plot_tuning_values
+from .plots import PLOT_FORMATS
 from .tuning import Experiment, sampled_text, trials_table, tuning_experiments
+from .tuning_plots import plot_tuning_curves, plot_tuning_values
 
 PAGE = "tuning.html"
 TABLE = "tuning.csv"
