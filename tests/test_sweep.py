@@ -347,7 +347,7 @@ def test_schema_of_every_written_file_is_the_declared_one(finished_sweep):
     config, _, _ = finished_sweep
     for table, schema in SCHEMAS.items():
         files = list(Path(config.root, "tables", table).glob("*.parquet"))
-        assert files
+        assert files or table == "recipes"  # a run writes every table but tune's (tests/test_tune.py reads those)
         for file in files:
             assert pq.read_schema(file).remove_metadata().equals(schema), file
 

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -20,7 +22,7 @@ from repair_ray.cli import main
 from repair_ray.cli.tune_commands import tuned_config
 from repair_ray.datasets import load_dataset
 from repair_ray.io import storage
-from repair_ray.io.tables import read_table
+from repair_ray.io.tables import SCHEMAS, read_table
 from repair_ray.models import ModelConfig
 from repair_ray.sweep.config import ConfigError, parse_config
 from repair_ray.sweep.lease import Lease
@@ -124,6 +126,8 @@ def test_asha_stops_trailing_trials_and_the_written_recipe_runs(ray_session, tmp
     assert any("[tune] 3/3 trials done" in line for line in lines), lines
     recipes = read_table(config.root, "recipes")
     key = config.models[0].model_key
+    for file in Path(config.root, "tables", "recipes").glob("*.parquet"):
+        assert pq.read_schema(file).remove_metadata().equals(SCHEMAS["recipes"]), file
     assert len(recipes) == 3 and set(recipes["model_key"]) == {key}
     by_lr = {json.loads(r.sampled_json)["lr"]: r for r in recipes.itertuples()}
     good = by_lr[0.1]
