@@ -293,7 +293,8 @@ def run_pair_stage(
                 progress.advance(ok=ok, note=note)
     finally:
         writer.flush()
-    left_out = pairs.left_out()
+    # stopped (interrupted, or the lease lost), the pairs not reached are the next run's, not left out
+    left_out = [] if stop is not None and stop.is_set() else pairs.left_out()
     for stem in left_out:
         say(f"[pairs] left out {stem}: a model of the pair did not train")
     seconds = time.time() - started
