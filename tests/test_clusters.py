@@ -193,13 +193,28 @@ def test_cluster_launcher_configs_pass_rays_validation(name):
     assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"][1:])
 
 
-def test_cluster_launcher_validation_catches_mistakes():
+@pytest.mark.parametrize(
+    ("mistake", "message"),
+    [
+        ("a key misspelt", r"Additional properties are not allowed \('instance_type' was unexpected\)"),
+        ("a key missing", r"'node_config' is a required property"),
+    ],
+)
+def test_cluster_launcher_validation_catches_mistakes(mistake, message):
+    """Ray's own schema check, which the test above trusts, does catch a mistake in our files, and
+    names it and where it is."""
+    from jsonschema import ValidationError
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     config = yaml.safe_load((CLUSTERS / "aws-gpu.yaml").read_text())
-    config["available_node_types"]["head"]["instance_type"] = "typo"
-    with pytest.raises(Exception, match="instance_type"):
+    head = config["available_node_types"]["head"]
+    if mistake == "a key misspelt":
+        head["instance_type"] = head["node_config"]["InstanceType"]  # belongs in node_config, as InstanceType
+    else:
+        del head["node_config"]
+    with pytest.raises(ValidationError, match=message) as caught:
         validate_config(prepare_config(config))
+    assert list(caught.value.absolute_path) == ["available_node_types", "head"]
 
 
 def test_kuberay_rayjob_manifest():

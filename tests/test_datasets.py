@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from repair_ray.datasets import (
     DatasetNotFoundError,
     check_dataset,
     data_root,
+    dataset_files,
     dataset_in_shape,
     dataset_num_classes,
     dataset_options,
@@ -311,11 +313,46 @@ def test_check_dataset_reports_every_problem_at_once() -> None:
     assert [key for key, _ in info.value.problems] == ["train_size", "shape", "num_classes", "colour"]
 
 
-def test_check_dataset_accepts_valid_options_without_touching_files() -> None:
-    check_dataset("mnist", {})
-    check_dataset("synthetic", {"shape": (3, 8, 8), "num_classes": np.int64(3), "train_size": 1, "seed": -1})
-    check_dataset("synthetic", {"shape": torch.Size([1, 4, 4])})
-    check_dataset("imagefolder:/does/not/exist", {"image_size": 8})
+FILE_EVENTS = ("open", "os.listdir", "os.scandir", "glob.glob", "os.walk")
+_audit: dict[str, list] = {}
+
+
+def _record_file_access(event: str, args: tuple) -> None:
+    if "events" in _audit and event in FILE_EVENTS:
+        _audit["events"].append((event, args[0] if args else None))
+
+
+def test_check_dataset_accepts_valid_options_without_touching_files(tmp_path: Path, monkeypatch) -> None:
+    """Checking is of names and values alone: it accepts what loading then refuses for want of
+    files (MNIST under an empty data root, a folder that is not there), opens and lists nothing,
+    and what it accepts (numpy and torch numbers, a negative seed) loads as written."""
+    monkeypatch.setenv("REPAIR_RAY_DATA", str(tmp_path / "empty-root"))
+    missing = f"imagefolder:{tmp_path / 'no-such-folder'}"
+    synthetic = {"shape": (3, 8, 8), "num_classes": np.int64(3), "train_size": 5, "test_size": 2, "seed": -1}
+    if not _audit.get("hooked"):  # audit hooks cannot be removed: one, recording only while asked
+        sys.addaudithook(_record_file_access)
+        _audit["hooked"] = [True]
+    _audit["events"] = []
+    try:
+        results = [
+            check_dataset("mnist", {}),
+            check_dataset("synthetic", synthetic),
+            check_dataset("synthetic", {"shape": torch.Size([1, 4, 4])}),
+            check_dataset(missing, {"image_size": 8}),
+        ]
+        touched = _audit["events"]
+    finally:
+        del _audit["events"]
+    assert results == [None] * 4
+    assert touched == [], touched
+    # ... while the files really are missing: loading needs them, checking did not
+    assert dataset_files("mnist", {})[0] is not None
+    assert dataset_files(missing, {"image_size": 8})[0] is not None
+    with pytest.raises((DatasetNotFoundError, FileNotFoundError)):
+        load_dataset(missing, image_size=8)
+    data = load_dataset("synthetic", **synthetic)
+    assert data.train.x.shape == (5, 3, 8, 8) and data.test.x.shape == (2, 3, 8, 8)
+    assert set(data.train.y.tolist()) <= {0, 1, 2} and data.num_classes == 3
 
 
 def test_loading_goes_through_the_same_checker(tmp_path: Path) -> None:

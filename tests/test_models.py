@@ -118,11 +118,28 @@ def test_bad_model_arguments_are_named(arch, kwargs, message):
         build_model(arch, **kwargs)
 
 
-def test_vgg_runs_on_mnist_and_cifar_shapes():
-    for shape in [(1, 28, 28), (3, 32, 32)]:
-        for depth in (11, 13, 16, 19):
-            model = build_model("vgg", width=0.0625, depth=depth, norm="batch", in_shape=shape)
-            assert model(torch.randn(2, *shape)).shape == (2, 10)
+@pytest.mark.parametrize("depth", [11, 13, 16, 19])
+@pytest.mark.parametrize(("shape", "pools"), [((1, 28, 28), 4), ((3, 32, 32), 5)])
+def test_vgg_runs_on_mnist_and_cifar_shapes(depth, shape, pools):
+    """VGG-``depth`` is ``depth - 3`` convolutions (configurations A, B, D, E of Simonyan & Zisserman
+    without two of the three linear layers) and one linear head. 32x32 halves five times to 1x1;
+    28x28 reaches 1x1 after four pools and skips the fifth (a 2x2 pool of 1x1 would fail)."""
+    from repair_ray.models.vgg import VGG_LAYERS
+
+    model = build_model("vgg", width=0.0625, depth=depth, norm="batch", in_shape=shape)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == depth - 3
+    assert [c.out_channels for c in convs] == [max(1, round(c * 0.0625)) for c in VGG_LAYERS[depth] if c != "M"]
+    assert convs[0].in_channels == shape[0]
+    assert sum(block.pool is not None for block in model.features) == pools
+    seen: list[tuple[int, ...]] = []
+    model.features[-1].register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape)))
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        out = model(x)  # training mode: batch statistics keep these 4-channel layers alive
+    assert seen == [(3, convs[-1].out_channels, 1, 1)]  # the last block's map is one pixel
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    assert not torch.allclose(out[0], out[1])  # the output depends on the input
 
 
 def test_lenet_300_100_is_an_mlp_with_per_layer_widths():

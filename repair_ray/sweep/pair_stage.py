@@ -92,6 +92,12 @@ class PartWriter:
         if self.pairs >= self.max_pairs or time.monotonic() - self.since >= self.max_seconds:
             self.flush()
 
+    def due_in(self) -> float | None:
+        """Seconds until the buffered pairs are due to be written; None when nothing is buffered."""
+        if not self.pairs:
+            return None
+        return max(0.0, self.since + self.max_seconds - time.monotonic())
+
     def flush_if_due(self) -> None:
         """Flush when the oldest buffered pair has waited ``max_seconds`` (called while nothing arrives)."""
         if self.pairs and time.monotonic() - self.since >= self.max_seconds:
@@ -264,7 +270,10 @@ def run_pair_stage(
                 if held:
                     time.sleep(0.2)
                 continue
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5 if training else None)
+            # wake for the next network to train and for the buffered rows' flush: a long pair in
+            # flight must not hold finished ones back for longer than flush.seconds
+            wakes = [t for t in (0.5 if training else None, writer.due_in()) if t is not None]
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(wakes) if wakes else None)
             for ref in ready:
                 job = pending.pop(ref)
                 try:
@@ -284,7 +293,8 @@ def run_pair_stage(
                 progress.advance(ok=ok, note=note)
     finally:
         writer.flush()
-    left_out = pairs.left_out()
+    # stopped (interrupted, or the lease lost), the pairs not reached are the next run's, not left out
+    left_out = [] if stop is not None and stop.is_set() else pairs.left_out()
     for stem in left_out:
         say(f"[pairs] left out {stem}: a model of the pair did not train")
     seconds = time.time() - started

@@ -106,7 +106,7 @@ def _run_stages(
 ) -> tuple[TrainStageSummary, PairStageSummary]:
     """Both stages at once: the pair stage (a driver thread) starts each pair when its two networks exist.
 
-    Setting ``stop`` (the lease was lost) makes the pair stage finish what is in flight and start nothing new.
+    Setting ``stop`` (the lease was lost) makes both stages finish what is in flight and start nothing new.
     """
     trials = plan_trials(config)
     events: queue.Queue[TrialEnded | None] = queue.Queue()
@@ -139,6 +139,7 @@ def _run_stages(
             trials,
             say=say,
             workers_wanted=workers_wanted,
+            stop=stop,
             on_trial_done=lambda key, seed, ok: events.put(
                 TrialEnded(Network(key, seed), plans[key].checkpoint(config.root, seed) if ok else None)
             ),

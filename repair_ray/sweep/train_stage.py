@@ -64,6 +64,7 @@ def run_train_stage(
     on_trial_done: Callable[[str, int, bool], None] | None = None,
     remote_task: Any = None,
     workers_wanted: threading.Event | None = None,
+    stop: threading.Event | None = None,
 ) -> TrainStageSummary:
     """Train every (model config, seed) of the sweep that is not done yet; returns counts.
 
@@ -71,7 +72,8 @@ def run_train_stage(
     that network's pairs at once). ``remote_task`` replaces the Ray remote function (tests inject
     failures with it). ``workers_wanted`` is set while a trial of several workers waits for all of
     them to be placed: the pair stage starts no new task meanwhile, so the resources that pair tasks
-    release go to the waiting workers, not to the next pairs.
+    release go to the waiting workers, not to the next pairs. Once ``stop`` is set (the run lost its
+    lease) no new trial starts; the trials in flight finish, and the stage returns.
     """
     import ray
 
@@ -150,10 +152,13 @@ def run_train_stage(
         if workers_wanted is not None and not waiting:
             workers_wanted.clear()
 
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
     completed = False
     try:
-        while scheduler.ready or running:
-            while scheduler.ready and len(running) < limit:
+        while running or (scheduler.ready and not stopped()):
+            while scheduler.ready and len(running) < limit and not stopped():
                 submit(_Running(scheduler.ready.popleft()))
             ready: list[Any]  # streaming generators (ray.wait's stubs say object refs)
             ready, _ = ray.wait(list(running), num_returns=1)
@@ -192,10 +197,14 @@ def run_train_stage(
         if tracking is not None and not completed:  # what is queued is dropped: the next sweep run continues it
             tracking.close(wait=False)
     failed = progress.failed
-    say(f"[train] done in {time.time() - started:.0f}s: {total - failed} ok, {failed} failed")
+    if stopped() and progress.done < len(todo):
+        say(f"[train] stopped after {progress.done} of {len(todo)} trials: the rest were not started")
+    else:
+        say(f"[train] done in {time.time() - started:.0f}s: {total - failed} ok, {failed} failed")
     if tracking is not None:
         tracking.close()  # waits for the MLflow calls still queued
-    return TrainStageSummary(total, total - len(todo), len(todo), failed, time.time() - started)
+    ran = progress.done if stopped() else len(todo)
+    return TrainStageSummary(total, total - len(todo), ran, failed, time.time() - started)
 
 
 @dataclass
