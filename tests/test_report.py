@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -112,6 +113,7 @@ def write_sweep(root: Path, configs=CONFIGS, seed_pairs=SEED_PAIRS, failed=FAILE
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
+    """The module's synthetic sweep; read-only (a test that writes into a sweep folder copies it)."""
     return write_sweep(tmp_path_factory.mktemp("sweeps") / "synth")
 
 
@@ -356,7 +358,8 @@ def test_the_timeline_draws_seeds_trained_together_as_one_task(tmp_path):
 # ----------------------------------------------------------------------------- report
 
 
-def test_report_cli_with_failed_pairs(sweep):
+def test_report_cli_with_failed_pairs(sweep, tmp_path):
+    sweep = Path(shutil.copytree(sweep, tmp_path / sweep.name))  # the report goes into the sweep: a copy of it
     result = CliRunner().invoke(main, ["report", str(sweep)])
     assert result.exit_code == 0, result.output
     out = sweep / "report"

@@ -42,6 +42,8 @@ def run(config, lines=None):
 
 @pytest.fixture(scope="module")
 def finished_sweep(ray_session, tmp_path_factory):
+    """A tiny sweep run once for the module: (config, result, progress lines). Shared, so read-only:
+    a test that runs, grows or damages it works on a copy in its own ``tmp_path``."""
     storage = tmp_path_factory.mktemp("runs")
     config = parse_config(tiny_sweep("e2e", str(storage)))
     lines: list[str] = []
@@ -90,8 +92,11 @@ def test_sweep_shows_progress(finished_sweep):
     assert any(line.startswith("[pairs] 3/3 pairs done") and "elapsed" in line for line in lines)
 
 
-def test_rerun_trains_nothing_and_skips_every_pair(finished_sweep):
-    config, _, _ = finished_sweep
+def test_rerun_trains_nothing_and_skips_every_pair(finished_sweep, tmp_path):
+    original, _, _ = finished_sweep
+    shutil.copytree(original.root, tmp_path / original.name)  # a copy: the module's sweep stays as it was
+    config = parse_config(original.raw, storage_override=str(tmp_path))
+    assert config.root == str(tmp_path / original.name)
     before = {p: p.stat().st_mtime_ns for p in Path(config.root, "tables").rglob("*.parquet")}
     before.update({p: p.stat().st_mtime_ns for p in Path(config.root, "checkpoints").rglob("*.pt")})
     lines: list[str] = []
@@ -107,7 +112,9 @@ def test_rerun_trains_nothing_and_skips_every_pair(finished_sweep):
 
 def test_growing_the_sweep_runs_only_what_is_new(finished_sweep, tmp_path):
     config, _, _ = finished_sweep
-    bigger = parse_config({**tiny_sweep("e2e", str(Path(config.root).parent)), "seeds": 4})
+    shutil.copytree(config.root, tmp_path / config.name)  # a copy: the module's sweep stays as it was
+    bigger = parse_config({**tiny_sweep("e2e", str(tmp_path)), "seeds": 4})
+    assert bigger.root == str(tmp_path / config.name)
     lines: list[str] = []
     result = run(bigger, lines)
     assert result.train.ran == 1  # only seed 3
@@ -173,9 +180,9 @@ def test_status_and_validate_count_as_done_exactly_the_trials_a_run_skips(finish
     config, _, _ = finished_sweep
     root = tmp_path / config.name
     shutil.copytree(config.root, root)
-    copy = load_sweep_config(str(root))  # the fixture's sweep, grown by the tests before this one or not
+    copy = load_sweep_config(str(root))
     trained = len(plan_trials(copy).done)
-    assert sweep_status(str(root)).models_ok == trained == copy.n_trials
+    assert sweep_status(str(root)).models_ok == trained == copy.n_trials == 3
     models = load_tables(str(root))["models"].set_index("seed")
     Path(root, models.loc[0, "checkpoint_uri"]).unlink()
     key = config.models[0].model_key
@@ -700,7 +707,7 @@ def test_forcing_several_alphas_per_pass_gives_the_same_rows_and_says_so(finishe
     assert run_pair_stage(forced, say=lambda m: None).failed == 0
     key = ["seed_a", "seed_b", "align", "correction"]
     after = load_tables(forced.root)["pairs"]
-    before = load_tables(config.root)["pairs"].merge(after[key], on=key)  # the same pairs (other tests grow it)
+    before = load_tables(config.root)["pairs"]
     assert len(after) == len(before) == forced.n_pairs * 6
     assert (before["alphas_per_pass"] == 1).all()  # automatic on the CPU: one α per pass
     assert (after["alphas_per_pass"] == 3).all()
