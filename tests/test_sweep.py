@@ -13,6 +13,7 @@ import torch
 from repair_ray import load_tables
 from repair_ray.io.checkpoint import load_checkpoint
 from repair_ray.io.tables import SCHEMAS
+from repair_ray.sweep import pair_stage, train_stage
 from repair_ray.sweep.config import parse_config
 from repair_ray.sweep.pair_stage import pair_task, run_pair_stage
 from repair_ray.sweep.runner import run_sweep, sweep_status
@@ -229,34 +230,39 @@ def test_a_truncated_checkpoint_is_retrained_bit_for_bit(ray_session, tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())
 
 
-def _crash_once(context, job, marker_dir):
-    """Kill the worker process the first time it sees a pair; behave normally afterwards."""
-    marker = Path(marker_dir, f"{job.seed_a}-{job.seed_b}")
-    if not marker.exists():
-        marker.touch()
+def _crash(context, job, marker_dir, always):
+    """Kill the worker process at every attempt of the pairs in ``always``, at the first attempt of
+    the others (then behave normally); each attempt leaves a marker."""
+    attempts = len(list(Path(marker_dir).glob(f"{job.seed_a}-{job.seed_b}-*")))
+    Path(marker_dir, f"{job.seed_a}-{job.seed_b}-{attempts}").touch()
+    if (job.seed_a, job.seed_b) in always or attempts == 0:
         os._exit(1)
     return pair_task(context, job)
 
 
-def test_a_dead_worker_is_retried_and_its_rows_appear_once(ray_session, tmp_path):
-    import ray
-
-    config = parse_config(tiny_sweep("crash", str(tmp_path)))
+def test_a_dead_worker_is_retried_pair_retries_times_and_its_rows_appear_once(ray_session, tmp_path, monkeypatch):
+    """Through the production factory (``make_remote_pair_task`` with ``pair_retries``): a factory that
+    retried more or less than ``pair_retries`` times fails this test."""
+    config = parse_config({**tiny_sweep("crash", str(tmp_path)), "pair_retries": 1})
     run(config)
     forget_pairs(config.root)
     markers = tmp_path / "markers"
     markers.mkdir()
 
-    @ray.remote(num_cpus=1, max_calls=0, max_retries=2)
     def crashing(context, job):
-        return _crash_once(context, job, str(markers))
+        return _crash(context, job, str(markers), always={(1, 2)})
 
-    summary = run_pair_stage(config, say=lambda m: None, remote_task=crashing)
-    assert len(list(markers.iterdir())) == 3  # every pair's first attempt died
-    assert summary.failed == 0
+    monkeypatch.setattr(pair_stage, "pair_task", crashing)  # what make_remote_pair_task wraps
+    summary = run_pair_stage(config, say=lambda m: None)
+    attempts = sorted(path.name for path in markers.iterdir())
+    # 1 + pair_retries attempts each: the first one died; the retry finished (0-1, 0-2) or died too (1-2)
+    assert attempts == ["0-1-0", "0-1-1", "0-2-0", "0-2-1", "1-2-0", "1-2-1"]
+    assert summary.failed == 1
     pairs = load_tables(config.root)["pairs"]
-    assert len(pairs) == 18 and (pairs["status"] == "ok").all()
-    assert not pairs.duplicated(["seed_a", "seed_b", "align", "correction"]).any()
+    assert len(pairs) == 18 and not pairs.duplicated(["seed_a", "seed_b", "align", "correction"]).any()
+    dead = pairs[(pairs.seed_a == 1) & (pairs.seed_b == 2)]
+    assert (dead["status"] == "failed").all() and dead["error"].str.startswith("worker failed: ").all()
+    assert (pairs.drop(dead.index)["status"] == "ok").all()
 
 
 def test_gpu_request_on_a_cluster_without_gpus_falls_back_to_cpu(ray_session, tmp_path):
@@ -308,42 +314,28 @@ def _record_name(folder: str) -> None:
     Path(folder, uuid.uuid4().hex).write_text(ray.get_runtime_context().get_task_name())
 
 
-def _recording_trial(spec, folder):
-    from repair_ray.sweep.train_worker import trial_task
-
-    _record_name(folder)
-    yield from trial_task(spec)
-
-
-def test_tasks_are_named_by_model_and_pair_in_the_ray_dashboard(ray_session, tmp_path):
+def test_tasks_are_named_by_model_and_pair_in_the_ray_dashboard(ray_session, tmp_path, monkeypatch):
     """The names the dashboard, ``ray list tasks`` and the log prefixes show, as each task sees its own."""
-    import ray
-
-    from repair_ray.sweep.train_stage import run_train_stage
+    from repair_ray.sweep.train_worker import trial_task
 
     config = parse_config(tiny_sweep("named", str(tmp_path), seeds=2, align=["none"], correction=["none"]))
     key = config.models[0].model_key
     names = tmp_path / "names"
     names.mkdir()
-    trial = ray.remote(num_cpus=1, max_calls=0, max_retries=0, num_returns="streaming")(_recording_trial)
 
-    @ray.remote(num_cpus=1, max_calls=0)
+    def recording_trial(spec):
+        _record_name(str(names))
+        yield from trial_task(spec)
+
     def recording_pair(context, job):
         _record_name(str(names))
         return pair_task(context, job)
 
-    class Trial:  # what run_train_stage calls: .options(name=...).remote(spec)
-        def __init__(self, remote):
-            self.remote_function = remote
-
-        def options(self, **options):
-            return Trial(self.remote_function.options(**options))
-
-        def remote(self, spec):
-            return self.remote_function.remote(spec, str(names))
-
-    assert run_train_stage(config, say=lambda m: None, remote_task=Trial(trial)).failed == 0
-    assert run_pair_stage(config, say=lambda m: None, remote_task=recording_pair).failed == 0
+    # the production tasks (make_remote_trial_task, make_remote_pair_task), named by the stages
+    monkeypatch.setattr(train_stage, "trial_task", recording_trial)
+    monkeypatch.setattr(pair_stage, "pair_task", recording_pair)
+    assert train_stage.run_train_stage(config, say=lambda m: None).failed == 0
+    assert run_pair_stage(config, say=lambda m: None).failed == 0
     seen = sorted(p.read_text() for p in names.iterdir())
     assert seen == sorted([f"pair {key} 0-1", f"train {key} seed 0", f"train {key} seed 1"])
 

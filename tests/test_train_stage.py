@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from repair_ray import load_tables
+from repair_ray.sweep import train_stage
 from repair_ray.sweep.config import parse_config
 from repair_ray.sweep.train_stage import run_train_stage
 from repair_ray.sweep.train_worker import trial_task
@@ -47,31 +48,27 @@ def flaky_trial(spec, marker_dir):
 
 
 @pytest.fixture
-def flaky_task(ray_session, tmp_path):
-    import ray
-
+def flaky_task(ray_session, tmp_path, monkeypatch):
+    """:func:`flaky_trial` in place of the trial task, run as the production factory makes it
+    (``make_remote_trial_task``: its options, its retries)."""
     marker_dir = tmp_path / "markers"
     marker_dir.mkdir()
-    remote = ray.remote(num_cpus=1, max_calls=0, max_retries=0, num_returns="streaming")(flaky_trial)
 
-    class Task:  # what run_train_stage calls: .remote(spec)
-        @staticmethod
-        def remote(spec):
-            return remote.remote(spec, str(marker_dir))
+    def flaky(spec):
+        yield from flaky_trial(spec, str(marker_dir))
 
-    return Task, marker_dir
+    monkeypatch.setattr(train_stage, "trial_task", flaky)  # what make_remote_trial_task wraps
 
 
 def test_a_trial_that_raises_is_retried_from_its_checkpoint_and_one_that_keeps_raising_fails_with_the_reason(
     flaky_task, tmp_path
 ):
-    task, marker_dir = flaky_task
     config = parse_config(
         tiny_sweep("retry", str(tmp_path), train={"epochs": 3, "batch_size": 64, "lr": 0.05, "checkpoint_every": 1})
     )
     lines: list[str] = []
     told = []
-    summary = run_train_stage(config, say=lines.append, on_trial_done=lambda *args: told.append(args), remote_task=task)
+    summary = run_train_stage(config, say=lines.append, on_trial_done=lambda *args: told.append(args))
     assert (summary.ran, summary.failed) == (3, 1)
     key = config.models[0].model_key
     assert sorted(told) == [(key, 0, True), (key, 1, True), (key, 2, False)]
@@ -81,8 +78,9 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint_and_one_that_keeps_r
     assert models.loc[1, "resumed_from_epoch"] == 1  # the retry resumed after the epoch it had checkpointed
     assert models.loc[2, "status"] == "failed"
     assert models.loc[2, "error"] == "OSError: the bucket is unreachable"
-    trace = models.loc[2, "error_trace"]  # the worker's traceback, down to the line that raised
-    assert trace.startswith("Traceback (most recent call last), in the Ray task ray::flaky_trial()")
+    trace = models.loc[2, "error_trace"]
+    # the worker's traceback under the task's name (as the dashboard shows it), down to the line that raised
+    assert trace.startswith(f"Traceback (most recent call last), in the Ray task ray::train {key} seed 2()")
     assert 'raise OSError("the bucket is unreachable")' in trace
     assert trace.rstrip().endswith("OSError: the bucket is unreachable")
     assert pd.isna(models.loc[0, "error_trace"])
@@ -94,20 +92,17 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint_and_one_that_keeps_r
         assert models.loc[seed, "seeds_in_trial"] == 1
 
 
-def test_trials_run_on_reused_worker_processes(ray_session, tmp_path):
-    import ray
-
+def test_trials_run_on_reused_worker_processes(ray_session, tmp_path, monkeypatch):
+    """Through the production factory (``make_remote_trial_task``): a factory that gave each trial a
+    fresh worker (``max_calls=1``, Ray's default for GPU tasks) fails this test."""
     config = parse_config(tiny_sweep("reuse", str(tmp_path), seeds=6, train={"epochs": 1, "batch_size": 64}))
 
-    @ray.remote(num_cpus=1, max_calls=0, max_retries=0, num_returns="streaming")
     def recording_trial(spec):
         Path(tmp_path, f"pid-{spec.seeds[0]}").write_text(str(os.getpid()))
         yield from trial_task(spec)
 
-    class Task:
-        remote = recording_trial.remote
-
-    assert run_train_stage(config, say=lambda m: None, remote_task=Task).failed == 0
+    monkeypatch.setattr(train_stage, "trial_task", recording_trial)  # what make_remote_trial_task wraps
+    assert run_train_stage(config, say=lambda m: None).failed == 0
     pids = {Path(tmp_path, f"pid-{seed}").read_text() for seed in range(6)}
     assert len(pids) <= 2  # two slots: six trials, at most two worker processes (torch and data loaded once each)
 
