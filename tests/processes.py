@@ -1,13 +1,19 @@
-"""Real processes for the tests: sweep drivers started, SIGKILLed and re-run; stray Ray processes reaped."""
+"""Real processes for the tests: sweep drivers started, SIGKILLed and re-run; Ray heads started in
+their own temp dirs and ended by their session, never by a name or a port."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 
 def start_driver(config_path: str, address: str) -> subprocess.Popen:
@@ -55,24 +61,124 @@ def run_driver(config_path: str, address: str) -> str:
     return out.stdout
 
 
-def kill_processes_mentioning(text: str) -> int:
-    """SIGKILL every process whose command line contains ``text``, and all their children.
+def session_processes(session: int) -> list:
+    """The live processes of ``session``: the session that a process started with
+    ``start_new_session=True`` leads, whose id is that process's PID.
 
-    ``ray stop`` would also stop the test session's own cluster; a Ray head started by a test
-    with its own ``--temp-dir`` is found by that folder instead.
+    A ``ray start`` started so has its daemons, and their workers, in its session (workers take a
+    process group of their own, not a session), and they stay there after ``ray start`` exits. The
+    kernel gives no new process a PID that is still a session's id, so these are exactly the
+    processes the test started: never someone else's Ray on the same machine.
     """
     import psutil
 
-    found = set()
-    for process in psutil.process_iter(["cmdline"]):
+    found = []
+    for process in psutil.process_iter():
         try:
-            if text in " ".join(process.info["cmdline"] or []):
-                found.add(process)
-                found.update(process.children(recursive=True))
-        except psutil.Error:
+            if os.getsid(process.pid) == session:
+                found.append(process)
+        except OSError:  # gone meanwhile
             continue
+    return found
+
+
+def kill_session(session: int) -> int:
+    """SIGKILL every process of ``session`` (see :func:`session_processes`); how many there were."""
+    import psutil
+
+    found = session_processes(session)
     for process in found:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    psutil.wait_procs(list(found), timeout=15)
+    psutil.wait_procs(found, timeout=15)
     return len(found)
+
+
+BIN = Path(sys.executable).parent
+DASHBOARD_URL = (  # where the head's dashboard listens, as it registered itself in the GCS
+    "import sys, time\n"
+    "from ray._raylet import GcsClient\n"
+    "gcs, deadline = GcsClient(address=sys.argv[1]), time.time() + 120\n"
+    "while not (url := gcs.internal_kv_get(b'webui:url', b'dashboard')) and time.time() < deadline:\n"
+    "    time.sleep(0.5)\n"
+    "print(url.decode() if url else '')\n"
+)
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A Ray head a test started: its GCS (``HOST:PORT``), its dashboard (``http://127.0.0.1:PORT``,
+    when it has one), its ``RAY_TMPDIR`` (Ray's temp dir is ``<temp_root>/ray``, the
+    ``ray_current_cluster`` file in it) and the environment for drivers and ``ray`` commands that
+    use it (``RAY_TMPDIR`` included, so ``--address auto`` finds this head and nothing else)."""
+
+    address: str
+    dashboard: str | None
+    temp_root: str
+    env: dict[str, str]
+
+
+@contextlib.contextmanager
+def ray_head(
+    env: dict[str, str],
+    *,
+    num_cpus: int = 1,
+    dashboard: bool = False,
+    options: Callable[[], list[str]] = list,
+    attempts: int = 3,
+) -> Iterator[RayHead]:
+    """``ray start --head`` in a temp dir of its own, ended at exit by killing its session.
+
+    Its ports are chosen by the OS (``--port 0``, ``--dashboard-port 0``, ...) and read back from
+    the head and its GCS. Two cannot be: the Ray client server's (Ray wants a port number; taken
+    meanwhile, the head runs without a client server, which no test uses) and a ``--port`` that
+    ``options()`` gives (the fake autoscaler needs it in its config): a start that fails (that port
+    taken meanwhile) is retried with fresh ones, up to ``attempts`` times; ``options()`` is called
+    again for each. Nothing outside the temp dir is written: never Ray's machine-wide ``/tmp/ray``.
+    """
+    from .conftest import free_port, wait_for_port
+
+    temp_root = tempfile.mkdtemp(prefix="rrh", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {**env, "RAY_TMPDIR": temp_root, "PATH": f"{BIN}:{env.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    sessions: list[int] = []
+    try:
+        for attempt in range(attempts):
+            extra = options()
+            command = [
+                str(BIN / "ray"), "start", "--head", "--num-cpus", str(num_cpus), "--disable-usage-stats",
+                *([] if "--port" in extra else ["--port", "0"]),
+                "--ray-client-server-port", str(free_port()),
+                "--dashboard-agent-listen-port", "0", "--dashboard-agent-grpc-port", "0",
+                "--metrics-export-port", "0", "--runtime-env-agent-port", "0",
+                *(
+                    ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", "0"]
+                    if dashboard
+                    else ["--include-dashboard", "false"]
+                ),
+                *extra,
+            ]  # fmt: skip
+            start = subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            )
+            sessions.append(start.pid)
+            output = start.communicate(timeout=300)[0]
+            if start.returncode == 0:
+                break
+            kill_session(start.pid)
+            if attempt == attempts - 1:
+                raise AssertionError(f"ray start failed {attempts} times; the last said:\n{output}")
+        address = Path(temp_root, "ray", "ray_current_cluster").read_text().strip()
+        url = None
+        if dashboard:
+            found = subprocess.run(
+                [sys.executable, "-c", DASHBOARD_URL, address], env=env, capture_output=True, text=True, timeout=180
+            )
+            assert found.stdout.strip(), f"the dashboard never registered:\n{found.stdout}{found.stderr}"
+            url = f"http://{found.stdout.strip()}"
+            wait_for_port(int(url.rsplit(":", 1)[1]), timeout=60)
+        yield RayHead(address, url, temp_root, env)
+    finally:
+        for session in sessions:
+            kill_session(session)
+        shutil.rmtree(temp_root, ignore_errors=True)

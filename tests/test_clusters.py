@@ -26,9 +26,9 @@ from repair_ray.sweep.cluster import MAX_IN_FLIGHT, ClusterShape, cluster_shape,
 from repair_ray.sweep.config import ConfigError
 from repair_ray.sweep.schema import ResourceSpec
 
-from .conftest import free_port, wait_for_port
+from .conftest import free_port
 from .helpers import list_names, tiny_sweep, write_yaml
-from .processes import kill_processes_mentioning, kill_when, run_driver, start_driver, wait_for_idle_cluster
+from .processes import kill_session, kill_when, ray_head, run_driver, start_driver, wait_for_idle_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTERS = REPO / "clusters"
@@ -42,37 +42,13 @@ KEY = ["model_key", "seed_a", "seed_b", "align", "correction"]
 
 
 @pytest.fixture
-def ray_head_with_token(tmp_path):
-    """A real Ray head (its own processes, ports and temp dir) with token authentication."""
-
-    temp_dir = f"/tmp/rrhead-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths must fit 107 bytes
+def ray_head_with_token():
+    """A real Ray head (its own processes, ports and temp dir) with token authentication and a
+    dashboard: (its dashboard's URL, the token, the environment of a client that has the token)."""
     token = uuid.uuid4().hex
-    ports = {name: free_port() for name in ("gcs", "dashboard", "client", "agent", "agent_grpc", "metrics", "rtenv")}
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    start = [
-        str(BIN / "ray"), "start", "--head",
-        "--port", str(ports["gcs"]),
-        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]), "--include-dashboard", "true",
-        "--ray-client-server-port", str(ports["client"]),
-        "--dashboard-agent-listen-port", str(ports["agent"]),
-        "--dashboard-agent-grpc-port", str(ports["agent_grpc"]),
-        "--metrics-export-port", str(ports["metrics"]),
-        "--runtime-env-agent-port", str(ports["rtenv"]),
-        "--num-cpus", "2", "--temp-dir", temp_dir, "--disable-usage-stats",
-    ]  # fmt: skip
-    try:
-        out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stdout + out.stderr
-        wait_for_port(ports["dashboard"], timeout=60)
-        yield f"http://127.0.0.1:{ports['dashboard']}", token, env
-    finally:
-        kill_processes_mentioning(temp_dir)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+    with ray_head(env, num_cpus=2, dashboard=True) as head:
+        yield head.dashboard, token, head.env
 
 
 def ray_cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -155,15 +131,25 @@ def test_s3_sweep_killed_and_resumed_reads_back_every_pair_once(ray_session, s3_
 def test_sweep_on_several_nodes_spreads_pair_tasks_and_needs_no_shared_disk(s3_bucket, tmp_path):
     root = f"{s3_bucket}/multinode-{uuid.uuid4().hex[:6]}"
     config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("nodes", root, seeds=4, alphas=9))
-    out = subprocess.run(
+    # Ray's cluster_utils writes, and at shutdown deletes, the ray_current_cluster file of Ray's temp
+    # dir: a temp dir of the test's own (not the machine's /tmp/ray), and every process ended by its session
+    ray_tmp = tempfile.mkdtemp(prefix="rrm", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    script = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "multinode_sweep.py"), config, root],
-        capture_output=True,
+        env={**os.environ, "RAY_TMPDIR": ray_tmp},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
         cwd=tmp_path,
+        start_new_session=True,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    nodes = json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        stdout, stderr = script.communicate(timeout=600)
+    finally:
+        kill_session(script.pid)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert script.returncode == 0, stderr[-3000:]
+    nodes = json.loads(stdout.strip().splitlines()[-1])
     tables = load_tables(f"{root}/nodes")
     pairs, models = tables["pairs"], tables["models"]
     assert len(pairs) == 6 * 6 and (pairs["status"] == "ok").all()
@@ -426,7 +412,7 @@ def test_the_shape_of_the_session_cluster_is_fixed_and_started_here(ray_session)
 # A real Ray head with Ray's fake multi-node autoscaler (v1, the launcher's default in 2.60): it
 # starts worker "nodes" as local processes when tasks ask for them. ray.cluster_utils.
 # AutoscalingCluster would run `ray stop --force` (every Ray cluster of the machine) and reads an
-# example.yaml that the 2.60 wheel lacks, so the head is started here the way it does, on free ports.
+# example.yaml that the 2.60 wheel lacks, so the head is started here the way it does (processes.ray_head).
 FAKE_WORKER_ID = re.compile(r"^f{51}0000[1-9]$")  # the fake provider's ids of the nodes it launches
 GPU_NODE_TYPE = {
     "gpu_node": {
@@ -474,37 +460,32 @@ def fake_autoscaling_head(worker_types: dict | None) -> Iterator[tuple[str, dict
     autoscaled nodes included, is killed at the end."""
     import ray
 
-    temp_dir = tempfile.mkdtemp(prefix="ras", dir="/tmp")  # short: Ray's socket paths have a length limit
-    address = f"{ray.util.get_node_ip_address()}:{free_port()}"
-    config_file = Path(temp_dir, "autoscaling.json")
-    config_file.write_text(json.dumps(fake_autoscaling_config(address, worker_types or {})))
+    config_folder = tempfile.mkdtemp(prefix="ras", dir="/tmp")
     env = {
         **os.environ,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "RAY_FAKE_CLUSTER": "1",
         "AUTOSCALER_UPDATE_INTERVAL_S": "1",
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    env.pop("RAY_ADDRESS", None)
-    start = [
-        str(BIN / "ray"), "start", "--head", "--port", address.rsplit(":", 1)[1],
-        *(["--autoscaling-config", str(config_file)] if worker_types is not None else []),
-        "--num-cpus", "1", "--temp-dir", temp_dir,
-        "--include-dashboard", "false", "--disable-usage-stats",
-        "--ray-client-server-port", str(free_port()),
-        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-        "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
-    ]  # fmt: skip
+
+    def options() -> list[str]:
+        """The head's port: the fake nodes need it in the autoscaling config, before the head starts."""
+        if worker_types is None:
+            return []
+        port = free_port()  # ray_head starts again with another if it is taken meanwhile
+        config_file = Path(config_folder, f"autoscaling-{port}.json")
+        address = f"{ray.util.get_node_ip_address()}:{port}"
+        config_file.write_text(json.dumps(fake_autoscaling_config(address, worker_types)))
+        return ["--port", str(port), "--autoscaling-config", str(config_file)]
+
     try:
-        out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stdout + out.stderr
-        wait_for_autoscaler(address)
-        yield address, env
+        with ray_head(env, options=options) as head:
+            wait_for_autoscaler(head.address)
+            yield head.address, head.env
     finally:
-        kill_processes_mentioning(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(config_folder, ignore_errors=True)
 
 
 def wait_for_autoscaler(address: str, timeout: float = 60) -> None:

@@ -93,36 +93,26 @@ def test_storage_that_cannot_be_written_fails_before_ray_starts_naming_it(s3_buc
 
 
 def test_without_an_address_a_run_never_joins_the_ray_start_cluster_of_the_machine(tmp_path):
-    """A real `ray start --head` in Ray's default temp dir: what a plain ray.init() would join."""
-    from pathlib import Path
-
+    """A real `ray start --head`, the machine's "current" cluster for this test: a plain ray.init()
+    would join it. Its Ray temp dir is the test's own (RAY_TMPDIR, for the head and the runs), so
+    Ray's machine-wide /tmp/ray/ray_current_cluster, which other runs on this machine use, is never
+    touched; the head's processes are ended by their session, never by a name or a port."""
     from ray._common.utils import get_ray_address_file
 
-    from .conftest import free_port
-    from .processes import kill_processes_mentioning
+    from .processes import ray_head
 
-    current = Path(get_ray_address_file(None))  # /tmp/ray/ray_current_cluster
-    saved = current.read_text() if current.exists() else None
-    port = free_port()
+    machine_wide = Path(get_ray_address_file(None))  # Ray's default, /tmp/ray/ray_current_cluster
+    before = machine_wide.read_bytes() if machine_wide.exists() else None
     env = {**without_ray_address(), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    ray = str(Path(sys.executable).parent / "ray")
-    start = [ray, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false"]
-    try:
-        started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
-        assert started.returncode == 0, started.stdout + started.stderr
-        assert current.read_text().strip().endswith(f":{port}")  # the machine's "current" cluster is this one
+    with ray_head(env) as head:
+        current = Path(head.temp_root, "ray", "ray_current_cluster")  # what ray.init() finds with RAY_TMPDIR set
+        assert current.read_text().strip() == head.address
         data = tiny_sweep("alone", str(tmp_path), seeds=2, align=["none"], correction=["none"])
         config = write_yaml(tmp_path / "sweep.yaml", data)
-        alone = run_cli(config, "--num-cpus", "2", env=env)
+        alone = run_cli(config, "--num-cpus", "2", env=head.env)
         assert alone.returncode == 0, alone.stdout + alone.stderr
-        assert "started a fresh local Ray cluster" in alone.stdout and f":{port} " not in alone.stdout
-        joined = run_cli(config, "--address", "auto", env=env)  # asked for: joins it (nothing left to do)
+        assert "started a fresh local Ray cluster" in alone.stdout and head.address not in alone.stdout
+        joined = run_cli(config, "--address", "auto", env=head.env)  # asked for: joins it (nothing left to do)
         assert joined.returncode == 0, joined.stdout + joined.stderr
-        assert "joined the Ray cluster at " in joined.stdout and f":{port}" in joined.stdout
-    finally:
-        kill_processes_mentioning(f":{port}")  # never `ray stop`: it would end the test session's cluster too
-        kill_processes_mentioning(f"port={port}")
-        if saved is None:
-            current.unlink(missing_ok=True)
-        else:
-            current.write_text(saved)
+        assert f"joined the Ray cluster at {head.address}" in joined.stdout
+    assert (machine_wide.read_bytes() if machine_wide.exists() else None) == before
