@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -308,6 +309,44 @@ def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_toke
     tables = load_tables(str(tmp_path / "runs" / "submitted"))
     assert len(tables["pairs"]) == 2 * 3 * 6 and (tables["pairs"]["status"] == "ok").all()
     assert set(tables["models"].arch) == {"mlp", "my_nets.models:make"}
+
+
+def jobs_sdk(call: str, address: str, env: dict) -> str:
+    """What ``JobSubmissionClient(address).<call>`` returns, asked by a client in ``env`` (with the token)."""
+    code = f"import sys; from ray.job_submission import JobSubmissionClient as C; print(C(sys.argv[1]).{call})"
+    out = subprocess.run([sys.executable, "-c", code, address], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_stop_ends_a_running_job_on_a_real_head(ray_head_with_token, tmp_path):
+    """`repair-ray stop` through the real Jobs API (the other stop tests use a stand-in client): the
+    job is STOPPED, and its entrypoint process is gone."""
+    import psutil
+
+    address, _, env = ray_head_with_token
+    pid_file = tmp_path / "entrypoint.pid"
+    sleeper = f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(600)"
+    entrypoint = f"python -c {shlex.quote(sleeper)}"
+    assert jobs_sdk(f"submit_job(entrypoint={entrypoint!r}, submission_id='sleeper-1')", address, env) == "sleeper-1"
+    deadline = time.time() + 120
+    while not pid_file.exists() or not pid_file.read_text():  # the job runs: its entrypoint has started
+        assert time.time() < deadline, ray_cli(["job", "logs", "sleeper-1", "--address", address], env).stdout
+        time.sleep(0.2)
+    entrypoint_process = psutil.Process(int(pid_file.read_text()))
+
+    stopped = subprocess.run(
+        [sys.executable, "-m", "repair_ray", "stop", "sleeper-1", "--address", address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "[stop] job sleeper-1 STOPPED" in stopped.stdout
+    assert jobs_sdk("get_job_status('sleeper-1')", address, env).rsplit(".", 1)[-1] == "STOPPED"
+    gone, _ = psutil.wait_procs([entrypoint_process], timeout=60)
+    assert gone, "the stopped job's entrypoint still runs"
 
 
 # ---------------------------------------------------------------------------------------------
