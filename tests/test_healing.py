@@ -4,6 +4,7 @@ stages pipelined."""
 from __future__ import annotations
 
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -120,22 +121,52 @@ def test_a_copied_sweep_reads_and_resumes_where_it_lies(ray_session, tmp_path, s
     assert result.train.ran == 0 and result.pairs.ran == 0
 
 
-def test_a_model_configs_pairs_start_before_the_slowest_trial_ends(ray_session, tmp_path):
+def _wait_for(path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_a_model_configs_pairs_start_before_the_slowest_trial_ends(ray_session, tmp_path, monkeypatch):
+    """The second model config's trials wait, in their workers, until the first config's pair has
+    ended: pipelined stages run that pair while those trials are in flight. Stages that waited for
+    every trial would run it only after them (the trials stop waiting after 2 minutes), and the
+    order of the rows' times would say so. Nothing assumes how fast anything runs."""
+    from repair_ray.sweep import pair_stage, train_stage
+    from repair_ray.sweep.pair_worker import pair_task
+    from repair_ray.sweep.train_worker import trial_task
+
     data = tiny_sweep(
         "pipelined",
         str(tmp_path),
-        dataset={"name": "synthetic", "shape": [1, 8, 8], "num_classes": 4, "train_size": 4096, "test_size": 256},
-        models=[{"arch": "mlp", "width": 8, "depth": 1}, {"arch": "mlp", "width": 1024, "depth": 6}],
+        models=[{"arch": "mlp", "width": 8, "depth": 1}, {"arch": "mlp", "width": 16, "depth": 1}],
         seeds=2,
         align=["none"],
         correction=["none"],
         # the two trials in flight leave a sliver of the 2 CPUs free, and a pair task needs only that:
-        # it runs while the slow trials train (on a cluster that trials fill, pairs take the CPUs
-        # that trials free as the train stage runs out of trials)
+        # it runs while the trials train (on a cluster that trials fill, pairs take the CPUs that
+        # trials free as the train stage runs out of trials)
         resources={"train": {"cpu": 0.9}, "pair": {"cpu": 0.1}},
     )
     config = parse_config(data)
+    later = config.models[1].model_key
+    pair_ended = tmp_path / "first-pair-ended"
+
+    def trial_after_the_first_pair(spec):
+        if spec.model_key == later:
+            _wait_for(pair_ended, timeout=120)
+        yield from trial_task(spec)
+
+    def pair_then_mark(context, job):
+        rows = pair_task(context, job)
+        pair_ended.touch()
+        return rows
+
+    # the production tasks (make_remote_trial_task, make_remote_pair_task) around these functions
+    monkeypatch.setattr(train_stage, "trial_task", trial_after_the_first_pair)
+    monkeypatch.setattr(pair_stage, "pair_task", pair_then_mark)
     result = run(config)
+    assert result.train.failed == 0 and result.pairs.failed == 0
     tables = quiet_tables(config.root)
     slowest_trial_end = tables["models"]["finished_at"].max()
     first_pair_end = tables["pairs"]["finished_at"].min()

@@ -4,7 +4,6 @@ go both ways between the two loops, and one seed's NaN, mask or BatchNorm statis
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -330,21 +329,42 @@ def test_batchnorm_running_statistics_are_each_seeds_own(data: Dataset) -> None:
     assert not torch.allclose(results[0].state_dict[first], results[1].state_dict[first])
 
 
-def test_seconds_and_history_are_filled_per_seed(data: Dataset, tmp_path: Path) -> None:
+def test_seconds_and_history_are_filled_per_seed(data: Dataset, tmp_path: Path, monkeypatch) -> None:
+    """A seed's seconds are its share of every stacked epoch (the stack's time over the seeds in it)
+    plus its own evaluations, never the checkpoints' writing: timed on a clock the test moves (10 s
+    per stacked epoch, 1 s per evaluation, 100 s per checkpoint), so no real time is measured."""
+    from types import SimpleNamespace
+
+    from repair_ray.multiseed import stack as stack_module
+    from repair_ray.training import trainer as trainer_module
+
+    clock = SimpleNamespace(now=0.0)
+    evaluations = {0: 0, 1: 0}
+    for module in (stack_module, trainer_module):
+        monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+
+    def moving(method, seconds, counted=None):
+        def moved(self, *args, **kwargs):
+            clock.now += seconds
+            if counted is not None:
+                counted[self.seed] += 1
+            return method(self, *args, **kwargs)
+
+        return moved
+
+    monkeypatch.setattr(stack_module.Stack, "train_epoch", moving(stack_module.Stack.train_epoch, 10.0))
+    monkeypatch.setattr(Trainer, "evaluate", moving(Trainer.evaluate, 1.0, evaluations))
+    monkeypatch.setattr(Trainer, "save", moving(Trainer.save, 100.0))
     seen: list[tuple[int, int]] = []
     trainers = [Trainer(MLP, SHORT, data, seed=seed) for seed in (0, 1)]
-    started = time.perf_counter()
     results = train_together(
         trainers,
         checkpoint_uris=[str(tmp_path / "a.pt"), str(tmp_path / "b.pt")],
         on_epoch=[lambda e, m, s=s: seen.append((s, e)) for s in (0, 1)],
     )
-    wall = time.perf_counter() - started
     assert seen == [(0, 1), (1, 1), (0, 2), (1, 2), (0, 3), (1, 3)]
-    # each seed's share of the stacked epochs plus its own evaluations add up to the wall time but
-    # for the checkpoints' writing
-    assert 0.6 * wall < sum(r.seconds for r in results) < wall
-    assert results[0].seconds == pytest.approx(results[1].seconds, rel=0.5)
+    assert evaluations == {0: 3, 1: 3}  # one per epoch (the last one's both splits at once)
+    assert [r.seconds for r in results] == [3 * 10.0 / 2 + 3 * 1.0] * 2
     for result in results:
         assert [h["epoch"] for h in result.history] == [1, 2, 3]
         assert {"epoch_train_loss", "epoch_train_acc", "test_loss", "test_acc"} <= set(result.history[0])
