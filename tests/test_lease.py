@@ -145,36 +145,73 @@ def test_a_killed_run_on_this_host_leaves_a_lease_the_next_run_takes_over(tmp_pa
 # The lease itself
 
 
+RACER = """
+import os, sys, time
+from pathlib import Path
+from repair_ray.sweep.lease import Lease, LeaseHeld
+signals, root = Path(sys.argv[1]), sys.argv[2]
+(signals / f"ready-{os.getpid()}").touch()
+deadline = time.monotonic() + 120
+while not (signals / "go").exists() and time.monotonic() < deadline:
+    time.sleep(0.002)
+lease = Lease(root, say=lambda _: None)
+try:
+    lease.acquire()
+except LeaseHeld:
+    print("held", flush=True)
+else:
+    print("won", flush=True)
+    while not (signals / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lease.release()
+"""
+
+
 def test_many_processes_racing_for_one_local_lease_exactly_one_wins(tmp_path):
-    start = time.time() + 3  # every process is up before it tries
-    script = (
-        "import sys, time\n"
-        "from repair_ray.sweep.lease import Lease, LeaseHeld\n"
-        f"time.sleep(max(0, {start} - time.time()))\n"
-        "lease = Lease(sys.argv[1], say=lambda _: None)\n"
-        "try:\n"
-        "    lease.acquire()\n"
-        "except LeaseHeld:\n"
-        "    print('held')\n"
-        "else:\n"
-        "    print('won'); time.sleep(1); lease.release()\n"
-    )
+    """Six processes try at once (each imported and waiting for the same signal), and the winner
+    holds the lease until every racer has answered: a slow start cannot make a second winner by
+    coming after the first one released it."""
+    signals, root = tmp_path / "signals", tmp_path / "sweep"
+    signals.mkdir()
     racers = [
-        subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(signals), str(root)], stdout=subprocess.PIPE, text=True, cwd=REPO
+        )
         for _ in range(6)
     ]
-    results = sorted(racer.communicate(timeout=60)[0].strip() for racer in racers)
-    assert results == ["held"] * 5 + ["won"]
-    assert not (tmp_path / LEASE_NAME).exists()
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(signals.glob("ready-*"))) < len(racers):
+            assert time.monotonic() < deadline and all(r.poll() is None for r in racers), "a racer never got ready"
+            time.sleep(0.05)
+        (signals / "go").touch()
+        results = sorted(racer.stdout.readline().strip() for racer in racers)
+        (signals / "release").touch()
+        assert results == ["held"] * 5 + ["won"]
+        for racer in racers:
+            racer.communicate(timeout=60)
+            assert racer.returncode == 0
+        assert not (root / LEASE_NAME).exists()
+    finally:
+        for racer in racers:  # only ours, by handle
+            if racer.poll() is None:
+                racer.kill()
+                racer.wait()
 
 
 def test_the_heartbeat_renews_the_lease(tmp_path):
-    with Lease(str(tmp_path), ttl=0.4) as lease:
-        first = read_holder(str(tmp_path)).heartbeat
-        time.sleep(1.0)
-        assert read_holder(str(tmp_path)).heartbeat > first
-        with pytest.raises(LeaseHeld):  # 2.5 ttls after it was taken, still live
-            Lease(str(tmp_path), ttl=0.4).acquire()
+    """Renewed every quarter of its ttl, a lease stays live past its ttl. A ttl of 5 s: the heartbeat
+    thread may be late by nearly 4 s (a loaded machine) before the lease would look stale."""
+    ttl = 5.0
+    with Lease(str(tmp_path), ttl=ttl) as lease:
+        taken = read_holder(str(tmp_path))
+        deadline = time.time() + 120
+        while (holder := read_holder(str(tmp_path))).heartbeat < taken.expires_at:  # renewed past the first ttl
+            assert time.time() < deadline and not lease.lost.is_set(), "the lease was not renewed"
+            time.sleep(0.2)
+        assert holder.run_id == taken.run_id and holder.expires_at > taken.expires_at
+        with pytest.raises(LeaseHeld):  # more than a ttl after it was taken, still live
+            Lease(str(tmp_path), ttl=ttl).acquire()
         assert not lease.lost.is_set()
     assert read_holder(str(tmp_path)) is None
 
