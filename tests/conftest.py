@@ -44,11 +44,26 @@ def ray_session():
 
 
 def free_port() -> int:
+    """A port free now. Another process may take it before the caller's server binds it: only for
+    servers that must be told a port, by callers that start again with another when the bind fails
+    (a server that can bind port 0 and say which port it got is better; an address where nothing
+    may listen is :func:`closed_port`)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def closed_port():
+    """A port on 127.0.0.1 where nothing listens for the whole test: it is bound here without
+    listening (a connection is refused), so no other process can take it meanwhile."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 30) -> None:
@@ -64,22 +79,36 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
+def start_moto_server(log: Path, timeout: float = 60) -> tuple[object, int]:
+    """moto's standalone server on a port the OS picks (``-p 0``): (its process, the port it says it
+    listens on). Its log goes to ``log``, a file, so a busy server never blocks on a full pipe."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-u", "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"], stdout=out, stderr=out
+        )
+    deadline = time.time() + timeout
+    while not (found := re.search(r"Running on http://127\.0\.0\.1:(\d+)", log.read_text())):
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            server.wait()
+            raise RuntimeError(f"moto's server did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    return server, int(found.group(1))
+
+
 @pytest.fixture(scope="session")
-def s3_bucket():
+def s3_bucket(tmp_path_factory):
     """A real S3 API on loopback (moto's standalone server) and a bucket in it; yields ``s3://bucket``.
 
     The endpoint and credentials go into this process's environment, where pyarrow and every
     process started from here (drivers, and through them their Ray workers) find them.
     """
-    import subprocess
-    import sys
-
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, port = start_moto_server(tmp_path_factory.mktemp("moto") / "server.log")
     wait_for_port(port)
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",

@@ -31,13 +31,29 @@ from .conftest import free_port
 COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=60)  # a rank left waiting fails instead of hanging
 
 
-def run_workers(scenario: Callable[..., Any], out: Path, *args: Any, world: int = 2, timeout: float = 120) -> list[Any]:
+def run_workers(
+    scenario: Callable[..., Any], out: Path, *args: Any, world: int = 2, timeout: float = 120, attempts: int = 3
+) -> list[Any]:
     """Run ``scenario(rank, out, *args)`` in ``world`` spawned gloo processes; their return values, by rank.
 
     Raises what a worker raised (``torch.multiprocessing.ProcessRaisedException``, with its traceback),
     or TimeoutError when they are not all done within ``timeout`` seconds (then they are killed).
+    The rendezvous port is one that was free a moment before: when another process took it first
+    (rank 0 cannot listen there, before any scenario ran), the workers start again on another.
     """
     out.mkdir(parents=True, exist_ok=True)
+    for attempt in range(attempts):
+        try:
+            _spawn(scenario, out, args, world, timeout)
+            break
+        except mp.ProcessRaisedException as error:
+            taken = "EADDRINUSE" in str(error) or "address already in use" in str(error).lower()
+            if not taken or attempt == attempts - 1:
+                raise
+    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
+
+
+def _spawn(scenario: Callable[..., Any], out: Path, args: tuple, world: int, timeout: float) -> None:
     port = free_port()
     context = mp.start_processes(
         _worker, args=(world, port, scenario, out, args), nprocs=world, join=False, start_method="spawn"
@@ -52,7 +68,6 @@ def run_workers(scenario: Callable[..., Any], out: Path, *args: Any, world: int 
             if process.is_alive():
                 process.kill()
             process.join(timeout=10)
-    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
 
 
 def _worker(rank: int, world: int, port: int, scenario: Callable[..., Any], out: Path, args: tuple) -> None:

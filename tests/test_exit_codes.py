@@ -17,7 +17,6 @@ from click.testing import CliRunner
 from repair_ray.cli import main, stamped
 from repair_ray.sweep import jobs
 
-from .conftest import free_port
 from .helpers import tiny_sweep, write_yaml
 
 
@@ -39,8 +38,8 @@ def one_error_line(out: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_an_unreachable_s3_endpoint_is_exit_3_naming_the_storage(tmp_path):
-    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+def test_an_unreachable_s3_endpoint_is_exit_3_naming_the_storage(tmp_path, closed_port):
+    closed = f"http://127.0.0.1:{closed_port}"  # nothing listens there
     config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("far", "s3://bucket/prefix", seeds=2))
     for args in (["run", config], ["status", "s3://bucket/prefix/far"]):
         out = cli(*args, env={"AWS_ENDPOINT_URL": closed})
@@ -50,8 +49,8 @@ def test_an_unreachable_s3_endpoint_is_exit_3_naming_the_storage(tmp_path):
         assert "Ray" not in out.stdout  # a run fails before Ray starts
 
 
-def test_debug_keeps_the_traceback_of_an_infrastructure_error():
-    dead = f"http://127.0.0.1:{free_port()}"
+def test_debug_keeps_the_traceback_of_an_infrastructure_error(closed_port):
+    dead = f"http://127.0.0.1:{closed_port}"
     out = cli("--debug", "logs", "some-job", "--address", dead)
     assert out.returncode == 3
     assert "Traceback (most recent call last)" in out.stderr
@@ -62,24 +61,24 @@ def test_debug_keeps_the_traceback_of_an_infrastructure_error():
 
 
 @pytest.mark.parametrize("command", [["logs", "job-1"], ["logs", "job-1", "--follow"], ["stop", "job-1"]])
-def test_a_dead_dashboard_is_exit_3_naming_it(command):
-    dead = f"http://127.0.0.1:{free_port()}"
+def test_a_dead_dashboard_is_exit_3_naming_it(command, closed_port):
+    dead = f"http://127.0.0.1:{closed_port}"
     out = cli(*command, "--address", dead)
     assert out.returncode == 3, out.stdout + out.stderr
     assert one_error_line(out).startswith(f"error: Ray dashboard at {dead} not reachable")
 
 
-def test_submit_to_a_dead_dashboard_is_exit_3(tmp_path):
-    dead = f"http://127.0.0.1:{free_port()}"
+def test_submit_to_a_dead_dashboard_is_exit_3(tmp_path, closed_port):
+    dead = f"http://127.0.0.1:{closed_port}"
     config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("sent", "s3://bucket/runs", seeds=2))
     out = cli("submit", config, "--address", dead)
     assert out.returncode == 3, out.stdout + out.stderr
     assert one_error_line(out).startswith(f"error: Ray dashboard at {dead} not reachable")
 
 
-def test_no_ray_cluster_at_the_address_is_exit_3_at_once(tmp_path):
+def test_no_ray_cluster_at_the_address_is_exit_3_at_once(tmp_path, closed_port):
     """Ray itself would retry for minutes; a closed port is named at once."""
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{closed_port}"
     config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("alone", str(tmp_path / "runs"), seeds=2))
     out = cli("run", config, "--address", address)
     assert out.returncode == 3, out.stdout + out.stderr
