@@ -19,7 +19,8 @@ import pytest
 
 from repair_ray import load_tables
 
-pytestmark = pytest.mark.slow
+# each runs a whole example sweep (30-60 minutes here) in a subprocess it allows 3 hours: the tests get that too
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3 * 3600 + 600)]
 
 
 def _run_example(name: str, tmp_path: Path) -> dict[str, pd.DataFrame]:
