@@ -204,3 +204,11 @@ def main(debug: bool) -> None:
     """
     if debug:
         os.environ["REPAIR_RAY_DEBUG"] = "1"
+
+
+# run and tune: who may take a sweep's lease from a holder that looks alive
+take_over_option = click.option(
+    "--take-over",
+    is_flag=True,
+    help="Take the sweep's lease even from a run that looks alive (use only when you know it is dead).",
+)

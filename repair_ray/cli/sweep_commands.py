@@ -26,6 +26,7 @@ from .app import (
     main,
     say,
     storage_option,
+    take_over_option,
 )
 
 if TYPE_CHECKING:
@@ -265,11 +266,7 @@ def _check_cluster(config: SweepConfig, address: str) -> None:
 )
 @click.option("--num-cpus", type=int, help="CPUs of the local Ray started when no --address is given.")
 @allow_import_option
-@click.option(
-    "--take-over",
-    is_flag=True,
-    help="Take the sweep's lease even from a run that looks alive (use only when you know it is dead).",
-)
+@take_over_option
 def run(
     config_path: str | None,
     example: str | None,

@@ -21,6 +21,7 @@ from .app import (
     main,
     say,
     storage_option,
+    take_over_option,
 )
 
 if TYPE_CHECKING:
@@ -47,11 +48,7 @@ GRID_KNOBS = ("width", "depth", "norm", "init")
     help="Write a copy of CONFIG with each tuned model config's best recipe in its models[i].train, "
     "ready for `repair-ray run`.",
 )
-@click.option(
-    "--take-over",
-    is_flag=True,
-    help="Take the sweep's lease even from a run that looks alive (use only when you know it is dead).",
-)
+@take_over_option
 def tune(
     config_path: str | None,
     example: str | None,
