@@ -212,3 +212,5 @@ take_over_option = click.option(
     is_flag=True,
     help="Take the sweep's lease even from a run that looks alive (use only when you know it is dead).",
 )
+# run and tune: the size of the local Ray they start when they join none
+num_cpus_option = click.option("--num-cpus", type=int, help="CPUs of the local Ray started when no --address is given.")

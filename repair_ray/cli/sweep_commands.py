@@ -24,6 +24,7 @@ from .app import (
     infrastructure_problem,
     load_sweep,
     main,
+    num_cpus_option,
     say,
     storage_option,
     take_over_option,
@@ -264,7 +265,7 @@ def _check_cluster(config: SweepConfig, address: str) -> None:
     help="Ray cluster to join: 'auto' (the `ray start` cluster of this machine) or HOST:PORT. "
     "Default: $RAY_ADDRESS when set (as in a Ray Job), else a fresh local Ray for this run only.",
 )
-@click.option("--num-cpus", type=int, help="CPUs of the local Ray started when no --address is given.")
+@num_cpus_option
 @allow_import_option
 @take_over_option
 def run(

@@ -19,6 +19,7 @@ from .app import (
     fail,
     load_sweep,
     main,
+    num_cpus_option,
     say,
     storage_option,
     take_over_option,
@@ -39,7 +40,7 @@ GRID_KNOBS = ("width", "depth", "norm", "init")
     "--address",
     help="Ray cluster to join: 'auto' or HOST:PORT. Default: $RAY_ADDRESS when set, else a fresh local Ray.",
 )
-@click.option("--num-cpus", type=int, help="CPUs of the local Ray started when no --address is given.")
+@num_cpus_option
 @allow_import_option
 @click.option(
     "--write",
@@ -111,14 +112,19 @@ def tune(
 def _entry(config: SweepConfig, tuned: TunedRecipe) -> dict[str, Any]:
     """The models[i] entry of one tuned model config: the grid's keys with this config's values, and
     its train keys (the grid's own, then the best sampled values)."""
-    grid = copy.deepcopy(config.raw["models"][tuned.target.grid])
-    model = tuned.target.model
-    for knob in GRID_KNOBS:
-        if knob in grid:
-            value = getattr(model, knob)
-            grid[knob] = list(value) if isinstance(value, tuple) else value
+    grid = _single(config.raw["models"][tuned.target.grid], tuned.target.model)
     grid["train"] = {**(grid.get("train") or {}), **tuned.sampled}
     return grid
+
+
+def _single(grid: dict[str, Any], model: Any) -> dict[str, Any]:
+    """A copy of the grid entry ``grid`` naming only ``model``, one of its model configs."""
+    entry = copy.deepcopy(grid)
+    for knob in GRID_KNOBS:
+        if knob in entry:
+            value = getattr(model, knob)
+            entry[knob] = list(value) if isinstance(value, tuple) else value
+    return entry
 
 
 def best_recipes_text(config: SweepConfig, best: list[TunedRecipe]) -> str:
@@ -160,13 +166,7 @@ def tuned_config(config: SweepConfig, best: list[TunedRecipe]) -> dict[str, Any]
         untuned = [
             t for t in _grid_targets(config, i) if t.model_key not in tuned_configs
         ]  # model configs of this grid without a recipe keep the grid's train
-        for target in untuned:
-            entry = copy.deepcopy(grid)
-            for knob in GRID_KNOBS:
-                if knob in entry:
-                    value = getattr(target.model, knob)
-                    entry[knob] = list(value) if isinstance(value, tuple) else value
-            models.append(entry)
+        models.extend(_single(grid, target.model) for target in untuned)
     data["models"] = models
     return data
 
