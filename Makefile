@@ -6,7 +6,7 @@ export REPAIR_RAY_DATA ?= $(abspath ../shared/data)
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test test-slow test-all demo bench lint typecheck constraints clean
+.PHONY: install test test-integration test-slow test-all reproduce demo bench lint typecheck constraints clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,14 +16,25 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-test: install  ## the default (fast) suite, as CI runs it
-	$(PY) -m pytest
+# The three tiers (docs/development.md): tests/conftest.py marks a test `integration` from the fixtures
+# it requests; `slow` is marked by hand. DURATIONS=30 prints the slowest thirty, as CI does.
+DURATIONS ?= 0
+PYTEST := $(PY) -m pytest --durations=$(DURATIONS)
 
-test-slow: install  ## only the slow tests: real training and kill/resume sweeps
-	$(PY) -m pytest -m slow
+test: install  ## the default tier: every test of no process, head, compile or MNIST training of its own (at most 5 minutes on 2 cores)
+	$(PYTEST)
 
-test-all: install
-	$(PY) -m pytest -m 'slow or not slow'
+test-integration: install  ## the integration tier: own Ray heads and processes, CLIs, torch.compile, MNIST training, Ray Train groups
+	$(PYTEST) -m 'integration and not slow'
+
+test-slow: install  ## the slow tier: sweeps killed and resumed, brute-force optima, the reproduction cells
+	$(PYTEST) -m 'slow and not reproduction'
+
+test-all: install  ## the three tiers in one run (not the whole-example reproductions: make reproduce)
+	$(PYTEST) -m 'not reproduction'
+
+reproduce: install  ## REPRODUCTION.md's whole example sweeps and their published behaviour (1.5 hours on 2 cores)
+	$(PYTEST) -m reproduction
 
 demo: install  ## the quickstart: train 12 MNIST MLPs, analyse their pairs, print the summary, write the report
 	$(VENV)/bin/repair-ray run --example quickstart

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,148 @@ def s3_bucket(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiers (docs/development.md). A test's tier follows from the fixtures it requests:
+#   default      `make test`              everything else: at most 5 minutes on 2 cores
+#   integration  `make test-integration`  a test that requests one of INTEGRATION's fixtures
+#   slow         `make test-slow`         @pytest.mark.slow (real sweeps with kills, brute force,
+#                                         the reproduction cells)
+# A test that starts a process, a Ray head, torch.compile or MNIST training without the fixture
+# that says so is refused at collection (see _undeclared), so no such test lands in the default
+# tier unnoticed.
+
+INTEGRATION: dict[str, str] = {}  # fixture name -> what makes a test that requests it an integration test
+
+
+def integration(why: str):
+    """Register the fixture this decorates (put it under ``@pytest.fixture``) as one that makes
+    every test requesting it, directly or through another fixture, an integration test."""
+
+    def register(function):
+        INTEGRATION[function.__name__] = why
+        return function
+
+    return register
+
+
+# what a test's code (or a helper of its module that it calls) does -> the fixture that declares
+# it: every pattern of an entry found in the code, and the fixture not requested, is refused
+UNDECLARED = [
+    ([r"\bsubprocess\.(run|Popen|call|check_call|check_output)\(|\bmultiprocessing\b"], "subprocesses"),
+    ([r"\b(start_driver|run_driver)\("], "subprocesses"),
+    ([r"\bray_head\("], "own_ray_head"),
+    ([r"\btorch\.compile\(|\bcompile=True\b"], "compiled"),
+    (  # MNIST read and trained on (reading it alone takes a second)
+        [
+            r"""load_dataset\(\s*["']mnist["']|["']dataset["']:\s*["']mnist["']|dataset=["']mnist["']""",
+            r"\b(train_model|train_together|Trainer|run_sweep|run|run_tune)\(",
+        ],
+        "mnist",
+    ),
+]
+
+
+def _called_helpers(function, module) -> list:
+    """``function`` and the functions of its module (a helper module's included when imported by
+    name) that its code calls, one level deep."""
+    import inspect
+
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return []
+    found = [source]
+    for name in set(re.findall(r"\b([A-Za-z_]\w*)\(", source)):
+        helper = getattr(module, name, None)
+        if inspect.isfunction(helper) and helper is not function and helper.__module__.startswith("tests."):
+            with contextlib.suppress(OSError, TypeError):
+                found.append(inspect.getsource(helper))
+    return found
+
+
+def _undeclared(item) -> list[str]:
+    """The fixtures that ``item``'s code needs by what it does (UNDECLARED) and does not request."""
+    function = getattr(item, "function", None)
+    if function is None:
+        return []
+    sources = _called_helpers(function, item.module)
+    for name in item.fixturenames:  # the test's own module-level fixtures run its processes too
+        definition = item._fixtureinfo.name2fixturedefs.get(name)
+        own = definition and definition[-1].func.__module__ == item.module.__name__
+        if own and name not in INTEGRATION:  # (an integration fixture says what it does itself)
+            sources += _called_helpers(definition[-1].func, item.module)
+    code = "\n".join(sources)
+    needed = {fixture for patterns, fixture in UNDECLARED if all(re.search(p, code) for p in patterns)}
+    return sorted(needed - set(item.fixturenames))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    problems = []
+    for item in items:
+        if INTEGRATION.keys() & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+        missing = _undeclared(item)
+        if missing:
+            problems.append(
+                f"{item.nodeid} must request the fixture(s) {', '.join(missing)} (what it does: "
+                + "; ".join(INTEGRATION[m] for m in missing)
+                + ")"
+            )
+    if problems:
+        raise pytest.UsageError(
+            "tests that do an integration test's work without saying so:\n  " + "\n  ".join(problems)
+        )
+
+
+@pytest.fixture
+@integration("starts processes of its own: the CLI, a script, a driver, a shell")
+def subprocesses():
+    """For a test that starts processes. ``run``, ``popen`` and ``cli`` start them (``cli``: ``python
+    -m repair_ray`` without ``RAY_ADDRESS``); at the end every process this pytest started during
+    the test and left running is killed, with its session when it leads one: the test's own only."""
+    from .processes import Subprocesses
+
+    started = Subprocesses()
+    try:
+        yield started
+    finally:
+        started.end()
+
+
+@pytest.fixture
+@integration("starts a Ray head of its own (`ray start --head`)")
+def own_ray_head():
+    """:func:`tests.processes.ray_head`: ``with own_ray_head(env, ...) as head:``."""
+    from .processes import ray_head
+
+    return ray_head
+
+
+@pytest.fixture
+@integration("compiles with torch.compile")
+def compiled():
+    """For a test that compiles; what it compiled is forgotten after it (no graph outlives its test)."""
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture(scope="session")
+@integration("trains on real MNIST")
+def mnist():
+    """Real MNIST from ``REPAIR_RAY_DATA``: a test that needs it fails (never skips) without it."""
+    from repair_ray.datasets import load_dataset
+
+    return load_dataset("mnist")
+
+
+@pytest.fixture
+@integration("trains one network on several Ray Train workers (a gloo process group)")
+def worker_group(ray_session):
+    """The session's cluster, for a test whose trials take several workers; all of its CPUs are
+    free again when the test ends."""
+    from .processes import wait_for_idle_cluster
+
+    yield ray_session
+    wait_for_idle_cluster(ray_session)

@@ -182,3 +182,41 @@ def ray_head(
         for session in sessions:
             kill_session(session)
         shutil.rmtree(temp_root, ignore_errors=True)
+
+
+class Subprocesses:
+    """The processes one test starts (conftest's ``subprocesses`` fixture): started through it or
+    not, every child this pytest process gains during the test and that still runs at its end is
+    killed then (with the session it leads, when it was started with ``start_new_session``)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._before = {child.pid for child in psutil.Process().children()}
+
+    def run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("timeout", 300)
+        return subprocess.run(argv, **kwargs)
+
+    def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(argv, **kwargs)
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+        """``python -m repair_ray ARGS`` to its end, in this environment less ``RAY_ADDRESS``, plus ``env``."""
+        environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        return self.run([sys.executable, "-m", "repair_ray", *args], env={**environment, **(env or {})}, **kwargs)
+
+    def end(self) -> None:
+        import psutil
+
+        for child in psutil.Process().children():
+            if child.pid in self._before:
+                continue
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getsid(child.pid) == child.pid:
+                    kill_session(child.pid)
+                else:
+                    child.kill()
+                    child.wait(timeout=15)

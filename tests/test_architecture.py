@@ -91,7 +91,7 @@ def test_the_train_and_pair_stages_import_the_layout_not_each_other():
     assert not crossings, crossings
 
 
-def test_analysis_scripts_read_what_a_sweep_stored_without_ray():
+def test_analysis_scripts_read_what_a_sweep_stored_without_ray(subprocesses):
     allowed = {"repair_ray.sweep.stored"}
     reaching = [
         f"{p.relative_to(REPO)}:{line} imports {module}"

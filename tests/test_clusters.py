@@ -29,7 +29,7 @@ from repair_ray.sweep.schema import ResourceSpec
 
 from .conftest import free_port
 from .helpers import list_names, tiny_sweep, write_yaml
-from .processes import kill_session, kill_when, ray_head, run_driver, start_driver, wait_for_idle_cluster
+from .processes import kill_session, kill_when, run_driver, start_driver, wait_for_idle_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTERS = REPO / "clusters"
@@ -43,12 +43,12 @@ KEY = ["model_key", "seed_a", "seed_b", "align", "correction"]
 
 
 @pytest.fixture
-def ray_head_with_token():
+def ray_head_with_token(own_ray_head):
     """A real Ray head (its own processes, ports and temp dir) with token authentication and a
     dashboard: (its dashboard's URL, the token, the environment of a client that has the token)."""
     token = uuid.uuid4().hex
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
-    with ray_head(env, num_cpus=2, dashboard=True) as head:
+    with own_ray_head(env, num_cpus=2, dashboard=True) as head:
         yield head.dashboard, token, head.env
 
 
@@ -56,7 +56,7 @@ def ray_cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.Comp
     return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_ray_job_submit_runs_a_sweep_on_a_real_head_with_token_auth(ray_head_with_token, tmp_path):
+def test_ray_job_submit_runs_a_sweep_on_a_real_head_with_token_auth(ray_head_with_token, tmp_path, subprocesses):
     address, token, env = ray_head_with_token
     config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("job", str(tmp_path / "runs"), seeds=3))
 
@@ -95,7 +95,7 @@ def test_ray_job_submit_runs_a_sweep_on_a_real_head_with_token_auth(ray_head_wit
 # ---------------------------------------------------------------------------------------------
 
 
-def test_s3_sweep_killed_and_resumed_reads_back_every_pair_once(ray_session, s3_bucket, tmp_path):
+def test_s3_sweep_killed_and_resumed_reads_back_every_pair_once(ray_session, s3_bucket, tmp_path, subprocesses):
     address = ray_session.get_runtime_context().gcs_address
     root = f"{s3_bucket}/killed-{uuid.uuid4().hex[:6]}"
     data = tiny_sweep("s3sweep", root, seeds=4, alphas=11, train={"epochs": 1, "batch_size": 64, "lr": 0.05})
@@ -129,7 +129,7 @@ def test_s3_sweep_killed_and_resumed_reads_back_every_pair_once(ray_session, s3_
 # ---------------------------------------------------------------------------------------------
 
 
-def test_sweep_on_several_nodes_spreads_pair_tasks_and_needs_no_shared_disk(s3_bucket, tmp_path):
+def test_sweep_on_several_nodes_spreads_pair_tasks_and_needs_no_shared_disk(s3_bucket, tmp_path, subprocesses):
     root = f"{s3_bucket}/multinode-{uuid.uuid4().hex[:6]}"
     config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("nodes", root, seeds=4, alphas=9))
     # Ray's cluster_utils writes, and at shutdown deletes, the ray_current_cluster file of Ray's temp
@@ -241,7 +241,7 @@ def test_constraints_pin_what_ci_and_the_images_install():
     assert torch.__version__.split("+")[0] == pins["torch"] and ray.__version__ == pins["ray"]
 
 
-def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_token, tmp_path):
+def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_token, tmp_path, subprocesses):
     """From a 'laptop': submit a sweep to a real head with token auth; no secret in the job.
 
     One network is the user's own, from a package only the laptop has: ``--py-module`` ships it.
@@ -319,7 +319,7 @@ def jobs_sdk(call: str, address: str, env: dict) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def test_stop_ends_a_running_job_on_a_real_head(ray_head_with_token, tmp_path):
+def test_stop_ends_a_running_job_on_a_real_head(ray_head_with_token, tmp_path, subprocesses):
     """`repair-ray stop` through the real Jobs API (the other stop tests use a stand-in client): the
     job is STOPPED, and its entrypoint process is gone."""
     import psutil
@@ -493,7 +493,7 @@ def fake_autoscaling_config(gcs_address: str, worker_types: dict) -> dict:
 
 
 @contextlib.contextmanager
-def fake_autoscaling_head(worker_types: dict | None) -> Iterator[tuple[str, dict]]:
+def fake_autoscaling_head(start_head, worker_types: dict | None) -> Iterator[tuple[str, dict]]:
     """(GCS address, environment for drivers) of a head with 1 CPU, no GPU and no worker node yet,
     autoscaling to ``worker_types`` (None: a fixed one-node cluster); every process it started, the
     autoscaled nodes included, is killed at the end."""
@@ -520,7 +520,7 @@ def fake_autoscaling_head(worker_types: dict | None) -> Iterator[tuple[str, dict
         return ["--port", str(port), "--autoscaling-config", str(config_file)]
 
     try:
-        with ray_head(env, options=options) as head:
+        with start_head(env, options=options) as head:
             wait_for_autoscaler(head.address)
             yield head.address, head.env
     finally:
@@ -545,7 +545,9 @@ def overlapping(intervals: list[tuple[str, str]]) -> bool:
 
 
 @pytest.mark.slow
-def test_gpu_sweep_on_an_autoscaling_cluster_without_gpu_nodes_yet_brings_them_and_trains_on_them(tmp_path):
+def test_gpu_sweep_on_an_autoscaling_cluster_without_gpu_nodes_yet_brings_them_and_trains_on_them(
+    tmp_path, own_ray_head, subprocesses
+):
     root = str(tmp_path / "runs")
     config = tiny_sweep(
         "grow",
@@ -555,7 +557,7 @@ def test_gpu_sweep_on_an_autoscaling_cluster_without_gpu_nodes_yet_brings_them_a
         dataset={"name": "synthetic", "shape": [1, 8, 8], "num_classes": 4, "train_size": 2048, "test_size": 256},
     )
     path = write_yaml(tmp_path / "sweep.yaml", config)
-    with fake_autoscaling_head(GPU_NODE_TYPE) as (address, env):
+    with fake_autoscaling_head(own_ray_head, GPU_NODE_TYPE) as (address, env):
         started = time.time()
         out = subprocess.run(
             [sys.executable, "-m", "repair_ray.cli", "run", path, "--address", address],
@@ -574,7 +576,9 @@ def test_gpu_sweep_on_an_autoscaling_cluster_without_gpu_nodes_yet_brings_them_a
     print(f"autoscaled sweep: {seconds:.0f}s on {models['node_id'].nunique()} GPU node(s)")
 
 
-def test_gpu_request_on_an_autoscaling_cluster_whose_node_types_have_no_gpu_fails_at_once(tmp_path):
+def test_gpu_request_on_an_autoscaling_cluster_whose_node_types_have_no_gpu_fails_at_once(
+    tmp_path, own_ray_head, subprocesses
+):
     """Ray 2.60's autoscalers do not report their node types to the GCS (later ones do); one that
     does, reported here as Ray's own tests do, makes an impossible request a config error (exit 2)."""
     from ray._raylet import GcsClient
@@ -583,7 +587,7 @@ def test_gpu_request_on_an_autoscaling_cluster_whose_node_types_have_no_gpu_fail
     path = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("never", str(tmp_path / "runs"), seeds=2,
                                                           resources={"pair": {"gpu": 0.5}}))  # fmt: skip
     cpu_nodes = {"cpu_node": {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_workers": 2}}
-    with fake_autoscaling_head(cpu_nodes) as (address, env):
+    with fake_autoscaling_head(own_ray_head, cpu_nodes) as (address, env):
         reported = autoscaler_pb2.ClusterConfig()
         for name, count, resources in (("ray.head.default", 1, {"CPU": 1}), ("cpu_node", 2, {"CPU": 2})):
             group = reported.node_group_configs.add(name=name, max_count=count)
@@ -598,11 +602,13 @@ def test_gpu_request_on_an_autoscaling_cluster_whose_node_types_have_no_gpu_fail
     assert "[train]" not in out.stdout  # nothing ran
 
 
-def test_gpu_request_on_a_joined_cluster_without_autoscaler_and_without_gpus_fails_at_once(tmp_path):
+def test_gpu_request_on_a_joined_cluster_without_autoscaler_and_without_gpus_fails_at_once(
+    tmp_path, own_ray_head, subprocesses
+):
     """Its head's monitor is the read-only one that every Ray head runs: not an autoscaler."""
     path = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("fixed", str(tmp_path / "runs"), seeds=2,
                                                           resources={"train": {"gpu": 1}}))  # fmt: skip
-    with fake_autoscaling_head(None) as (address, env):
+    with fake_autoscaling_head(own_ray_head, None) as (address, env):
         out = subprocess.run(
             [sys.executable, "-m", "repair_ray.cli", "run", path, "--address", address],
             env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,

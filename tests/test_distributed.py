@@ -40,6 +40,7 @@ from repair_ray.training import (
 from repair_ray.training.batches import in_memory_batches
 
 from . import ddp_workers as workers
+from .conftest import integration
 
 WEIGHTS = {"rtol": 1e-4, "atol": 1e-4}
 LOSS = 1e-4  # float32 losses of ~2.3 summed in another order (two workers, or torch threads another test
@@ -54,6 +55,7 @@ RUNS = {
 
 
 @pytest.fixture(scope="module")
+@integration("spawns two gloo worker processes (torch.distributed)")
 def spawned(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], Path]:
     """Every scenario of :func:`workers.many`, run by two gloo workers: (results by rank, their folder)."""
     out = tmp_path_factory.mktemp("ddp")

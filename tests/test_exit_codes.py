@@ -6,10 +6,8 @@ cluster, its dashboard): one line naming the place, no traceback unless asked fo
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
+from dataclasses import dataclass
 
 import pytest
 from click.testing import CliRunner
@@ -20,29 +18,37 @@ from repair_ray.sweep import jobs
 from .helpers import tiny_sweep, write_yaml
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run(
-        [sys.executable, "-m", "repair_ray", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**environment, **(env or {})},
-    )
+@dataclass
+class Exited:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def one_error_line(out: subprocess.CompletedProcess) -> str:
+def cli(*args: str, env: dict[str, str] | None = None) -> Exited:
+    """The command line in this process (click's runner: its own stdout, stderr and environment),
+    as a scheduler sees it: exit status, stdout, stderr. One test runs it as a process of its own."""
+    result = CliRunner().invoke(main, list(args), env={"RAY_ADDRESS": None, **(env or {})})
+    return Exited(result.exit_code, result.stdout, result.stderr)
+
+
+def cli_process(subprocesses, *args: str, env: dict[str, str] | None = None) -> Exited:
+    out = subprocesses.cli(*args, env=env)
+    return Exited(out.returncode, out.stdout, out.stderr)
+
+
+def one_error_line(out: Exited) -> str:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr  # one line, no traceback
     assert lines[0].startswith("error: ")
     return lines[0]
 
 
-def test_an_unreachable_s3_endpoint_is_exit_3_naming_the_storage(tmp_path, closed_port):
+def test_an_unreachable_s3_endpoint_is_exit_3_naming_the_storage(tmp_path, closed_port, subprocesses):
     closed = f"http://127.0.0.1:{closed_port}"  # nothing listens there
     config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("far", "s3://bucket/prefix", seeds=2))
     for args in (["run", config], ["status", "s3://bucket/prefix/far"]):
-        out = cli(*args, env={"AWS_ENDPOINT_URL": closed})
+        out = cli_process(subprocesses, *args, env={"AWS_ENDPOINT_URL": closed})
         assert out.returncode == 3, out.stdout + out.stderr
         line = one_error_line(out)
         assert line.startswith("error: storage s3://bucket/prefix/far unreachable: "), line
@@ -187,3 +193,26 @@ STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 def test_progress_lines_start_with_their_utc_time():
     assert re.fullmatch(STAMP + r" \[train\] 1/2 trials done", stamped("[train] 1/2 trials done"))
     assert re.fullmatch(r"\n" + STAMP + r" \[sweep\] finished", stamped("\n[sweep] finished"))
+
+
+def test_a_process_connected_to_one_cluster_joins_no_other_silently(ray_session, closed_port):
+    """In a process already connected (a notebook, this test session), a run naming another
+    cluster is refused naming both; naming none, or this one, uses this one; a closed port is
+    still 'no Ray cluster there'."""
+    import socket
+
+    from repair_ray.errors import InfrastructureError
+    from repair_ray.sweep.cluster import connect
+
+    here = ray_session.get_runtime_context().gcs_address
+    assert connect(None).endswith(f"connected to ({here})") and connect(here).endswith(f"({here})")
+    with socket.socket() as other:  # something listens there, but it is not this cluster
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        elsewhere = f"127.0.0.1:{other.getsockname()[1]}"
+        with pytest.raises(
+            InfrastructureError, match=f"connected to the Ray cluster at {here}; it cannot join {elsewhere}"
+        ):
+            connect(elsewhere)
+    with pytest.raises(InfrastructureError, match=f"no Ray cluster at 127.0.0.1:{closed_port}"):
+        connect(f"127.0.0.1:{closed_port}")

@@ -88,7 +88,9 @@ def assert_same_bits(a: Checkpoint, b: Checkpoint, what: str) -> None:
 
 
 @pytest.mark.slow  # three sweeps of 3 networks x 6 epochs: about a minute and a half here
-def test_a_sweep_killed_while_trials_train_resumes_to_the_same_bits_as_one_never_killed(ray_session, tmp_path):
+def test_a_sweep_killed_while_trials_train_resumes_to_the_same_bits_as_one_never_killed(
+    ray_session, tmp_path, subprocesses
+):
     address = ray_session.get_runtime_context().gcs_address
     data = sweep(tmp_path / "killed")
     config_path = write_yaml(tmp_path / "sweep.yaml", data)

@@ -275,7 +275,7 @@ def test_gcp_workers_run_as_their_own_account_and_preemptible_scheduling_is_one_
 # ---------------------------------------------------------------------------------------------
 
 
-def test_slurm_script_parses_and_passes_shellcheck():
+def test_slurm_script_parses_and_passes_shellcheck(subprocesses):
     assert subprocess.run(["bash", "-n", str(SBATCH)]).returncode == 0
     text = SBATCH.read_text()
     directives = dict(re.findall(r"^#SBATCH --([\w-]+)=?(\S*)", text, flags=re.M))
@@ -325,17 +325,17 @@ def node_ip(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_head_address_skips_the_127_0_1_1_that_hostname_ip_address_gives(tmp_path):
+def test_head_address_skips_the_127_0_1_1_that_hostname_ip_address_gives(tmp_path, subprocesses):
     out = node_ip(tmp_path)
     assert (out.returncode, out.stdout) == (0, "10.1.2.3\n"), out.stderr
 
 
-def test_head_address_comes_from_the_interface_named_by_repair_ray_iface(tmp_path):
+def test_head_address_comes_from_the_interface_named_by_repair_ray_iface(tmp_path, subprocesses):
     out = node_ip(tmp_path, REPAIR_RAY_IFACE="ib0")
     assert (out.returncode, out.stdout) == (0, "10.9.0.5\n"), out.stderr
 
 
-def test_head_address_falls_back_to_ip_when_hostname_lists_only_loopback(tmp_path):
+def test_head_address_falls_back_to_ip_when_hostname_lists_only_loopback(tmp_path, subprocesses):
     out = node_ip(tmp_path, ALL_IPS="127.0.1.1", GLOBAL_IPS="169.254.3.4 192.168.7.8")
     assert (out.returncode, out.stdout) == (0, "192.168.7.8\n"), out.stderr
 
@@ -348,7 +348,9 @@ def test_head_address_falls_back_to_ip_when_hostname_lists_only_loopback(tmp_pat
         ({"ALL_IPS": "127.0.1.1 ::1", "GLOBAL_IPS": ""}, "error: node-a has no IPv4 address other than loopback"),
     ],
 )
-def test_no_usable_address_is_an_error_that_names_the_fix_and_never_a_loopback_address(tmp_path, env, says):
+def test_no_usable_address_is_an_error_that_names_the_fix_and_never_a_loopback_address(
+    tmp_path, env, says, subprocesses
+):
     out = node_ip(tmp_path, **env)
     assert out.returncode == 1 and out.stdout == ""
     assert says in out.stderr and "REPAIR_RAY_IFACE" in out.stderr
@@ -397,7 +399,7 @@ def slurm_job(tmp_path: Path, run_status: int, report_status: int = 0) -> tuple[
     return out, calls.read_text() if calls.exists() else ""
 
 
-def test_slurm_job_starts_head_and_worker_on_the_picked_address_and_reports_a_finished_sweep(tmp_path):
+def test_slurm_job_starts_head_and_worker_on_the_picked_address_and_reports_a_finished_sweep(tmp_path, subprocesses):
     out, calls = slurm_job(tmp_path, run_status=0)
     assert out.returncode == 0, out.stderr
     lines = sorted(calls.splitlines())
@@ -411,7 +413,7 @@ def test_slurm_job_starts_head_and_worker_on_the_picked_address_and_reports_a_fi
 
 @pytest.mark.parametrize(("run_status", "reported"), [(1, True), (2, False), (3, False)])
 def test_slurm_job_reports_after_some_trials_failed_but_not_after_a_bad_config_or_broken_infrastructure(
-    tmp_path, run_status, reported
+    tmp_path, run_status, reported, subprocesses
 ):
     out, calls = slurm_job(tmp_path, run_status=run_status)
     assert out.returncode == run_status, out.stderr  # the job's status is run's
@@ -420,13 +422,13 @@ def test_slurm_job_reports_after_some_trials_failed_but_not_after_a_bad_config_o
         assert f"repair-ray run exited with {run_status}" in out.stderr
 
 
-def test_a_failing_report_does_not_hide_the_status_of_run(tmp_path):
+def test_a_failing_report_does_not_hide_the_status_of_run(tmp_path, subprocesses):
     out, calls = slurm_job(tmp_path, run_status=1, report_status=5)
     assert out.returncode == 1 and "repair-ray report" in calls
     assert "warning: repair-ray report s3://bucket/runs/demo failed" in out.stderr
 
 
-def test_sourcing_the_sbatch_script_defines_its_functions_and_runs_nothing():
+def test_sourcing_the_sbatch_script_defines_its_functions_and_runs_nothing(subprocesses):
     """Sourcing (what the tests do) defines functions and runs nothing: no CONFIG error."""
     out = subprocess.run(
         ["bash", "-c", f"source {SBATCH} && declare -F | grep -c ' -f '"],

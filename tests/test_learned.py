@@ -89,7 +89,7 @@ def mnist_pair():
 
 
 @pytest.mark.parametrize("method", ["ste", "sinkhorn"])
-def test_learned_matching_lowers_the_midpoint_loss_below_weight_matching_on_real_mnist(mnist_pair, method):
+def test_learned_matching_lowers_the_midpoint_loss_below_weight_matching_on_real_mnist(mnist_pair, method, mnist):
     a, b, stat, _ = mnist_pair
     spec = permutation_spec(a)
 

@@ -71,7 +71,7 @@ def address(ray_session):
 # Runs
 
 
-def test_two_runs_racing_on_one_sweep_one_proceeds_the_other_names_the_holder(address, tmp_path):
+def test_two_runs_racing_on_one_sweep_one_proceeds_the_other_names_the_holder(address, tmp_path, subprocesses):
     config_path = write_yaml(tmp_path / "race.yaml", small_sweep("race", str(tmp_path / "runs")))
     drivers = [cli("run", config_path, "--address", address) for _ in range(2)]
     outputs = [driver.communicate(timeout=300)[0] for driver in drivers]
@@ -116,7 +116,7 @@ def test_the_lease_is_released_when_the_run_is_interrupted(ray_session, tmp_path
     assert not os.path.exists(os.path.join(config.root, LEASE_NAME))
 
 
-def test_ctrl_c_of_a_running_cli_releases_the_lease(address, tmp_path):
+def test_ctrl_c_of_a_running_cli_releases_the_lease(address, tmp_path, subprocesses):
     data = tiny_sweep("ctrlc", str(tmp_path), seeds=4, train={"epochs": 20, "batch_size": 16, "lr": 0.05})
     driver = cli("run", write_yaml(tmp_path / "ctrlc.yaml", data), "--address", address)
     root = tmp_path / "ctrlc"
@@ -131,7 +131,7 @@ def test_ctrl_c_of_a_running_cli_releases_the_lease(address, tmp_path):
     assert not (root / LEASE_NAME).exists()
 
 
-def test_a_killed_run_on_this_host_leaves_a_lease_the_next_run_takes_over(tmp_path):
+def test_a_killed_run_on_this_host_leaves_a_lease_the_next_run_takes_over(tmp_path, subprocesses):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     fake_lease(str(tmp_path), host=socket.gethostname(), pid=dead.pid, age=1, ttl=120)
@@ -167,7 +167,7 @@ else:
 """
 
 
-def test_many_processes_racing_for_one_local_lease_exactly_one_wins(tmp_path):
+def test_many_processes_racing_for_one_local_lease_exactly_one_wins(tmp_path, subprocesses):
     """Six processes try at once (each imported and waiting for the same signal), and the winner
     holds the lease until every racer has answered: a slow start cannot make a second winner by
     coming after the first one released it."""
@@ -342,7 +342,7 @@ def test_local_paths_keep_question_marks_and_at_signs(tmp_path):
     assert storage.refused("s3://bucket/run@2/x") is None
 
 
-def test_cli_refuses_a_secret_uri_before_anything_is_written(s3_bucket, tmp_path):
+def test_cli_refuses_a_secret_uri_before_anything_is_written(s3_bucket, tmp_path, subprocesses):
     config_path = write_yaml(tmp_path / "c.yaml", tiny_sweep("creds", str(tmp_path / "unused")))
     bucket = s3_bucket.removeprefix("s3://")
     for uri in (f"s3://testing:{SECRET}@{bucket}/creds", f"{s3_bucket}/creds?secret_key={SECRET}"):

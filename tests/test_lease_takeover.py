@@ -112,7 +112,7 @@ def address(ray_session):
 
 
 def test_run_take_over_takes_a_live_lease_and_its_holder_ignoring_sigint_stops_with_lease_lost_after_its_work(
-    address, tmp_path
+    address, tmp_path, subprocesses
 ):
     data = small_sweep("taken", tmp_path / "runs")
     config_path = write_yaml(tmp_path / "sweep.yaml", data)
@@ -152,7 +152,9 @@ def test_run_take_over_takes_a_live_lease_and_its_holder_ignoring_sigint_stops_w
     assert not (root / LEASE_NAME).exists()  # leaving, the loser deleted nothing and wrote nothing
 
 
-def test_lease_ttl_env_a_lease_no_longer_renewed_is_taken_without_take_over_only_once_stale(address, tmp_path):
+def test_lease_ttl_env_a_lease_no_longer_renewed_is_taken_without_take_over_only_once_stale(
+    address, tmp_path, subprocesses
+):
     data = small_sweep("stale", tmp_path / "runs")
     config_path = write_yaml(tmp_path / "sweep.yaml", data)
     save_config(parse_config(data))
@@ -187,7 +189,9 @@ def test_lease_ttl_env_a_lease_no_longer_renewed_is_taken_without_take_over_only
     assert "KeyboardInterrupt" in stderr  # how it was interrupted: the cause of the LeaseLost
 
 
-def test_a_sweep_run_ignoring_sigint_starts_no_new_trial_or_pair_once_its_lease_is_taken(address, tmp_path):
+def test_a_sweep_run_ignoring_sigint_starts_no_new_trial_or_pair_once_its_lease_is_taken(
+    address, tmp_path, subprocesses
+):
     data = tiny_sweep(
         "ignores",
         str(tmp_path / "runs"),

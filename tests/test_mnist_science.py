@@ -41,7 +41,7 @@ def mnist_pair_result():
 
 
 @pytest.mark.parametrize("align", ["weight", "activation"])
-def test_alignment_then_repair_lower_the_test_loss_barrier(mnist_pair_result, align):
+def test_alignment_then_repair_lower_the_test_loss_barrier(mnist_pair_result, align, mnist):
     pairs, _ = mnist_pair_result
     unaligned = pairs.loc[("none", "none"), "barrier_test_loss"]
     aligned = pairs.loc[(align, "none"), "barrier_test_loss"]
@@ -51,7 +51,7 @@ def test_alignment_then_repair_lower_the_test_loss_barrier(mnist_pair_result, al
     assert pairs.loc[(align, "repair"), "midpoint_test_acc"] > pairs.loc[(align, "none"), "midpoint_test_acc"]
 
 
-def test_repair_removes_the_variance_collapse_that_grows_with_depth(mnist_pair_result):
+def test_repair_removes_the_variance_collapse_that_grows_with_depth(mnist_pair_result, mnist):
     _, layers = mnist_pair_result
     for align in ("weight", "activation"):
         of_align = layers[layers["align"] == align]
@@ -64,13 +64,13 @@ def test_repair_removes_the_variance_collapse_that_grows_with_depth(mnist_pair_r
         assert repaired["std_ratio"].between(0.9, 1.1).all(), repaired["std_ratio"].tolist()
 
 
-def test_endpoints_are_shared_by_every_curve(mnist_pair_result):
+def test_endpoints_are_shared_by_every_curve(mnist_pair_result, mnist):
     pairs, _ = mnist_pair_result
     assert pairs["endpoint_test_acc_a"].nunique() == 1
     assert pairs["endpoint_test_acc_b"].nunique() == 1
 
 
-def test_imp_tickets_of_a_lenet_on_mnist_match_the_dense_accuracy_and_stay_stable(tmp_path):
+def test_imp_tickets_of_a_lenet_on_mnist_match_the_dense_accuracy_and_stay_stable(tmp_path, mnist):
     """Frankle et al. on real MNIST, small: IMP rewound to initialisation (k = 0) keeps a LeNet-style
     mlp's accuracy at 75 % sparsity, while a random mask of the same sparsity on the same
     initialisation loses more; two children of the sparsest round end linearly connected."""

@@ -452,7 +452,7 @@ def _compiled_trainers(model: ModelConfig, train: TrainConfig, data: Dataset, se
     return [Trainer(model, train, data, seed=seed, compile=True) for seed in seeds]
 
 
-def test_a_compiled_lone_run_computes_the_eager_network(data: Dataset) -> None:
+def test_a_compiled_lone_run_computes_the_eager_network(data: Dataset, compiled) -> None:
     eager = Trainer(MLP, SHORT, data, seed=0).run()
     trainer = Trainer(MLP, SHORT, data, seed=0, compile=True)
     result = trainer.run()
@@ -461,7 +461,7 @@ def test_a_compiled_lone_run_computes_the_eager_network(data: Dataset) -> None:
     assert result.metrics["test_acc"] == pytest.approx(eager.metrics["test_acc"], abs=1e-3)
 
 
-def test_compiled_seeds_trained_together_compute_the_eager_stack(data: Dataset) -> None:
+def test_compiled_seeds_trained_together_compute_the_eager_stack(data: Dataset, compiled) -> None:
     eager = _together(MLP, SGD, data, (0, 1, 2))
     results = train_together(_compiled_trainers(MLP, SGD, data, (0, 1, 2)))
     for mine, theirs in zip(results, eager, strict=True):
@@ -469,7 +469,7 @@ def test_compiled_seeds_trained_together_compute_the_eager_stack(data: Dataset) 
         assert _relative_difference(mine.state_dict, theirs.state_dict) <= 1e-5
 
 
-def test_a_compiled_bf16_stack_rounds_like_the_eager_one(data: Dataset) -> None:
+def test_a_compiled_bf16_stack_rounds_like_the_eager_one(data: Dataset, compiled) -> None:
     bf16 = TrainConfig(epochs=1, batch_size=64, lr=0.05, precision="bf16")
     eager = _together(MLP, bf16, data, (0, 1))
     results = train_together(_compiled_trainers(MLP, bf16, data, (0, 1)))
@@ -478,7 +478,7 @@ def test_a_compiled_bf16_stack_rounds_like_the_eager_one(data: Dataset) -> None:
 
 
 @pytest.mark.slow  # compiling a vmapped ResNet's forward and backward takes ~30 s on a CPU core
-def test_a_compiled_batchnorm_stack_keeps_each_seeds_statistics() -> None:
+def test_a_compiled_batchnorm_stack_keeps_each_seeds_statistics(compiled) -> None:
     # two steps: over more, BatchNorm nets amplify float rounding (10 steps: 4e-2 in a bias) whatever compiles
     two_steps = load_dataset("synthetic", shape=[1, 8, 8], num_classes=4, train_size=128, test_size=64)
     eager = _together(BATCHNORM_CNN, SGD, two_steps, (0, 1))
@@ -489,7 +489,7 @@ def test_a_compiled_batchnorm_stack_keeps_each_seeds_statistics() -> None:
 
 
 def test_a_network_that_does_not_compile_fails_with_an_error_naming_the_setting(
-    data: Dataset, monkeypatch: pytest.MonkeyPatch
+    data: Dataset, monkeypatch: pytest.MonkeyPatch, compiled
 ) -> None:
     from repair_ray.training import CompileError
 
@@ -510,7 +510,7 @@ def test_a_network_that_does_not_compile_fails_with_an_error_naming_the_setting(
         torch._dynamo.reset()
 
 
-def test_compiled_and_eager_runs_do_not_share_a_stack(data: Dataset) -> None:
+def test_compiled_and_eager_runs_do_not_share_a_stack(data: Dataset, compiled) -> None:
     mixed = [Trainer(MLP, SGD, data, seed=0), Trainer(MLP, SGD, data, seed=1, compile=True)]
     with pytest.raises(ValueError, match="trainers\\[1\\].compile is True"):
         train_together(mixed)

@@ -21,7 +21,7 @@ def without_ray_address() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
 
-def test_a_diverging_sweep_exits_1_naming_the_failures_on_a_fresh_local_cluster(ray_session, tmp_path):
+def test_a_diverging_sweep_exits_1_naming_the_failures_on_a_fresh_local_cluster(ray_session, tmp_path, subprocesses):
     """No --address and no RAY_ADDRESS: a fresh local cluster, never the one already running here."""
     data = tiny_sweep("diverges", str(tmp_path), seeds=2, train={"epochs": 2, "lr": 1e12, "momentum": 0.0})
     out = run_cli(write_yaml(tmp_path / "sweep.yaml", data), "--num-cpus", "2", env=without_ray_address())
@@ -35,7 +35,7 @@ def test_a_diverging_sweep_exits_1_naming_the_failures_on_a_fresh_local_cluster(
     assert re.search(r"^\S+Z \[sweep\] 2 model\(s\) failed", out.stderr, re.M)
 
 
-def test_ray_address_joins_that_cluster_and_a_clean_sweep_exits_0(ray_session, tmp_path):
+def test_ray_address_joins_that_cluster_and_a_clean_sweep_exits_0(ray_session, tmp_path, subprocesses):
     address = ray_session.get_runtime_context().gcs_address
     data = tiny_sweep("joins", str(tmp_path), seeds=2, align=["none"], correction=["none"])
     out = run_cli(write_yaml(tmp_path / "sweep.yaml", data), env={**without_ray_address(), "RAY_ADDRESS": address})
@@ -43,7 +43,7 @@ def test_ray_address_joins_that_cluster_and_a_clean_sweep_exits_0(ray_session, t
     assert f"joined the Ray cluster at {address}" in out.stdout
 
 
-def test_no_secret_is_written_by_us_or_by_ray_on_our_behalf(s3_bucket, tmp_path):
+def test_no_secret_is_written_by_us_or_by_ray_on_our_behalf(s3_bucket, tmp_path, subprocesses):
     """Dummy credentials in the driver's environment; afterwards no file of Ray's temp dir, no object
     of the sweep's storage, and no runtime environment holds them."""
     import shutil
@@ -82,7 +82,7 @@ def test_no_secret_is_written_by_us_or_by_ray_on_our_behalf(s3_bucket, tmp_path)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_storage_that_cannot_be_written_fails_before_ray_starts_naming_it(s3_bucket, tmp_path):
+def test_storage_that_cannot_be_written_fails_before_ray_starts_naming_it(s3_bucket, tmp_path, subprocesses):
     """Storage is infrastructure: exit 3 (not 2, a bad config), one line naming the place."""
     data = tiny_sweep("nowhere", "s3://no-such-bucket/runs", seeds=2)
     out = run_cli(write_yaml(tmp_path / "sweep.yaml", data), env=without_ray_address())
@@ -92,19 +92,19 @@ def test_storage_that_cannot_be_written_fails_before_ray_starts_naming_it(s3_buc
     assert "Ray" not in out.stdout
 
 
-def test_without_an_address_a_run_never_joins_the_ray_start_cluster_of_the_machine(tmp_path):
+def test_without_an_address_a_run_never_joins_the_ray_start_cluster_of_the_machine(
+    tmp_path, own_ray_head, subprocesses
+):
     """A real `ray start --head`, the machine's "current" cluster for this test: a plain ray.init()
     would join it. Its Ray temp dir is the test's own (RAY_TMPDIR, for the head and the runs), so
     Ray's machine-wide /tmp/ray/ray_current_cluster, which other runs on this machine use, is never
     touched; the head's processes are ended by their session, never by a name or a port."""
     from ray._common.utils import get_ray_address_file
 
-    from .processes import ray_head
-
     machine_wide = Path(get_ray_address_file(None))  # Ray's default, /tmp/ray/ray_current_cluster
     before = machine_wide.read_bytes() if machine_wide.exists() else None
     env = {**without_ray_address(), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    with ray_head(env) as head:
+    with own_ray_head(env) as head:
         current = Path(head.temp_root, "ray", "ray_current_cluster")  # what ray.init() finds with RAY_TMPDIR set
         assert current.read_text().strip() == head.address
         data = tiny_sweep("alone", str(tmp_path), seeds=2, align=["none"], correction=["none"])

@@ -22,7 +22,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def test_help_imports_neither_torch_nor_scipy_nor_ray():
+def test_help_imports_neither_torch_nor_scipy_nor_ray(subprocesses):
     code = (
         "import sys\nfrom repair_ray.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -34,7 +34,7 @@ def test_help_imports_neither_torch_nor_scipy_nor_ray():
     assert "Commands:" in out.stdout and "examples" in out.stdout
 
 
-def test_the_names_module_is_the_one_home_of_methods_and_lineage_and_imports_nothing_heavy():
+def test_the_names_module_is_the_one_home_of_methods_and_lineage_and_imports_nothing_heavy(subprocesses):
     code = (
         "import sys\nfrom repair_ray import names\n"
         "print(sorted(m for m in ('torch', 'scipy', 'ray', 'pyarrow', 'pandas') if m in sys.modules))"
@@ -52,13 +52,13 @@ def test_the_names_module_is_the_one_home_of_methods_and_lineage_and_imports_not
     assert all(name in SCHEMAS[table].names for table in ("models", "pairs") for name in names.LINEAGE)
 
 
-def test_python_dash_m_is_the_cli_and_runs_anywhere(tmp_path):
+def test_python_dash_m_is_the_cli_and_runs_anywhere(tmp_path, subprocesses):
     out = run_cli("--help", cwd=tmp_path)  # not the checkout: nothing may depend on the working directory
     assert out.returncode == 0, out.stderr
     assert "Usage: repair-ray" in out.stdout
 
 
-def test_examples_ship_inside_the_package_and_are_valid(tmp_path):
+def test_examples_ship_inside_the_package_and_are_valid(tmp_path, subprocesses):
     names = example_names()
     assert {"quickstart", "tiny", "mlp-width-depth"} <= set(names)
     # the checkout's examples/ is the package folder, not a copy that could drift
@@ -70,7 +70,7 @@ def test_examples_ship_inside_the_package_and_are_valid(tmp_path):
     assert config.name == "quickstart" and config.n_pairs == 12
 
 
-def test_validate_and_run_take_an_example_by_name(tmp_path):
+def test_validate_and_run_take_an_example_by_name(tmp_path, subprocesses):
     out = run_cli("validate", "--example", "quickstart", "--storage", str(tmp_path), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "models to train: 12" in out.stdout and f"-> {tmp_path}/quickstart" in out.stdout
@@ -82,7 +82,7 @@ def test_validate_and_run_take_an_example_by_name(tmp_path):
     assert neither.returncode == 2 and "--example" in neither.stderr
 
 
-def test_validate_spells_out_each_method_a_preset_selects(tmp_path):
+def test_validate_spells_out_each_method_a_preset_selects(tmp_path, subprocesses):
     out = run_cli("validate", "--example", "git-rebasin-mlp-mnist", "--storage", str(tmp_path), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "weight matching: start identity, 1 restart(s)" in out.stdout
@@ -91,7 +91,7 @@ def test_validate_spells_out_each_method_a_preset_selects(tmp_path):
     assert "temperatures [1.0, 1.0], columns normalised first, implicit gradient" in out.stdout
 
 
-def test_a_built_wheel_carries_the_examples_and_the_typed_marker(tmp_path):
+def test_a_built_wheel_carries_the_examples_and_the_typed_marker(tmp_path, subprocesses):
     """What a normal (non-editable) install gets: the package data must be in the wheel."""
     import shutil
 

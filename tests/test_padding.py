@@ -32,7 +32,7 @@ def _epoch_inputs_and_draws(trainer: Trainer) -> tuple[torch.Tensor, torch.Tenso
     return x, train.x[order[:batch_size]], offsets
 
 
-def test_a_translated_mnist_input_is_padded_with_black_pixels() -> None:
+def test_a_translated_mnist_input_is_padded_with_black_pixels(mnist) -> None:
     """The padded border of a translated MNIST batch un-normalises to pixel value 0 (it was the
     dataset mean, about 33 of 255, before ``train.pad``); ``pad: mean`` keeps that border."""
     mnist = load_dataset("mnist")

@@ -29,7 +29,7 @@ def address(ray_session):
     return ray_session.get_runtime_context().gcs_address
 
 
-def test_driver_killed_in_the_pair_stage_then_rerun_holds_every_pair_once(ray_session, address, tmp_path):
+def test_driver_killed_in_the_pair_stage_then_rerun_holds_every_pair_once(ray_session, address, tmp_path, subprocesses):
     data = tiny_sweep(
         "killpairs",
         str(tmp_path),
@@ -67,7 +67,7 @@ def test_driver_killed_in_the_pair_stage_then_rerun_holds_every_pair_once(ray_se
             pq.read_table(file)
 
 
-def test_driver_killed_in_the_train_stage_retrains_no_finished_trial(ray_session, address, tmp_path):
+def test_driver_killed_in_the_train_stage_retrains_no_finished_trial(ray_session, address, tmp_path, subprocesses):
     data = tiny_sweep(
         "killtrain",
         str(tmp_path),

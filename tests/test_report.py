@@ -149,7 +149,7 @@ def assert_svg(path: Path) -> None:
 # ----------------------------------------------------------------------------- package
 
 
-def test_public_names_resolve_and_statistics_need_no_matplotlib():
+def test_public_names_resolve_and_statistics_need_no_matplotlib(subprocesses):
     assert sorted(report.__all__) == sorted(report._EXPORTS)
     for name in report.__all__:
         assert getattr(report, name) is not None, name
@@ -475,7 +475,7 @@ def printed_table(stdout: str) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(stdout.split("\nwrote ")[0]), sep=r"\s+")
 
 
-def test_analysis_scripts_plot_the_reports_interval(sweep, summary, tmp_path):
+def test_analysis_scripts_plot_the_reports_interval(sweep, summary, tmp_path, mnist, subprocesses):
     """Each script writes its PNG, and its error bars are the report's 95% t-interval (not ± SEM)."""
     printed = {}
     for script in ("barrier_vs_width", "barrier_vs_depth", "variance_collapse"):
@@ -503,7 +503,7 @@ def test_analysis_scripts_plot_the_reports_interval(sweep, summary, tmp_path):
     assert len(collapse) == 4 * 2 and (collapse["ci95"] == 0).all() and (collapse["count"] == 3).all()
 
 
-def test_method_table_diff_is_paired_per_model_config(sweep):
+def test_method_table_diff_is_paired_per_model_config(sweep, mnist, subprocesses):
     result = subprocess.run(
         [sys.executable, str(REPO / "analysis" / "method_table.py"), str(sweep), "--diff", "repair", "none"],
         env=SCRIPT_ENV,
@@ -524,7 +524,7 @@ def test_method_table_diff_is_paired_per_model_config(sweep):
     assert len(rows) == 2 * 4  # per align and model config, never pooled
 
 
-def test_instability_and_imp_tables_take_the_trunk_as_the_unit(tmp_path):
+def test_instability_and_imp_tables_take_the_trunk_as_the_unit(tmp_path, mnist, subprocesses):
     """Pairs of children of one trunk are one observation: 2 trunks give an interval over 2, not over their pairs."""
     half = T_975_1 * math.sqrt(2) / math.sqrt(2)  # std of (1, 3) is sqrt(2); n = 2 trunks
     for script, imp in (("instability_table", {}), ("imp_table", {"imp_round": 1, "sparsity": 0.5})):

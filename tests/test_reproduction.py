@@ -42,7 +42,8 @@ def _run_example(name: str, tmp_path: Path) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def test_repair_mlp_mnist_alignment_collapses_with_depth_and_repair_restores_it(tmp_path):
+@pytest.mark.reproduction  # a whole example sweep: `make reproduce`, not CI (see docs/development.md)
+def test_repair_mlp_mnist_alignment_collapses_with_depth_and_repair_restores_it(tmp_path, subprocesses):
     """REPAIR's MNIST MLPs: unaligned midpoints of deep MLPs are at chance, aligned ones lose more
     with depth, REPAIR recovers most of it and keeps every layer's std at the endpoints'."""
     tables = _run_example("repair-mlp-mnist", tmp_path)
@@ -72,7 +73,8 @@ def test_repair_mlp_mnist_alignment_collapses_with_depth_and_repair_restores_it(
     assert repaired.between(0.95, 1.05).all(), repaired.tolist()
 
 
-def test_imp_lenet_mnist_tickets_stay_matching_and_stable_as_they_get_sparse(tmp_path):
+@pytest.mark.reproduction  # a whole example sweep: `make reproduce`, not CI (see docs/development.md)
+def test_imp_lenet_mnist_tickets_stay_matching_and_stable_as_they_get_sparse(tmp_path, subprocesses):
     """Frankle et al.'s LeNet-300-100: IMP rewound to initialisation gives subnetworks that keep
     the dense accuracy far into sparsity and whose children stay linearly connected (stable)."""
     tables = _run_example("imp-lenet-mnist", tmp_path)
@@ -89,7 +91,7 @@ def test_imp_lenet_mnist_tickets_stay_matching_and_stable_as_they_get_sparse(tmp
     assert (instability[matching] < 0.02).all(), instability.tolist()  # Frankle's "stable": < 2 points
 
 
-def test_repair_depth_cell_lands_within_1_5_points_of_the_paper(tmp_path):
+def test_repair_depth_cell_lands_within_1_5_points_of_the_paper(tmp_path, subprocesses):
     """REPAIR's depth recipe at 6 hidden layers (the notebook's "layers" = 5), 4 seeds = 2 disjoint
     pairs, through the service with the paper's init: the aligned + REPAIR midpoint test accuracy
     lands within 1.5 points of the paper's (its figure data, one pair: 95.87 %). With He init it

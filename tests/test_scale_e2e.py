@@ -51,7 +51,9 @@ def jpeg_folder(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
 
 
 @pytest.mark.slow
-def test_streamed_images_networks_trained_by_two_workers_and_imported_ones_every_pair(ray_session, tmp_path):
+def test_streamed_images_networks_trained_by_two_workers_and_imported_ones_every_pair(
+    ray_session, tmp_path, worker_group
+):
     folder = jpeg_folder(tmp_path / "images", {"train": 80, "val": 24})
     dataset_spec = {"name": f"imagefolder:{folder}", "image_size": 64, "load": "stream"}
     train = {"epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "warmup_epochs": 0.5}

@@ -460,7 +460,7 @@ def test_adding_a_learned_align_computes_only_its_rows_and_its_settings_key_only
     assert len(final) == 3  # current keys only: the older ste row is not mixed in
 
 
-def test_a_stability_sweep_trains_each_trunk_once_and_pairs_children_of_one_branch(ray_session, tmp_path):
+def test_a_stability_sweep_trains_each_trunk_once_and_pairs_children_of_one_branch(ray_session, tmp_path, subprocesses):
     config = parse_config(
         tiny_sweep(
             "branches",
@@ -514,7 +514,7 @@ def test_a_stability_sweep_trains_each_trunk_once_and_pairs_children_of_one_bran
     assert any("4 of 4 trials already done" in line for line in again)
 
 
-def test_an_imp_sweep_prunes_round_by_round_rewinds_and_resumes_exactly(ray_session, tmp_path):
+def test_an_imp_sweep_prunes_round_by_round_rewinds_and_resumes_exactly(ray_session, tmp_path, subprocesses):
     from repair_ray.pruning import imp_sparsity, mask_sparsity, prunable_count, weight_sparsity
 
     config = parse_config(
@@ -654,7 +654,7 @@ def test_children_start_when_their_trunk_is_trained_and_fail_naming_it_when_it_f
     assert rows["error"].str.startswith(f"its trunk (seed {trunks[1].seeds[0]}) failed: NonFiniteLossError").all()
 
 
-def test_the_repair_points_script_compares_carried_point_sets_on_a_resnet_sweep(ray_session, tmp_path):
+def test_the_repair_points_script_compares_carried_point_sets_on_a_resnet_sweep(ray_session, tmp_path, subprocesses):
     config = parse_config(
         tiny_sweep(
             "rn",

@@ -147,7 +147,7 @@ def test_reset_on_nets_without_batchnorm_warns_once(tmp_path):
     assert "2 model config(s) without BatchNorm" in str(resets[0].message)
 
 
-def test_validate_cli_prints_the_plan_without_starting_ray(tmp_path):
+def test_validate_cli_prints_the_plan_without_starting_ray(tmp_path, subprocesses):
     data = tiny_sweep("plan", str(tmp_path), seeds=4)
     data["train"] = {**data["train"], "seeds_per_trial": 3}
     good = write_yaml(tmp_path / "good.yaml", data)

@@ -36,7 +36,9 @@ def group_sweep(name: str, storage: str, marker: str, **train) -> dict:
     )
 
 
-def test_two_workers_train_what_one_would_and_a_killed_worker_resumes_from_the_checkpoint(ray_session, tmp_path):
+def test_two_workers_train_what_one_would_and_a_killed_worker_resumes_from_the_checkpoint(
+    ray_session, tmp_path, worker_group
+):
     marker = tmp_path / "kill-once"
     marker.touch()  # rank 1 of the first trial exits at its 9th step (epoch 2's first), once
     config = parse_config(group_sweep("group", str(tmp_path / "runs"), str(marker)), allow_import=ALLOW)

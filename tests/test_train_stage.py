@@ -107,7 +107,9 @@ def test_trials_run_on_reused_worker_processes(ray_session, tmp_path, monkeypatc
     assert len(pids) <= 2  # two slots: six trials, at most two worker processes (torch and data loaded once each)
 
 
-def test_seeds_per_trial_trains_seeds_together_each_with_its_own_row_checkpoint_and_pairs(ray_session, tmp_path):
+def test_seeds_per_trial_trains_seeds_together_each_with_its_own_row_checkpoint_and_pairs(
+    ray_session, tmp_path, subprocesses
+):
     from repair_ray.io.checkpoint import load_checkpoint
     from repair_ray.sweep.runner import run_sweep
 

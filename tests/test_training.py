@@ -282,7 +282,7 @@ def test_model_config_is_validated_and_builds() -> None:
     assert model(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
 
 
-def test_mlp_trains_on_real_mnist_to_90_percent_in_one_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlp_trains_on_real_mnist_to_90_percent_in_one_epoch(monkeypatch: pytest.MonkeyPatch, mnist) -> None:
     """Not skipped when MNIST is missing: this test must then fail."""
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", lambda self: None)
     root = os.environ.get("REPAIR_RAY_DATA", str(SHARED_DATA))

@@ -178,7 +178,7 @@ def test_each_model_config_of_a_grid_gets_its_own_recipe_entry(ray_session, tmp_
     ]
 
 
-def test_tune_on_mnist_with_a_tiny_space(ray_session, tmp_path):
+def test_tune_on_mnist_with_a_tiny_space(ray_session, tmp_path, mnist):
     data = {
         "name": "mnist-tune",
         "storage": str(tmp_path),
@@ -224,7 +224,9 @@ def _tune_driver(config_path: str, address: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_a_killed_tune_run_again_finishes_without_redoing_finished_trials(ray_session, s3_bucket, tmp_path):
+def test_a_killed_tune_run_again_finishes_without_redoing_finished_trials(
+    ray_session, s3_bucket, tmp_path, subprocesses
+):
     address = ray_session.get_runtime_context().gcs_address
     root = f"{s3_bucket}/tune-{uuid.uuid4().hex[:6]}"
     data = tuned_sweep("killed", root, space={"lr": {"grid": [0.01, 0.02, 0.05, 0.1]}}, scheduler="fifo")

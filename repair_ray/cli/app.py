@@ -57,6 +57,11 @@ def infrastructure_problem(error: BaseException) -> str | None:
     return None
 
 
+DEBUG = (
+    "repair_ray.debug"  # the context's meta key that --debug sets (this one command, never the process's environment)
+)
+
+
 def _debug() -> bool:
     return os.environ.get("REPAIR_RAY_DEBUG", "").lower() not in ("", "0", "false", "no")
 
@@ -77,7 +82,7 @@ class _Commands(click.Group):
             problem = infrastructure_problem(error)
             if problem is None:
                 raise
-            if _debug():
+            if _debug() or ctx.meta.get(DEBUG):
                 traceback.print_exception(error)
             fail(problem, EXIT_INFRASTRUCTURE)
 
@@ -202,8 +207,7 @@ def main(debug: bool) -> None:
     Exit status: 0 done; 1 some trials or pairs failed (the sweep ran); 2 a bad config or usage;
     3 storage, the Ray cluster or its dashboard could not be reached (one line naming it).
     """
-    if debug:
-        os.environ["REPAIR_RAY_DEBUG"] = "1"
+    click.get_current_context().meta[DEBUG] = debug
 
 
 # run and tune: who may take a sweep's lease from a holder that looks alive

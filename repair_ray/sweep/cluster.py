@@ -246,7 +246,15 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> str:
     from ..errors import InfrastructureError
 
     if ray.is_initialized():
-        return "using the Ray cluster this process is connected to"
+        here = ray.get_runtime_context().gcs_address
+        if address and address != "auto":  # a cluster named: this one, or an error (never another one silently)
+            _check_listening(address)
+            if address.removeprefix("ray://").rpartition(":")[2] != here.rpartition(":")[2]:
+                raise InfrastructureError(
+                    f"this process is connected to the Ray cluster at {here}; it cannot join {address} "
+                    "as well (ray.shutdown() first, or leave the address out)"
+                )
+        return f"using the Ray cluster this process is connected to ({here})"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # A driver started by `ray job submit` already runs in the job's runtime environment, which
     # every worker shares; adding the same variables again would be a conflict for Ray.
