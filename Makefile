@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# ../shared/data (where CI keeps MNIST) only when it is there: else the tool's own default
+# (~/.cache/repair_ray/data) or what you set; nothing is created outside the clone for it
+ifneq ($(wildcard ../shared/data),)
 export REPAIR_RAY_DATA ?= $(abspath ../shared/data)
+endif
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 

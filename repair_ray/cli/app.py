@@ -75,9 +75,10 @@ class _Commands(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as error:  # noqa: BLE001 - mapped in one place; anything else is re-raised
+            from ..datasets import DatasetNotFoundError
             from ..sweep.jobs import JobNotFound
 
-            if isinstance(error, JobNotFound):
+            if isinstance(error, (JobNotFound, DatasetNotFoundError)):  # usage errors: exit 2, one line
                 fail(str(error))
             problem = infrastructure_problem(error)
             if problem is None:
@@ -142,8 +143,10 @@ def load_sweep(
     allow_import: tuple[str, ...] = (),
     *,
     check_files: bool = True,
+    quiet: tuple[type[Warning], ...] = (),
 ) -> SweepConfig:
-    """The validated config from a file or a shipped example; usage errors exit with code 2."""
+    """The validated config from a file or a shipped example; usage errors exit with code 2. Its
+    warnings are printed, but for those of the categories in ``quiet`` (the command says it itself)."""
     import yaml
 
     from ..sweep.config import ConfigError, load_config, parse_config
@@ -172,7 +175,8 @@ def load_sweep(
         except ConfigError as error:
             fail(str(error))
     for w in caught:
-        click.echo(f"warning: {w.message}", err=True)
+        if not issubclass(w.category, quiet):
+            click.echo(f"warning: {w.message}", err=True)
     return config
 
 

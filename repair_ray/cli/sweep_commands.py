@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import warnings
 from dataclasses import asdict
@@ -288,11 +289,14 @@ def run(
     from ..io import storage
     from ..io.tables import load_tables
     from ..report import compact_summary, summarise
-    from ..sweep.config import ConfigError
+    from ..sweep.config import ConfigError, DatasetDownload
     from ..sweep.lease import LeaseHeld, LeaseLost
     from ..sweep.runner import run_sweep
 
-    config = load_sweep(config_path, example, storage_uri, allow_import)
+    local = not (
+        address or os.environ.get("RAY_ADDRESS")
+    )  # then a missing dataset is downloaded here first, and said so
+    config = load_sweep(config_path, example, storage_uri, allow_import, quiet=(DatasetDownload,) if local else ())
     PLACE["storage"] = config.root
     storage.check_writable(config.root)  # before Ray starts: a wrong bucket fails here, in one line (exit 3)
     try:

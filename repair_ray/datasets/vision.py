@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,11 +98,19 @@ def _torchvision_split(name: str, root: Path, train: bool) -> tuple[torch.Tensor
     try:
         raw = cls(str(root), train=train, download=False)
     except RuntimeError:  # torchvision's "Dataset not found"
+        made = None  # the topmost folder the download would create (torchvision makes every parent)
+        for folder in (root / spec.folder, *(root / spec.folder).parents):
+            if folder.exists():
+                break
+            made = folder
         try:
             raw = cls(str(root), train=train, download=True)
         except Exception as error:
+            if made is not None:  # what the failed download created goes: no folder is left behind
+                shutil.rmtree(made, ignore_errors=True)
+            reason = " ".join(str(error).split())  # one line (torchvision's lists every mirror it tried)
             raise DatasetNotFoundError(
-                f"dataset {name} not found in {root / spec.folder} and downloading it failed ({error}). "
+                f"dataset {name} not found in {root / spec.folder} and downloading it failed ({reason}). "
                 f"Put the files there, or set {DATA_ENV} to a data root holding {spec.folder}/"
             ) from error
     return torch.as_tensor(raw.data), raw.targets

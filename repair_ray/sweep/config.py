@@ -416,6 +416,10 @@ def _recorded(root: str) -> dict[str, tuple[ImportedNetwork, ...]]:
         return {}
 
 
+class DatasetDownload(UserWarning):
+    """The sweep's dataset is not on this machine, and its loader downloads it."""
+
+
 def _dataset(value: str | DatasetSection, problems: list[str], check_files: bool, source: str) -> DatasetSpec | None:
     name, options = (value, {}) if isinstance(value, str) else (value.name, dict(value.model_extra or {}))
     prefix = "dataset" if isinstance(value, str) else "dataset.name"
@@ -431,7 +435,12 @@ def _dataset(value: str | DatasetSection, problems: list[str], check_files: bool
     if ok and check_files:
         missing, downloads = dataset_files(name, options)
         if missing is not None and downloads:
-            warnings.warn(f"{source}: {missing}; the workers will try to download it", stacklevel=4)
+            warnings.warn(
+                f"{source}: {missing}; a run downloads it "
+                "(here, before a local cluster starts; on the workers of a joined one)",
+                DatasetDownload,
+                stacklevel=4,
+            )
         elif missing is not None:
             problems.append(f"{prefix}: {missing} (on this machine)")
     return DatasetSpec(name, options) if ok else None

@@ -6,6 +6,7 @@ without Ray; their names are importable from here too.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -19,7 +20,7 @@ from .layout import CONFIG_NAME, NETWORKS_NAME
 from .lease import Lease
 from .messages import Network, TrialEnded
 from .pair_stage import PairStageSummary, run_pair_stage
-from .planning import analysis_keys, plan_trials
+from .planning import TrialPlan, analysis_keys, pair_gaps, plan_trials, read_pair_state
 from .status import SweepStatus, sweep_status
 from .stored import load_sweep_config, save_config, save_networks
 from .train_stage import TrainStageSummary, run_train_stage
@@ -71,16 +72,31 @@ def _run_sweep(
 
     started = time.time()
     save_config(config)
-    owns_ray = not ray.is_initialized()
-    say(f"[sweep] {connect(address, num_cpus=num_cpus)}")
-    say(f"[sweep] {config.name}: {config.n_trials} trials, {config.n_pairs} pairs -> {config.root}")
     keys = analysis_keys(config.pair_settings, config.dataset.as_dict())
     imported = {p.model_key: p.seeds for p in config.models if p.is_imported}
     write_current_keys(config.root, [p.model_key for p in config.models], sorted(set(keys.values())), imported)
     save_networks(config)
+    trials = plan_trials(config)
+    if not trials.todo and not pair_gaps(config, read_pair_state(config.root, keys)):
+        # a re-run with nothing to do starts no Ray: it says so and returns in the time the tables take to read
+        say(
+            f"[sweep] {config.name}: nothing to do: all {config.n_trials} trials and {config.n_pairs} pairs "
+            f"are done ({config.root})"
+        )
+        return SweepResult(
+            config.root,
+            TrainStageSummary(config.n_trials, config.n_trials, 0, 0, 0.0),
+            PairStageSummary(config.n_pairs, config.n_pairs, 0, 0, 0, 0.0),
+            time.time() - started,
+        )
+    owns_ray = not ray.is_initialized()
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        fetch_dataset(config, say)  # a local cluster reads this disk: the data is here, or an error before Ray
+    say(f"[sweep] {connect(address, num_cpus=num_cpus)}")
+    say(f"[sweep] {config.name}: {config.n_trials} trials, {config.n_pairs} pairs -> {config.root}")
     try:
         check_resources(config)
-        train, pairs = _run_stages(config, say, stop)
+        train, pairs = _run_stages(config, say, stop, trials)
         compacted = compact_tables(config.root)
         if compacted:
             say(f"[sweep] compacted {compacted} table files")
@@ -88,6 +104,19 @@ def _run_sweep(
         if owns_ray:
             ray.shutdown()
     return SweepResult(config.root, train, pairs, time.time() - started)
+
+
+def fetch_dataset(config: SweepConfig, say: Callable[[str], None]) -> None:
+    """Download the sweep's dataset here, before Ray starts, when it is missing and its loader
+    downloads (torchvision's); a :class:`~repair_ray.datasets.DatasetNotFoundError` (a usage error:
+    exit 2) when that fails. Nothing to do when the files are there."""
+    from ..datasets import dataset_files, load_dataset
+
+    missing, downloads = dataset_files(config.dataset.name, config.dataset.options)
+    if missing is None or not downloads:
+        return
+    say(f"[sweep] {missing}: downloading it before the workers start")
+    load_dataset(config.dataset.name, **config.dataset.options)
 
 
 def check_resources(config: SweepConfig) -> None:
@@ -102,13 +131,16 @@ def check_resources(config: SweepConfig) -> None:
 
 
 def _run_stages(
-    config: SweepConfig, say: Callable[[str], None], stop: threading.Event | None = None
+    config: SweepConfig,
+    say: Callable[[str], None],
+    stop: threading.Event | None = None,
+    trials: TrialPlan | None = None,
 ) -> tuple[TrainStageSummary, PairStageSummary]:
     """Both stages at once: the pair stage (a driver thread) starts each pair when its two networks exist.
 
     Setting ``stop`` (the lease was lost) makes both stages finish what is in flight and start nothing new.
     """
-    trials = plan_trials(config)
+    trials = trials or plan_trials(config)
     events: queue.Queue[TrialEnded | None] = queue.Queue()
     stop = threading.Event() if stop is None else stop
     workers_wanted = threading.Event()  # a trial of several workers waits for them: pairs start nothing new

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..datasets import DatasetNotFoundError
 from .cluster import cluster_shape, named, resolve_resources, tasks_in_flight
 from .config import SweepConfig
 from .messages import EpochReport, Trial, TrialOutcome, TrialStarted
@@ -152,10 +153,12 @@ def run_train_stage(
         if workers_wanted is not None and not waiting:
             workers_wanted.clear()
 
-    def stopped() -> bool:
-        return stop is not None and stop.is_set()
-
     completed = False
+    missing_data: list[BaseException] = []  # the dataset is not on the workers: every trial would fail alike
+
+    def stopped() -> bool:
+        return (stop is not None and stop.is_set()) or bool(missing_data)
+
     try:
         while running or (scheduler.ready and not stopped()):
             while scheduler.ready and len(running) < limit and not stopped():
@@ -171,7 +174,10 @@ def run_train_stage(
                     item = TrialOutcome({})
                 except Exception as error:  # noqa: BLE001 - the trial raised, or its worker died
                     placed(attempt)
-                    if attempt.attempts < config.train_retries:
+                    if _caused_by(error, DatasetNotFoundError):  # no retry: no attempt would find the files
+                        scheduler.failed(attempt.trial, error_text(error), error_trace(error))
+                        missing_data.append(error)
+                    elif attempt.attempts < config.train_retries:
                         attempt.attempts += 1
                         say(f"[train] {attempt.trial.name} failed ({error_text(error)}): retrying from its checkpoint")
                         submit(attempt)
@@ -196,6 +202,8 @@ def run_train_stage(
             workers_wanted.clear()
         if tracking is not None and not completed:  # what is queued is dropped: the next sweep run continues it
             tracking.close(wait=False)
+    if missing_data:  # a usage error (exit 2), once, not one per trial
+        raise DatasetNotFoundError(f"on a worker: {error_text(missing_data[0])}; the trials left were not started")
     failed = progress.failed
     if stopped() and progress.done < len(todo):
         say(f"[train] stopped after {progress.done} of {len(todo)} trials: the rest were not started")
@@ -205,6 +213,17 @@ def run_train_stage(
         tracking.close()  # waits for the MLflow calls still queued
     ran = progress.done if stopped() else len(todo)
     return TrainStageSummary(total, total - len(todo), ran, failed, time.time() - started)
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``error`` is a ``kind``, or a Ray error whose cause (however deep) is one."""
+    while True:
+        if isinstance(error, kind):
+            return True
+        cause = getattr(error, "cause", None)
+        if not isinstance(cause, BaseException):
+            return False
+        error = cause
 
 
 @dataclass
