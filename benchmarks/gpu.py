@@ -45,9 +45,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from benchmarks import sections  # noqa: E402
 from benchmarks.common import machine, table  # noqa: E402
 
 SECTION = "GPU (issue 22)"
+KEY = "benchmarks/gpu.py: gpu"  # the markers of its section in BENCHMARKS.md (benchmarks/sections.py)
 DEADLINE = [float("inf")]  # time.time() after which no long case starts (main sets it from --budget)
 
 
@@ -484,8 +486,9 @@ def markdown(results: dict[str, Any], numbered: bool = False) -> str:
 
 
 def render(results_paths: list[Path], benchmarks: Path) -> None:
-    """Put the GPU section of ``results_paths`` into ``benchmarks`` (replacing an older one). Several
-    files (runs on the same machine, each lease its own) are shown together, each row with its run."""
+    """Put the GPU section of ``results_paths`` into ``benchmarks``: the text between its markers is
+    replaced (the section is added at the end where absent), every other byte stays. Several files
+    (runs on the same machine, each lease its own) are shown together, each row with its run."""
     runs = [json.loads(path.read_text()) for path in results_paths]
     results = {**runs[0], "sections": {}, "seconds": sum(r["seconds"] for r in runs)}
     results["date"] = "; ".join(f"run {i}: {r['date']}" for i, r in enumerate(runs, 1))
@@ -497,13 +500,8 @@ def render(results_paths: list[Path], benchmarks: Path) -> None:
                 merged["seconds"] += section["seconds"]
             elif not merged["rows"]:
                 merged.update(section)
-    section = markdown(results, numbered=len(runs) > 1)
-    text = benchmarks.read_text() if benchmarks.exists() else "# Benchmarks\n"
-    start = text.find(f"\n## {SECTION}")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + text[end:] if end >= 0 else text[:start]
-    benchmarks.write_text(text.rstrip("\n") + "\n\n" + section)
+    text = benchmarks.read_text() if benchmarks.exists() else sections.PREAMBLE
+    benchmarks.write_text(sections.put(text, KEY, markdown(results, numbered=len(runs) > 1)))
 
 
 def main() -> None:
