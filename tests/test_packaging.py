@@ -130,3 +130,20 @@ def test_every_public_name_is_what_it_names_even_after_the_submodules_are_import
     for name in repair_ray.__all__:
         assert not isinstance(getattr(repair_ray, name), types.ModuleType), name
     assert callable(repair_ray.repair) and callable(repair_ray.load_tables)
+
+
+def test_examples_lists_each_with_whole_sentences():
+    """`repair-ray examples` never cuts a description off mid-sentence ("et al." is not an end)."""
+    import re
+
+    from click.testing import CliRunner
+
+    from repair_ray.cli import example_names, main
+
+    out = CliRunner().invoke(main, ["examples"]).output
+    entries = re.split(r"\n(?=\S)", out.split("\n\nrun one with")[0])
+    assert [entry.split()[0] for entry in entries] == example_names()
+    for entry in entries:
+        text = " ".join(entry.split()[1:])
+        assert text[-1] in ".?!", entry
+        assert not text.endswith(" al."), entry

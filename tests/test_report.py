@@ -396,8 +396,14 @@ def test_report_on_a_running_sweep_and_an_empty_one(tmp_path):
     index = report.write_report(root, tmp_path / "running-report", model_key=CONFIGS[0][0], notes=["half done"])
     out = index.parent
     page = index.read_text()
-    assert "half done" in page and "single width" in page and "single depth" in page
-    for name in ("barrier_vs_width", "barrier_vs_depth", "curves", "variance_collapse", "endpoint_accuracy"):
+    assert "half done" in page
+    # one width and one depth: no plot against either (a category axis of one point), a note instead
+    assert (
+        "not drawn: this sweep has a single width (8)" in page
+        and "not drawn: this sweep has a single depth (1)" in page
+    )
+    assert not list(out.glob("barrier_vs_*.png")) and not list(out.glob("barrier_vs_*.svg"))
+    for name in ("curves", "variance_collapse", "endpoint_accuracy"):
         assert_png(out / f"{name}.png")
     assert pd.read_csv(out / "summary.csv")["pairs"].eq(1).all()  # the in-flight pair is not counted
     assert "mean over 1 pair)" in (out / "curves.svg").read_text()  # nor plotted (SVG text stays text)
@@ -428,13 +434,13 @@ def test_report_warns_of_cells_under_five_pairs_and_shows_paired_differences(tmp
     assert "intervals over fewer than 5 pairs say little" in page
     warning = page.split('<div class="warning">')[1].split("</div>")[0]
     assert "4 of 8 cells" in warning
-    for method in ("none + none", "none + repair", "weight + none", "weight + repair"):
-        assert f"mlp on mnist, norm none, width 8, depth 2: {method}, 3 pairs" in warning
+    # one line per model config and pair count, not one per cell
+    assert warning.count("<li>") == 1
+    assert "<li>mlp on mnist, norm none, width 8, depth 2: 3 pairs (every method)</li>" in warning
     assert "width 16" not in warning
     md = (index.parent / "summary.md").read_text()
     assert (
-        "> - mlp on mnist, norm none, width 8, depth 2: weight + repair, 3 pairs" in md
-        and "width 16, depth 2:" not in md
+        "> - mlp on mnist, norm none, width 8, depth 2: 3 pairs (every method)" in md and "width 16, depth 2:" not in md
     )
     # paired differences: each correction against none, each alignment against none, per model config
     assert "<h2>Paired differences</h2>" in page and "## Paired differences" in md

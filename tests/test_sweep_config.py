@@ -35,6 +35,10 @@ BAD = [
     ({"models": [{"arch": "mlp", "width": 12.5}]}, "models[0].width: mlp width counts hidden units"),
     ({"train": {"epochs": 0}}, "train.epochs: must be a positive integer, got 0"),
     ({"train": {"epochs": "ten"}}, "train.epochs: input should be a valid integer"),
+    (
+        {"train": {"epochs": 2.5}},
+        "train.epochs: input should be a valid integer, got a number with a fractional part (2.5)",
+    ),
     ({"train": {"lr": 0}}, "train.lr: must be a positive number"),
     ({"train": {"optimizer": "rmsprop"}}, "train.optimizer: must be one of sgd, adam"),
     ({"train": {"precision": "fp16"}}, "train.precision: must be one of fp32, bf16"),

@@ -44,10 +44,25 @@ def examples(name: str | None) -> None:
     if name is not None:
         click.echo(example_text(name), nl=False)
         return
+    import itertools
+    import re
+    import textwrap
+
     for example in example_names():
-        text = example_text(example)
-        first = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
-        click.echo(f"{example:32s} {first}")
+        # the header's prose: its comment lines up to a blank one or an indented one (a command)
+        header = itertools.takewhile(
+            lambda line: line.startswith("#") and line[1:].strip() and not line[1:].startswith("  "),
+            example_text(example).splitlines(),
+        )
+        block = " ".join(line.lstrip("#").strip() for line in header)
+        # whole sentences (an end: ". " before a capital, not "et al."), until the line says something
+        sentences = re.split(r"(?<!\bal)(?<=[.?!])\s+(?=[A-Z`(])", block)
+        first = sentences[0]
+        for more in sentences[1:]:
+            if len(first) >= 60:
+                break
+            first = f"{first} {more}"
+        click.echo(textwrap.fill(first, 110, initial_indent=f"{example:32s} ", subsequent_indent=" " * 33))
     click.echo("\nrun one with `repair-ray run --example NAME`; copy one with `repair-ray examples NAME > sweep.yaml`")
 
 

@@ -77,30 +77,37 @@ def _round(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _small_cell_lines(summary: pd.DataFrame) -> list[str]:
-    """One line per cell of ``summary`` with fewer than :data:`MIN_PAIRS` pairs: its model description,
-    method and pairs (the keys too where two cells would otherwise read the same)."""
+    """The cells of ``summary`` with fewer than :data:`MIN_PAIRS` pairs, one line per model config
+    and pair count: its description (its keys too where two would otherwise read the same), the
+    pairs, and its methods with that count ("every method" when it is all of the table's)."""
     small = small_cells(summary)
-    names = []
+    every = {(r["align"], r["correction"]) for r in summary.to_dict("records")}
+    described: list[tuple[str, str, int, tuple[str, str]]] = []
     for r in small.to_dict("records"):
         width, depth = format_value(r["width"]), format_value(r["depth"])
         text = f"{r['arch']} on {r['dataset']}, norm {r['norm']}, width {width}, depth {depth}"
         for key in ("layer_widths", *LINEAGE):
             if key in r and not pd.isna(r[key]):
                 text += f", {key.replace('_', ' ')} {format_value(r[key])}"
-        names.append(f"{text}: {r['align']} + {r['correction']}")
+        keys = f"model key {r['model_key']}" + (f", analysis key {r['analysis_key']}" if r["analysis_key"] else "")
+        described.append((text, keys, int(r["pairs"]), (r["align"], r["correction"])))
+    keys_of: dict[str, set[str]] = {}
+    for text, keys, _, _ in described:
+        keys_of.setdefault(text, set()).add(keys)
+    groups: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for text, keys, pairs, method in described:
+        name = f"{text} ({keys})" if len(keys_of[text]) > 1 else text
+        groups.setdefault((name, pairs), []).append(method)
     lines = []
-    for name, r in zip(names, small.to_dict("records"), strict=True):
-        if names.count(name) > 1:
-            name += f" (model key {r['model_key']}" + (
-                f", analysis key {r['analysis_key']})" if r["analysis_key"] else ")"
-            )
-        lines.append(f"{name}, {int(r['pairs'])} pair{'s' * (r['pairs'] != 1)}")
+    for (name, pairs), methods in groups.items():
+        which = "every method" if set(methods) == every else ", ".join(f"{a} + {c}" for a, c in methods)
+        lines.append(f"{name}: {pairs} pair{'s' * (pairs != 1)} ({which})")
     return lines
 
 
-def _small_cell_warning(lines: list[str], cells: int) -> str:
+def _small_cell_warning(small: int, cells: int) -> str:
     return (
-        f"{len(lines)} of {cells} cells have fewer than {MIN_PAIRS} pairs: intervals over fewer than "
+        f"{small} of {cells} cells have fewer than {MIN_PAIRS} pairs: intervals over fewer than "
         f"{MIN_PAIRS} pairs say little (more seeds give more pairs)."
     )
 
@@ -173,7 +180,7 @@ def write_report(
     failures = failed_pairs(tables["pairs"])
     failed_models = tables["models"][~is_ok(tables["models"])] if not tables["models"].empty else tables["models"]
     compact = compact_summary(summary)
-    small = _small_cell_lines(summary)
+    small, n_small = _small_cell_lines(summary), len(small_cells(summary))
     cells = int((summary["pairs"] > 0).sum()) if not summary.empty else 0
     differences = baseline_differences(tables["pairs"])
     compact_diff = compact_differences(differences)
@@ -249,20 +256,24 @@ def write_report(
         "training_curves": lambda stem: plot_training_curves(tables["models"], stem),
         "timeline": lambda stem: plot_timeline(tables["models"], tables["pairs"], stem),
     }
+    single = {  # an axis with one value: a plot against it would be a category axis of one point
+        name: (axis, values[0])
+        for name, axis in (("barrier_vs_width", "width"), ("barrier_vs_depth", "depth"))
+        if len(values := ok["pairs"][axis].dropna().unique() if not ok["pairs"].empty else []) == 1
+    }
     for plot in plots:
         for fmt in PLOT_FORMATS:  # never leave a stale plot of an earlier report beside this one
             (out / f"{plot.name}.{fmt}").unlink(missing_ok=True)
+        if plot.name in single:
+            axis, value = single[plot.name]
+            plot.note = f"not drawn: this sweep has a single {axis} ({format_value(value)}); the table has its barriers"
+            continue
         try:
             plot.written = makers[plot.name](out / plot.name)
         except ValueError as error:
             plot.note = f"not drawn: {error}"
         except Exception as error:  # noqa: BLE001 - a broken plot must not lose the rest of the report
             plot.note = f"not drawn: {type(error).__name__}: {error}"
-    if not ok["pairs"].empty:
-        for plot, axis in ((plots[0], "width"), (plots[1], "depth")):
-            values = ok["pairs"][axis].dropna().unique()
-            if plot.written and len(values) == 1:
-                plot.note = f"this sweep has a single {axis} ({format_value(values[0])}): single points"
 
     # summary.md
     md = [f"# Sweep report: {storage.basename(sweep)}", "", f"Sweep: `{sweep}`", ""]
@@ -274,7 +285,7 @@ def write_report(
     md += ["## Barriers per model config and method", "", "Mean ± 95% CI over n pairs (t-interval); "]
     md[-1] += "reductions are per pair against the same alignment without correction, then averaged.\n"
     if small:
-        md += [f"> **Warning:** {_small_cell_warning(small, cells)}", ">"]
+        md += [f"> **Warning:** {_small_cell_warning(n_small, cells)}", ">"]
         md += [f"> - {line}" for line in small] + [""]
     md += [to_markdown(compact), "## Paired differences", "", DIFFERENCES_TEXT, "", to_markdown(compact_diff)]
     md += ["## Trained networks", "", to_markdown(_round(models_summary)), "## Failed pairs", ""]
@@ -294,6 +305,7 @@ def write_report(
             failed_models,
             plots,
             small=small,
+            n_small=n_small,
             cells=cells,
             compact_diff=compact_diff,
             tuning=index_section(tuning),
@@ -315,6 +327,7 @@ def _html(
     plots,
     *,
     small,
+    n_small,
     cells,
     compact_diff,
     tuning,
@@ -346,7 +359,7 @@ def _html(
             else f"<details><summary>the cells</summary><ul>{items}</ul></details>"
         )
         parts.append(
-            f'<div class="warning"><strong>Warning:</strong> {e(_small_cell_warning(small, cells))}{listed}</div>'
+            f'<div class="warning"><strong>Warning:</strong> {e(_small_cell_warning(n_small, cells))}{listed}</div>'
         )
     parts += [
         html_table(compact),

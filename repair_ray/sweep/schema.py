@@ -272,7 +272,13 @@ def describe_validation_error(error: ValidationError) -> list[str]:
         elif item["type"] == "missing":
             message = f"{key}: required key is missing"
         else:
-            message = f"{key}: {item['msg'].lower()}, got {item.get('input')!r}"
+            said = item["msg"].lower()
+            # pydantic's own message may say what it got ("got a number with a fractional part"): one "got"
+            message = (
+                f"{key}: {said} ({item.get('input')!r})"
+                if " got " in f" {said}"
+                else f"{key}: {said}, got {item.get('input')!r}"
+            )
         if key in seen and item["type"] != "extra_forbidden":
             continue  # a union reports one error per alternative: keep the first
         seen.add(key)
