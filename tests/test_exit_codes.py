@@ -1,14 +1,17 @@
 """Exit statuses that tell a scheduler what happened, and commands that say the truth.
 
 0 done, 1 some trials or pairs failed, 2 a bad config or usage, 3 infrastructure (storage, the Ray
-cluster, its dashboard): one line naming the place, no traceback unless asked for.
+cluster, its dashboard) or a sweep another run holds: one line naming the place, no traceback
+unless asked for; 4 a bug of ours: its traceback, always, then one line saying so.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -110,6 +113,11 @@ class FakeJobs:
 
         self.status, self.final, self.polls = JobStatus(status), final, polls
         self.stop_requests = 0
+        self.submitted: list[dict] = []  # every submit_job call's arguments
+
+    def submit_job(self, *, entrypoint, runtime_env=None, submission_id=None, **rest):
+        self.submitted.append({"entrypoint": entrypoint, "runtime_env": runtime_env, "submission_id": submission_id})
+        return submission_id
 
     def stop_job(self, job_id):
         self.stop_requests += 1
@@ -216,3 +224,148 @@ def test_a_process_connected_to_one_cluster_joins_no_other_silently(ray_session,
             connect(elsewhere)
     with pytest.raises(InfrastructureError, match=f"no Ray cluster at 127.0.0.1:{closed_port}"):
         connect(f"127.0.0.1:{closed_port}")
+
+
+# ---------------------------------------------------------------------------------------------
+# `submit` asks the sweep's lease first: a sweep a live run holds is refused as `run` refuses it
+# ---------------------------------------------------------------------------------------------
+
+HEAD = "http://head:8265"
+
+
+def without_age(text: str) -> str:
+    """The lease message without the heartbeat's age in seconds (two commands a moment apart)."""
+    return re.sub(r"\(\d+s ago\)", "(Ns ago)", text)
+
+
+def test_submit_refuses_a_sweep_a_live_run_holds_as_run_does_and_submits_nothing(fake_ray_jobs, tmp_path):
+    from repair_ray.sweep.lease import Lease
+
+    made = fake_ray_jobs()
+    config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("held", str(tmp_path / "runs"), seeds=2))
+    root = str(tmp_path / "runs" / "held")
+    with Lease(root, ttl=60, say=lambda _: None) as lease:  # this very process: alive, on this host
+        submitted = cli("submit", config, "--address", HEAD)
+        ran = cli("run", config)  # refused before Ray starts
+        assert read_holder_pid(root) == lease.holder.pid  # the lease is untouched
+    assert submitted.returncode == ran.returncode == 3, submitted.stdout + submitted.stderr
+    refusal = submitted.stderr[submitted.stderr.index("error: ") :]  # after the warning about a local path
+    assert refusal.startswith(f"error: sweep {root} is being run by another `repair-ray run`: host ")
+    assert without_age(refusal) == without_age(ran.stderr)  # run's message, word for word
+    assert "Traceback" not in submitted.stderr
+    assert made["client"].submitted == []  # no job was submitted
+    assert "[submit]" not in submitted.stdout
+
+
+def read_holder_pid(root: str) -> int | None:
+    from repair_ray.sweep.lease import read_holder
+
+    holder = read_holder(root)
+    return None if holder is None else holder.pid
+
+
+def test_submit_submits_when_no_run_holds_the_sweep_or_its_holder_looks_dead(fake_ray_jobs, tmp_path):
+    from repair_ray.io import storage
+    from repair_ray.sweep.lease import LEASE_NAME, Holder
+
+    made = fake_ray_jobs()
+    config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("free", str(tmp_path / "runs"), seeds=2))
+    first = cli("submit", config, "--address", HEAD, "--id", "job-1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert made["client"].submitted[0]["submission_id"] == "job-1"
+    assert made["client"].submitted[0]["entrypoint"] == "python -m repair_ray run sweep.yaml"
+    assert "[submit] job job-1: sweep free" in first.stdout
+
+    root = str(tmp_path / "runs" / "free")  # a run elsewhere whose heartbeat stopped ten minutes ago
+    now = time.time()
+    storage.write_bytes_atomic(
+        storage.join(root, LEASE_NAME), Holder("elsewhere", 1, "0123456789ab", now - 700, now - 600, 120).to_bytes()
+    )
+    second = cli("submit", config, "--address", HEAD, "--id", "job-2")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert [job["submission_id"] for job in made["client"].submitted] == ["job-2"]  # a client per command
+
+
+def test_submit_take_over_sends_the_job_that_takes_a_live_lease(fake_ray_jobs, tmp_path):
+    from repair_ray.sweep.lease import Lease
+
+    made = fake_ray_jobs()
+    config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("taken", str(tmp_path / "runs"), seeds=2))
+    with Lease(str(tmp_path / "runs" / "taken"), ttl=60, say=lambda _: None):
+        out = cli("submit", config, "--address", HEAD, "--id", "job-3", "--take-over")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert made["client"].submitted[0]["entrypoint"] == "python -m repair_ray run sweep.yaml --take-over"
+
+
+def test_submit_goes_on_with_a_warning_when_this_machine_cannot_read_the_storage(fake_ray_jobs, tmp_path, closed_port):
+    """A laptop without the bucket's credentials (the nodes have their own) still submits; the job's
+    run takes the lease itself."""
+    made = fake_ray_jobs()
+    config = write_yaml(tmp_path / "sweep.yaml", tiny_sweep("far", "s3://bucket/runs", seeds=2))
+    out = cli(
+        "submit",
+        config,
+        "--address",
+        HEAD,
+        "--id",
+        "job-4",
+        env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port}"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "warning: could not read the lease of s3://bucket/runs/far from here (network: " in out.stderr
+    assert [job["submission_id"] for job in made["client"].submitted] == ["job-4"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A bug is not a failed trial: exit 4, the traceback and one line saying it is a bug
+# ---------------------------------------------------------------------------------------------
+
+
+def raising(error: BaseException):
+    def broken(*args, **kwargs):
+        raise error
+
+    return broken
+
+
+def test_an_unexpected_exception_is_exit_4_with_its_traceback_and_a_line_saying_it_is_a_bug(monkeypatch, tmp_path):
+    # a bug planted in the code `status` calls
+    monkeypatch.setattr("repair_ray.sweep.status.sweep_status", raising(RuntimeError("boom\nsecond line")))
+    out = cli("status", str(tmp_path))
+    assert out.returncode == 4, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[0] == "Traceback (most recent call last):"  # always, without --debug: a bug needs it
+    assert "RuntimeError: boom" in out.stderr and "in broken" in out.stderr
+    assert lines[-1] == (
+        "error: internal error: RuntimeError: boom (a bug in repair-ray: please report it with the traceback above)"
+    )
+    assert sum(line.startswith("error: ") for line in lines) == 1
+
+
+def test_an_internal_error_without_a_message_names_its_type(monkeypatch, tmp_path):
+    monkeypatch.setattr("repair_ray.sweep.status.sweep_status", raising(AssertionError()))
+    out = cli("--debug", "status", str(tmp_path))
+    assert out.returncode == 4
+    assert out.stderr.count("Traceback (most recent call last)") == 1  # --debug prints it once, not twice
+    assert out.stderr.strip().splitlines()[-1].startswith("error: internal error: AssertionError (a bug in repair-ray")
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "said"),
+    [
+        (KeyboardInterrupt, 1, "Aborted!"),  # Ctrl+C: click's abort
+        (lambda: SystemExit(5), 5, ""),  # a command's own exit status
+        (lambda: click.UsageError("bad --thing"), 2, "Error: bad --thing"),  # click's usage error
+    ],
+)
+def test_click_exits_ctrl_c_and_sys_exit_keep_their_meaning(monkeypatch, tmp_path, raised, code, said):
+    monkeypatch.setattr("repair_ray.sweep.status.sweep_status", raising(raised()))
+    out = cli("status", str(tmp_path))
+    assert out.returncode == code, out.stdout + out.stderr
+    assert said in out.stderr
+    assert "internal error" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_usage_error_of_click_is_still_exit_2():
+    out = cli("status")  # the argument is missing
+    assert out.returncode == 2 and "Missing argument" in out.stderr and "internal error" not in out.stderr

@@ -411,8 +411,8 @@ def test_slurm_job_starts_head_and_worker_on_the_picked_address_and_reports_a_fi
     ]
 
 
-@pytest.mark.parametrize(("run_status", "reported"), [(1, True), (2, False), (3, False)])
-def test_slurm_job_reports_after_some_trials_failed_but_not_after_a_bad_config_or_broken_infrastructure(
+@pytest.mark.parametrize(("run_status", "reported"), [(1, True), (2, False), (3, False), (4, False)])
+def test_slurm_job_reports_after_some_trials_failed_but_not_after_a_bad_config_broken_infrastructure_or_a_bug(
     tmp_path, run_status, reported, subprocesses
 ):
     out, calls = slurm_job(tmp_path, run_status=run_status)

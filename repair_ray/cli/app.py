@@ -19,7 +19,7 @@ import click
 if TYPE_CHECKING:
     from ..sweep.config import SweepConfig
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRASTRUCTURE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRASTRUCTURE, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -67,25 +67,44 @@ def _debug() -> bool:
 
 
 class _Commands(click.Group):
-    """The command group: infrastructure errors end every command the same way, with exit status 3."""
+    """The command group: how an exception ends every command. Infrastructure errors and a sweep
+    held by another run exit with status 3 in one line; any other exception is a bug of ours and
+    exits with status 4, its traceback then one line saying so. Click's own exits (usage errors: 2),
+    ``sys.exit`` and Ctrl+C keep their meaning."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except Exception as error:  # noqa: BLE001 - mapped in one place; anything else is re-raised
+        except Exception as error:  # noqa: BLE001 - every exception is mapped here, in one place
             from ..datasets import DatasetNotFoundError
             from ..sweep.jobs import JobNotFound
+            from ..sweep.lease import LeaseHeld, LeaseLost
 
             if isinstance(error, (JobNotFound, DatasetNotFoundError)):  # usage errors: exit 2, one line
                 fail(str(error))
+            if isinstance(error, (LeaseHeld, LeaseLost)):  # run, tune and submit: another run writes the sweep
+                fail(str(error), EXIT_INFRASTRUCTURE)
             problem = infrastructure_problem(error)
             if problem is None:
-                raise
+                internal_error(error)
             if _debug() or ctx.meta.get(DEBUG):
                 traceback.print_exception(error)
             fail(problem, EXIT_INFRASTRUCTURE)
+
+
+def internal_error(error: Exception) -> NoReturn:
+    """End the command after an exception none of our rules expects (a bug): its traceback on
+    stderr, always, then one line naming it and asking for a report; exit status 4."""
+    traceback.print_exception(error)
+    what = (str(error).strip().splitlines() or [""])[0]
+    name = type(error).__qualname__
+    fail(
+        f"internal error: {name}{': ' + what if what else ''} "
+        "(a bug in repair-ray: please report it with the traceback above)",
+        EXIT_INTERNAL,
+    )
 
 
 def stamped(line: str) -> str:
@@ -203,18 +222,20 @@ allow_import_option = click.option(
 @click.option(
     "--debug",
     is_flag=True,
-    help="Print the traceback of an infrastructure error too (or set REPAIR_RAY_DEBUG=1).",
+    help="Print the traceback of an infrastructure error too (or set REPAIR_RAY_DEBUG=1); "
+    "an internal error (exit 4) always prints it.",
 )
 def main(debug: bool) -> None:
     """Sweeps of linear mode connectivity: train seeds, align and repair pairs, measure barriers.
 
     Exit status: 0 done; 1 some trials or pairs failed (the sweep ran); 2 a bad config or usage;
-    3 storage, the Ray cluster or its dashboard could not be reached (one line naming it).
+    3 storage, the Ray cluster or its dashboard could not be reached (one line naming it), or
+    another run holds the sweep; 4 an internal error, a bug in repair-ray (its traceback, always).
     """
     click.get_current_context().meta[DEBUG] = debug
 
 
-# run and tune: who may take a sweep's lease from a holder that looks alive
+# run, tune and submit: who may take a sweep's lease from a holder that looks alive
 take_over_option = click.option(
     "--take-over",
     is_flag=True,

@@ -13,9 +13,11 @@ from .app import (
     config_argument,
     example_option,
     fail,
+    infrastructure_problem,
     load_sweep,
     main,
     storage_option,
+    take_over_option,
 )
 
 job_address = click.option(
@@ -40,6 +42,7 @@ job_address = click.option(
     "the job to every worker (Ray runtime_env py_modules); repeatable. Its modules still need --allow-import.",
 )
 @allow_import_option
+@take_over_option
 def submit(
     config_path: str | None,
     example: str | None,
@@ -49,15 +52,18 @@ def submit(
     follow: bool,
     py_modules: tuple[str, ...],
     allow_import: tuple[str, ...],
+    take_over: bool,
 ) -> None:
     """Submit the sweep in CONFIG to a Ray cluster as a Ray Job (from a laptop: no shell on the head).
 
-    The config is validated here first. The job carries the config, this version of repair_ray
-    and where storage and data are; never a credential (the nodes have their own). With token
-    authentication, export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or keep ~/.ray/auth_token).
+    The config is validated here first, and a sweep that a live run holds (its lease) is refused
+    here, as `run` refuses it; with --take-over the job's run takes the lease when it starts. The
+    job carries the config, this version of repair_ray and where storage and data are; never a
+    credential (the nodes have their own). With token authentication, export RAY_AUTH_MODE=token
+    and RAY_AUTH_TOKEN (or keep ~/.ray/auth_token).
 
     Exit status: 0 submitted (with --follow: the job succeeded), 1 the followed job failed or was
-    stopped, 2 a bad config, 3 the dashboard cannot be reached.
+    stopped, 2 a bad config, 3 the dashboard cannot be reached or another run holds the sweep, 4 a bug.
     """
     from ..io import storage
     from ..sweep import jobs
@@ -72,8 +78,17 @@ def submit(
             "the driver; use s3://, gs:// or a filesystem every node shares for more than one node",
             err=True,
         )
+    client = jobs.client(address)  # a dead dashboard is named first: it is needed whatever the lease says
+    if not take_over:
+        _refuse_a_held_sweep(config.root)
     job_id = jobs.submit(
-        data, address=address, submission_id=submission_id, py_modules=py_modules, allow_import=config.allow_import
+        data,
+        address=address,
+        submission_id=submission_id,
+        py_modules=py_modules,
+        allow_import=config.allow_import,
+        take_over=take_over,
+        jobs=client,
     )
     where = f" --address {address}" if address else ""
     click.echo(f"[submit] job {job_id}: sweep {config.name} -> {config.root}")
@@ -84,6 +99,27 @@ def submit(
         status = jobs.follow(job_id, address=address, say=click.echo)
         click.echo(f"[submit] job {job_id} {status}")
         sys.exit(EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED)
+
+
+def _refuse_a_held_sweep(root: str) -> None:
+    """Raise ``LeaseHeld`` (exit 3, `run`'s message) when a live run holds the sweep at ``root``.
+
+    The job's run takes the lease itself, so this only saves a job that would stop at once. Storage
+    that this machine cannot read (no credentials here: the nodes have their own) is a warning,
+    and the job's run decides.
+    """
+    from ..sweep.lease import refuse_if_held
+
+    try:
+        refuse_if_held(root)
+    except Exception as error:  # noqa: BLE001 - only the infrastructure's errors are a warning
+        problem = infrastructure_problem(error)
+        if problem is None:
+            raise
+        click.echo(
+            f"warning: could not read the lease of {root} from here ({problem}); the job's run checks it",
+            err=True,
+        )
 
 
 @main.command()

@@ -298,14 +298,13 @@ def run(
     One run writes a sweep at a time: it holds the lease STORAGE/SWEEP/lease.json while it lives.
     Exit status: 0 when every trial and pair succeeded, 1 when the sweep ran but some failed
     (listed, with their reasons), 2 for a bad config or usage, 3 when storage or the Ray cluster
-    cannot be reached, or another run holds the sweep (or took it over while this one ran).
+    cannot be reached, or another run holds the sweep (or took it over while this one ran), 4 a bug.
     Progress lines start with their UTC time.
     """
     from ..io import storage
     from ..io.tables import load_tables
     from ..report import compact_summary, summarise
     from ..sweep.config import ConfigError, DatasetDownload
-    from ..sweep.lease import LeaseHeld, LeaseLost
     from ..sweep.runner import run_sweep
 
     local = not (
@@ -318,8 +317,7 @@ def run(
         result = run_sweep(config, address=address, num_cpus=num_cpus, say=say, take_over=take_over)
     except ConfigError as error:  # a resource request that no node of the cluster can ever hold
         fail(str(error))
-    except (LeaseHeld, LeaseLost) as error:
-        fail(str(error), code=3)
+    # another run holding the sweep (LeaseHeld, LeaseLost) is exit 3, for run, tune and submit alike (app.py)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rows of other settings: the summary is of this config's only
         tables = load_tables(config.root)

@@ -67,12 +67,12 @@ def tune(
     split is never used. A killed tune, run again, finishes without redoing finished trials. Every
     trial is a row of the sweep's `recipes` table. Exit status: 0 when every model config got a
     recipe, 1 when some got none (every trial failed, diverged or was stopped), 2 a bad config,
-    3 storage or the cluster cannot be reached, or another run holds the sweep.
+    3 storage or the cluster cannot be reached, or another run holds the sweep, 4 a bug.
     """
     from ..io import storage
     from ..sweep.cluster import connect
     from ..sweep.config import ConfigError
-    from ..sweep.lease import Lease, LeaseHeld, LeaseLost
+    from ..sweep.lease import Lease
     from ..sweep.tune_stage import run_tune_stage
 
     config = load_sweep(config_path, example, storage_uri, allow_import)
@@ -93,8 +93,7 @@ def tune(
                     ray.shutdown()
     except ConfigError as error:
         fail(str(error))
-    except (LeaseHeld, LeaseLost) as error:
-        fail(str(error), code=3)
+    # another run holding the sweep (LeaseHeld, LeaseLost) is exit 3, for run, tune and submit alike (app.py)
     say(
         f"[tune] done in {summary.seconds:.0f}s: {summary.trials} trials, {summary.failed} failed; "
         f"rows in {storage.join(config.root, 'tables', 'recipes')}"

@@ -72,12 +72,16 @@ def submit(
     submission_id: str | None = None,
     py_modules: Sequence[str] = (),
     allow_import: Sequence[str] = (),
+    take_over: bool = False,
+    jobs: Any = None,
 ) -> str:
     """Submit ``repair-ray run`` of an already validated config; returns the job's submission id.
 
     ``py_modules``: the user's own code (package folders, module files, wheels) that the config's
     networks import, shipped to the driver and every worker with this version of repair_ray.
     ``allow_import``: the modules the job's ``repair-ray run`` may import (its ``--allow-import``).
+    ``take_over``: the job's run takes the sweep's lease even from a run that looks alive.
+    ``jobs``: the Jobs client to use (default: one for ``address``).
     """
     import repair_ray
 
@@ -85,13 +89,14 @@ def submit(
         Path(folder, "sweep.yaml").write_text(yaml.safe_dump(config_data, sort_keys=False))
         entrypoint = "python -m repair_ray run sweep.yaml"  # RAY_ADDRESS is set for it: it joins the cluster
         entrypoint += "".join(f" --allow-import {shlex.quote(module)}" for module in allow_import)
+        entrypoint += " --take-over" if take_over else ""
         runtime_env = {
             "working_dir": folder,
             "py_modules": [os.path.dirname(repair_ray.__file__), *(os.path.abspath(p) for p in py_modules)],
             "env_vars": forwarded_env(),
         }
         name = submission_id or f"repair-ray-{config_data['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        jobs = client(address)
+        jobs = jobs if jobs is not None else client(address)
         with dashboard(address):
             return jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=name)
 

@@ -4,7 +4,9 @@
 its time to live, and the run deletes it when it ends, however it ends. A second ``run`` of the
 same sweep meets a live lease and stops with a message naming the holder; a lease whose heartbeat
 is older than its time to live (its run was killed) is taken over with a warning, and so is one
-whose process is gone on this very host. Readers (``status``, ``report``) never need it.
+whose process is gone on this very host. ``submit`` asks the same question before it sends a job
+(:func:`refuse_if_held`), so a live run refuses a second job at once. Readers (``status``,
+``report``) never need it.
 
 Every change of the lease is a compare-and-swap, so two runs racing for it cannot both win:
 
@@ -91,6 +93,10 @@ class Holder:
     def stale(self, now: float) -> bool:
         return now > self.expires_at
 
+    def alive(self, now: float) -> bool:
+        """Whether its run looks alive: its heartbeat is fresh and, on this host, its process runs."""
+        return not (self.stale(now) or self.dead_here())
+
     def dead_here(self) -> bool:
         """Whether the holder ran on this host and its process is gone (killed, crashed)."""
         if self.host != socket.gethostname():
@@ -137,6 +143,28 @@ def read_holder(root: str) -> Holder | None:
     with contextlib.suppress(ValueError, KeyError, TypeError):
         return Holder.from_bytes(found[0])
     return None
+
+
+def held_message(root: str, holder: Holder, now: float) -> str:
+    """What a command that would write the sweep at ``root`` says when ``holder``'s run is alive."""
+    return (
+        f"sweep {root} is being run by another `repair-ray run`: {holder.describe(now)}; its lease "
+        f"expires at {_iso(holder.expires_at)} unless renewed.\n"
+        "Two runs of one sweep would do the same work twice and overwrite each other's sweep.yaml and "
+        f"current_keys.json, so this one stops. Wait for it to finish (`repair-ray status {root}` shows "
+        "its progress), stop it (Ctrl+C, or `repair-ray stop JOB` for a Ray Job), or, if it is dead, wait "
+        "until its lease expires or run again with --take-over."
+    )
+
+
+def refuse_if_held(root: str) -> None:
+    """Raise :class:`LeaseHeld`, with the message a second ``run`` gives, when a live run holds the
+    lease of the sweep at ``root``; takes nothing (``submit`` asks before its job's run takes it)."""
+    root = storage.normalize(root)
+    holder = read_holder(root)
+    now = time.time()
+    if holder is not None and holder.alive(now):
+        raise LeaseHeld(held_message(root, holder, now))
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,8 +402,8 @@ class Lease:
                 other: Holder | None = Holder.from_bytes(data)
             except (ValueError, KeyError, TypeError):
                 other = None
-            if other is not None and not (self.take_over or other.stale(now) or other.dead_here()):
-                raise LeaseHeld(self._held_message(other, now))
+            if other is not None and not self.take_over and other.alive(now):
+                raise LeaseHeld(held_message(self.root, other, now))
             why = (
                 "unreadable"
                 if other is None
@@ -392,16 +420,6 @@ class Lease:
                 self.say(f"warning: took over the lease of {self.root}{who} ({why})")
                 return
         raise LeaseHeld(f"could not take the lease of {self.root}: other runs keep changing it; try again")
-
-    def _held_message(self, other: Holder, now: float) -> str:
-        return (
-            f"sweep {self.root} is being run by another `repair-ray run`: {other.describe(now)}; its lease "
-            f"expires at {_iso(other.expires_at)} unless renewed.\n"
-            "Two runs of one sweep would do the same work twice and overwrite each other's sweep.yaml and "
-            f"current_keys.json, so this one stops. Wait for it to finish (`repair-ray status {self.root}` shows "
-            "its progress), stop it (Ctrl+C, or `repair-ray stop JOB` for a Ray Job), or, if it is dead, wait "
-            "until its lease expires or run again with --take-over."
-        )
 
     def _heartbeat(self) -> None:
         last_renewed = time.time()
