@@ -116,7 +116,8 @@ DIFFERENCES_TEXT = (
     "of this table (the t-tests together, the sign tests together); a test without a p value (a t-test over "
     "fewer than 2 pairs) has no q value and is not counted. The verdict says which method is better where "
     f"the t-test's q value is at most {FDR_LEVEL:g} (a false discovery rate of {FDR_LEVEL:.0%}), n.s. "
-    "otherwise; read the raw p values as one test each, never as a verdict. "
+    "otherwise; read the raw p values, and the 95% intervals (not adjusted), as one test each, never as a "
+    "verdict: an interval that excludes 0 can stand beside n.s. "
     "In a stability or IMP study each trunk is its own model config: these intervals and tests are over "
     "the pairs of one trunk (not independent of each other) and hold for that trunk alone."
 )
