@@ -8,8 +8,10 @@ the order the sweep lists them); any barrier column of the pairs table can be as
 ``--diff A B`` adds, per align and model config, the per-pair difference correction A minus
 correction B (paired: the same two networks; ``align/correction`` methods compare those two):
 :func:`repair_ray.paired_differences`'s pairs n, mean difference with its 95% t-interval, p values
-of the paired t-test and of the sign test, and on how many pairs A is better than B (lower on
-barriers, losses and errors, higher on accuracies; ``?`` on a column whose name says neither).
+of the paired t-test and of the sign test, their q values (adjusted for the false discovery rate,
+Benjamini-Hochberg, over every row and column of the printed table: ``report.adjust_p_values``),
+and on how many pairs A is better than B (lower on barriers, losses and errors, higher on
+accuracies; ``?`` on a column whose name says neither).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 from common import load_ok_pairs, mean_ci95
 
 from repair_ray import paired_differences
+from repair_ray.report import adjust_p_values
 from repair_ray.report.cells import format_value
 
 DEFAULT = ("midpoint_barrier_test_loss", "max_barrier_test_loss", "barrier_test_loss", "barrier_test_error")
@@ -68,6 +71,7 @@ def print_differences(pairs, columns, a: str, b: str) -> None:
     else:
         comparisons = [(f"{al}/{a}", f"{al}/{b}") for al in sorted(pairs["align"].unique(), key=_align_order)]
     found = pd.concat([paired_differences(pairs, x, y, columns) for x, y in comparisons], ignore_index=True)
+    found = adjust_p_values(found, columns)  # the printed table is one family, not one per comparison
     print(f"\n| {a} − {b} | model | pairs | " + " | ".join(columns) + " |")
     print("|---|---|---:|" + "---:|" * len(columns))
     for r in found.to_dict("records"):
@@ -77,12 +81,18 @@ def print_differences(pairs, columns, a: str, b: str) -> None:
             bounds = f" [{low:+.3f}, {high:+.3f}]" if not pd.isna(low) else ""
             cells.append(
                 f"{r[f'{c}_diff_mean']:+.3f}{bounds}, p {r[f'{c}_p_t']:.2g} (t) {r[f'{c}_p_sign']:.2g} (sign), "
+                f"q {r[f'{c}_q_t']:.2g} (t) {r[f'{c}_q_sign']:.2g} (sign), "
                 f"{format_value(r[f'{c}_a_better'])}/{int(r['n'])} better"
             )
         model = r["model_key"] + (f"/{r['analysis_key']}" if r["analysis_key"] else "")
         print(f"| {r['a']} − {r['b']} | {model} | {int(r['n'])} | " + " | ".join(cells) + " |")
     if found.empty:
         print("| (no pair has both methods) | | 0 |" + " |" * len(columns))
+    else:
+        print(
+            "\nq: the p values adjusted for the false discovery rate (Benjamini-Hochberg) over every test of this "
+            "table, the t-tests together and the sign tests together (a test without a p value is not counted)."
+        )
 
 
 def _align_order(align: str) -> tuple[int, str]:

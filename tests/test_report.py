@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from scipy import stats
 
 from repair_ray import load_tables, report
 from repair_ray.cli import main
@@ -453,6 +454,15 @@ def test_report_warns_of_cells_under_five_pairs_and_shows_paired_differences(tmp
         ("weight/repair", "none/repair"),
     }
     assert (diff["barrier_test_loss_diff_high"] < 0).all() and (diff["barrier_test_loss_a_better"] == diff["n"]).all()
+    # many tests, one table: q values over all of its p values of a test, a verdict from them, and the page says so
+    for test in ("t", "sign"):
+        p = diff[[f"{c}_p_{test}" for c in report.PLOT_METRICS]].to_numpy().ravel()
+        q = diff[[f"{c}_q_{test}" for c in report.PLOT_METRICS]].to_numpy().ravel()
+        np.testing.assert_allclose(q, stats.false_discovery_control(p), rtol=1e-12)
+    text = " ".join(page.split())
+    assert "false discovery rate (Benjamini-Hochberg" in text and "every row and column of this table" in text
+    assert "q value is at most 0.05" in text and "is not counted" in text
+    assert "test_loss q (t)" in page and "test_loss verdict" in page and "false discovery rate" in md
 
     # six pairs everywhere: no warning
     only_six = write_sweep(tmp_path / "six", configs=CONFIGS[3:4], seed_pairs=six, failed=None)

@@ -238,6 +238,130 @@ def test_baseline_differences_compare_each_method_with_its_baseline_only():
     assert text.loc[0, "a − b"] == "none/repair − none/none" and text.loc[0, "test_loss a better"] == "3/3"
 
 
+# ----------------------------------------------------------------------------- many tests, one table
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q values written out: p * m / rank, then the running minimum from the largest p."""
+    order = np.argsort(p)
+    scaled = p[order] * len(p) / np.arange(1, len(p) + 1)
+    q = np.empty_like(p)
+    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return q
+
+
+def test_q_values_are_benjamini_hochberg_over_every_test_of_the_table():
+    rng = np.random.default_rng(3)
+    rows = []
+    for key, shift in (("k", -0.3), ("m", 0.0), ("w", -0.05)):
+        base = rng.uniform(1.0, 5.0, 6)
+        rows += method_rows(key, "none/none", base)
+        rows += method_rows(key, "none/repair", base + shift + rng.normal(0, 0.2, 6))
+        rows += method_rows(key, "weight/none", base - 0.5 + rng.normal(0, 0.3, 6))
+        rows += method_rows(key, "weight/repair", base - 0.5 + shift + rng.normal(0, 0.2, 6))
+    pairs = pairs_table(rows)
+    pairs["barrier_test_error"] = rng.uniform(0.0, 0.5, len(pairs))  # a column of its own, not loss / 10
+    diff = report.baseline_differences(pairs)
+    assert len(diff) == 3 * 4  # three model configs, four comparisons each
+    columns = ["barrier_test_loss", "barrier_test_error"]
+    for test in ("t", "sign"):
+        p = diff[[f"{c}_p_{test}" for c in columns]].to_numpy().ravel()  # the family: every row and column
+        q = diff[[f"{c}_q_{test}" for c in columns]].to_numpy().ravel()
+        assert len(p) == 24 and not np.isnan(p).any()
+        np.testing.assert_allclose(q, stats.false_discovery_control(p), rtol=1e-12)
+        np.testing.assert_allclose(q, benjamini_hochberg(p), rtol=1e-12)
+        assert (q >= p).all() and (q <= 1).all()
+        assert (np.diff(q[np.argsort(p, kind="stable")]) >= 0).all()  # monotone in the rank of p
+    # adjusted over the whole table, not per comparison: one comparison's own table is a family of its own
+    alone = report.paired_differences(pairs, "weight/repair", "weight/none")
+    mine = diff[diff["a"].eq("weight/repair") & diff["b"].eq("weight/none")]
+    np.testing.assert_allclose(alone["barrier_test_loss_p_t"], mine["barrier_test_loss_p_t"])
+    own = alone[[f"{c}_p_t" for c in columns]].to_numpy().ravel()
+    np.testing.assert_allclose(alone[[f"{c}_q_t" for c in columns]].to_numpy().ravel(), benjamini_hochberg(own))
+    assert not np.allclose(alone["barrier_test_loss_q_t"], mine["barrier_test_loss_q_t"])
+    # the compact table shows each q beside its p
+    text = report.compact_differences(diff)
+    names = list(text.columns)
+    assert names.index("test_loss q (t)") == names.index("test_loss p (t)") + 1
+    assert names.index("test_error q (sign)") == names.index("test_error p (sign)") + 1
+
+
+def test_among_many_null_comparisons_only_the_real_difference_survives_the_adjustment():
+    # 20 model configs, 8 pairs each; REPAIR changes nothing on 19 (noise only) and lowers the barrier by
+    # 0.5 on the last. Seed 17 gives two of the nulls a raw p under 0.05 by chance.
+    rng = np.random.default_rng(17)
+    base = rng.uniform(1.0, 5.0, (20, 8))
+    noise = rng.normal(0.0, 0.2, (20, 8))
+    shift = np.where(np.arange(20) == 19, -0.5, 0.0)[:, None]
+    rows = []
+    for i in range(20):
+        rows += method_rows(f"k{i:02d}", "weight/none", base[i])
+        rows += method_rows(f"k{i:02d}", "weight/repair", base[i] + shift[i] + noise[i])
+    diff = report.paired_differences(pairs_table(rows), "weight/repair", "weight/none").set_index("model_key")
+    assert len(diff) == 20
+    p, q = diff["barrier_test_loss_p_t"], diff["barrier_test_loss_q_t"]
+    lucky = p[(p < 0.05) & (p.index != "k19")]
+    assert len(lucky) == 2  # the premise: raw p values call two null comparisons significant
+    assert p["k19"] < 0.001 and q["k19"] <= report.FDR_LEVEL
+    assert (q.drop("k19") > report.FDR_LEVEL).all()  # no null survives
+    verdicts = report.compact_differences(diff.reset_index()).set_index(diff.index)["test_loss verdict"]
+    assert verdicts["k19"] == "a better"
+    assert (verdicts.drop("k19") == "n.s.").all()
+    # the other way round, the same real difference: b better
+    back = report.paired_differences(pairs_table(rows), "weight/none", "weight/repair")
+    back_verdicts = report.compact_differences(back).set_index(back["model_key"])["test_loss verdict"]
+    assert back_verdicts["k19"] == "b better" and (back_verdicts.drop("k19") == "n.s.").all()
+
+
+def test_a_table_of_one_test_keeps_its_p_value():
+    # one model config, one column: the family is that one test
+    repaired, plain = [1.0, 1.8, 3.1, 4.0, 4.7, 6.2], [1.5, 2.0, 3.0, 4.6, 5.0, 6.5]
+    pairs = pairs_table(method_rows("k", "weight/repair", repaired) + method_rows("k", "weight/none", plain))
+    r = report.paired_differences(pairs, "weight/repair", "weight/none", ["barrier_test_loss"]).iloc[0]
+    assert 0.01 < r["barrier_test_loss_p_t"] < 0.05
+    assert r["barrier_test_loss_q_t"] == r["barrier_test_loss_p_t"]
+    assert r["barrier_test_loss_q_sign"] == r["barrier_test_loss_p_sign"]
+    one = report.compact_differences(
+        report.paired_differences(pairs, "weight/repair", "weight/none", ["barrier_test_loss"]), ["barrier_test_loss"]
+    )
+    assert one.loc[0, "test_loss verdict"] == "a better"  # q = p <= 0.05
+    assert (
+        report.compact_differences(
+            report.paired_differences(pairs, "weight/repair", "weight/none", ["barrier_test_loss"]),
+            ["barrier_test_loss"],
+            level=0.01,
+        ).loc[0, "test_loss verdict"]
+        == "n.s."
+    )
+
+
+def test_tests_without_a_p_value_keep_no_q_value_and_are_not_counted():
+    rows = method_rows("k", "weight/repair", [1.0, 2.1, 2.9, 4.2])
+    rows += method_rows("k", "weight/none", [1.3, 2.2, 3.4, 4.4])
+    rows += method_rows("m", "weight/repair", [1.0, 2.0, 3.0, 4.0], width=32.0)
+    rows += method_rows("m", "weight/none", [1.1, 2.3, 3.0, 4.4], width=32.0)
+    rows += method_rows("s", "weight/repair", [1.0], width=64.0)  # one pair: no t-test
+    rows += method_rows("s", "weight/none", [2.0], width=64.0)
+    diff = report.paired_differences(pairs_table(rows), "weight/repair", "weight/none", ["barrier_test_loss"])
+    diff = diff.set_index("model_key")
+    assert math.isnan(diff.loc["s", "barrier_test_loss_p_t"]) and math.isnan(diff.loc["s", "barrier_test_loss_q_t"])
+    p = diff.loc[["k", "m"], "barrier_test_loss_p_t"].to_numpy()
+    q = diff.loc[["k", "m"], "barrier_test_loss_q_t"].to_numpy()
+    np.testing.assert_allclose(q, stats.false_discovery_control(p), rtol=1e-12)  # a family of 2, not 3
+    assert not np.allclose(q, benjamini_hochberg(np.append(p, 1.0))[:2])  # a third test would have changed them
+    # the sign test of one pair has a p value (1): it counts in the sign tests' family
+    np.testing.assert_allclose(
+        diff["barrier_test_loss_q_sign"], stats.false_discovery_control(diff["barrier_test_loss_p_sign"]), rtol=1e-12
+    )
+    text = report.compact_differences(diff.reset_index(), ["barrier_test_loss"]).set_index(diff.index)
+    assert text.loc["s", "test_loss q (t)"] == "" and text.loc["s", "test_loss verdict"] == ""
+    # a table of no tests at all, and an old table without q columns: adjusted where it is read
+    none = report.adjust_p_values(diff.loc[["s"]])
+    assert math.isnan(none["barrier_test_loss_q_t"].iloc[0])
+    old = diff.drop(columns=["barrier_test_loss_q_t", "barrier_test_loss_q_sign"]).reset_index()
+    assert report.compact_differences(old, ["barrier_test_loss"]).equals(text.reset_index(drop=True))
+
+
 # ----------------------------------------------------------------------------- summary and small cells
 
 

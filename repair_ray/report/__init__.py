@@ -27,13 +27,15 @@ Rules shared by every function:
   :func:`interval` also gives a seeded percentile bootstrap, and states its ``n``; cells with fewer
   than :data:`MIN_PAIRS` pairs are flagged by :func:`small_cells` and by the report.
 - Two methods are compared on the same pairs (:func:`paired_differences`): per model and
-  analysis key, never pooled, only pairs ``ok`` in both.
+  analysis key, never pooled, only pairs ``ok`` in both. The p values of one table are adjusted
+  for the false discovery rate together (:func:`adjust_p_values`: Benjamini-Hochberg, NaN p
+  values left out), and a verdict is read from the adjusted ones at :data:`FDR_LEVEL`.
 - Empty tables (a sweep that has just started) give empty summaries and skipped plots, never
   an exception.
 
 Public API: :func:`summarise`, :func:`relative_reduction`, :func:`summarise_models`,
-:func:`interval`, :func:`paired_differences`, :func:`baseline_differences`, :func:`small_cells`,
-:func:`failed_pairs`, :func:`ok_tables`, :func:`plot_barrier_vs_width`,
+:func:`interval`, :func:`paired_differences`, :func:`baseline_differences`, :func:`adjust_p_values`,
+:func:`small_cells`, :func:`failed_pairs`, :func:`ok_tables`, :func:`plot_barrier_vs_width`,
 :func:`plot_barrier_vs_depth`, :func:`plot_barrier_vs_branch_epoch`, :func:`plot_sparsity`, :func:`plot_curves`,
 :func:`plot_variance_collapse`,
 :func:`plot_endpoint_accuracy`, :func:`plot_training_curves`, :func:`plot_tuning_values`,
@@ -73,6 +75,8 @@ _EXPORTS: dict[str, str] = {
     "DESCRIPTION_KEYS": ".frames",
     "Interval": ".intervals",
     "MIN_PAIRS": ".frames",
+    "FDR_LEVEL": ".differences",
+    "adjust_p_values": ".differences",
     "baseline_differences": ".differences",
     "compact_differences": ".cells",
     "interval": ".intervals",
@@ -100,6 +104,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "ALIGN_ORDER",
     "CORRECTION_ORDER",
     "DESCRIPTION_KEYS",
+    "FDR_LEVEL",
     "GROUP_KEYS",
     "Interval",
     "MIN_PAIRS",
@@ -108,6 +113,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and type checkers
     "PLOT_FORMATS",
     "PLOT_METRICS",
     "REDUCTION_COLUMNS",
+    "adjust_p_values",
     "barrier_columns",
     "baseline_differences",
     "better_direction",
@@ -148,7 +154,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .cells import compact_differences, compact_summary
-    from .differences import baseline_differences, paired_differences
+    from .differences import FDR_LEVEL, adjust_p_values, baseline_differences, paired_differences
     from .frames import (
         ALIGN_ORDER,
         CORRECTION_ORDER,

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .frames import DESCRIPTION_KEYS, GROUP_KEYS, LINEAGE, OPTIONAL_KEYS, PLOT_METRICS
+from .differences import FDR_LEVEL, P_TESTS, adjust_p_values
+from .frames import DESCRIPTION_KEYS, GROUP_KEYS, LINEAGE, OPTIONAL_KEYS, PLOT_METRICS, better_direction
 
 
 def format_value(value) -> str:
@@ -86,13 +87,27 @@ def _shown_keys(frame: pd.DataFrame, keys: Sequence[str]) -> list[str]:
     return [*described, *shown]
 
 
-def compact_differences(differences: pd.DataFrame, columns: Sequence[str] = PLOT_METRICS) -> pd.DataFrame:
+def compact_differences(
+    differences: pd.DataFrame,
+    columns: Sequence[str] = PLOT_METRICS,
+    *,
+    level: float = FDR_LEVEL,
+    better: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
     """A :func:`paired_differences` (or :func:`baseline_differences`) table as text for reading:
     ``a − b`` and ``n``, then per column the mean difference with its interval ``[low, high]``,
-    the p values of the t and sign tests, and the pairs where ``a`` is better (lower on barriers,
-    losses, errors; higher on accuracies: :func:`.frames.better_direction`), as ``k/n`` (``?/n``
-    where the column's direction is unknown)."""
+    the p values of the t and sign tests each beside its q value (adjusted for the false discovery
+    rate over the table: :func:`.differences.adjust_p_values`; computed here when the table has
+    none), the pairs where ``a`` is better (lower on barriers, losses, errors; higher on
+    accuracies: :func:`.frames.better_direction`), as ``k/n`` (``?/n`` where the column's
+    direction is unknown), and the verdict: ``a better`` or ``b better`` where the t-test's q
+    value is at most ``level`` (``a lower`` or ``a higher`` where the direction is unknown),
+    ``n.s.`` where it is above, empty where there is no test. ``better``: as in
+    :func:`paired_differences`, which values of a column are better where its name does not say."""
     columns = [c for c in columns if f"{c}_diff_mean" in differences.columns]
+    if any(f"{c}_q_{test}" not in differences.columns for c in columns for test in P_TESTS):
+        differences = adjust_p_values(differences)
+    directions = {c: (better or {}).get(c) or better_direction(c) for c in columns}
     keys = _shown_keys(differences, DESCRIPTION_KEYS)
     rows = []
     for r in differences.to_dict("records"):
@@ -105,9 +120,25 @@ def compact_differences(differences: pd.DataFrame, columns: Sequence[str] = PLOT
             if text and not pd.isna(low):
                 text += f" [{low:.4f}, {high:.4f}]"
             row[f"{name} a − b"] = text
-            row[f"{name} p (t)"] = _p(r[f"{column}_p_t"])
-            row[f"{name} p (sign)"] = _p(r[f"{column}_p_sign"])
+            for test in P_TESTS:
+                row[f"{name} p ({test})"] = _p(r[f"{column}_p_{test}"])
+                row[f"{name} q ({test})"] = _p(r[f"{column}_q_{test}"])
             row[f"{name} a better"] = f"{format_value(r[f'{column}_a_better'])}/{int(r['n'])}"
+            row[f"{name} verdict"] = _verdict(mean, r[f"{column}_q_t"], directions[column], level)
         rows.append(row)
-    names = [f"{c.removeprefix('barrier_')} {s}" for c in columns for s in ("a − b", "p (t)", "p (sign)", "a better")]
+    names = [f"{c.removeprefix('barrier_')} {s}" for c in columns for s in _DIFFERENCE_CELLS]
     return pd.DataFrame(rows, columns=[*keys, "a − b", "n", *names])
+
+
+_DIFFERENCE_CELLS = ("a − b", "p (t)", "q (t)", "p (sign)", "q (sign)", "a better", "verdict")
+
+
+def _verdict(mean, q, direction: str | None, level: float) -> str:
+    """Which method the t-test's q value at ``level`` finds better, ``n.s.`` above it, empty with no test."""
+    if q is None or pd.isna(q) or mean is None or pd.isna(mean):
+        return ""
+    if q > level or mean == 0:
+        return "n.s."
+    if direction is None:
+        return "a lower" if mean < 0 else "a higher"
+    return "a better" if (mean < 0) == (direction == "lower") else "b better"

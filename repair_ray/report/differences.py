@@ -1,5 +1,6 @@
 """Two methods compared on the same pairs: paired differences with their interval and tests, and
-every method against its baseline (the report's table).
+every method against its baseline (the report's table); the tests' p values adjusted for the false
+discovery rate over the tests of one table (:func:`adjust_p_values`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from .frames import (
     sort_rows,
 )
 from .intervals import INTERVAL_METHODS, interval
+
+FDR_LEVEL = 0.05
+"""The false discovery rate at which a table's verdicts call a paired difference real (``q <= FDR_LEVEL``)."""
+
+P_TESTS = ("t", "sign")
+"""The tests of a paired difference: ``<col>_p_<test>`` is its p value, ``<col>_q_<test>`` the adjusted one."""
 
 
 def _method(method: tuple[str, str] | Sequence[str] | str) -> tuple[str, str]:
@@ -51,6 +58,39 @@ def _p_values(differences: np.ndarray) -> tuple[float, float]:
     below = int((nonzero < 0).sum())
     p_sign = float(stats.binomtest(below, len(nonzero), 0.5).pvalue) if len(nonzero) else 1.0
     return p_t, p_sign
+
+
+def adjust_p_values(differences: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """``differences`` with its q values: ``<col>_q_t`` and ``<col>_q_sign``, the p values
+    ``<col>_p_t`` and ``<col>_p_sign`` adjusted for the false discovery rate (Benjamini-Hochberg,
+    :func:`scipy.stats.false_discovery_control`).
+
+    The family is one test over the whole table: every row (comparison and model description) and
+    every column's t-test p values together, and apart from them the sign tests'. A NaN p value (a
+    t-test over fewer than 2 pairs, a column without values) keeps a NaN q and is not counted in the
+    family. A table of several :func:`paired_differences` put together (``pd.concat``) is one
+    family only once adjusted again, as :func:`baseline_differences` does.
+
+    Args:
+        differences: a :func:`paired_differences` or :func:`baseline_differences` table.
+        columns: the columns whose tests make the family; default every column of the table
+            (those with a ``<col>_diff_mean``).
+    """
+    from scipy import stats
+
+    if columns is None:
+        columns = [c.removesuffix("_diff_mean") for c in differences.columns if c.endswith("_diff_mean")]
+    out = differences.copy()
+    for test in P_TESTS:
+        names = [f"{c}_p_{test}" for c in columns if f"{c}_p_{test}" in out.columns]
+        p = out[names].to_numpy(dtype=float) if names else np.empty((len(out), 0))
+        q = np.full_like(p, np.nan)
+        tested = ~np.isnan(p)
+        if tested.any():
+            q[tested] = stats.false_discovery_control(p[tested], method="bh")
+        for j, name in enumerate(names):
+            out[name.replace(f"_p_{test}", f"_q_{test}")] = q[:, j]
+    return out
 
 
 def paired_differences(
@@ -91,14 +131,16 @@ def paired_differences(
         ``a > b`` on a higher-is-better one; NaN where the column's direction is unknown),
         ``<col>_a_lower`` (pairs where ``a < b``, whatever the direction), ``<col>_p_t``
         (two-sided paired t-test, NaN for n < 2; 0 where every pair differs by the same non-zero
-        amount, 1 where none differs) and
-        ``<col>_p_sign`` (two-sided exact sign test over the pairs that differ; 1 where none does).
+        amount, 1 where none differs),
+        ``<col>_p_sign`` (two-sided exact sign test over the pairs that differ; 1 where none does),
+        and ``<col>_q_t``, ``<col>_q_sign``: those p values adjusted for the false discovery rate
+        over this table's tests (:func:`adjust_p_values`; NaN where the p value is).
         A pair with a null in a column is left out of that column's statistics.
     """
     (align_a, correction_a), (align_b, correction_b) = _method(a), _method(b)
     pairs = pairs_of(data)
     columns = [c for c in columns if c in pairs.columns]
-    stats_of = ("diff_mean", "diff_low", "diff_high", "a_better", "a_lower", "p_t", "p_sign")
+    stats_of = ("diff_mean", "diff_low", "diff_high", "a_better", "a_lower", "p_t", "q_t", "p_sign", "q_sign")
     directions = {c: (better or {}).get(c) or better_direction(c) for c in columns}
     for column, direction in directions.items():
         if direction not in (None, "lower", "higher"):
@@ -158,7 +200,7 @@ def paired_differences(
                 }
             )
         records.append(record)
-    return sort_rows(pd.DataFrame(records, columns=out_columns), keys)
+    return adjust_p_values(sort_rows(pd.DataFrame(records, columns=out_columns), keys), columns)
 
 
 def baseline_differences(
@@ -173,7 +215,8 @@ def baseline_differences(
     For every align, each correction other than ``none`` against ``none`` (what correcting does);
     for every correction, each align other than ``none`` against align ``none`` (what aligning
     does). Only where both methods have a shared ``ok`` pair; sorted by description, then in
-    that order.
+    that order. Its q values are adjusted over the whole table (:func:`adjust_p_values`): every
+    comparison, model description and column is in the family of its test.
     """
     pairs = pairs_of(data)
     if pairs.empty:
@@ -192,4 +235,5 @@ def baseline_differences(
     found = [f for f in found if not f.empty]
     if not found:
         return paired_differences(pairs.iloc[0:0], ("none", "none"), ("none", "none"), columns)
-    return sort_rows(pd.concat(found, ignore_index=True), [*DESCRIPTION_KEYS, "_order"]).drop(columns="_order")
+    table = sort_rows(pd.concat(found, ignore_index=True), [*DESCRIPTION_KEYS, "_order"]).drop(columns="_order")
+    return adjust_p_values(table, [c for c in columns if f"{c}_diff_mean" in table.columns])

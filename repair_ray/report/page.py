@@ -22,7 +22,7 @@ import pandas as pd
 from ..io import storage
 from ..io.tables import load_tables
 from .cells import compact_differences, compact_summary, format_value
-from .differences import baseline_differences
+from .differences import FDR_LEVEL, baseline_differences
 from .frames import LINEAGE, MIN_PAIRS, PAIR_ID, is_ok, ok_tables
 from .markup import head, html_table
 from .plots import (
@@ -115,9 +115,16 @@ def _small_cell_warning(small: int, cells: int) -> str:
 DIFFERENCES_TEXT = (
     "Method a minus method b on the same pairs (the same two networks), per model config: the mean "
     "difference with its 95% t-interval [low, high], the two-sided p values of the paired t-test and of "
-    "the exact sign test, and the pairs where a's barrier is lower (better). Each correction against no "
-    "correction with the same alignment, and each alignment against none with the same correction; the "
-    "spread between pairs cancels, so a steady difference shows even where the methods' intervals overlap. "
+    "the exact sign test, each beside its q value, and the pairs where a's barrier is lower (better). Each "
+    "correction against no correction with the same alignment, and each alignment against none with the same "
+    "correction; the spread between pairs cancels, so a steady difference shows even where the methods' "
+    "intervals overlap. This table runs many tests, so its p values are adjusted for the false discovery rate "
+    "(Benjamini-Hochberg, scipy.stats.false_discovery_control): the family of a test is every row and column "
+    "of this table (the t-tests together, the sign tests together); a test without a p value (a t-test over "
+    "fewer than 2 pairs) has no q value and is not counted. The verdict says which method is better where "
+    f"the t-test's q value is at most {FDR_LEVEL:g} (a false discovery rate of {FDR_LEVEL:.0%}), n.s. "
+    "otherwise; read the raw p values, and the 95% intervals (not adjusted), as one test each, never as a "
+    "verdict: an interval that excludes 0 can stand beside n.s. "
     "In a stability or IMP study each trunk is its own model config: these intervals and tests are over "
     "the pairs of one trunk (not independent of each other) and hold for that trunk alone."
 )

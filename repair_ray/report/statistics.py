@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .cells import compact_differences, compact_summary, format_value
-from .differences import baseline_differences, paired_differences
+from .differences import FDR_LEVEL, adjust_p_values, baseline_differences, paired_differences
 from .frames import (
     ALIGN_ORDER,
     CORRECTION_ORDER,
@@ -45,6 +45,7 @@ __all__ = [  # the summaries defined here, and the report's numbers defined besi
     "ALIGN_ORDER",
     "CORRECTION_ORDER",
     "DESCRIPTION_KEYS",
+    "FDR_LEVEL",
     "GROUP_KEYS",
     "INTERVAL_METHODS",
     "LINEAGE",
@@ -55,6 +56,7 @@ __all__ = [  # the summaries defined here, and the report's numbers defined besi
     "PLOT_METRICS",
     "REDUCTION_COLUMNS",
     "Interval",
+    "adjust_p_values",
     "aggregate",
     "barrier_columns",
     "baseline_differences",
