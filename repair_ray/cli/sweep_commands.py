@@ -162,6 +162,7 @@ def validate(
     from ..io import storage
     from ..models.external import KNOBS
     from ..pair import alpha_grid
+    from ..sweep.pair_designs import sample_note
     from ..sweep.planning import sample_forward_passes
     from ..sweep.status import status_of
 
@@ -230,7 +231,12 @@ def validate(
         )
     s = config.pair_settings
     alphas = alpha_grid(s.alphas)  # the grid PairSettings checked, as a tuple
-    click.echo(f"pairs: {config.n_pairs}; align {list(s.aligns)} x correction {list(s.corrections)}")
+    methods = f"align {list(s.aligns)} x correction {list(s.corrections)}"
+    click.echo(f"pairs: {config.n_pairs} ({config.pair_design}); {methods}")
+    rule = config.raw.get("pairs")
+    if isinstance(rule, dict) and isinstance(rule.get("sample"), int):
+        for n in sorted({len(plan.seeds) for plan in config.models}):
+            click.echo(sample_note(n, rule["sample"]))
     click.echo(f"alphas: {len(alphas)} points from {alphas[0]:g} to {alphas[-1]:g}")
     for line in method_lines(s):
         click.echo(line)

@@ -138,6 +138,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("sha256_a", _STR),
         ("sha256_b", _STR),
         ("data_path", _STR),  # memory | stream: how the pair's samples were read (streamed: decoded once per worker)
+        # the sweep's `pairs` when the row was computed (all, disjoint, first:k, sample:K:seed=S, star:i; null: older)
+        ("pair_design", _STR),
     ),
     "curves": _schema(
         *_IDS,

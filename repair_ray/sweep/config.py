@@ -4,9 +4,10 @@ Everything a user can get wrong fails here, before Ray starts, with a message na
 and the key path (``models[1].width``) and what was expected. The rules themselves live with the
 core objects the values become (``ModelConfig``, ``TrainConfig``, ``PairSettings``, the dataset
 registry): this module builds those objects and puts the YAML key path in front of their
-:class:`~repair_ray.SettingError` problems. The rules of a sweep alone (resources, retries,
-pairing) are in :mod:`.rules`, those of its study designs (branch, imp) in :mod:`.designs`, the
-grid it expands to in :mod:`.plans`. This module imports no Ray.
+:class:`~repair_ray.SettingError` problems. The rules of a sweep alone (resources, retries) are
+in :mod:`.rules`, those of its seeds and pair design in :mod:`.pair_designs`, those of its study
+designs (branch, imp) in :mod:`.designs`, the grid it expands to in :mod:`.plans`. This module
+imports no Ray.
 
 A network named ``package.module:factory`` is imported only when the caller allows its module
 (``allow_import``); a config read back from a sweep folder (``stored=True``) imports nothing.
@@ -38,7 +39,8 @@ from ..tuning.space import TuneSettings
 from .designs import branch_points, imp_branch, prunable_weights
 from .imports import Checking, imported_networks, known_files, recorded_networks, training_only_keys
 from .messages import ImportedNetwork
-from .plans import Branch, DatasetSpec, ModelPlan, imported_model_key, model_key, pairing
+from .pair_designs import design_label, design_pairs, sweep_seeds
+from .plans import Branch, DatasetSpec, ModelPlan, imported_model_key, model_key
 from .recipes import built, grid_trains, sweep_train, train_overrides, tune_settings
 from .rules import (
     check_specs,
@@ -92,6 +94,7 @@ class SweepConfig:
     batchnorm: Mapping[str, bool] = field(default_factory=dict)
     mlflow_uri: str | None = None  # tracking.mlflow: one MLflow run per trained network
     tune: TuneSettings | None = None  # the tune section: how `repair-ray tune` tunes each model config's recipe
+    pair_design: str = "all"  # `pairs` as the rows' pair_design column writes it (all, sample:K:seed=S, star:i, ...)
     # stack_size's estimates, once per model config (init=False: a copy made by dataclasses.replace starts empty)
     _stack_sizes: dict[tuple[str, float, int | None], int] = field(
         default_factory=dict, init=False, compare=False, repr=False
@@ -273,7 +276,7 @@ def _expand(
     loading = dataset_loading(dataset.name, dataset.options) if dataset is not None else None
     check_streamed(s, loading, problems)
     train = sweep_train(s, problems)
-    seeds = _seeds(s.seeds, problems)
+    seeds = sweep_seeds(s.seeds, problems)
     settings = built(
         lambda: PairSettings(
             aligns=s.align,
@@ -315,7 +318,7 @@ def _expand(
     if problems:
         return None
 
-    pair_list = pairing(seeds, s.pairs)
+    pair_list = design_pairs(seeds, s.pairs, problems) if len(imports) < len(s.models) else []  # seeds trained
     branches = branch_points(s, train, seeds, problems)
     if problems:
         return None
@@ -336,9 +339,8 @@ def _expand(
             if networks is None:
                 networks = imported_networks(i, imports[i], mc, dataset, problems, checking=checking, known=known)
             numbers = [n.seed for n in networks]
-            plans.append(
-                ModelPlan(key, mc, tuple(numbers), tuple(pairing(numbers, s.pairs)), imported=networks, grid=i)
-            )
+            pairs = design_pairs(numbers, s.pairs, problems, f"models[{i}] (its networks' numbers)")
+            plans.append(ModelPlan(key, mc, tuple(numbers), tuple(pairs), imported=networks, grid=i))
             continue
         recipe = trains.get(i, train)  # the sweep's train, or the grid's merged over it
         key = model_key(mc, recipe, dataset.as_dict())
@@ -404,6 +406,7 @@ def _expand(
         batchnorm=batchnorm,
         mlflow_uri=s.tracking.mlflow,
         tune=tune,
+        pair_design=design_label(s.pairs),
     )
 
 
@@ -444,24 +447,6 @@ def _dataset(value: str | DatasetSection, problems: list[str], check_files: bool
         elif missing is not None:
             problems.append(f"{prefix}: {missing} (on this machine)")
     return DatasetSpec(name, options) if ok else None
-
-
-def _seeds(value: int | list[int], problems: list[str]) -> list[int] | None:
-    if isinstance(value, int):
-        if value < 2:
-            problems.append(f"seeds: need at least 2 seeds to form a pair, got {value}")
-            return None
-        return list(range(value))
-    if len(value) < 2:
-        problems.append(f"seeds: need at least 2 seeds to form a pair, got {value}")
-        return None
-    if len(set(value)) != len(value):
-        problems.append(f"seeds: lists a seed twice: {value}")
-        return None
-    if any(v < 0 for v in value):
-        problems.append(f"seeds: must be non-negative integers, got {value}")
-        return None
-    return list(value)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -173,6 +173,7 @@ class PairContext:
     train: dict[str, dict[str, Any]] = field(default_factory=dict)
     # per model key, models[i].train as written (JSON; absent: none), for the rows' train_override column
     train_override: dict[str, str] = field(default_factory=dict)
+    pair_design: str = "all"  # the sweep's `pairs` (all, disjoint, first:k, sample:K:seed=S, star:i), for its rows
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ def stage_context(config: SweepConfig, threads: float, gpu: float = 0.0) -> Pair
         lineage={plan.model_key: plan.lineage() for plan in config.models},
         train={plan.model_key: asdict(plan.recipe(config.train)) for plan in config.models if not plan.is_imported},
         train_override={plan.model_key: plan.train_override for plan in config.models if plan.train_override},
+        pair_design=config.pair_design,
     )
 
 

@@ -68,6 +68,7 @@ def failed_rows(
                 train_override=context.train_override.get(job.model_key),
             ),
             **_sources(job),
+            "pair_design": context.pair_design,
             "align": align,
             "correction": correction,
             **{k: math.nan for k in METRIC_COLUMNS},
@@ -143,7 +144,7 @@ def pair_task(context: PairContext, job: PairJob) -> Rows:
         lineage["sparsity"] = weight_sparsity(models[0])
     override = context.train_override.get(job.model_key)
     desc = model_columns(context.models[job.model_key], context.dataset, lineage, train_override=override)
-    desc |= _sources(job) | {"data_path": path}
+    desc |= _sources(job) | {"data_path": path, "pair_design": context.pair_design}
     when = {"started_at": started_at, "finished_at": utc_now()}
     return {
         "pairs": [

@@ -33,7 +33,8 @@ from .layout import checkpoints_dir, resolve_uri
 from .messages import Network
 
 # The grid and the stacking estimates were planned here once; their public names still are.
-from .plans import Branch, ModelPlan, model_key, pairing
+from .pair_designs import pairing
+from .plans import Branch, ModelPlan, model_key
 from .stacking import (
     DEFAULT_GPU_MEMORY_GIB,
     MIN_STACK,

@@ -1,4 +1,5 @@
-"""The grid a sweep config expands to: model configs, their stable keys, their seeds and pairs.
+"""The grid a sweep config expands to: model configs, their stable keys, their seeds and pairs
+(which pairs: :mod:`.pair_designs`).
 
 A :class:`ModelPlan` is one model config of the grid and the seeds it is trained with; its
 :func:`model_key` is a readable, stable hash of everything that determines its networks (as
@@ -9,19 +10,15 @@ This module imports neither Ray nor the sweep's config (which builds these plans
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..datasets import dataset_in_shape
 from ..models import ModelConfig
 from ..training import TrainConfig
 from .layout import checkpoint_uri
 from .messages import ImportedNetwork
-
-if TYPE_CHECKING:
-    from .schema import FirstPairs
 
 
 @dataclass(frozen=True)
@@ -143,13 +140,3 @@ def imported_model_key(model: ModelConfig, dataset: dict[str, Any]) -> str:
     described = {"model": shape, "dataset": dataset, "source": "imported"}
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{model.label}-imported-{digest}"
-
-
-def pairing(seeds: list[int], rule: str | FirstPairs) -> list[tuple[int, int]]:
-    """The pairs of seeds a rule asks for: ``all``, ``disjoint`` or the first k of all."""
-    every = list(itertools.combinations(seeds, 2))
-    if rule == "disjoint":  # (s0, s1), (s2, s3), ...: pairs that share no network
-        return [(seeds[i], seeds[i + 1]) for i in range(0, len(seeds) - 1, 2)]
-    if isinstance(rule, str):  # all
-        return every
-    return every[: rule.first]

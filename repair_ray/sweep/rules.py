@@ -20,8 +20,9 @@ from ..models.fold import fold_problem
 from ..pair import PairSettings, correction_applies
 from ..permutation import SpecError
 from ..training import TrainConfig
+from .pair_designs import check_design
 from .plans import DatasetSpec, ModelPlan
-from .schema import FirstPairs, SweepSection
+from .schema import SweepSection
 
 
 def uri_credentials(uri: str) -> str | None:
@@ -77,8 +78,7 @@ def check_sweep_settings(s: SweepSection, problems: list[str]) -> None:
         problems.append(f"flush.pairs: must be a positive integer, got {s.flush.pairs}")
     if not (math.isfinite(s.flush.seconds) and s.flush.seconds >= 0):
         problems.append(f"flush.seconds: must be 0 or more, got {s.flush.seconds}")
-    if isinstance(s.pairs, FirstPairs) and s.pairs.first < 1:
-        problems.append(f"pairs.first: must be a positive integer, got {s.pairs.first}")
+    check_design(s.pairs, problems)
 
 
 def check_workers(s: SweepSection, problems: list[str]) -> None:

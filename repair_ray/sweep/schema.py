@@ -15,7 +15,7 @@ import types
 import typing
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, create_model
 
 from ..pair import PairSettings
 from ..training import TrainConfig
@@ -209,8 +209,13 @@ class TuneSection(_Strict):
     val_seed: int | None = None
 
 
-class FirstPairs(_Strict):
-    first: int
+class PairsSection(_Strict):
+    """``pairs`` as a mapping: one design (:mod:`~repair_ray.sweep.pair_designs` states their rules)."""
+
+    first: int | None = None  # the first k pairs of all
+    sample: StrictInt | None = None  # K pairs drawn without replacement, stable as seeds and K grow
+    seed: StrictInt | None = None  # the seed of the sample's draw (default 0)
+    star: StrictInt | None = None  # every seed against this one
 
 
 class DatasetSection(BaseModel):
@@ -231,7 +236,7 @@ class SweepSection(_Strict):
     branch: BranchSection | None = None
     imp: ImpSection | None = None
     train: TrainSection = Field(default_factory=TrainSection)
-    pairs: Literal["all", "disjoint"] | FirstPairs = "all"
+    pairs: Literal["all", "disjoint"] | PairsSection = "all"
     align: list[str] = Field(default_factory=lambda: list(_PAIR_DEFAULTS["aligns"]))
     correction: list[str] = Field(default_factory=lambda: list(_PAIR_DEFAULTS["corrections"]))
     alphas: int | list[float] = 21
@@ -258,12 +263,19 @@ def key_path(loc: tuple[Any, ...]) -> str:
 
 
 def describe_validation_error(error: ValidationError) -> list[str]:
-    """One line per problem pydantic found, with the key path and a did-you-mean for unknown keys."""
+    """One line per problem pydantic found, with the key path and a did-you-mean for unknown keys.
+
+    A mapping given where a word or a mapping may stand (``pairs: {sampel: 3}``) is named by the
+    mapping's own problems, not also by "should be 'all' or 'disjoint'"."""
     lines = []
     seen = set()
-    for item in error.errors():
+    items = error.errors()
+    inside = {key_path(_clean_loc(item["loc"])[:-1]) for item in items if len(_clean_loc(item["loc"])) > 1}
+    for item in items:
         loc = _clean_loc(item["loc"])
         key = key_path(loc)
+        if item["type"] == "literal_error" and isinstance(item.get("input"), dict) and key in inside:
+            continue
         if item["type"] == "extra_forbidden":
             known = _known_keys(loc[:-1])
             hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
@@ -287,7 +299,7 @@ def describe_validation_error(error: ValidationError) -> list[str]:
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    # pydantic adds the tried alternative of a union to the path (e.g. "list[int]", "FirstPairs")
+    # pydantic adds the tried alternative of a union to the path (e.g. "list[int]", "PairsSection")
     out = []
     for part in loc:
         if isinstance(part, str) and (
