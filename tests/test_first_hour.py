@@ -73,3 +73,30 @@ def test_workers_without_the_dataset_fail_once_without_retries_as_a_usage_error(
     models = load_tables(config.root)["models"]
     assert len(models) <= 2 and (models["status"] != "ok").all()  # the trials in flight at most, none retried
     assert models["error"].str.contains("DatasetNotFoundError").all()
+
+
+def test_a_fresh_local_cluster_says_nothing_of_token_auth_the_user_cannot_act_on():
+    """Ray's own warning (its logger and text, pinned here against this Ray) is dropped while our
+    local cluster starts; Ray's other warnings pass."""
+    import logging
+
+    from ray._private.authentication import authentication_token_setup as ray_auth
+
+    from repair_ray.sweep.cluster import TOKEN_AUTH_LOGGER, _quiet_token_auth_notice
+
+    assert ray_auth.logger.name == TOKEN_AUTH_LOGGER
+    seen: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: seen.append(record.getMessage())  # Ray's loggers do not propagate to the root
+    ray_auth.logger.addHandler(handler)
+    try:
+        ray_auth._warn_token_auth_enabled()
+        assert any("Token authentication is enabled" in line for line in seen)  # what a user saw before
+        seen.clear()
+        with _quiet_token_auth_notice():
+            ray_auth._warn_token_auth_enabled()
+            ray_auth._warn_token_auth_disabled()
+            ray_auth.logger.warning("something else")
+        assert seen == ["something else"]
+    finally:
+        ray_auth.logger.removeHandler(handler)

@@ -42,8 +42,14 @@ def test_changed_settings_compute_what_the_new_keys_lack_and_keep_the_old_rows(r
 
     # a new method under the same settings: only it is computed, nothing written is rewritten
     more = parse_config({**data, "align": ["none", "weight", "activation"]})
-    result = run(more)
+    lines: list[str] = []
+    result = run(more, lines)
     assert result.pairs.ran == 3 and result.train.ran == 0
+    corrections = ", ".join(sorted(data["correction"]))
+    assert (
+        f"[pairs] 0 of 3 pairs already done; 3 to run; 3 of them have rows and compute only align activation "
+        f"x correction {corrections}"
+    ) in lines, lines
     assert all(p.stat().st_mtime_ns == t for p, t in old.items())
     pairs = quiet_tables(more.root)["pairs"]
     assert len(pairs) == 3 * 3 and pairs["analysis_key"].nunique() == 1

@@ -103,8 +103,8 @@ def test_rerun_trains_nothing_and_skips_every_pair(finished_sweep, tmp_path):
     lines: list[str] = []
     result = run(config, lines)
     assert result.train.ran == 0 and result.pairs.ran == 0
-    assert "[train] 3 of 3 trials already done; 0 to run" in lines
-    assert "[pairs] 3 of 3 pairs already done; 0 to run" in lines
+    # nothing to do: said in one line, and no stage (nor Ray) started
+    assert lines == [f"[sweep] {config.name}: nothing to do: all 3 trials and 3 pairs are done ({config.root})"]
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before
     status = sweep_status(config.root)
@@ -289,15 +289,15 @@ def test_nan_training_is_recorded_as_failed_and_left_out_of_pairs(ray_session, t
 
 
 def test_a_trial_that_raises_is_recorded_as_failed(ray_session, tmp_path):
-    folder = tmp_path / "missing"
+    folder = tmp_path / "broken"
     for split in ("train", "test"):
         (folder / split / "a").mkdir(parents=True)
+        (folder / split / "a" / "x.png").write_bytes(b"not a png")  # listed by validation, never decoded there
     config = parse_config(tiny_sweep("raises", str(tmp_path), seeds=2, dataset=f"imagefolder:{folder}"))
-    shutil.rmtree(folder)  # validated, then gone: the workers' load_dataset raises
-    result = run(config)
+    result = run(config)  # the workers' load_dataset raises decoding it (a missing dataset would end the stage)
     models = load_tables(config.root)["models"]
     assert len(models) == 2 and (models["status"] == "failed").all()
-    assert models["error"].str.contains("missing").all()
+    assert models["error"].str.contains("x.png").all(), models["error"].tolist()
     assert not models["error"].str.contains("\n").any()
     # the worker's own traceback (Ray keeps it as text), not the driver's re-raise
     assert models["error_trace"].str.contains("Traceback (most recent call last)", regex=False).all()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -268,9 +270,31 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> str:
         except (ConnectionError, TimeoutError, RuntimeError) as error:
             raise InfrastructureError(f"no Ray cluster at {target}: {_first_line(error)}") from error
         return f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}"
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
+    with _quiet_token_auth_notice():
+        ray.init(
+            address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env
+        )
     cpus = ray.cluster_resources().get("CPU", 0)
     return f"started a fresh local Ray cluster for this run at {ray.get_runtime_context().gcs_address} ({cpus:g} CPUs)"
+
+
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def _quiet_token_auth_notice() -> Iterator[None]:
+    """Without Ray's warning that token authentication is on (or off) for a fresh local cluster: the
+    cluster is this run's own and ends with it, so there is nothing the user could act on."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and "Token authentication is" in record.getMessage())
+
+    logger = logging.getLogger(TOKEN_AUTH_LOGGER)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 CONNECT_TIMEOUT_S = 5.0  # how long a HOST:PORT gets to accept a connection before it counts as no cluster

@@ -149,6 +149,8 @@ class PairQueue:
         # the content hash of every imported network: its pair task checks the bytes it reads against it
         self.hashes = {(p.model_key, n.seed): n.sha256 for p in config.models for n in p.imported or ()}
         self.gaps = pair_gaps(config, state)  # what each incomplete pair lacks, worked out once
+        # pairs with rows already (a grown sweep: new aligns or corrections): they compute only their gaps
+        self.partial = {pair: gaps for pair, gaps in self.gaps.items() if state.complete.get(pair)}
         self.todo = len(self.gaps)
         self.done = config.n_pairs - self.todo
         self.released: set[tuple[str, int, int]] = set()
@@ -196,6 +198,19 @@ class PairQueue:
         return out
 
 
+def _partial_note(pairs: PairQueue) -> str:
+    """What is new for the pairs that have rows already: ``; 6 of them have rows and compute only
+    align weight x correction none, repair``, or nothing when no pair has rows."""
+    if not pairs.partial:
+        return ""
+    aligns = sorted({a for gaps in pairs.partial.values() for a in gaps[0]})
+    corrections = sorted({c for gaps in pairs.partial.values() for c in gaps[1]})
+    return (
+        f"; {len(pairs.partial)} of them have rows and compute only align {', '.join(aligns)} "
+        f"x correction {', '.join(corrections)}"
+    )
+
+
 def make_remote_pair_task(cpu: float, gpu: float, retries: int) -> Any:
     """The pair task as a Ray remote function: reused workers, retried when a worker dies."""
     import ray
@@ -237,7 +252,7 @@ def run_pair_stage(
     # longest first among the pairs ready now: the end of the stage is not one big pair alone
     cost = {p.model_key: forward_flops(p.model, config.dataset.name, config.dataset.options) for p in config.models}
     pairs.add_trained(dict(sorted(trained.items(), key=lambda item: -cost.get(item[0][0], 0.0))))
-    say(f"[pairs] {pairs.done} of {config.n_pairs} pairs already done; {pairs.todo} to run")
+    say(f"[pairs] {pairs.done} of {config.n_pairs} pairs already done; {pairs.todo} to run{_partial_note(pairs)}")
     task = remote_task or make_remote_pair_task(cpu, gpu, config.pair_retries)
     context_ref = ray.put(context)
     limit = tasks_in_flight(config.max_pairs_in_flight, cpu, gpu, shape, per_slot=2)
