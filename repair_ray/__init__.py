@@ -48,6 +48,9 @@ _EXPORTS: dict[str, str] = {
     "reset_batchnorm": ".correction",
     "SettingError": ".errors",
     "train_together": ".multiseed",
+    "TrainConfig": ".training",
+    "TrainResult": ".training",
+    "train_model": ".training",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -65,6 +68,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .io.tables import load_tables
     from .models import ModelConfig, build_model, permutation_spec
     from .multiseed import train_together
+    from .training import TrainConfig, TrainResult, train_model
     from .pair import PairSettings, analyse_pair
     from .permutation import (
         Permutation,
