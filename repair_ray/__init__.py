@@ -68,7 +68,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .io.tables import load_tables
     from .models import ModelConfig, build_model, permutation_spec
     from .multiseed import train_together
-    from .training import TrainConfig, TrainResult, train_model
     from .pair import PairSettings, analyse_pair
     from .permutation import (
         Permutation,
@@ -83,3 +82,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     )
     from .report.differences import paired_differences
     from .report.intervals import Interval, interval
+    from .training import TrainConfig, TrainResult, train_model

@@ -249,7 +249,7 @@ def test_the_lease_file_names_its_holder_in_utc(tmp_path):
         data = json.loads((tmp_path / LEASE_NAME).read_text())
     assert data["run_id"] == lease.holder.run_id and data["pid"] == os.getpid()
     assert data["ttl_s"] == 30 and data["heartbeat"].endswith("Z") and data["expires_at"].endswith("Z")
-    assert set(data) == {"host", "pid", "run_id", "started_at", "heartbeat", "expires_at", "ttl_s"}
+    assert set(data) == {"host", "pid", "run_id", "started_at", "heartbeat", "expires_at", "ttl_s", "space"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,3 +364,37 @@ def test_cli_refuses_a_secret_uri_before_anything_is_written(s3_bucket, tmp_path
         timeout=120,
     )
     assert status.returncode == 2 and SECRET not in status.stdout + status.stderr
+
+
+def test_a_holder_of_another_pid_namespace_on_a_host_of_the_same_name_is_judged_by_its_heartbeat():
+    """Two containers can share a host name but not their PIDs: a dead PID here says nothing of a
+    holder whose lease names another PID namespace (or boot); in this one, it is dead."""
+    import dataclasses
+
+    from repair_ray.sweep.lease import process_space
+
+    here = process_space()
+    assert here.count(":") >= 1 and here.split(":")[-1].isdigit()  # <boot id>:<pid namespace inode> on Linux
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
+    while _running(pid):  # a PID no process has now
+        pid -= 1
+    now = time.time()
+    holder = Holder(socket.gethostname(), pid, "0123456789ab", now - 5, now, 60.0, here)
+    assert holder.dead_here() and not holder.alive(now)
+    elsewhere = dataclasses.replace(holder, space="another-boot:4026531836")
+    assert not elsewhere.dead_here() and elsewhere.alive(now)  # its heartbeat is fresh
+    assert not elsewhere.alive(now + 61)  # and it ends with its heartbeat
+    # the lease file carries it; one written before it was recorded reads as unknown (host name only)
+    assert Holder.from_bytes(holder.to_bytes()).space == here
+    legacy = dataclasses.replace(holder, space="")
+    assert "space" not in json.loads(legacy.to_bytes()) and Holder.from_bytes(legacy.to_bytes()).dead_here()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

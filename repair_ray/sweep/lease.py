@@ -24,6 +24,7 @@ seconds apart need a longer ``REPAIR_RAY_LEASE_TTL``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -34,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..io import storage
@@ -75,6 +77,16 @@ def _seconds(iso: str) -> float:
     return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+def process_space() -> str:
+    """This process's kernel boot and PID namespace, ``<boot id>:<pid namespace inode>`` (Linux);
+    "" where the system does not say (then a lease is judged by host name and heartbeat)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
 @dataclass(frozen=True)
 class Holder:
     """Who holds a lease and how fresh it is (times in seconds since the epoch; stored as UTC)."""
@@ -85,6 +97,8 @@ class Holder:
     started_at: float
     heartbeat: float
     ttl: float
+    # the kernel boot and PID namespace the holder ran in (see :func:`process_space`): "" when unknown
+    space: str = ""
 
     @property
     def expires_at(self) -> float:
@@ -98,8 +112,14 @@ class Holder:
         return not (self.stale(now) or self.dead_here())
 
     def dead_here(self) -> bool:
-        """Whether the holder ran on this host and its process is gone (killed, crashed)."""
+        """Whether the holder ran on this host, in this PID namespace, and its process is gone
+        (killed, crashed). Two containers may share a host name but not their PIDs: a holder of
+        another namespace (or boot) is judged by its heartbeat alone. A lease that does not say
+        its namespace (written before it was recorded) is judged by the host name, as then."""
         if self.host != socket.gethostname():
+            return False
+        here = process_space()
+        if self.space and here and self.space != here:
             return False
         try:
             os.kill(self.pid, 0)
@@ -114,6 +134,8 @@ class Holder:
         for key in ("started_at", "heartbeat", "expires_at"):
             data[key] = _iso(data[key])
         data["ttl_s"] = data.pop("ttl")
+        if not data["space"]:
+            del data["space"]
         return json.dumps(data, indent=1).encode()
 
     @classmethod
@@ -126,6 +148,7 @@ class Holder:
             started_at=_seconds(d["started_at"]),
             heartbeat=_seconds(d["heartbeat"]),
             ttl=float(d["ttl_s"]),
+            space=str(d.get("space", "")),
         )
 
     def describe(self, now: float) -> str:
@@ -383,12 +406,14 @@ class Lease:
 
     def _record(self, now: float) -> Holder:
         assert self.holder is not None
-        return Holder(self.holder.host, self.holder.pid, self.holder.run_id, self.holder.started_at, now, self.ttl)
+        return dataclasses.replace(self.holder, heartbeat=now, ttl=self.ttl)
 
     def acquire(self) -> None:
         """Take the lease, or raise :class:`LeaseHeld` naming the live holder."""
         now = time.time()
-        self.holder = Holder(socket.gethostname(), os.getpid(), secrets.token_hex(6), now, now, self.ttl)
+        self.holder = Holder(
+            socket.gethostname(), os.getpid(), secrets.token_hex(6), now, now, self.ttl, process_space()
+        )
         for _ in range(5):  # each pass loses only to a writer that changed the lease in between
             found = self._store.read()
             if found is None:
