@@ -62,6 +62,35 @@ def test_no_private_name_is_imported_from_another_module():
     assert not crossings, f"make these public in the module that owns them: {crossings}"
 
 
+RAY_INTERNALS = ("ray.experimental", "ray.autoscaler.v2", "ray.util.state")  # not underscored, not public either
+
+
+def test_rays_private_apis_are_used_only_in_ray_private_where_each_has_a_fallback():
+    """A private Ray name anywhere else would break on a Ray upgrade without the fallback and the
+    once-said line of sweep/ray_private.py (docs/clusters.md, "Ray's private APIs")."""
+    allowed = PACKAGE / "sweep" / "ray_private.py"
+    offending = []
+    for path in modules():
+        if path == allowed:
+            continue
+        for line, module, names in imports(path):
+            parts = module.split(".")
+            if parts[0] == "ray" and (
+                any(p.startswith("_") for p in parts)
+                or any(n.startswith("_") for n in names)
+                or module.startswith(RAY_INTERNALS)
+            ):
+                offending.append(f"{path.relative_to(REPO)}:{line} imports {module} {names}")
+        for node in ast.walk(ast.parse(path.read_text())):  # ray._private.worker as an attribute
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                root = node.value
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                if isinstance(root, ast.Name) and root.id == "ray":
+                    offending.append(f"{path.relative_to(REPO)}:{node.lineno} uses ray...{node.attr}")
+    assert not offending, f"move these into repair_ray/sweep/ray_private.py, each with a fallback: {offending}"
+
+
 def test_the_core_never_imports_ray_or_the_sweep():
     shell = (PACKAGE / "sweep", PACKAGE / "cli")
     offending = [

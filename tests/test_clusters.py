@@ -241,6 +241,28 @@ def test_constraints_pin_what_ci_and_the_images_install():
     assert torch.__version__.split("+")[0] == pins["torch"] and ray.__version__ == pins["ray"]
 
 
+def test_the_declared_ray_range_is_the_tested_minor_version_only():
+    """The sweep reads Ray's private APIs (sweep/ray_private.py), which a minor release may change:
+    pip may take a patch release of the pinned minor version, never the next minor one."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
+    pinned = Version(pins["ray"])
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    rays = [Requirement(r) for r in declared if Requirement(r).name == "ray"]
+    assert len(rays) == 2  # the core (with Tune) and the [cluster] extra
+    for requirement in rays:
+        assert requirement.specifier.contains(pinned), requirement
+        assert requirement.specifier.contains(Version(f"{pinned.major}.{pinned.minor}.{pinned.micro + 1}")), requirement
+        assert not requirement.specifier.contains(Version(f"{pinned.major}.{pinned.minor + 1}.0")), requirement
+    readme = (REPO / "README.md").read_text()
+    assert f"`ray>={pinned.major}.{pinned.minor},<{pinned.major}.{pinned.minor + 1}`" in readme
+
+
 def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_token, tmp_path, subprocesses):
     """From a 'laptop': submit a sweep to a real head with token auth; no secret in the job.
 
@@ -443,7 +465,9 @@ def test_the_shape_of_the_session_cluster_is_fixed_and_started_here(ray_session)
         time.sleep(0.5)
     else:
         raise AssertionError("the session cluster's monitor never reported")
-    here = cluster_shape()
+    lines: list[str] = []
+    here = cluster_shape(lines.append)
+    assert lines == []  # no private Ray API it reads has changed
     assert not here.autoscaling and here.started_here
     assert here.maximum == here.current and here.largest_node["CPU"] == here.current["CPU"]
 

@@ -269,7 +269,7 @@ def _check_cluster(config: SweepConfig, address: str) -> None:
     joined = not ray.is_initialized()  # a process already connected keeps its connection
     connect(address)
     try:
-        check_resources(config)
+        check_resources(config, click.echo)
         click.echo(f"cluster at {address}: it can hold every request of this config")
     except ConfigError as error:
         fail(str(error))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import ray_private
 from .config import ConfigError
 
 if TYPE_CHECKING:
@@ -34,28 +33,27 @@ class ClusterShape:
     started_here: bool
 
 
-def cluster_shape() -> ClusterShape:
+def cluster_shape(say: Callable[[str], None]) -> ClusterShape:
     """The :class:`ClusterShape` of the cluster this process is connected to.
 
     Ray 2.60 keeps an autoscaler's node types in the GCS only when the autoscaler reports them
-    (``state.get_cluster_config()``, which ``get_max_resources_from_cluster_config`` sums); neither
-    open-source autoscaler of 2.60 does (no caller of ``report_cluster_config`` in the wheel; None on
-    a fake v1 cluster), so an autoscaler is also recognised by its status report, and then the
+    (:func:`~.ray_private.reported_node_types`); neither open-source autoscaler of 2.60 does (no
+    caller of ``report_cluster_config`` in the wheel; None on a fake v1 cluster), so an autoscaler
+    is also recognised by its status report (:func:`~.ray_private.autoscaler_runs`), and then the
     maximum is unknown. Without an autoscaler the cluster is fixed: what it has now is all it will
     ever have. A cluster started here is fixed without asking (its monitor is a read-only one).
+    Where a private Ray API these rely on has changed, ``say`` gets one line (once per process) and
+    the shape is the degraded one that docs/clusters.md describes.
     """
     import ray
-    from ray._private.state import state
 
     current = dict(ray.cluster_resources())
-    config = state.get_cluster_config()
-    groups = [g for g in (config.node_group_configs if config else []) if g.max_count != 0]
-    if groups:
-        maximum = state.get_max_resources_from_cluster_config() or {}
-        largest = _largest([{k: float(v) for k, v in g.resources.items()} for g in groups])
-        return ClusterShape(current, {k: float(v) for k, v in maximum.items()}, largest, True, False)
-    started_here = _started_here()
-    if not started_here and _autoscaler_runs():
+    reported = ray_private.reported_node_types(say)
+    if reported and reported[1]:
+        maximum, node_types = reported
+        return ClusterShape(current, maximum, _largest(node_types), True, False)
+    started_here = bool(ray_private.started_here(say))  # unknown: counted as joined
+    if not started_here and ray_private.autoscaler_runs(say) is not False:  # True, or unknown
         return ClusterShape(current, None, None, True, started_here)
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     return ClusterShape(current, current, _largest(nodes), False, started_here)
@@ -68,44 +66,6 @@ def _largest(nodes: list[dict[str, float]]) -> dict[str, float]:
         for name, amount in resources.items():
             largest[name] = max(largest.get(name, 0.0), float(amount))
     return largest
-
-
-def _autoscaler_runs() -> bool:
-    """Whether an autoscaler with node types of its own manages this cluster.
-
-    Every Ray head runs a v1 monitor that reports an ``autoscaler_report`` to the GCS within seconds
-    of its start; without an autoscaling config it is a read-only one that names each node's type
-    ``node_<node id>``; with one, the types are the config's (``ray.head.default``, ``gpu_node``). A
-    v2 autoscaler marks the cluster as v2 instead.
-    """
-    from ray._private import ray_constants
-    from ray.autoscaler._private.util import format_readonly_node_type
-    from ray.autoscaler.v2.utils import is_autoscaler_v2
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    if is_autoscaler_v2(fetch_from_server=True):
-        return True
-    deadline = time.monotonic() + AUTOSCALER_REPORT_WAIT_S
-    report = None
-    while report is None and time.monotonic() < deadline:  # a head started just now has not reported yet
-        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-        report = json.loads(status).get("autoscaler_report") if status else None
-        if report is None:
-            time.sleep(0.5)
-    mapping = (report or {}).get("node_type_mapping") or {}
-    return any(kind != format_readonly_node_type(node) for node, kind in mapping.items())
-
-
-AUTOSCALER_REPORT_WAIT_S = 20.0  # the longest a stage waits for a new head's first autoscaler report
-
-
-def _started_here() -> bool:
-    """Whether this process started the cluster it is connected to (``ray.init`` without an address)
-    rather than joined one: Ray makes the node of a started cluster a head node of this process."""
-    import ray
-
-    node = ray._private.worker._global_node
-    return bool(node is not None and node.head)
 
 
 def resolve_resources(
@@ -260,7 +220,7 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> str:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # A driver started by `ray job submit` already runs in the job's runtime environment, which
     # every worker shares; adding the same variables again would be a conflict for Ray.
-    in_submitted_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    in_submitted_job = ray_private.SUBMITTED_JOB_VARIABLE in os.environ
     runtime_env = None if in_submitted_job else {"env_vars": forwarded_env()}
     target = address or os.environ.get("RAY_ADDRESS")
     if target:

@@ -244,7 +244,7 @@ def run_pair_stage(
     started = time.time()
     if trained is None:
         trained = plan_trials(config).done
-    shape = cluster_shape()
+    shape = cluster_shape(say)
     cpu, gpu = resolve_resources(config.resources.pair, "resources.pair", say, shape)
     context = stage_context(config, cpu, gpu)
     state = read_pair_state(config.root, context.analysis_keys)

@@ -95,7 +95,7 @@ def _run_sweep(
     say(f"[sweep] {connect(address, num_cpus=num_cpus)}")
     say(f"[sweep] {config.name}: {config.n_trials} trials, {config.n_pairs} pairs -> {config.root}")
     try:
-        check_resources(config)
+        check_resources(config, say)
         train, pairs = _run_stages(config, say, stop, trials)
         compacted = compact_tables(config.root)
         if compacted:
@@ -119,11 +119,12 @@ def fetch_dataset(config: SweepConfig, say: Callable[[str], None]) -> None:
     load_dataset(config.dataset.name, **config.dataset.options)
 
 
-def check_resources(config: SweepConfig) -> None:
+def check_resources(config: SweepConfig, say: Callable[[str], None] = print) -> None:
     """Raise the ConfigError of a resource request that no node of the cluster can ever hold, or a
     trial of several workers that the whole cluster can never hold at once, before either stage
-    starts (the pair stage runs in a thread and would report it only at the end)."""
-    shape = cluster_shape()
+    starts (the pair stage runs in a thread and would report it only at the end). ``say`` gets the
+    line of a private Ray API that has changed (what the check then cannot judge)."""
+    shape = cluster_shape(say)
     for key, spec in (("resources.train", config.resources.train), ("resources.pair", config.resources.pair)):
         cpu, gpu = resolve_resources(spec, key, lambda _: None, shape)
         if key == "resources.train":

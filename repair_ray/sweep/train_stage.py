@@ -88,7 +88,7 @@ def run_train_stage(
     if not todo:
         return TrainStageSummary(total, total, 0, 0, time.time() - started)
 
-    shape = cluster_shape()
+    shape = cluster_shape(say)
     cpu, gpu = resolve_resources(config.resources.train, "resources.train", say, shape)
     workers = config.workers_per_trial
     limit = tasks_in_flight(config.max_trials_in_flight, cpu * workers, gpu * workers, shape)

@@ -382,7 +382,7 @@ def run_tune_stage(config: SweepConfig, *, say: Callable[[str], None] = print) -
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_SECONDS)  # read by each Tuner's controller
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # frequent, wanted
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment tables between our lines
-    shape = cluster_shape()
+    shape = cluster_shape(say)
     resources = resolve_resources(config.resources.train, "resources.train", say, shape)
     best, untuned = [], []
     trials = failed = 0
