@@ -309,9 +309,21 @@ def test_repair_ray_submit_logs_and_stop_through_the_jobs_sdk(ray_head_with_toke
     assert "[submit] job sweep-sdk-1" in out and "repair-ray logs sweep-sdk-1" in out
     assert "[pairs] 6/6 pairs done" in out and "job sweep-sdk-1 SUCCEEDED" in out
     assert "joined the Ray cluster" in out  # the entrypoint joined the job's cluster by RAY_ADDRESS
+    # --follow streamed the running job's log (tail_job_logs, with the token): each line once
+    assert submitted.stdout.count("[pairs] 6/6 pairs done") == 1 and "WebSocket closed" not in out
 
     logs = subprocess.run([*cli, "logs", "sweep-sdk-1", "--address", address], env=env, capture_output=True, text=True)
     assert logs.returncode == 0 and "[pairs] 6/6 pairs done" in logs.stdout
+    followed = subprocess.run(
+        [*cli, "logs", "sweep-sdk-1", "--address", address, "--follow"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    # an ended job's stream is its whole log, from the first line, once; then how it ended
+    assert followed.stdout == logs.stdout + "[logs] job sweep-sdk-1 SUCCEEDED\n"
     stopped = subprocess.run(
         [*cli, "stop", "sweep-sdk-1", "--address", address], env=env, capture_output=True, text=True
     )

@@ -96,9 +96,14 @@ def submit(
         f"[submit] follow it: repair-ray logs {job_id}{where} --follow; stop it: repair-ray stop {job_id}{where}"
     )
     if follow:
-        status = jobs.follow(job_id, address=address, say=click.echo)
+        status = jobs.follow(job_id, address=address, write=_write, jobs=client)
         click.echo(f"[submit] job {job_id} {status}")
         sys.exit(EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED)
+
+
+def _write(text: str) -> None:
+    """Print a chunk of a job's log as it came (its own newlines), at once."""
+    click.echo(text, nl=False)  # click flushes after each echo
 
 
 def _refuse_a_held_sweep(root: str) -> None:
@@ -125,18 +130,25 @@ def _refuse_a_held_sweep(root: str) -> None:
 @main.command()
 @click.argument("job_id", metavar="JOB")
 @job_address
-@click.option("--follow/--no-follow", default=False, help="Keep printing until the job ends; exit with its outcome.")
+@click.option(
+    "--follow/--no-follow",
+    default=False,
+    help="Stream the logs as the job writes them until it ends; exit with its outcome.",
+)
 def logs(job_id: str, address: str | None, follow: bool) -> None:
     """Print the logs of the Ray Job JOB (the driver's progress lines and summary, and what its
     tasks printed, under their names).
 
-    Exit status: 0 (with --follow: the job succeeded), 1 the followed job failed or was stopped,
-    2 no such job, 3 the dashboard cannot be reached.
+    With --follow, the dashboard streams what the job writes (each line once) until the job ends,
+    then the job's final status is printed. Ctrl+C ends the follow, not the job.
+
+    Exit status: 0 (with --follow: the job succeeded), 1 the followed job failed or was stopped
+    (or Ctrl+C), 2 no such job, 3 the dashboard cannot be reached or broke off the stream.
     """
     from ..sweep import jobs
 
     if follow:
-        status = jobs.follow(job_id, address=address, say=click.echo)
+        status = jobs.follow(job_id, address=address, write=_write)
         click.echo(f"[logs] job {job_id} {status}")
         sys.exit(EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED)
     click.echo(jobs.logs(job_id, address=address), nl=False)

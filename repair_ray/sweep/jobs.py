@@ -9,7 +9,9 @@ dashboard. The cluster's nodes bring their own (see clusters/README.md).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import shlex
 import tempfile
@@ -25,6 +27,7 @@ from .cluster import forwarded_env
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 STOP_TIMEOUT_S = 60.0  # how long `repair-ray stop` waits for the job to reach a terminal status
+FOLLOW_SETTLE_S = 10.0  # how long a follow waits for a terminal status once the dashboard ended the log stream
 
 
 class JobNotFound(LookupError):
@@ -113,20 +116,75 @@ def logs(job_id: str, *, address: str | None) -> str:
         return jobs.get_job_logs(job_id)
 
 
-def follow(job_id: str, *, address: str | None, say: Callable[[str], None], poll: float = 2.0) -> str:
-    """Print a job's logs as they grow until it ends; returns its final status (``SUCCEEDED``, ...)."""
-    jobs = client(address)
-    shown = 0
+def follow(
+    job_id: str,
+    *,
+    address: str | None,
+    write: Callable[[str], None],
+    settle: float | None = None,
+    poll: float = 0.5,
+    jobs: Any = None,
+) -> str:
+    """Stream a job's logs to ``write`` as the dashboard sends them (``tail_job_logs``: each chunk
+    once, nothing downloaded twice) until the job ends; returns its final status (``SUCCEEDED``, ...).
+
+    The dashboard ends the stream once the job has ended; a stream that breaks, or ends while the
+    job still runs ``settle`` seconds (default :data:`FOLLOW_SETTLE_S`) later, is an
+    :class:`InfrastructureError` naming the dashboard.
+    ``jobs``: the Jobs client to use (default: one for ``address``; its headers carry the token).
+    """
+    jobs = jobs if jobs is not None else client(address)
     with dashboard(address, job_id):
+        job_status(jobs, job_id)  # an unknown job is named (JobNotFound) before anything streams
+        ended_a_line = asyncio.run(_stream(jobs, job_id, address, write))
+        if not ended_a_line:
+            write("\n")
+        deadline = time.monotonic() + (FOLLOW_SETTLE_S if settle is None else settle)
         while True:
             status = job_status(jobs, job_id)
-            text = jobs.get_job_logs(job_id)
-            if len(text) > shown:
-                say(text[shown:].rstrip("\n"))
-                shown = len(text)
             if status in TERMINAL:
                 return status
+            if time.monotonic() >= deadline:
+                raise InfrastructureError(
+                    f"Ray dashboard at {dashboard_address(address)} ended the log stream of job {job_id} "
+                    f"while the job is still {status}"
+                )
             time.sleep(poll)
+
+
+async def _stream(jobs: Any, job_id: str, address: str | None, write: Callable[[str], None]) -> bool:
+    """Write every chunk ``jobs.tail_job_logs`` yields; True when the last one ended its line."""
+    import aiohttp
+
+    ended_a_line = True
+    sdk_log = logging.getLogger("ray.dashboard.modules.job.sdk")
+    level = sdk_log.level
+    sdk_log.setLevel(logging.WARNING)  # not its INFO line on every close: the status line says how the job ended
+    try:
+        async for chunk in jobs.tail_job_logs(job_id):
+            if chunk:
+                write(chunk)
+                ended_a_line = chunk.endswith("\n")
+    except aiohttp.ClientResponseError as error:  # the dashboard refused the stream (its handshake)
+        if error.status == 404:
+            raise JobNotFound(f"no job {job_id} at the Ray dashboard {dashboard_address(address)}") from error
+        raise _stream_broke(job_id, address, error) from error
+    except (aiohttp.ClientError, ConnectionError) as error:
+        raise _stream_broke(job_id, address, error) from error
+    except RuntimeError as error:  # the SDK's way of saying "the websocket closed abnormally" (1006) or failed
+        if not str(error).startswith("WebSocket"):
+            raise
+        raise _stream_broke(job_id, address, error) from error
+    finally:
+        sdk_log.setLevel(level)
+    return ended_a_line
+
+
+def _stream_broke(job_id: str, address: str | None, error: BaseException) -> InfrastructureError:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return InfrastructureError(
+        f"Ray dashboard at {dashboard_address(address)} broke off the log stream of job {job_id}: {reason}"
+    )
 
 
 def stop(
