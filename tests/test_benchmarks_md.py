@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu, run, sections
+from benchmarks import gpu, run, s3_requests, sections
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "- Command: `make bench`\n- Machine: a CPU\n- Date: 2026-01-01 00:00; total 9 s"
@@ -137,7 +137,7 @@ def test_the_repositorys_benchmarks_md_is_all_in_renderers_sections(tmp_path: Pa
     the GPU section (issue 22's H200 runs) among them, where ``gpu.py --render`` replaces it."""
     text = (REPO / "BENCHMARKS.md").read_text()
     found = owned(text)
-    assert set(found) <= {*run.ORDER, gpu.KEY}
+    assert set(found) <= {*run.ORDER, gpu.KEY, s3_requests.KEY}
     assert set(run.ORDER) <= set(found)
     outside = text
     for block in found.values():

@@ -3,14 +3,20 @@
 Everything goes through :mod:`pyarrow.fs`, which reads credentials and endpoints from the
 standard environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...). Local paths are made
 absolute, so a URI means the same file from any working directory (Ray workers change theirs).
+
+A process keeps one object-store filesystem per bucket and environment (:func:`resolve`), so every
+read and write of a sweep reuses its client and its connections instead of building new ones.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import os
 import re
 import secrets
-from urllib.parse import urlsplit
+import threading
+from urllib.parse import unquote, urlsplit
 
 from pyarrow import fs as pafs
 
@@ -128,12 +134,101 @@ def normalize(uri: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.path.expanduser(uri)) if _scheme(uri) == "" else uri
 
 
+# Attempts of one S3 request (AWS standard retry mode's own default): throttling and 5xx answers are
+# retried with backoff, while an endpoint where nothing listens fails in about a second, not after
+# the 6 s that pyarrow's default (a URI's filesystem) spends retrying a refused connection.
+S3_MAX_ATTEMPTS = 3
+
+# What makes two filesystems of a scheme differ, from the environment: where they connect, in which
+# region, as whom. Values of _SECRET_ENVIRONMENT only ever enter a cache key as a digest.
+_S3_ENVIRONMENT = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_CA_BUNDLE",
+)
+_GS_ENVIRONMENT = ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CONFIG")
+_SECRET_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+_filesystems: dict[tuple[str, ...], pafs.FileSystem] = {}
+_filesystems_lock = threading.Lock()
+
+
+def _forget_filesystems() -> None:
+    """Drop every cached filesystem (a forked child builds its own; at exit, before pyarrow finalizes S3)."""
+    global _filesystems_lock
+    _filesystems_lock = threading.Lock()  # a thread of the parent may have held it at the fork
+    _filesystems.clear()
+
+
+os.register_at_fork(after_in_child=_forget_filesystems)
+atexit.register(_forget_filesystems)  # runs before pyarrow's own handler, registered at its import
+
+
+def _environment_key(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The values of ``names`` in the environment now, and a digest of the credentials in it."""
+    digest = hashlib.sha256("\0".join(os.environ.get(name, "") for name in _SECRET_ENVIRONMENT).encode())
+    return (*(os.environ.get(name, "") for name in names), digest.hexdigest())
+
+
+def _new_s3(bucket: str) -> pafs.FileSystem:
+    """The filesystem ``pafs.FileSystem.from_uri("s3://bucket")`` builds (endpoint from
+    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``; without one, the bucket's own region), with
+    :data:`S3_MAX_ATTEMPTS` attempts per request and small files written in one request."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    region = None if endpoint else pafs.resolve_s3_region(bucket)
+    return pafs.S3FileSystem(
+        region=region,
+        endpoint_override=endpoint,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+        # a file smaller than a part (checkpoints, table parts, markers) is one PutObject, not a
+        # multipart upload's three requests; a failed write raises when its stream closes
+        allow_delayed_open=True,
+    )
+
+
+def _object_store(scheme: str, bucket: str) -> pafs.FileSystem:
+    """This process's filesystem for ``bucket`` on ``scheme`` (s3, gs) in the environment as it is now:
+    built once, then shared by every call and thread. A changed endpoint, region or credential in
+    the environment keys another one."""
+    if scheme == "s3":
+        key = ("s3", bucket, *_environment_key(_S3_ENVIRONMENT))
+    else:  # a GCS filesystem does not depend on the bucket
+        key = ("gs", *_environment_key(_GS_ENVIRONMENT))
+    with _filesystems_lock:
+        filesystem = _filesystems.get(key)
+        if filesystem is None:
+            filesystem = _new_s3(bucket) if scheme == "s3" else pafs.FileSystem.from_uri(f"gs://{bucket}")[0]
+            _filesystems[key] = filesystem
+        return filesystem
+
+
 def resolve(uri: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem that holds ``uri`` and the path of ``uri`` inside it."""
+    """The pyarrow filesystem that holds ``uri`` and the path of ``uri`` inside it.
+
+    Local paths get a new (stateless) local filesystem; ``s3://`` and ``gs://`` get this process's
+    filesystem of the bucket (:func:`_object_store`). Paths inside a bucket are read as pyarrow
+    reads a URI's: ``bucket/key`` with %-escapes decoded and no trailing ``/``.
+    """
     uri = normalize(uri)
-    if _scheme(uri) == "":
+    scheme = _scheme(uri)
+    if scheme == "":
         return pafs.LocalFileSystem(), uri
-    return pafs.FileSystem.from_uri(uri)
+    if scheme not in ("s3", "gs"):
+        return pafs.FileSystem.from_uri(uri)
+    parts = urlsplit(uri)
+    bucket = parts.netloc
+    if not bucket:
+        raise StorageURIError(f"storage URI {redact(uri)} names no bucket")
+    return _object_store(scheme, bucket), (bucket + unquote(parts.path)).rstrip("/")
 
 
 def join(base: str | os.PathLike[str], *parts: str) -> str:
