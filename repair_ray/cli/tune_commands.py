@@ -66,19 +66,21 @@ def tune(
     Trials train on the train split less a held-out validation split (tune.val_samples); the test
     split is never used. A killed tune, run again, finishes without redoing finished trials. Every
     trial is a row of the sweep's `recipes` table. Exit status: 0 when every model config got a
-    recipe, 1 when some got none (every trial failed, diverged or was stopped), 2 a bad config,
-    3 storage or the cluster cannot be reached, or another run holds the sweep, 4 a bug.
+    recipe, 1 when some got none (every trial failed, diverged or was stopped), 2 a bad config (or gs://
+    storage without the gcs extra), 3 storage or the cluster cannot be reached, or another run holds
+    the sweep, 4 a bug.
     """
     from ..io import storage
     from ..sweep.cluster import connect
     from ..sweep.config import ConfigError
-    from ..sweep.lease import Lease
+    from ..sweep.lease import Lease, check_supported
     from ..sweep.tune_stage import run_tune_stage
 
     config = load_sweep(config_path, example, storage_uri, allow_import)
     if config.tune is None:
         fail(f"{config.source}: tune: the config has no tune section (a search space over train keys; docs/tuning.md)")
     PLACE["storage"] = config.root
+    check_supported(config.root)  # gs:// without the gcs extra: exit 2, before storage is reached
     storage.check_writable(config.root)
     import ray
 

@@ -14,8 +14,10 @@ Every change of the lease is a compare-and-swap, so two runs racing for it canno
   ``link(2)`` of a complete temporary file (fails if one exists), a renewal by ``rename(2)``;
 - S3: conditional writes, ``PutObject`` with ``If-None-Match: *`` to create, ``If-Match: <ETag>`` to
   renew or take over, ``DeleteObject`` with ``If-Match`` to release (through boto3);
-- other object stores (``gs://``): read, write, read back. Two runs starting within the same second
-  can both believe they won there; the heartbeat of the loser notices at its first renewal.
+- Cloud Storage (``gs://``): generation preconditions, ``ifGenerationMatch=0`` to create, ``=<generation
+  read>`` to renew, take over or release (:mod:`.lease_gcs`, through google-cloud-storage: the ``gcs``
+  extra; without it a run of a gs:// sweep stops naming the extra, while readers read the lease through
+  pyarrow).
 
 Staleness compares the holder's heartbeat (UTC) with this machine's clock: clocks more than a few
 seconds apart need a longer ``REPAIR_RAY_LEASE_TTL``.
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..io import storage
+from . import lease_gcs
 from .layout import LEASE_NAME as LEASE_NAME  # the lease file's name, importable from here too
 from .layout import lease_uri
 
@@ -160,7 +163,8 @@ class Holder:
 
 def read_holder(root: str) -> Holder | None:
     """The holder of the sweep's lease, or None when nobody holds it (or the lease is unreadable)."""
-    found = _store(lease_uri(root)).read()
+    uri = lease_uri(root)
+    found = _plain_read(uri) if uri.startswith("gs://") and not lease_gcs.installed() else _store(uri, root).read()
     if found is None:
         return None
     with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -326,46 +330,31 @@ class _S3Store:
         return True
 
 
-class _PlainStore:
-    """Any other store (``gs://``): read, write, read back; not race-free (see the module's docstring)."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-
-    def read(self) -> tuple[bytes, Any] | None:
-        try:
-            data = storage.read_bytes(self.uri)
-        except FileNotFoundError:
-            return None
-        return data, data
-
-    def _write_checked(self, data: bytes) -> Any | None:
-        storage.write_bytes_atomic(self.uri, data)
-        time.sleep(0.5)  # let a racing writer's object land, then see whose is there
-        current = self.read()
-        return data if current is not None and current[0] == data else None
-
-    def create(self, data: bytes) -> Any | None:
-        return None if self.read() is not None else self._write_checked(data)
-
-    def replace(self, data: bytes, version: Any) -> Any | None:
-        current = self.read()
-        return None if current is None or current[1] != version else self._write_checked(data)
-
-    def delete(self, version: Any) -> bool:
-        current = self.read()
-        if current is None or current[1] != version:
-            return False
-        storage.remove(self.uri, missing_ok=True)
-        return True
+def _plain_read(uri: str) -> tuple[bytes, Any] | None:
+    """The lease read through pyarrow (what readers do on gs:// without the ``gcs`` extra)."""
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        return None
+    return data, data
 
 
-def _store(uri: str) -> _Store:
+def _store(uri: str, root: str) -> _Store:
     if storage.is_local(uri):
         return _LocalStore(storage.resolve(uri)[1])
     if uri.startswith("s3://"):
         return _S3Store(uri)
-    return _PlainStore(uri)
+    if uri.startswith("gs://"):
+        return lease_gcs.GCSStore(uri, root)
+    raise ValueError(f"no lease on {storage.redact(uri)}: use a local path, s3:// or gs://")
+
+
+def check_supported(root: str) -> None:
+    """Raise :class:`~repair_ray.errors.MissingExtraError` when this installation cannot take the lease of
+    the sweep at ``root`` (gs:// without the ``gcs`` extra); commands ask before they reach storage."""
+    root = storage.normalize(root)
+    if lease_uri(root).startswith("gs://"):
+        lease_gcs.require(root)
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,7 +387,7 @@ class Lease:
         self.lost = threading.Event()
         self.lost_reason = ""
         self.holder: Holder | None = None
-        self._store = _store(self.uri)
+        self._store = _store(self.uri, self.root)
         self._version: Any = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -422,6 +411,9 @@ class Lease:
                     return
                 continue
             data, version = found
+            if self._is_mine(data):  # our create (or take-over) landed, its answer lost and retried
+                self._version = version
+                return
             now = time.time()
             try:
                 other: Holder | None = Holder.from_bytes(data)
@@ -471,7 +463,10 @@ class Lease:
 
     def _is_mine(self, data: bytes) -> bool:
         """Whether the lease record ``data`` is this run's."""
-        return self.holder is not None and Holder.from_bytes(data).run_id == self.holder.run_id
+        try:
+            return self.holder is not None and Holder.from_bytes(data).run_id == self.holder.run_id
+        except (ValueError, KeyError, TypeError):  # unreadable: nobody's
+            return False
 
     def _lose(self, reason: str) -> None:
         self.lost_reason = (
