@@ -301,9 +301,13 @@ def test_s3_lease_refuses_a_second_run_takes_over_a_stale_one_and_is_released(s3
 
 def test_s3_heartbeat_notices_a_take_over(s3_bucket):
     root = storage.join(s3_bucket, "stolen")
-    with pytest.raises(LeaseLost, match="was taken by host"), Lease(root, ttl=0.5, say=lambda _: None):
+    lost = threading.Event()
+    with (
+        pytest.raises(LeaseLost, match="was taken by host"),
+        Lease(root, ttl=0.5, say=lambda _: None, on_lost=lost.set),
+    ):
         Lease(root, ttl=30, take_over=True, say=lambda _: None).acquire()
-        time.sleep(20)
+        assert lost.wait(timeout=20)  # the holder's next heartbeat notices, and says so on leaving
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
-import json
 import os
 import secrets
 import signal
@@ -36,14 +34,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from ..io import storage
 from . import lease_gcs
 from .layout import LEASE_NAME as LEASE_NAME  # the lease file's name, importable from here too
 from .layout import lease_uri
+from .lease_holder import Holder, process_space, utc_iso
 
 TTL_ENV = "REPAIR_RAY_LEASE_TTL"
 DEFAULT_TTL = 120.0
@@ -72,95 +69,6 @@ def default_ttl() -> float:
     return ttl
 
 
-def _iso(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _seconds(iso: str) -> float:
-    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-def process_space() -> str:
-    """This process's kernel boot and PID namespace, ``<boot id>:<pid namespace inode>`` (Linux);
-    "" where the system does not say (then a lease is judged by host name and heartbeat)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
-    except OSError:
-        return ""
-
-
-@dataclass(frozen=True)
-class Holder:
-    """Who holds a lease and how fresh it is (times in seconds since the epoch; stored as UTC)."""
-
-    host: str
-    pid: int
-    run_id: str
-    started_at: float
-    heartbeat: float
-    ttl: float
-    # the kernel boot and PID namespace the holder ran in (see :func:`process_space`): "" when unknown
-    space: str = ""
-
-    @property
-    def expires_at(self) -> float:
-        return self.heartbeat + self.ttl
-
-    def stale(self, now: float) -> bool:
-        return now > self.expires_at
-
-    def alive(self, now: float) -> bool:
-        """Whether its run looks alive: its heartbeat is fresh and, on this host, its process runs."""
-        return not (self.stale(now) or self.dead_here())
-
-    def dead_here(self) -> bool:
-        """Whether the holder ran on this host, in this PID namespace, and its process is gone
-        (killed, crashed). Two containers may share a host name but not their PIDs: a holder of
-        another namespace (or boot) is judged by its heartbeat alone. A lease that does not say
-        its namespace (written before it was recorded) is judged by the host name, as then."""
-        if self.host != socket.gethostname():
-            return False
-        here = process_space()
-        if self.space and here and self.space != here:
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # someone else's process: alive
-            return False
-        return False
-
-    def to_bytes(self) -> bytes:
-        data = {**asdict(self), "expires_at": self.expires_at}
-        for key in ("started_at", "heartbeat", "expires_at"):
-            data[key] = _iso(data[key])
-        data["ttl_s"] = data.pop("ttl")
-        if not data["space"]:
-            del data["space"]
-        return json.dumps(data, indent=1).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Holder:
-        d = json.loads(data)
-        return cls(
-            host=str(d["host"]),
-            pid=int(d["pid"]),
-            run_id=str(d["run_id"]),
-            started_at=_seconds(d["started_at"]),
-            heartbeat=_seconds(d["heartbeat"]),
-            ttl=float(d["ttl_s"]),
-            space=str(d.get("space", "")),
-        )
-
-    def describe(self, now: float) -> str:
-        return (
-            f"host {self.host}, pid {self.pid} (run {self.run_id}), since {_iso(self.started_at)}, "
-            f"last heartbeat {_iso(self.heartbeat)} ({now - self.heartbeat:.0f}s ago)"
-        )
-
-
 def read_holder(root: str) -> Holder | None:
     """The holder of the sweep's lease, or None when nobody holds it (or the lease is unreadable)."""
     uri = lease_uri(root)
@@ -176,7 +84,7 @@ def held_message(root: str, holder: Holder, now: float) -> str:
     """What a command that would write the sweep at ``root`` says when ``holder``'s run is alive."""
     return (
         f"sweep {root} is being run by another `repair-ray run`: {holder.describe(now)}; its lease "
-        f"expires at {_iso(holder.expires_at)} unless renewed.\n"
+        f"expires at {utc_iso(holder.expires_at)} unless renewed.\n"
         "Two runs of one sweep would do the same work twice and overwrite each other's sweep.yaml and "
         f"current_keys.json, so this one stops. Wait for it to finish (`repair-ray status {root}` shows "
         "its progress), stop it (Ctrl+C, or `repair-ray stop JOB` for a Ray Job), or, if it is dead, wait "
