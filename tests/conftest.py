@@ -221,6 +221,7 @@ UNDECLARED = [
     ([r"\b(start_driver|run_driver)\("], "subprocesses"),
     ([r"\bray_head\("], "own_ray_head"),
     ([r"\btorch\.compile\(|\bcompile=True\b"], "compiled"),
+    ([r"\brun_tune_stage\("], "tuner"),
     (  # MNIST read and trained on (reading it alone takes a second)
         [
             r"""load_dataset\(\s*["']mnist["']|["']dataset["']:\s*["']mnist["']|dataset=["']mnist["']""",
@@ -322,6 +323,17 @@ def mnist():
     from repair_ray.datasets import load_dataset
 
     return load_dataset("mnist")
+
+
+@pytest.fixture
+@integration("runs Ray Tune end to end (a Tuner: its controller, trial actors and experiment folder)")
+def tuner(ray_session):
+    """The session's cluster, for a test that runs ``repair-ray tune``'s stage; all of its CPUs are
+    free again when the test ends (Tune's trial actors gone)."""
+    from .processes import wait_for_idle_cluster
+
+    yield ray_session
+    wait_for_idle_cluster(ray_session)
 
 
 @pytest.fixture

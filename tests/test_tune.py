@@ -119,7 +119,7 @@ def test_a_tune_run_resumed_from_its_checkpoints_continues_exactly(tmp_path):
 # --- on Ray: ASHA stops trials, the best recipe is written and runs -----------------------------
 
 
-def test_asha_stops_trailing_trials_and_the_written_recipe_runs(ray_session, tmp_path):
+def test_asha_stops_trailing_trials_and_the_written_recipe_runs(ray_session, tmp_path, tuner):
     config = parse_config(tuned_sweep("tuned", str(tmp_path)))
     lines: list[str] = []
     summary = run_tune_stage(config, say=lines.append)
@@ -162,7 +162,7 @@ def test_asha_stops_trailing_trials_and_the_written_recipe_runs(ray_session, tmp
     assert len(again) == 3 and sorted(again["value"].dropna()) == sorted(recipes["value"].dropna())
 
 
-def test_each_model_config_of_a_grid_gets_its_own_recipe_entry(ray_session, tmp_path):
+def test_each_model_config_of_a_grid_gets_its_own_recipe_entry(ray_session, tmp_path, tuner):
     data = tuned_sweep("grid", str(tmp_path), space={"lr": {"grid": [0.1, 1e-6]}}, scheduler="fifo")
     data["models"] = [{"arch": "mlp", "width": [8, 16], "depth": 2, "train": {"momentum": 0.8}}]
     data["train"]["epochs"] = 2
@@ -178,7 +178,7 @@ def test_each_model_config_of_a_grid_gets_its_own_recipe_entry(ray_session, tmp_
     ]
 
 
-def test_tune_on_mnist_with_a_tiny_space(ray_session, tmp_path, mnist):
+def test_tune_on_mnist_with_a_tiny_space(ray_session, tmp_path, mnist, tuner):
     data = {
         "name": "mnist-tune",
         "storage": str(tmp_path),
@@ -288,7 +288,7 @@ def test_a_killed_tune_run_again_finishes_without_redoing_finished_trials(
             assert credential not in body and credential.hex().encode() not in body, k
 
 
-def test_tracking_logs_each_tune_trial_to_mlflow(ray_session, tmp_path, monkeypatch):
+def test_tracking_logs_each_tune_trial_to_mlflow(ray_session, tmp_path, monkeypatch, tuner):
     pytest.importorskip("mlflow")
     from mlflow import MlflowClient
 
