@@ -112,7 +112,8 @@ def test_without_an_address_a_run_never_joins_the_ray_start_cluster_of_the_machi
         alone = run_cli(config, "--num-cpus", "2", env=head.env)
         assert alone.returncode == 0, alone.stdout + alone.stderr
         assert "started a fresh local Ray cluster" in alone.stdout and head.address not in alone.stdout
-        joined = run_cli(config, "--address", "auto", env=head.env)  # asked for: joins it (nothing left to do)
+        grown = write_yaml(tmp_path / "grown.yaml", {**data, "align": ["none", "weight"]})  # something to do
+        joined = run_cli(grown, "--address", "auto", env=head.env)  # asked for: joins it
         assert joined.returncode == 0, joined.stdout + joined.stderr
         assert f"joined the Ray cluster at {head.address}" in joined.stdout
     assert (machine_wide.read_bytes() if machine_wide.exists() else None) == before
