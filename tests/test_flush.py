@@ -14,7 +14,7 @@ import pytest
 
 from repair_ray.io.tables import table_files
 from repair_ray.sweep.config import SweepConfig, parse_config
-from repair_ray.sweep.pair_stage import pair_task, run_pair_stage
+from repair_ray.sweep.pair_stage import make_remote_pair_task, pair_task, run_pair_stage
 from repair_ray.sweep.train_stage import run_train_stage
 
 from .helpers import tiny_sweep
@@ -98,19 +98,17 @@ def test_a_finished_pair_is_written_after_flush_seconds_while_another_pair_still
     first pair to finish is written at once; the second must follow after flush.seconds (0.5) even
     though nothing else finishes meanwhile. Were it held until the next pair arrives, a crash while
     a long pair runs would lose it, more than one flush interval."""
-    import ray
-
     config = copy_of(trained, tmp_path, seeds=3, flush={"pairs": 1000, "seconds": 0.5})
     report = tmp_path / "seen.json"
     root, others = config.root, [(0, 1), (1, 2)]
 
-    @ray.remote(num_cpus=0.5, max_calls=0, max_retries=0)
     def pair(context, job):
         if (job.seed_a, job.seed_b) != (0, 2):
             return pair_task(context, job)
         return _wait_for_rows_then_analyse(context, job, root, others, str(report), patience=60)
 
-    summary = run_pair_stage(config, say=lambda _: None, remote_task=pair)
+    # the production factory's remote options (reused workers), with the one pair made to wait
+    summary = run_pair_stage(config, say=lambda _: None, remote_task=make_remote_pair_task(0.5, 0, 0, task=pair))
     assert summary.ran == 3 and summary.failed == 0
     assert [tuple(p) for p in json.loads(report.read_text())] == others, "the second pair waited for the third"
     parts = pairs_per_part(root)
