@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,3 +56,19 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def start_moto(log: Path) -> tuple[subprocess.Popen, int]:
+    """moto's S3 server on a port the OS picks (``-p 0``): (its process, the port it says it listens on);
+    its log in ``log``, one line per request."""
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-u", "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"], stdout=out, stderr=out
+        )
+    deadline = time.time() + 60
+    while not (found := re.search(r"Running on http://127\.0\.0\.1:(\d+)", log.read_text())):
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            raise RuntimeError(f"moto's server did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    return server, int(found.group(1))

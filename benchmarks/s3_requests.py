@@ -30,9 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 KEY = "benchmarks/s3_requests.py: s3_requests"  # the markers of its section in BENCHMARKS.md (benchmarks/sections.py)
 
 try:
-    from .common import median_time, table
+    from .common import median_time, start_moto, table
 except ImportError:
-    from common import median_time, table
+    from common import median_time, start_moto, table
 # werkzeug's access line: 127.0.0.1 - - [date] "GET /bucket/key?query HTTP/1.1" 200 -
 _REQUEST = re.compile(r'"(GET|PUT|POST|HEAD|DELETE) (/[^ ?"]*)[^"]* HTTP/[\d.]+" (\d{3})')
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours a line by its status
@@ -56,20 +56,6 @@ def count_resolves() -> None:
         return filesystem, path
 
     storage.resolve = counted
-
-
-def start_moto(log: Path) -> tuple[subprocess.Popen, int]:
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-u", "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"], stdout=out, stderr=out
-        )
-    deadline = time.time() + 60
-    while not (found := re.search(r"Running on http://127\.0\.0\.1:(\d+)", log.read_text())):
-        if server.poll() is not None or time.time() > deadline:
-            server.kill()
-            raise RuntimeError(f"moto's server did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    return server, int(found.group(1))
 
 
 def measure_here(bucket: str, seeds: int) -> dict[str, Any]:

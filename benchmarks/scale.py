@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".bench" / "scale"
 
 try:
-    from .common import table
+    from .common import start_moto, table
 except ImportError:
-    from common import table
+    from common import start_moto, table
 
 
 def _sweep_dict(name: str, storage: str, *, widths: list[int], seeds: int, **extra: Any) -> dict[str, Any]:
@@ -279,7 +279,7 @@ def throughput_benchmark(quick: bool) -> list[dict[str, Any]]:
 
 def s3_benchmark(quick: bool) -> dict[str, Any]:
     """``load_tables`` of a finished 50,000-pair sweep (6 methods, 21 alphas) from moto's S3 server."""
-    import socket
+    import tempfile
 
     import boto3
 
@@ -288,14 +288,8 @@ def s3_benchmark(quick: bool) -> dict[str, Any]:
     from repair_ray.sweep.config import parse_config
     from repair_ray.sweep.planning import analysis_key
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = Path(tempfile.mkdtemp(prefix="moto-"), "server.log")
+    server, port = start_moto(log)  # port 0: the port it got, never one another process may take first
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "bench",
@@ -343,6 +337,7 @@ def s3_benchmark(quick: bool) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+        shutil.rmtree(log.parent, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
