@@ -211,13 +211,13 @@ def _partial_note(pairs: PairQueue) -> str:
     )
 
 
-def make_remote_pair_task(cpu: float, gpu: float, retries: int, task: Callable[..., Any] = pair_task) -> Any:
+def make_remote_pair_task(cpu: float, gpu: float, retries: int, task: Callable[..., Any] | None = None) -> Any:
     """The pair task as a Ray remote function: reused workers, retried when a worker dies. ``task``
     replaces :func:`pair_task` (tests wrap it, with the same remote options)."""
     import ray
 
     # max_calls=0: a GPU task would otherwise get a fresh worker (torch import, CUDA init) per call
-    return ray.remote(num_cpus=cpu, num_gpus=gpu, max_calls=0, max_retries=retries)(task)
+    return ray.remote(num_cpus=cpu, num_gpus=gpu, max_calls=0, max_retries=retries)(task or pair_task)
 
 
 def run_pair_stage(
