@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def start_driver(config_path: str, address: str) -> subprocess.Popen:
@@ -95,6 +96,7 @@ def kill_session(session: int) -> int:
 
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 DASHBOARD_URL = (  # where the head's dashboard listens, as it registered itself in the GCS
     "import sys, time\n"
     "from ray._raylet import GcsClient\n"
@@ -207,6 +209,25 @@ class Subprocesses:
         """``python -m repair_ray ARGS`` to its end, in this environment less ``RAY_ADDRESS``, plus ``env``."""
         environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         return self.run([sys.executable, "-m", "repair_ray", *args], env={**environment, **(env or {})}, **kwargs)
+
+    def start_cli(
+        self, *args: str, env: dict[str, str] | None = None, sigint: Any = signal.SIG_DFL
+    ) -> subprocess.Popen:
+        """``python -m repair_ray.cli ARGS`` started (stdout and stderr in one pipe), in a session of
+        its own so a signal for it reaches nothing else. SIGINT's disposition is ``sigint``: the
+        default one, as a terminal's Ctrl+C meets it, even when this pytest was started in the
+        background (a non-interactive shell's ``cmd &`` ignores SIGINT, and children inherit that);
+        ``signal.SIG_IGN`` is ``nohup repair-ray run ... &`` from a script."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "repair_ray.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
+        )
 
     def end(self) -> None:
         import psutil

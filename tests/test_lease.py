@@ -47,21 +47,6 @@ def fake_lease(root: str, *, host: str = "elsewhere", pid: int = 1, age: float =
     return holder
 
 
-def cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "repair_ray.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,  # its own process group: a signal for it reaches nothing else
-        # Ctrl+C as a terminal delivers it, even when this test session was started in the background
-        # (a non-interactive shell's `cmd &` starts it with SIGINT ignored, and children inherit that)
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
 @pytest.fixture
 def address(ray_session):
     return ray_session.get_runtime_context().gcs_address
@@ -73,7 +58,7 @@ def address(ray_session):
 
 def test_two_runs_racing_on_one_sweep_one_proceeds_the_other_names_the_holder(address, tmp_path, subprocesses):
     config_path = write_yaml(tmp_path / "race.yaml", small_sweep("race", str(tmp_path / "runs")))
-    drivers = [cli("run", config_path, "--address", address) for _ in range(2)]
+    drivers = [subprocesses.start_cli("run", config_path, "--address", address) for _ in range(2)]
     outputs = [driver.communicate(timeout=300)[0] for driver in drivers]
     codes = sorted(driver.returncode for driver in drivers)
     assert codes == [0, 3], outputs
@@ -118,7 +103,7 @@ def test_the_lease_is_released_when_the_run_is_interrupted(ray_session, tmp_path
 
 def test_ctrl_c_of_a_running_cli_releases_the_lease(address, tmp_path, subprocesses):
     data = tiny_sweep("ctrlc", str(tmp_path), seeds=4, train={"epochs": 20, "batch_size": 16, "lr": 0.05})
-    driver = cli("run", write_yaml(tmp_path / "ctrlc.yaml", data), "--address", address)
+    driver = subprocesses.start_cli("run", write_yaml(tmp_path / "ctrlc.yaml", data), "--address", address)
     root = tmp_path / "ctrlc"
     deadline = time.time() + 120
     while not (root / "tables" / "models").exists() and not list(root.glob("checkpoints/*/*")):

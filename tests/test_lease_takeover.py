@@ -80,19 +80,6 @@ def end(process: subprocess.Popen) -> None:
         process.communicate(timeout=30)
 
 
-def cli(*args: str, env: dict | None = None, preexec_fn=None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "repair_ray.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,
-        preexec_fn=preexec_fn,
-    )
-
-
 def finish(process: subprocess.Popen, timeout: float = 600) -> str:
     try:
         return process.communicate(timeout=timeout)[0]
@@ -122,13 +109,13 @@ def test_run_take_over_takes_a_live_lease_and_its_holder_ignoring_sigint_stops_w
     try:
         assert status_line(root).startswith(f"run:    running, host {HOST}, pid {holder.pid} (run ")
 
-        refused = cli("run", config_path, "--address", address)
+        refused = subprocesses.start_cli("run", config_path, "--address", address)
         out = finish(refused)
         assert refused.returncode == 3, out
         assert f"is being run by another `repair-ray run`: host {HOST}, pid {holder.pid}" in out
         assert "--take-over" in out
 
-        taker = cli("run", config_path, "--address", address, "--take-over")
+        taker = subprocesses.start_cli("run", config_path, "--address", address, "--take-over")
         out = finish(taker)
         assert taker.returncode == 0, out
         assert f"warning: took over the lease of {root} of host {HOST}, pid {holder.pid}" in out
@@ -172,7 +159,7 @@ def test_lease_ttl_env_a_lease_no_longer_renewed_is_taken_without_take_over_only
 
         wait_until(lambda: time.time() > held.expires_at + 0.5, None, "became stale", timeout=30)
         assert status_line(root).startswith(f"run:    stale: its run looks dead, host {HOST}, pid {holder.pid}")
-        taker = cli("run", config_path, "--address", address)  # no --take-over
+        taker = subprocesses.start_cli("run", config_path, "--address", address)  # no --take-over
         out = finish(taker)
         assert taker.returncode == 0, out
         assert f"warning: took over the lease of {root} of host {HOST}, pid {holder.pid}" in out
@@ -205,13 +192,13 @@ def test_a_sweep_run_ignoring_sigint_starts_no_new_trial_or_pair_once_its_lease_
     )
     root = tmp_path / "runs" / "ignores"
     # as `nohup repair-ray run ... &` from a script: SIGINT ignored; a short ttl so it notices soon
-    loser = cli(
+    loser = subprocesses.start_cli(
         "run",
         write_yaml(tmp_path / "sweep.yaml", data),
         "--address",
         address,
         env={"REPAIR_RAY_LEASE_TTL": "2"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        sigint=signal.SIG_IGN,
     )
     try:
         wait_until(lambda: any(root.glob("checkpoints/*/seed-*.pt")), loser, "started training", timeout=300)
