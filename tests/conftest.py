@@ -330,10 +330,7 @@ def mnist():
 def tuner(ray_session):
     """The session's cluster, for a test that runs ``repair-ray tune``'s stage; all of its CPUs are
     free again when the test ends (Tune's trial actors gone)."""
-    from .processes import wait_for_idle_cluster
-
-    yield ray_session
-    wait_for_idle_cluster(ray_session)
+    yield from _idle_after(ray_session)
 
 
 @pytest.fixture
@@ -341,7 +338,12 @@ def tuner(ray_session):
 def worker_group(ray_session):
     """The session's cluster, for a test whose trials take several workers; all of its CPUs are
     free again when the test ends."""
+    yield from _idle_after(ray_session)
+
+
+def _idle_after(ray):
+    """Yield ``ray``, then wait until every CPU of its cluster is free again (the test's actors gone)."""
     from .processes import wait_for_idle_cluster
 
-    yield ray_session
-    wait_for_idle_cluster(ray_session)
+    yield ray
+    wait_for_idle_cluster(ray)

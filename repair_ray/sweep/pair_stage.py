@@ -229,6 +229,7 @@ def run_pair_stage(
     say: Callable[[str], None] = print,
     remote_task: Any = None,
     workers_wanted: threading.Event | None = None,
+    state: PairState | None = None,
 ) -> PairStageSummary:
     """Analyse every pair of the sweep that the tables lack; returns counts.
 
@@ -238,7 +239,9 @@ def run_pair_stage(
     ``stop`` (set when the driver is interrupted) ends the stage after the tasks in flight, whose
     rows are written. While ``workers_wanted`` is set (a trial of several workers waits for all of
     them), no new pair task starts: what the running ones release goes to those workers.
-    ``remote_task`` replaces the Ray remote function (tests inject failures with it).
+    ``remote_task`` replaces the Ray remote function (tests inject failures with it). ``state`` is
+    what the tables hold (:func:`~.planning.read_pair_state` of the sweep's analysis keys), when the
+    caller read it already; the stage is the only writer of pair rows, so it is still true.
     """
     import ray
 
@@ -248,7 +251,8 @@ def run_pair_stage(
     shape = cluster_shape(say)
     cpu, gpu = resolve_resources(config.resources.pair, "resources.pair", say, shape)
     context = stage_context(config, cpu, gpu)
-    state = read_pair_state(config.root, context.analysis_keys)
+    if state is None:
+        state = read_pair_state(config.root, context.analysis_keys)
     pairs = PairQueue(config, state)
     # longest first among the pairs ready now: the end of the stage is not one big pair alone
     cost = {p.model_key: forward_flops(p.model, config.dataset.name, config.dataset.options) for p in config.models}

@@ -20,7 +20,7 @@ from .layout import CONFIG_NAME, NETWORKS_NAME
 from .lease import Lease
 from .messages import Network, TrialEnded
 from .pair_stage import PairStageSummary, run_pair_stage
-from .planning import TrialPlan, analysis_keys, pair_gaps, plan_trials, read_pair_state
+from .planning import PairState, TrialPlan, analysis_keys, pair_gaps, plan_trials, read_pair_state
 from .status import SweepStatus, sweep_status
 from .stored import load_sweep_config, save_config, save_networks
 from .train_stage import TrainStageSummary, run_train_stage
@@ -76,8 +76,8 @@ def _run_sweep(
     imported = {p.model_key: p.seeds for p in config.models if p.is_imported}
     write_current_keys(config.root, [p.model_key for p in config.models], sorted(set(keys.values())), imported)
     save_networks(config)
-    trials = plan_trials(config)
-    if not trials.todo and not pair_gaps(config, read_pair_state(config.root, keys)):
+    trials, state = plan_trials(config), read_pair_state(config.root, keys)  # read once: the stages get them
+    if not trials.todo and not pair_gaps(config, state):
         # a re-run with nothing to do starts no Ray: it says so and returns in the time the tables take to read
         say(
             f"[sweep] {config.name}: nothing to do: all {config.n_trials} trials and {config.n_pairs} pairs "
@@ -96,7 +96,7 @@ def _run_sweep(
     say(f"[sweep] {config.name}: {config.n_trials} trials, {config.n_pairs} pairs -> {config.root}")
     try:
         check_resources(config, say)
-        train, pairs = _run_stages(config, say, stop, trials)
+        train, pairs = _run_stages(config, say, stop, trials, state)
         compacted = compact_tables(config.root)
         if compacted:
             say(f"[sweep] compacted {compacted} table files")
@@ -136,6 +136,7 @@ def _run_stages(
     say: Callable[[str], None],
     stop: threading.Event | None = None,
     trials: TrialPlan | None = None,
+    state: PairState | None = None,
 ) -> tuple[TrainStageSummary, PairStageSummary]:
     """Both stages at once: the pair stage (a driver thread) starts each pair when its two networks exist.
 
@@ -154,6 +155,7 @@ def _run_stages(
                 run_pair_stage(
                     config,
                     trained=dict(trials.done),
+                    state=state,
                     events=events,
                     stop=stop,
                     say=say,

@@ -32,7 +32,7 @@ from .train_group import make_remote_group_trial_task
 from .train_scheduler import TrialScheduler
 from .train_worker import trial_task
 from .trials import stack_slots, trial_groups, trial_spec, trunk_specs
-from .worker import error_text, error_trace
+from .worker import error_text, error_trace, root_cause
 
 __all__ = ["EPOCH_LINE_SECONDS", "TrainStageSummary", "make_remote_trial_task", "run_train_stage"]
 
@@ -174,7 +174,7 @@ def run_train_stage(
                     item = TrialOutcome({})
                 except Exception as error:  # noqa: BLE001 - the trial raised, or its worker died
                     placed(attempt)
-                    if _caused_by(error, DatasetNotFoundError):  # no retry: no attempt would find the files
+                    if isinstance(root_cause(error), DatasetNotFoundError):  # no retry: no attempt would find the files
                         scheduler.failed(attempt.trial, error_text(error), error_trace(error))
                         missing_data.append(error)
                     elif attempt.attempts < config.train_retries:
@@ -213,17 +213,6 @@ def run_train_stage(
         tracking.close()  # waits for the MLflow calls still queued
     ran = progress.done if stopped() else len(todo)
     return TrainStageSummary(total, total - len(todo), ran, failed, time.time() - started)
-
-
-def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``error`` is a ``kind``, or a Ray error whose cause (however deep) is one."""
-    while True:
-        if isinstance(error, kind):
-            return True
-        cause = getattr(error, "cause", None)
-        if not isinstance(cause, BaseException):
-            return False
-        error = cause
 
 
 @dataclass

@@ -87,14 +87,21 @@ def node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The exception raised in the worker that a Ray task or trial error wraps (its ``cause``, however
+    deep), or ``error`` itself."""
+    while isinstance(cause := getattr(error, "cause", None), BaseException):
+        error = cause
+    return error
+
+
 def error_text(error: BaseException) -> str:
     """A one-line, readable reason for a table's ``error`` column.
 
     A Ray task or trial error wraps the exception raised in the worker (its ``cause``), whose
     message is what a user needs; Ray's own text is mostly the remote traceback.
     """
-    while isinstance(cause := getattr(error, "cause", None), BaseException):
-        error = cause
+    error = root_cause(error)
     text = f"{type(error).__name__}: {error}".strip()
     return " ".join(text.split())[:2000]
 
