@@ -200,7 +200,11 @@ class Subprocesses:
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
         kwargs.setdefault("timeout", 300)
-        return subprocess.run(argv, **kwargs)
+        try:
+            return subprocess.run(argv, **kwargs)
+        except subprocess.TimeoutExpired as e:  # what it printed says where it hung
+            printed = "".join(x.decode() if isinstance(x, bytes) else x for x in (e.stdout, e.stderr) if x)
+            raise AssertionError(f"{argv} ran past {e.timeout} s; it printed:\n{printed[-6000:]}") from None
 
     def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
         return subprocess.Popen(argv, **kwargs)

@@ -143,3 +143,66 @@ def test_without_the_autoscaler_status_requests_are_kept_as_asked(reported, said
     fallbacks = [line for line in said if line.startswith("[cluster] Ray ")]
     assert len(fallbacks) == 2 and fallbacks[0].endswith(ray_private.STARTED_HERE_UNKNOWN)
     assert fallbacks[1].endswith(ray_private.AUTOSCALER_UNKNOWN)
+
+
+# --- Tune's basic variant generator, resynced with the experiment state after a kill -----------
+
+
+def _restorable_experiment(tmp_path) -> str:
+    """A staging folder as a killed tune run leaves it: one trial in the experiment state, the
+    search state saved beside it."""
+    from ray import tune
+    from ray.tune.experiment import Experiment
+
+    from repair_ray.sweep.tune_search import ResumableVariantGenerator
+
+    generator = ResumableVariantGenerator(seed=0, max_concurrent=1)
+    experiment = Experiment("x", run=lambda config: None, config={"lr": tune.grid_search([0.1, 0.2])},
+                            storage_path=str(tmp_path))  # fmt: skip
+    generator.add_configurations([experiment])
+    trial = generator.next_trial()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    state = {"trial_data": [trial.get_json_state()]}
+    (staging / "experiment_state-2026-12-07_00-00-00.json").write_text(json.dumps(state))
+    generator.save_to_dir(str(staging), session_str="2026-12-07_00-00-00")
+    return str(staging)
+
+
+TUNE_GONE = [
+    ("ray.tune.search.basic_variant", "_TrialIterator"),
+    ("ray.tune.search.sample", "_BackwardsCompatibleNumpyRng"),
+    ("ray.tune.execution.experiment_state", "_find_newest_experiment_checkpoint"),
+]
+
+
+def test_the_variant_generator_resync_works_on_the_installed_ray(ray_session, tmp_path, said):
+    from ray.tune.search import BasicVariantGenerator
+
+    from repair_ray.sweep.tune_search import ResumableVariantGenerator
+
+    staging = _restorable_experiment(tmp_path)
+    generator = ResumableVariantGenerator(seed=0, max_concurrent=1)
+    BasicVariantGenerator.restore_from_dir(generator, staging)  # Ray's restore alone
+    assert ray_private.resync_variant_generator(generator, staging, 0, generator.starts, said.append) is True
+    assert said == [], "a private Tune API the resync uses has changed: update ray_private.py and docs/clusters.md"
+
+
+@pytest.mark.parametrize("module, name", TUNE_GONE, ids=[f"{m}.{n}" for m, n in TUNE_GONE])
+def test_a_tune_name_gone_keeps_the_search_state_as_saved_and_says_so_once(
+    ray_session, tmp_path, said, monkeypatch, module, name
+):
+    import ray
+    from ray.tune.search import BasicVariantGenerator
+
+    from repair_ray.sweep.tune_search import ResumableVariantGenerator
+
+    staging = _restorable_experiment(tmp_path)
+    generator = ResumableVariantGenerator(seed=0, max_concurrent=1)
+    BasicVariantGenerator.restore_from_dir(generator, staging)  # Ray's restore alone
+    missing(monkeypatch, module, name)
+    assert generator.next_trial() is None  # Ray's restored state: its one trial counts as running
+    assert ray_private.resync_variant_generator(generator, staging, 0, generator.starts, said.append) is None
+    assert len(said) == 1, said
+    (line,) = said
+    assert line.startswith(f"[cluster] Ray {ray.__version__}: ") and line.endswith(ray_private.TUNE_SEARCH_AS_SAVED)

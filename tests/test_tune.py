@@ -116,6 +116,86 @@ def test_a_tune_run_resumed_from_its_checkpoints_continues_exactly(tmp_path):
     assert TuneRun(model, recipe, dataset, (0,), 3).epoch_step() != expected[0]
 
 
+def test_an_ended_experiment_keeps_no_checkpoint_even_one_its_results_do_not_name(tmp_path):
+    """A run killed right after a trial checkpointed, before Tune's next snapshot, leaves that
+    checkpoint where the restored experiment's results do not point; when the experiment ends, every
+    trial folder is emptied of checkpoints, and everything else Tune wrote stays."""
+    from types import SimpleNamespace
+
+    from pyarrow import fs as pafs
+
+    from repair_ray.sweep.tune_stage import _remove_checkpoints
+
+    experiment = tmp_path / "experiment"
+    kept = [experiment / "experiment_state-1.json", experiment / "trial-a_00000" / "result.json"]
+    stale = [
+        experiment / "trial-a_00000" / "checkpoint_000001" / "seed-0.pt",
+        experiment / "trial-a_00003" / "checkpoint_000000" / "seed-0.pt",  # a trial the results never name
+    ]
+    for path in kept + stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    (experiment / "trial-a_00003" / "params.json").write_text("{}")
+    results = SimpleNamespace(filesystem=pafs.LocalFileSystem(), experiment_path=str(experiment))  # a ResultGrid's
+    _remove_checkpoints(results)
+    assert all(path.exists() for path in kept) and (experiment / "trial-a_00003" / "params.json").exists()
+    assert not list(experiment.rglob("checkpoint_*"))
+
+
+def test_a_torn_tune_snapshot_restores_every_trial_and_never_waits_forever(ray_session, tmp_path):
+    """A kill can leave Tune's two snapshot files from two moments: the trials (trial 1 running) and
+    the search state a trial ahead (trial 1 ended, trial 2 made and counted running). Restored as
+    Ray saved it, a generator capped at one running trial waits for trial 2 forever (the re-run of
+    a killed ``tune`` hung in CI). Ours makes trial 2 again, the same id and sample, once trial 1
+    ends, and then trial 3, exactly as a run never killed."""
+    import json as _json
+
+    from ray import tune
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import BasicVariantGenerator
+
+    from repair_ray.sweep.tune_search import ResumableVariantGenerator
+
+    space = {"lr": tune.grid_search([0.01, 0.02, 0.05, 0.1]), "weight_decay": tune.loguniform(1e-5, 1e-3)}
+    experiment = Experiment("torn", run=lambda config: None, config=space, storage_path=str(tmp_path))
+    never_killed = ResumableVariantGenerator(seed=7, max_concurrent=1)
+    never_killed.add_configurations([experiment])
+
+    def made(generator) -> tuple[str, dict] | None:
+        trial = generator.next_trial()
+        return (trial.trial_id, trial.config) if trial else None
+
+    first = never_killed.next_trial()
+    first.status = "TERMINATED"
+    never_killed.on_trial_complete(first.trial_id)
+    second = never_killed.next_trial()
+    second.status = "RUNNING"
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    trial_data = [first.get_json_state(), second.get_json_state()]
+    (staging / "experiment_state-2026-12-07_00-00-00.json").write_text(_json.dumps({"trial_data": trial_data}))
+    never_killed.on_trial_complete(second.trial_id)  # ... and later, the search state a trial ahead
+    third = (lambda t: (t.trial_id, t.config))(never_killed.next_trial())
+    never_killed.save_to_dir(str(staging), session_str="2026-12-07_00-00-01")
+    never_killed.on_trial_complete(third[0])
+    fourth = made(never_killed)
+
+    as_saved = BasicVariantGenerator(random_state=7, max_concurrent=1)
+    as_saved.restore_from_dir(str(staging))
+    as_saved.on_trial_complete(second.trial_id)
+    assert made(as_saved) is None and not as_saved.is_finished()  # Ray's own: waits for trial 2 forever
+
+    restored = ResumableVariantGenerator(seed=7, max_concurrent=1)
+    restored.restore_from_dir(str(staging))
+    assert made(restored) is None  # trial 1 runs again first: one at a time
+    restored.on_trial_complete(second.trial_id)
+    assert made(restored) == third
+    restored.on_trial_complete(third[0])
+    assert made(restored) == fourth
+    restored.on_trial_complete(fourth[0])
+    assert made(restored) is None and restored.is_finished()
+
+
 # --- on Ray: ASHA stops trials, the best recipe is written and runs -----------------------------
 
 
@@ -240,27 +320,27 @@ def test_a_killed_tune_run_again_finishes_without_redoing_finished_trials(
         states = sorted(n for n in names if n.startswith("experiment_state"))
         if not states:
             return 0
-        return storage.read_bytes(f"{root}/killed/tune/{experiment}/{states[-1]}").decode().count("TERMINATED")
+        state = json.loads(storage.read_bytes(f"{root}/killed/tune/{experiment}/{states[-1]}"))
+        return sum(json.loads(trial)["status"] == "TERMINATED" for trial, _ in state["trial_data"])
 
     experiment = None
-    deadline = time.time() + 300
+    deadline = time.time() + 120
     while time.time() < deadline and ended_in_snapshot() < 2:
         assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
         found = list_names(f"{root}/killed/tune")
         experiment = found[0] if found else None
         time.sleep(0.2)
     killed_at = time.time()
+    assert ended_in_snapshot() >= 2, "no two trials ended within 2 minutes"
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(timeout=30)
+    kept = ended_in_snapshot()  # the restore starts from this snapshot: its ended trials are kept
     wait_for_idle_cluster(ray_session)
     assert storage.exists(f"{root}/killed/tune")
     assert not storage.exists(f"{root}/killed/tables/recipes")  # rows come when an experiment ends
 
-    out = subprocess.run(
-        [sys.executable, "-m", "repair_ray.cli", "tune", config_path, "--address", address],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = subprocesses.run(
+        [sys.executable, "-m", "repair_ray.cli", "tune", config_path, "--address", address], timeout=150
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "restored: finished trials are kept" in out.stdout
@@ -269,14 +349,15 @@ def test_a_killed_tune_run_again_finishes_without_redoing_finished_trials(
     assert (recipes["status"] == "ok").all() and (recipes["epochs"] == 8).all(), recipes["error"].tolist()
     finished = sorted(r.finished_at.timestamp() for r in recipes.itertuples())
     # the trials whose end Tune's state held are kept, not trained again; the others end after the kill
-    assert sum(t < killed_at for t in finished) >= 2 and finished[-1] > killed_at
+    assert sum(t < killed_at for t in finished) == kept >= 2, (finished, killed_at, kept)
 
     import boto3
 
     s3 = boto3.client("s3")
     bucket, prefix = root.removeprefix("s3://").split("/", 1)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/killed/tune/")["Contents"]]
-    assert not [k for k in keys if "/checkpoint_" in k]  # removed when the experiment ended
+    # removed when the experiment ended, those the killed run wrote after its last snapshot too
+    assert not [k for k in keys if "/checkpoint_" in k], out.stdout
     # nothing Tune wrote to the bucket holds the credentials the driver used
     assert any(k.endswith("tuner.pkl") for k in keys) and any(
         k.endswith("experiment_state") or "experiment_state" in k for k in keys

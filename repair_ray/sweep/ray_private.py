@@ -36,6 +36,11 @@ STARTED_HERE_UNKNOWN = (
     "cluster without GPUs is an error instead of running on the CPU"
 )
 
+TUNE_SEARCH_AS_SAVED = (
+    "a restored tune experiment keeps its search state as Ray saved it: after a kill that tore Tune's "
+    "snapshot, its re-run can wait forever for a trial it will never run, or end a trial short"
+)
+
 _said: set[str] = set()  # the fallbacks already said in this process: each is said once
 
 
@@ -106,6 +111,76 @@ def started_here(say: Callable[[str], None]) -> bool | None:
         return bool(node is not None and node.head)
     except PRIVATE_API_ERRORS as error:
         _fall_back("ray._private.worker._global_node", error, STARTED_HERE_UNKNOWN, say)
+        return None
+
+
+def resync_variant_generator(
+    generator: object, staging_dir: str, seed: int, starts: list[int], say: Callable[[str], None]
+) -> bool | None:
+    """Make the search state of a restored Tune experiment agree with its experiment state; whether
+    it did (False: nothing to agree with, or the two are not the same experiment, and Ray's restored
+    state is kept); None when Tune's private API has changed.
+
+    Tune snapshots a running experiment as two files: the trials (``experiment_state-*.json``) and
+    the search algorithm's state (``basic-variant-state-*.json``: how far its generator got, which
+    trials it counts as running). A kill can leave them from two moments: the search state a trial
+    ahead. Restored as is, the generator never makes that trial again, and with ``max_concurrent``
+    it waits forever for it to end (the re-run hangs). Here the generator is rebuilt from the
+    experiment's own settings and seed, advanced past exactly the trials the experiment state
+    holds (the same ids and samples, in the same order), and counts as running those the experiment
+    state holds unfinished (``ERROR`` included: the tune stage restores with ``resume_errored``).
+
+    ``generator`` is a restored ``BasicVariantGenerator`` (Tune's ``_iterators``, ``_live_trials``,
+    ``_points_to_evaluate``); its iterators are ``ray.tune.search.basic_variant._TrialIterator``,
+    drawn from ``ray.tune.search.sample._BackwardsCompatibleNumpyRng(seed)``; the experiment state is
+    found as Tune finds it (``ray.tune.execution.experiment_state._find_newest_experiment_checkpoint``),
+    and read as JSON: its ``trial_data`` pairs, each trial's ``trial_id`` and ``status``.
+    """
+    try:
+        import copy
+        import itertools
+
+        from pyarrow import fs as pafs
+        from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+        from ray.tune.search.basic_variant import _TrialIterator
+        from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
+
+        newest = _find_newest_experiment_checkpoint(staging_dir, fs=pafs.LocalFileSystem())
+        if newest is None:
+            return False
+        with open(newest) as f:
+            trials = [json.loads(state) for state, _ in json.load(f)["trial_data"]]
+        known = {str(t["trial_id"]): str(t["status"]) for t in trials}
+        saved = list(generator._iterators)  # type: ignore[attr-defined]
+        if len(saved) != len(starts) or any(it.lazy_eval for it in saved):
+            return False  # not what this generator made; a lazy one Ray cannot restore either
+        random_state = _BackwardsCompatibleNumpyRng(seed)
+        fresh = [
+            _TrialIterator(
+                uuid_prefix=it.uuid_prefix,
+                num_samples=it.num_samples,
+                unresolved_spec=it.unresolved_spec,
+                constant_grid_search=it.constant_grid_search,
+                points_to_evaluate=copy.deepcopy(generator._points_to_evaluate),  # type: ignore[attr-defined]
+                lazy_eval=False,
+                start=start,
+                random_state=random_state,  # type: ignore[arg-type]  # as BasicVariantGenerator passes its own
+            )
+            for it, start in zip(saved, starts, strict=True)
+        ]
+        made = itertools.chain(*fresh)
+        for _ in range(len(known)):  # the experiment state holds the first trials made, in order
+            trial = next(made, None)
+            if trial is None or trial.trial_id not in known:
+                return False
+        generator._iterators = fresh  # type: ignore[attr-defined]
+        generator._trial_generator = itertools.chain(*fresh)  # type: ignore[attr-defined]
+        generator._trial_iter = None  # type: ignore[attr-defined]
+        generator._live_trials = {t for t, status in known.items() if status != "TERMINATED"}  # type: ignore[attr-defined]
+        generator._finished = False  # type: ignore[attr-defined]  # the next trial asked for says when it is
+        return True
+    except PRIVATE_API_ERRORS as error:
+        _fall_back("Tune's basic variant generator state", error, TUNE_SEARCH_AS_SAVED, say)
         return None
 
 

@@ -180,7 +180,8 @@ def _tuner(
     run), else new. Returns it and whether it was restored."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
+
+    from .tune_search import ResumableVariantGenerator
 
     name = experiment_name(target, settings)
     where = storage.join(config.root, "tune")
@@ -204,7 +205,7 @@ def _tuner(
             mode=settings.mode,
             scheduler=scheduler,
             # the concurrency cap goes to the generator itself: Tune ignores max_concurrent_trials beside it
-            search_alg=BasicVariantGenerator(random_state=SEARCH_SEED, max_concurrent=settings.max_concurrent or 0),
+            search_alg=ResumableVariantGenerator(SEARCH_SEED, settings.max_concurrent or 0),
             num_samples=settings.num_samples,
             reuse_actors=True,  # one worker process (torch imported, dataset loaded) serves trial after trial
             trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
@@ -352,14 +353,20 @@ def _finished_at(metrics: dict[str, Any]) -> Any:
 
 def _remove_checkpoints(results: Any) -> None:
     """Delete the checkpoints of an experiment whose trials all ended: a restore never trains them
-    again, and a recipe is a few numbers, not weights (the study trains its own networks)."""
-    for result in results:
-        filesystem = getattr(result, "filesystem", None)
-        if filesystem is None or not result.path:
-            continue
-        from pyarrow import fs as pafs
+    again, and a recipe is a few numbers, not weights (the study trains its own networks).
 
-        for info in filesystem.get_file_info(pafs.FileSelector(result.path, allow_not_found=True)):
+    Every trial folder of the experiment is looked in, not only the paths Tune's results name: a
+    run killed just after a trial wrote a checkpoint, before Tune's next snapshot, leaves that
+    checkpoint where the restored experiment's results do not point."""
+    from pyarrow import fs as pafs
+
+    filesystem, where = results.filesystem, results.experiment_path
+    if filesystem is None or not where:
+        return
+    for trial in filesystem.get_file_info(pafs.FileSelector(where, allow_not_found=True)):
+        if trial.type != pafs.FileType.Directory:
+            continue
+        for info in filesystem.get_file_info(pafs.FileSelector(trial.path, allow_not_found=True)):
             if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
                 filesystem.delete_dir(info.path)
 
@@ -383,6 +390,9 @@ def run_tune_stage(config: SweepConfig, *, say: Callable[[str], None] = print) -
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # frequent, wanted
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment tables between our lines
     shape = cluster_shape(say)
+    from .tune_search import restore_say
+
+    restore_say[0] = say  # a restored experiment's generator says here if Tune's private API has changed
     resources = resolve_resources(config.resources.train, "resources.train", say, shape)
     best, untuned = [], []
     trials = failed = 0
