@@ -315,12 +315,20 @@ def test_a_killed_tune_run_again_finishes_without_redoing_finished_trials(
     config_path = write_yaml(tmp_path / "sweep.yaml", data)
     driver = _tune_driver(config_path, address)
 
+    import boto3
+
+    s3 = boto3.client("s3")
+    bucket, prefix = root.removeprefix("s3://").split("/", 1)
+
     def ended_in_snapshot() -> int:  # trials whose end the experiment state on the bucket holds
         names = list_names(f"{root}/killed/tune/{experiment}") if experiment else []
         states = sorted(n for n in names if n.startswith("experiment_state"))
         if not states:
             return 0
-        state = json.loads(storage.read_bytes(f"{root}/killed/tune/{experiment}/{states[-1]}"))
+        # one GET: Tune replaces this object every 2 s, and pyarrow's read (a HEAD for the size, then
+        # the body) can take the size of one version and the bytes of the next
+        key = f"{prefix}/killed/tune/{experiment}/{states[-1]}"
+        state = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         return sum(json.loads(trial)["status"] == "TERMINATED" for trial, _ in state["trial_data"])
 
     experiment = None
@@ -351,10 +359,6 @@ def test_a_killed_tune_run_again_finishes_without_redoing_finished_trials(
     # the trials whose end Tune's state held are kept, not trained again; the others end after the kill
     assert sum(t < killed_at for t in finished) == kept >= 2, (finished, killed_at, kept)
 
-    import boto3
-
-    s3 = boto3.client("s3")
-    bucket, prefix = root.removeprefix("s3://").split("/", 1)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/killed/tune/")["Contents"]]
     # removed when the experiment ended, those the killed run wrote after its last snapshot too
     assert not [k for k in keys if "/checkpoint_" in k], out.stdout
