@@ -42,7 +42,10 @@ from repair_ray.training.batches import in_memory_batches
 from . import ddp_workers as workers
 from .conftest import integration
 
-WEIGHTS = {"rtol": 1e-4, "atol": 1e-4}
+# Two workers average two half-batch gradients where one process sums the whole batch: float32
+# sums in another order, 1.7e-4 apart in the LayerNorm ResNet's weights after its two epochs (CI,
+# once). A worker on the wrong slice is far off: the same run in another data order differs by 7e-2.
+WEIGHTS = {"rtol": 1e-3, "atol": 1e-3}
 LOSS = 1e-4  # float32 losses of ~2.3 summed in another order (two workers, or torch threads another test
 # left behind: 3e-5 apart once in a random order); a worker on the wrong slice is off by far more
 
@@ -64,11 +67,17 @@ def spawned(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, An
 
 @pytest.fixture(scope="module")
 def alone() -> dict[str, TrainResult]:
-    """The runs of :data:`RUNS`, each trained by this one process (no process group)."""
-    return {
-        name: Trainer(model, train, workers.data(options), seed=3, data_seed=4).run()
-        for name, (model, train, options) in RUNS.items()
-    }
+    """The runs of :data:`RUNS`, each trained by this one process (no process group), on one torch
+    thread as each worker: not on however many threads a test run before left set."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {
+            name: Trainer(model, train, workers.data(options), seed=3, data_seed=4).run()
+            for name, (model, train, options) in RUNS.items()
+        }
+    finally:
+        torch.set_num_threads(threads)
 
 
 def assert_same_history(actual: list[dict[str, float]], expected: list[dict[str, float]], samples: int) -> None:
@@ -141,7 +150,7 @@ def test_a_batchnorm_resnet_trains_on_two_workers_and_rank_0_alone_writes_its_ch
     expected = alone["batchnorm"].state_dict
     assert expected is not None
     drift = max((first[k] - expected[k]).abs().max().item() for k in first if k.endswith("running_mean"))
-    assert drift > 100 * WEIGHTS["atol"]
+    assert drift > 1e-2, drift  # ten times what summation order can move a weight (WEIGHTS)
 
 
 def test_sync_batchnorm_is_refused_on_the_cpu_with_a_clear_message(spawned: tuple[list[dict[str, Any]], Path]) -> None:
